@@ -1,0 +1,600 @@
+//! The configuration file: its types, defaults, loading and validation.
+//!
+//! Loading never stops at the first mistake: every section and every endpoint
+//! is read on its own, so `dispatcher validate` can list all problems at once,
+//! each with the key path where it lies (`endpoints[2].timeout: ...`).
+//! The key names are a user-facing contract: add keys, never rename them.
+
+mod env;
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_yaml_ng::Value;
+
+use crate::route::{EventPattern, Filter};
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default)]
+pub struct Config {
+    pub kafka: KafkaConfig,
+    pub admin: AdminConfig,
+    pub http: HttpConfig,
+    pub pipeline: PipelineConfig,
+    pub endpoints: Vec<EndpointConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// Bootstrap servers; when absent an embedded broker is started.
+    pub brokers: Option<String>,
+    pub group_id: String,
+    pub topics: Vec<String>,
+    /// librdkafka properties passed through to every client.
+    pub options: BTreeMap<String, Scalar>,
+    pub dead_letter_topic: String,
+    pub retry_topic: String,
+    /// Partitions per topic created in the embedded broker.
+    pub embedded_partitions: i32,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            brokers: None,
+            group_id: "dispatcher".into(),
+            topics: vec!["events".into()],
+            options: BTreeMap::new(),
+            dead_letter_topic: "dispatcher.dlq".into(),
+            retry_topic: "dispatcher.retry".into(),
+            embedded_partitions: 6,
+        }
+    }
+}
+
+/// A YAML scalar given for a librdkafka option (`linger.ms: 5` and
+/// `linger.ms: "5"` mean the same thing).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scalar(pub String);
+
+impl<'de> Deserialize<'de> for Scalar {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match Value::deserialize(d)? {
+            Value::String(s) => Ok(Scalar(s)),
+            Value::Number(n) => Ok(Scalar(n.to_string())),
+            Value::Bool(b) => Ok(Scalar(b.to_string())),
+            other => Err(serde::de::Error::custom(format!(
+                "expected a string, number or boolean, found {}",
+                kind_of(&other)
+            ))),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Allow endpoints on loopback, private and link-local addresses.
+    pub allow_private_networks: bool,
+}
+
+/// Tuning of the pipeline as a whole.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineConfig {
+    /// Events read but not yet final (all deliveries done). Past this the
+    /// consumer pauses; it resumes at three quarters. This bounds memory.
+    pub max_events_in_flight: usize,
+    /// Records larger than this go to the dead-letter topic.
+    pub max_event_bytes: usize,
+    #[serde(with = "humantime_serde")]
+    pub commit_interval: Duration,
+    /// How long shutdown waits for in-flight deliveries before it commits
+    /// what is final and exits; unfinished events are re-read by the next
+    /// owner of their partition.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// Attempts per delivery before it is dead-lettered.
+    pub max_attempts: u32,
+    /// First wait between attempts; doubles each time, with full jitter.
+    #[serde(with = "humantime_serde")]
+    pub retry_backoff: Duration,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig {
+            max_events_in_flight: 10_000,
+            max_event_bytes: 1 << 20,
+            commit_interval: Duration::from_secs(1),
+            shutdown_grace: Duration::from_secs(25),
+            max_attempts: 3,
+            retry_backoff: Duration::from_millis(500),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointConfig {
+    pub id: String,
+    #[serde(default = "default_transport")]
+    pub transport: String,
+    #[serde(default)]
+    pub url: Option<String>,
+    #[serde(default)]
+    pub secret: Option<String>,
+    /// Several secrets: every one signs (rotation). `secret` is the first.
+    #[serde(default)]
+    pub secrets: Vec<String>,
+    #[serde(default)]
+    pub send_secret_header: bool,
+    pub events: Vec<String>,
+    #[serde(default)]
+    pub filter: BTreeMap<String, FilterValue>,
+    #[serde(default = "default_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: usize,
+    /// Static headers added to every request.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+}
+
+impl EndpointConfig {
+    /// `secret` followed by `secrets`, as the transport signs with them.
+    pub fn all_secrets(&self) -> Vec<String> {
+        self.secret.iter().chain(&self.secrets).cloned().collect()
+    }
+}
+
+/// A filter value: one scalar, or a list meaning "any of".
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum FilterValue {
+    One(Scalar),
+    AnyOf(Vec<Scalar>),
+}
+
+fn default_transport() -> String {
+    "http".into()
+}
+fn default_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_max_in_flight() -> usize {
+    32
+}
+fn default_true() -> bool {
+    true
+}
+
+/// The transports an endpoint may name in `transport:`.
+pub const KNOWN_TRANSPORTS: &[&str] = &["http"];
+
+/// One thing wrong with a config, and where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub path: String,
+    pub message: String,
+}
+
+impl Problem {
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Problem {
+        Problem {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// Everything wrong with one config file.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.problems.len();
+        write!(
+            f,
+            "{}: {n} problem{}",
+            self.file.display(),
+            if n == 1 { "" } else { "s" }
+        )?;
+        for p in &self.problems {
+            write!(f, "\n  {p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// Read, interpolate and validate a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_owned(),
+            problems: vec![Problem::new("", format!("cannot read the file: {e}"))],
+        })?;
+        Config::from_yaml(&text, &|name| std::env::var(name).ok()).map_err(|problems| ConfigError {
+            file: path.to_owned(),
+            problems,
+        })
+    }
+
+    /// Parse and validate YAML text, resolving `${VAR}` with `lookup`.
+    pub fn from_yaml(
+        text: &str,
+        lookup: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, Vec<Problem>> {
+        let mut root: Value = serde_yaml_ng::from_str(text).map_err(|e| {
+            let at = e
+                .location()
+                .map(|l| format!(" (line {}, column {})", l.line(), l.column()))
+                .unwrap_or_default();
+            vec![Problem::new("", format!("not valid YAML{at}: {e}"))]
+        })?;
+        let mut problems = Vec::new();
+        env::interpolate(&mut root, "", lookup, &mut problems);
+
+        let mut map = match root {
+            Value::Mapping(m) => m,
+            Value::Null => Default::default(),
+            other => {
+                return Err(vec![Problem::new(
+                    "",
+                    format!(
+                        "expected a mapping at the top level, found {}",
+                        kind_of(&other)
+                    ),
+                )])
+            }
+        };
+
+        // Where each parsed endpoint stood in the file, for problem paths.
+        let mut positions = Vec::new();
+        let mut config = Config {
+            kafka: section(&mut map, "kafka", &mut problems),
+            admin: section(&mut map, "admin", &mut problems),
+            http: section(&mut map, "http", &mut problems),
+            pipeline: section(&mut map, "pipeline", &mut problems),
+            endpoints: Vec::new(),
+        };
+        match map.remove("endpoints") {
+            None | Some(Value::Null) => {
+                problems.push(Problem::new("endpoints", "no endpoints are configured"))
+            }
+            Some(Value::Sequence(items)) => {
+                for (i, item) in items.into_iter().enumerate() {
+                    if let Some(ep) =
+                        parse::<EndpointConfig>(item, &format!("endpoints[{i}]"), &mut problems)
+                    {
+                        config.endpoints.push(ep);
+                        positions.push(i);
+                    }
+                }
+            }
+            Some(other) => problems.push(Problem::new(
+                "endpoints",
+                format!("expected a list, found {}", kind_of(&other)),
+            )),
+        }
+        for (key, _) in map {
+            let key = key
+                .as_str()
+                .map(str::to_owned)
+                .unwrap_or_else(|| format!("{key:?}"));
+            problems.push(Problem::new(
+                key,
+                "unknown key (expected one of kafka, admin, http, pipeline, endpoints)",
+            ));
+        }
+
+        config.check(&positions, &mut problems);
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(problems)
+        }
+    }
+
+    /// Checks that need more than one value's type.
+    fn check(&self, positions: &[usize], problems: &mut Vec<Problem>) {
+        let k = &self.kafka;
+        if k.group_id.trim().is_empty() {
+            problems.push(Problem::new("kafka.group_id", "must not be empty"));
+        }
+        if k.topics.is_empty() {
+            problems.push(Problem::new("kafka.topics", "at least one topic is needed"));
+        }
+        for (i, t) in k.topics.iter().enumerate() {
+            if let Err(e) = check_topic_name(t) {
+                problems.push(Problem::new(format!("kafka.topics[{i}]"), e));
+            }
+        }
+        for (key, name) in [
+            ("kafka.dead_letter_topic", &k.dead_letter_topic),
+            ("kafka.retry_topic", &k.retry_topic),
+        ] {
+            if let Err(e) = check_topic_name(name) {
+                problems.push(Problem::new(key, e));
+            } else if k.topics.contains(name) {
+                problems.push(Problem::new(
+                    key,
+                    format!("`{name}` is also a source topic"),
+                ));
+            }
+        }
+        if let Some(b) = &k.brokers {
+            if b.trim().is_empty() {
+                problems.push(Problem::new(
+                    "kafka.brokers",
+                    "must not be empty (leave it out to use the embedded broker)",
+                ));
+            }
+        }
+        if !(1..=1000).contains(&k.embedded_partitions) {
+            problems.push(Problem::new(
+                "kafka.embedded_partitions",
+                "must be between 1 and 1000",
+            ));
+        }
+        for (opt, value) in &k.options {
+            let path = format!("kafka.options.{opt}");
+            match opt.as_str() {
+                "enable.auto.commit" | "enable.auto.offset.store" if value.0 != "false" => problems
+                    .push(Problem::new(
+                        path,
+                        "the dispatcher commits offsets itself; this must stay false",
+                    )),
+                "bootstrap.servers" | "group.id" => problems.push(Problem::new(
+                    path,
+                    "set kafka.brokers / kafka.group_id instead",
+                )),
+                _ => {}
+            }
+        }
+
+        let p = &self.pipeline;
+        if p.max_events_in_flight < 4 {
+            problems.push(Problem::new(
+                "pipeline.max_events_in_flight",
+                "must be at least 4",
+            ));
+        }
+        if p.max_event_bytes < 64 {
+            problems.push(Problem::new(
+                "pipeline.max_event_bytes",
+                "must be at least 64",
+            ));
+        }
+        if p.commit_interval.is_zero() {
+            problems.push(Problem::new(
+                "pipeline.commit_interval",
+                "must be more than zero",
+            ));
+        }
+        if !(1..=100).contains(&p.max_attempts) {
+            problems.push(Problem::new(
+                "pipeline.max_attempts",
+                "must be between 1 and 100",
+            ));
+        }
+
+        let mut seen = HashSet::new();
+        let mut http_client = None;
+        for (ep, &i) in self.endpoints.iter().zip(positions) {
+            let at = |key: &str| format!("endpoints[{i}].{key}");
+            if let Err(e) = check_endpoint_id(&ep.id) {
+                problems.push(Problem::new(at("id"), e));
+            } else if !seen.insert(ep.id.as_str()) {
+                problems.push(Problem::new(
+                    at("id"),
+                    format!("`{}` is used by another endpoint", ep.id),
+                ));
+            }
+            if !KNOWN_TRANSPORTS.contains(&ep.transport.as_str()) {
+                problems.push(Problem::new(
+                    at("transport"),
+                    format!(
+                        "unknown transport `{}` (known: {})",
+                        ep.transport,
+                        KNOWN_TRANSPORTS.join(", ")
+                    ),
+                ));
+            }
+            if ep.events.is_empty() {
+                problems.push(Problem::new(
+                    at("events"),
+                    "subscribe to at least one event type (\"*\" for all)",
+                ));
+            }
+            for (j, pat) in ep.events.iter().enumerate() {
+                if let Err(e) = EventPattern::parse(pat) {
+                    problems.push(Problem::new(format!("endpoints[{i}].events[{j}]"), e));
+                }
+            }
+            if let Err((key, e)) = Filter::parse(&ep.filter) {
+                problems.push(Problem::new(format!("endpoints[{i}].filter.{key}"), e));
+            }
+            if ep.timeout.is_zero() || ep.timeout > Duration::from_secs(300) {
+                problems.push(Problem::new(at("timeout"), "must be between 1ms and 5m"));
+            }
+            if !(1..=10_000).contains(&ep.max_in_flight) {
+                problems.push(Problem::new(
+                    at("max_in_flight"),
+                    "must be between 1 and 10000",
+                ));
+            }
+            if ep.transport == "http" {
+                match &ep.url {
+                    None => problems.push(Problem::new(at("url"), "required for transport http")),
+                    Some(_) => {
+                        let client = http_client.get_or_insert_with(|| {
+                            transports::http::HttpClient::new(transports::http::HttpClientOptions {
+                                allow_private_networks: self.http.allow_private_networks,
+                                ..Default::default()
+                            })
+                            .map_err(|e| e.to_string())
+                        });
+                        match client {
+                            Ok(client) => {
+                                if let Err(e) =
+                                    transports::http::HttpTransport::new(ep.into(), client.clone())
+                                {
+                                    problems.push(Problem::new(
+                                        at(&http_field(ep, &e.field)),
+                                        e.reason,
+                                    ));
+                                }
+                            }
+                            Err(e) => problems.push(Problem::new("http", e.clone())),
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Map a transport's field name back to the config key the user wrote:
+/// the transport sees `secret` and `secrets` as one list.
+fn http_field(ep: &EndpointConfig, field: &str) -> String {
+    let index = field
+        .strip_prefix("secrets[")
+        .and_then(|r| r.strip_suffix(']'))
+        .and_then(|i| i.parse::<usize>().ok());
+    match (index, ep.secret.is_some()) {
+        (Some(0), true) => "secret".to_owned(),
+        (Some(i), true) => format!("secrets[{}]", i - 1),
+        _ => field.to_owned(),
+    }
+}
+
+impl From<&EndpointConfig> for transports::http::HttpEndpointConfig {
+    fn from(ep: &EndpointConfig) -> Self {
+        transports::http::HttpEndpointConfig {
+            url: ep.url.clone().unwrap_or_default(),
+            secrets: ep.all_secrets(),
+            send_secret_header: ep.send_secret_header,
+            timeout: ep.timeout,
+            headers: ep
+                .headers
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        }
+    }
+}
+
+/// Take and parse one top-level section, recording problems under its name.
+fn section<T: DeserializeOwned + Default>(
+    map: &mut serde_yaml_ng::Mapping,
+    key: &str,
+    problems: &mut Vec<Problem>,
+) -> T {
+    match map.remove(key) {
+        None | Some(Value::Null) => T::default(),
+        Some(v) => parse(v, key, problems).unwrap_or_default(),
+    }
+}
+
+/// Deserialize `value`, turning the first error into a problem at its full path.
+fn parse<T: DeserializeOwned>(value: Value, base: &str, problems: &mut Vec<Problem>) -> Option<T> {
+    match serde_path_to_error::deserialize::<_, T>(value) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            let inner = e.path().to_string();
+            let path = match inner.as_str() {
+                "." | "" => base.to_owned(),
+                p if p.starts_with('[') => format!("{base}{p}"),
+                p => format!("{base}.{p}"),
+            };
+            problems.push(Problem::new(path, e.into_inner().to_string()));
+            None
+        }
+    }
+}
+
+fn kind_of(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "nothing",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Sequence(_) => "a list",
+        Value::Mapping(_) => "a mapping",
+        Value::Tagged(_) => "a tagged value",
+    }
+}
+
+fn check_topic_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 249 {
+        return Err("a topic name has 1 to 249 characters".into());
+    }
+    if name == "." || name == ".." {
+        return Err(format!("`{name}` is not a valid topic name"));
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        return Err(format!("`{name}` may only contain A-Z a-z 0-9 . _ -"));
+    }
+    Ok(())
+}
+
+/// Endpoint ids appear in metrics labels, delivery ids and the JSON
+/// envelope, so they are kept to characters that need no escaping anywhere.
+pub fn check_endpoint_id(id: &str) -> Result<(), String> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id.as_bytes()[0].is_ascii_alphanumeric()
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{id}` is not a valid id (1 to 64 of A-Z a-z 0-9 . _ -, starting with a letter or digit)"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests;

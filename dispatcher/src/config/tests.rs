@@ -1,0 +1,205 @@
+use super::*;
+
+fn no_env(_: &str) -> Option<String> {
+    None
+}
+
+fn problems(yaml: &str) -> Vec<Problem> {
+    Config::from_yaml(yaml, &no_env).expect_err("config should be refused")
+}
+
+/// The problem reported at `path`, or a panic listing what was reported.
+fn at<'a>(problems: &'a [Problem], path: &str) -> &'a Problem {
+    problems
+        .iter()
+        .find(|p| p.path == path)
+        .unwrap_or_else(|| panic!("no problem reported at {path}; got {problems:#?}"))
+}
+
+const GOOD_ENDPOINT: &str = r#"
+  - id: acme-crm
+    transport: http
+    url: "https://hooks.acme.example/whatsapp"
+    secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+    send_secret_header: true
+    events: ["message.*", "contact.created"]
+    filter: { "data.whatsapp_account_id": "acct-1" }
+    timeout: 10s
+    max_in_flight: 32
+"#;
+
+#[test]
+fn the_documented_example_is_valid_with_defaults_filled_in() {
+    let yaml = format!(
+        r#"
+kafka:
+  brokers: "127.0.0.1:9092"
+  group_id: dispatcher
+  topics: [events]
+  options: {{ security.protocol: plaintext, linger.ms: 5 }}
+  dead_letter_topic: dispatcher.dlq
+  retry_topic: dispatcher.retry
+admin:
+  listen: "127.0.0.1:9464"
+http:
+  allow_private_networks: false
+endpoints:{GOOD_ENDPOINT}"#
+    );
+    let c = Config::from_yaml(&yaml, &no_env).unwrap();
+    assert_eq!(c.kafka.brokers.as_deref(), Some("127.0.0.1:9092"));
+    assert_eq!(c.kafka.options["linger.ms"], Scalar("5".into()));
+    let ep = &c.endpoints[0];
+    assert_eq!(ep.timeout, Duration::from_secs(10));
+    assert!(ep.send_secret_header && ep.enabled);
+    assert_eq!(c.pipeline.max_events_in_flight, 10_000);
+}
+
+#[test]
+fn an_empty_kafka_section_means_the_embedded_broker() {
+    let c = Config::from_yaml(&format!("endpoints:{GOOD_ENDPOINT}"), &no_env).unwrap();
+    assert_eq!(c.kafka.brokers, None);
+    assert_eq!(c.kafka.topics, vec!["events".to_string()]);
+}
+
+#[test]
+fn every_bad_key_is_named_and_all_are_reported_at_once() {
+    let p = problems(
+        r#"
+kafka:
+  group_id: ""
+  topics: [events, "bad topic"]
+  dead_letter_topic: events
+  options: { enable.auto.commit: true, group.id: x }
+admin:
+  listen: "not an address"
+pipeline:
+  max_attempts: 0
+  commit_interval: soon
+endpoints:
+  - id: ok-one
+    url: "https://a.example/x"
+    events: ["*"]
+  - id: "bad id!"
+    url: "ftp://a.example/x"
+    events: ["message*"]
+    timeout: 0s
+    max_in_flight: 0
+  - id: ok-one
+    transport: carrier-pigeon
+    url: "https://b.example/x"
+    events: []
+    filter: { whatsapp_account_id: x }
+  - id: typo
+    url: "https://c.example/x"
+    evnets: ["*"]
+  - id: secretive
+    url: "https://d.example/x"
+    secret: "whsec_not base64!"
+    events: ["*"]
+surprise: true
+"#,
+    );
+    for (path, words) in [
+        ("kafka.group_id", "must not be empty"),
+        ("kafka.topics[1]", "may only contain"),
+        ("kafka.dead_letter_topic", "also a source topic"),
+        ("kafka.options.enable.auto.commit", "must stay false"),
+        ("kafka.options.group.id", "kafka.group_id"),
+        ("admin.listen", "invalid socket address"),
+        ("pipeline.commit_interval", ""),
+        ("endpoints[1].id", "not a valid id"),
+        ("endpoints[1].url", ""),
+        ("endpoints[1].events[0]", "not an event pattern"),
+        ("endpoints[1].timeout", "between"),
+        ("endpoints[1].max_in_flight", "between 1 and 10000"),
+        ("endpoints[2].id", "used by another endpoint"),
+        (
+            "endpoints[2].transport",
+            "unknown transport `carrier-pigeon`",
+        ),
+        ("endpoints[2].events", "at least one"),
+        ("endpoints[2].filter.whatsapp_account_id", "below data"),
+        ("endpoints[3].evnets", "unknown field `evnets`"),
+        ("endpoints[4].secret", "whsec"),
+        ("surprise", "unknown key"),
+    ] {
+        let problem = at(&p, path);
+        assert!(
+            problem.message.contains(words),
+            "{path}: {:?} lacks {words:?}",
+            problem.message
+        );
+    }
+    // pipeline failed to parse as a whole (commit_interval), so its other
+    // key is not judged; everything else is.
+    assert_eq!(p.len(), 19, "{p:#?}");
+}
+
+#[test]
+fn type_errors_name_the_nested_key() {
+    let p = problems("endpoints:\n  - id: a\n    url: https://a.example/\n    events: [\"*\"]\n    max_in_flight: lots\n");
+    assert!(at(&p, "endpoints[0].max_in_flight")
+        .message
+        .contains("invalid type"));
+    let p = problems("kafka:\n  topics: events\nendpoints:\n  - {id: a, url: 'https://a.example/', events: ['*']}\n");
+    assert!(at(&p, "kafka.topics")
+        .message
+        .contains("expected a sequence"));
+}
+
+#[test]
+fn private_addresses_are_refused_unless_allowed() {
+    let ep = "endpoints:\n  - id: local\n    url: http://127.0.0.1:8080/hook\n    events: ['*']\n";
+    let p = problems(ep);
+    assert!(
+        at(&p, "endpoints[0].url").message.contains("loopback"),
+        "{p:?}"
+    );
+    let allowed = format!("http:\n  allow_private_networks: true\n{ep}");
+    assert!(Config::from_yaml(&allowed, &no_env).is_ok());
+}
+
+#[test]
+fn environment_variables_fill_values_and_missing_ones_are_named() {
+    let yaml = "kafka:\n  brokers: ${BROKERS}\nendpoints:\n  - id: a\n    url: https://a.example/\n    secret: ${SECRET_A}\n    events: ['*']\n    max_in_flight: ${INFLIGHT:-8}\n";
+    let env = |name: &str| match name {
+        "BROKERS" => Some("kafka-0:9092,kafka-1:9092".to_owned()),
+        "SECRET_A" => Some("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".to_owned()),
+        _ => None,
+    };
+    let c = Config::from_yaml(yaml, &env).unwrap();
+    assert_eq!(
+        c.kafka.brokers.as_deref(),
+        Some("kafka-0:9092,kafka-1:9092")
+    );
+    assert_eq!(c.endpoints[0].max_in_flight, 8);
+    let p = problems(yaml);
+    assert!(at(&p, "kafka.brokers")
+        .message
+        .contains("BROKERS is not set"));
+    assert!(at(&p, "endpoints[0].secret")
+        .message
+        .contains("SECRET_A is not set"));
+}
+
+#[test]
+fn yaml_syntax_errors_give_a_position() {
+    let p = problems("kafka:\n  topics: [events\nendpoints: []\n");
+    assert_eq!(p.len(), 1);
+    assert!(p[0].message.contains("line"), "{}", p[0].message);
+}
+
+#[test]
+fn errors_display_with_file_and_keys() {
+    let e = ConfigError {
+        file: "conf/dispatcher.yaml".into(),
+        problems: vec![
+            Problem::new("endpoints[0].url", "required for transport http"),
+            Problem::new("surprise", "unknown key"),
+        ],
+    };
+    assert_eq!(
+        e.to_string(),
+        "conf/dispatcher.yaml: 2 problems\n  endpoints[0].url: required for transport http\n  surprise: unknown key"
+    );
+}

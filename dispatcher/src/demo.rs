@@ -1,0 +1,486 @@
+//! `dispatcher demo`: the whole pipeline on one machine with nothing
+//! installed — embedded Kafka, a producer of seed events of every type,
+//! four local webhook receivers (one slow, one flaky), live progress and a
+//! final summary.
+
+use std::collections::HashSet;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::ClientConfig;
+use serde::Serialize;
+use tokio::net::TcpListener;
+use transports::{Event, SourceRef};
+
+use crate::config::{Config, EndpointConfig, FilterValue, Scalar};
+use crate::route::{EventPattern, Filter, Router, Subscription};
+use crate::seed::SeedEvents;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct DemoArgs {
+    /// How many events to produce.
+    #[arg(long, default_value_t = 20_000)]
+    pub events: u64,
+    /// Events per second to produce (default: as fast as possible).
+    #[arg(long)]
+    pub rate: Option<u64>,
+    /// Print the final summary as one JSON object on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Give up (and exit non-zero) after this long.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+}
+
+/// How one demo receiver behaves.
+#[derive(Debug, Clone, Copy, Serialize)]
+struct Behaviour {
+    delay_ms: u64,
+    /// One request in `fail_every` answers 503 (0: never).
+    fail_every: u64,
+}
+
+struct Receiver {
+    id: &'static str,
+    behaviour: Behaviour,
+    stats: Arc<ReceiverStats>,
+}
+
+#[derive(Default)]
+struct ReceiverStats {
+    requests: AtomicU64,
+    unique: Mutex<HashSet<String>>,
+    /// End-to-end age (event timestamp to arrival), microseconds.
+    age_us: Mutex<Option<hdrhistogram::Histogram<u64>>>,
+}
+
+#[derive(Serialize)]
+struct EndpointSummary {
+    id: &'static str,
+    subscribed_to: Vec<String>,
+    behaviour: Behaviour,
+    expected: u64,
+    delivered: u64,
+    dead_lettered: u64,
+    received_unique: usize,
+    requests: u64,
+}
+
+#[derive(Serialize)]
+struct Summary {
+    events: u64,
+    deliveries: u64,
+    delivered: u64,
+    dead_lettered: u64,
+    retries: u64,
+    complete: bool,
+    elapsed_s: f64,
+    events_per_s: f64,
+    deliveries_per_s: f64,
+    latency_ms: Percentiles,
+    endpoints: Vec<EndpointSummary>,
+}
+
+#[derive(Serialize)]
+struct Percentiles {
+    p50: f64,
+    p90: f64,
+    p99: f64,
+    max: f64,
+}
+
+pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
+    // (id, subscriptions, behaviour, filter: (field, any of values))
+    type Spec = (
+        &'static str,
+        &'static [&'static str],
+        Behaviour,
+        Option<(&'static str, &'static [&'static str])>,
+    );
+    let specs: [Spec; 4] = [
+        (
+            "crm",
+            &["message.*"],
+            Behaviour {
+                delay_ms: 0,
+                fail_every: 20,
+            },
+            None,
+        ),
+        (
+            "analytics",
+            &["*"],
+            Behaviour {
+                delay_ms: 0,
+                fail_every: 0,
+            },
+            None,
+        ),
+        (
+            "support-desk",
+            &["conversation.*", "transfer.created", "message.received"],
+            Behaviour {
+                delay_ms: 0,
+                fail_every: 0,
+            },
+            Some(("data.whatsapp_account_id", &["acct-1", "acct-2"])),
+        ),
+        (
+            "archive-slow",
+            &["*"],
+            Behaviour {
+                delay_ms: 100,
+                fail_every: 0,
+            },
+            None,
+        ),
+    ];
+
+    let mut receivers = Vec::new();
+    let mut config = Config::default();
+    config.http.allow_private_networks = true;
+    config.admin.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    config.kafka.embedded_partitions = 12;
+    config.pipeline.retry_backoff = Duration::from_millis(100);
+    for (id, events, behaviour, filter) in specs {
+        let stats = Arc::new(ReceiverStats::default());
+        let addr = start_receiver(behaviour, stats.clone()).await?;
+        receivers.push(Receiver {
+            id,
+            behaviour,
+            stats,
+        });
+        config.endpoints.push(EndpointConfig {
+            id: id.into(),
+            transport: "http".into(),
+            url: Some(format!("http://{addr}/webhooks/{id}")),
+            secret: Some("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into()),
+            secrets: vec![],
+            send_secret_header: false,
+            events: events.iter().map(|s| s.to_string()).collect(),
+            filter: filter
+                .map(|(k, vals)| {
+                    let list = vals.iter().map(|v| Scalar(v.to_string())).collect();
+                    [(k.to_string(), FilterValue::AnyOf(list))]
+                        .into_iter()
+                        .collect()
+                })
+                .unwrap_or_default(),
+            timeout: Duration::from_secs(10),
+            max_in_flight: if behaviour.delay_ms > 0 { 64 } else { 32 },
+            headers: Default::default(),
+            enabled: true,
+        });
+    }
+
+    let mut router = Router::new(
+        config
+            .endpoints
+            .iter()
+            .map(|ep| Subscription {
+                patterns: ep
+                    .events
+                    .iter()
+                    .filter_map(|e| EventPattern::parse(e).ok())
+                    .collect(),
+                filter: Filter::parse(&ep.filter).unwrap_or_default(),
+            })
+            .collect(),
+    );
+
+    let running = crate::app::start(config.clone()).await?;
+    eprintln!(
+        "demo: embedded Kafka at {}, metrics at http://{}/metrics, {} receivers",
+        running.bootstrap,
+        running.admin_addr,
+        receivers.len()
+    );
+    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", &running.bootstrap)
+        .set("linger.ms", "5")
+        .create()
+        .context("creating the demo producer")?;
+
+    let started = Instant::now();
+    let mut expected = vec![0u64; receivers.len()];
+    let mut seeds = SeedEvents::new(0x5eed);
+    let topic = config.kafka.topics[0].clone();
+    let m = running.metrics.clone();
+    let endpoint_total = |outcome: &str| -> u64 {
+        receivers
+            .iter()
+            .map(|r| {
+                m.deliveries
+                    .with_label_values(&[r.id, "http", outcome])
+                    .get()
+            })
+            .sum()
+    };
+    let mut produced = 0u64;
+    let mut last_report = Instant::now();
+    let mut complete = false;
+    loop {
+        // Produce in slices so progress keeps printing during production.
+        let slice_end = Instant::now() + Duration::from_millis(50);
+        while produced < args.events && Instant::now() < slice_end {
+            if let Some(rate) = args.rate {
+                if produced as f64 >= rate as f64 * started.elapsed().as_secs_f64() {
+                    break;
+                }
+            }
+            let now = chrono::Utc::now().timestamp_millis();
+            let (_, id, value) = seeds.next_event(now);
+            let src = SourceRef {
+                topic: topic.as_str().into(),
+                partition: 0,
+                offset: 0,
+            };
+            if let Ok(ev) = Event::decode(Bytes::from(value.clone()), src, None, usize::MAX) {
+                router.route(&ev, |i| expected[i] += 1);
+            }
+            let mut record = BaseRecord::<str, [u8]>::to(&topic)
+                .key(id.as_str())
+                .payload(&value);
+            loop {
+                match producer.send(record) {
+                    Ok(()) => break,
+                    Err((_, r)) => {
+                        record = r;
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                }
+            }
+            produced += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(if produced < args.events {
+            1
+        } else {
+            50
+        }))
+        .await;
+
+        let want: u64 = expected.iter().sum();
+        let done = endpoint_total("delivered") + endpoint_total("dead_lettered");
+        if last_report.elapsed() >= Duration::from_secs(1) {
+            last_report = Instant::now();
+            eprintln!(
+                "[{:>5.1}s] produced {produced}/{} | consumed {} | deliveries {done}/{want} | dead-lettered {} | in flight {} | {:.0} deliveries/s",
+                started.elapsed().as_secs_f64(),
+                args.events,
+                m.events_consumed.with_label_values(&[&topic]).get(),
+                endpoint_total("dead_lettered"),
+                m.events_in_flight.get(),
+                done as f64 / started.elapsed().as_secs_f64()
+            );
+        }
+        if produced >= args.events && done >= want {
+            complete = true;
+            break;
+        }
+        if started.elapsed() > args.timeout {
+            eprintln!("demo: timed out after {:?}", args.timeout);
+            break;
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let _ = producer.flush(Duration::from_secs(5));
+    // Before the embedded broker goes away with the dispatcher.
+    drop(producer);
+
+    let mut all_ages = hdrhistogram::Histogram::<u64>::new(3).context("histogram")?;
+    let mut endpoints = Vec::new();
+    for (r, spec) in receivers.iter().zip(&config.endpoints) {
+        if let Some(h) = r
+            .stats
+            .age_us
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            let _ = all_ages.add(h);
+        }
+        endpoints.push(EndpointSummary {
+            id: r.id,
+            subscribed_to: spec.events.clone(),
+            behaviour: r.behaviour,
+            expected: expected[endpoints.len()],
+            delivered: m
+                .deliveries
+                .with_label_values(&[r.id, "http", "delivered"])
+                .get(),
+            dead_lettered: m
+                .deliveries
+                .with_label_values(&[r.id, "http", "dead_lettered"])
+                .get(),
+            received_unique: r
+                .stats
+                .unique
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .len(),
+            requests: r.stats.requests.load(Ordering::Relaxed),
+        });
+    }
+    let retries: u64 = receivers
+        .iter()
+        .map(|r| m.attempts.with_label_values(&[r.id, "http", "retry"]).get())
+        .sum();
+    let ms = |q: f64| all_ages.value_at_quantile(q) as f64 / 1000.0;
+    let summary = Summary {
+        events: produced,
+        deliveries: expected.iter().sum(),
+        delivered: endpoint_total("delivered"),
+        dead_lettered: endpoint_total("dead_lettered"),
+        retries,
+        complete,
+        elapsed_s: elapsed,
+        events_per_s: produced as f64 / elapsed,
+        deliveries_per_s: endpoint_total("delivered") as f64 / elapsed,
+        latency_ms: Percentiles {
+            p50: ms(0.5),
+            p90: ms(0.9),
+            p99: ms(0.99),
+            max: all_ages.max() as f64 / 1000.0,
+        },
+        endpoints,
+    };
+    running.shutdown().await?;
+
+    if args.json {
+        println!("{}", serde_json::to_string(&summary)?);
+    } else {
+        print_summary(&summary);
+    }
+    if complete {
+        Ok(())
+    } else {
+        anyhow::bail!(
+            "the demo did not finish: {} of {} deliveries final",
+            summary.delivered + summary.dead_lettered,
+            summary.deliveries
+        )
+    }
+}
+
+fn print_summary(s: &Summary) {
+    println!();
+    println!("events            {}", s.events);
+    println!(
+        "deliveries        {} expected, {} delivered, {} dead-lettered, {} retries",
+        s.deliveries, s.delivered, s.dead_lettered, s.retries
+    );
+    println!(
+        "elapsed           {:.2} s  ({:.0} events/s, {:.0} deliveries/s)",
+        s.elapsed_s, s.events_per_s, s.deliveries_per_s
+    );
+    println!(
+        "end-to-end age    p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        s.latency_ms.p50, s.latency_ms.p90, s.latency_ms.p99, s.latency_ms.max
+    );
+    println!();
+    println!(
+        "{:<14} {:<48} {:>9} {:>9} {:>6} {:>9}",
+        "endpoint", "subscribed to", "expected", "delivered", "dlq", "requests"
+    );
+    for e in &s.endpoints {
+        println!(
+            "{:<14} {:<48} {:>9} {:>9} {:>6} {:>9}",
+            e.id,
+            e.subscribed_to.join(", "),
+            e.expected,
+            e.delivered,
+            e.dead_lettered,
+            e.requests
+        );
+    }
+}
+
+/// A local webhook receiver with the given behaviour.
+async fn start_receiver(
+    behaviour: Behaviour,
+    stats: Arc<ReceiverStats>,
+) -> anyhow::Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    *stats.age_us.lock().unwrap_or_else(|e| e.into_inner()) =
+        Some(hdrhistogram::Histogram::new(3)?);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let stats = stats.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req| receive(req, behaviour, stats.clone()));
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    Ok(addr)
+}
+
+async fn receive(
+    req: Request<Incoming>,
+    behaviour: Behaviour,
+    stats: Arc<ReceiverStats>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let n = stats.requests.fetch_add(1, Ordering::Relaxed) + 1;
+    let delivery_id = req
+        .headers()
+        .get("x-webhook-delivery-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    if behaviour.delay_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(behaviour.delay_ms)).await;
+    }
+    if behaviour.fail_every > 0 && n % behaviour.fail_every == 0 {
+        let mut r = Response::new(Full::new(Bytes::from_static(b"try again")));
+        *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        return Ok(r);
+    }
+    #[derive(serde::Deserialize)]
+    struct Envelope<'a> {
+        #[serde(borrow)]
+        timestamp: &'a str,
+    }
+    if let Ok(env) = serde_json::from_slice::<Envelope<'_>>(&body) {
+        if let Ok(ts) = chrono::DateTime::parse_from_rfc3339(env.timestamp) {
+            let age = (chrono::Utc::now() - ts.with_timezone(&chrono::Utc))
+                .num_microseconds()
+                .unwrap_or(0);
+            if let Some(h) = stats
+                .age_us
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_mut()
+            {
+                let _ = h.record(age.max(0) as u64);
+            }
+        }
+    }
+    stats
+        .unique
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(delivery_id);
+    Ok(Response::new(Full::new(Bytes::from_static(
+        b"{\"received\":true}",
+    ))))
+}

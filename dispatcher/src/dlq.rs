@@ -1,0 +1,201 @@
+//! The dead-letter topic: where records and deliveries go when they cannot
+//! be delivered, with the reason and enough context to replay them.
+//!
+//! A dead letter's value is always the source record's value, byte for byte;
+//! everything else travels in `dlq.*` headers (see `docs/architecture.md`).
+//! A write counts as final only once the broker acknowledged it; until then
+//! it is retried, because the source offset behind it waits for it.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde::Serialize;
+use transports::{model::format_rfc3339_ms, Delivery, EventError, SourceRef};
+
+use crate::metrics::Metrics;
+
+/// What is kept of a dead letter's value when the topic refuses the whole
+/// record as too large; the original stays in the source topic.
+const TRUNCATED_VALUE_BYTES: usize = 64 * 1024;
+
+/// One send attempt, as recorded in the `dlq.attempts` header.
+#[derive(Debug, Clone, Serialize)]
+pub struct Attempt {
+    /// RFC 3339 time the attempt started.
+    pub at: String,
+    pub duration_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    pub result: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// A record ready to be written to the dead-letter topic.
+pub struct DeadLetter {
+    key: Option<Bytes>,
+    value: Bytes,
+    headers: Vec<(Cow<'static, str>, Vec<u8>)>,
+    stage: &'static str,
+    reason: &'static str,
+}
+
+impl DeadLetter {
+    /// A record that could not be decoded. Its original headers are kept.
+    pub fn invalid_record(
+        source: &SourceRef,
+        key: Option<Bytes>,
+        value: Bytes,
+        original_headers: Vec<(String, Vec<u8>)>,
+        error: &EventError,
+    ) -> DeadLetter {
+        let mut headers = common_headers(source, "decode", error.code());
+        headers.push(("dlq.error".into(), error.to_string().into_bytes()));
+        headers.extend(
+            original_headers
+                .into_iter()
+                .map(|(k, v)| (Cow::Owned(k), v)),
+        );
+        DeadLetter {
+            key,
+            value,
+            headers,
+            stage: "decode",
+            reason: error.code(),
+        }
+    }
+
+    /// A delivery that will not succeed: permanent failure or retries spent.
+    pub fn failed_delivery(
+        delivery: &Delivery,
+        reason: &'static str,
+        error: &str,
+        attempts: &[Attempt],
+    ) -> DeadLetter {
+        let ev = &delivery.event;
+        let mut headers = common_headers(&ev.source, "delivery", reason);
+        headers.push(("dlq.error".into(), error.as_bytes().to_vec()));
+        headers.push((
+            "dlq.endpoint_id".into(),
+            delivery.endpoint_id.as_bytes().to_vec(),
+        ));
+        headers.push((
+            "dlq.delivery_id".into(),
+            delivery.id.to_string().into_bytes(),
+        ));
+        headers.push(("dlq.event_type".into(), ev.event_type().as_bytes().to_vec()));
+        headers.push((
+            "dlq.attempts".into(),
+            serde_json::to_vec(attempts).unwrap_or_default(),
+        ));
+        if let Some(tp) = &ev.traceparent {
+            headers.push(("traceparent".into(), tp.to_vec()));
+        }
+        DeadLetter {
+            key: Some(Bytes::from(delivery.id.to_string())),
+            value: ev.payload().clone(),
+            headers,
+            stage: "delivery",
+            reason,
+        }
+    }
+}
+
+fn common_headers(
+    source: &SourceRef,
+    stage: &'static str,
+    reason: &'static str,
+) -> Vec<(Cow<'static, str>, Vec<u8>)> {
+    let now = format_rfc3339_ms(chrono::Utc::now().timestamp_millis());
+    vec![
+        ("dlq.stage".into(), stage.as_bytes().to_vec()),
+        ("dlq.reason".into(), reason.as_bytes().to_vec()),
+        ("dlq.source.topic".into(), source.topic.as_bytes().to_vec()),
+        (
+            "dlq.source.partition".into(),
+            source.partition.to_string().into_bytes(),
+        ),
+        (
+            "dlq.source.offset".into(),
+            source.offset.to_string().into_bytes(),
+        ),
+        ("dlq.failed_at".into(), now.into_bytes()),
+    ]
+}
+
+/// Writer of dead letters; cheap to share.
+pub struct DeadLetters {
+    producer: FutureProducer,
+    topic: String,
+    metrics: Arc<Metrics>,
+}
+
+impl DeadLetters {
+    pub fn new(producer: FutureProducer, topic: String, metrics: Arc<Metrics>) -> DeadLetters {
+        DeadLetters {
+            producer,
+            topic,
+            metrics,
+        }
+    }
+
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// Write `letter` and wait for the broker's acknowledgement, retrying
+    /// (with a capped backoff) for as long as it takes. Only a refusal for
+    /// size changes the record: its value is then cut, and marked so.
+    pub async fn write(&self, mut letter: DeadLetter) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let mut headers = OwnedHeaders::new_with_capacity(letter.headers.len());
+            for (k, v) in &letter.headers {
+                headers = headers.insert(Header {
+                    key: k.as_ref(),
+                    value: Some(v),
+                });
+            }
+            let mut record = FutureRecord::<[u8], [u8]>::to(&self.topic)
+                .payload(&letter.value[..])
+                .headers(headers);
+            if let Some(k) = &letter.key {
+                record = record.key(&k[..]);
+            }
+            match self.producer.send(record, Duration::from_secs(30)).await {
+                Ok(_) => {
+                    self.metrics
+                        .dead_letters
+                        .with_label_values(&[letter.stage, letter.reason])
+                        .inc();
+                    return;
+                }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge), _))
+                    if letter.value.len() > TRUNCATED_VALUE_BYTES =>
+                {
+                    tracing::warn!(
+                        topic = %self.topic,
+                        size = letter.value.len(),
+                        "dead letter too large for the topic; keeping its first {TRUNCATED_VALUE_BYTES} bytes"
+                    );
+                    letter.headers.push((
+                        "dlq.truncated_from_bytes".into(),
+                        letter.value.len().to_string().into_bytes(),
+                    ));
+                    letter.value = letter.value.slice(..TRUNCATED_VALUE_BYTES);
+                }
+                Err((e, _)) => {
+                    self.metrics.dead_letter_errors.inc();
+                    tracing::error!(topic = %self.topic, error = %e, "writing a dead letter failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+}

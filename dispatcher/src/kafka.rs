@@ -1,0 +1,63 @@
+//! librdkafka client settings shared by every Kafka client the dispatcher
+//! makes, and the few it insists on.
+
+use rdkafka::ClientConfig;
+
+use crate::config::KafkaConfig;
+
+/// Properties common to every client: brokers, then the user's options.
+fn base(kafka: &KafkaConfig, bootstrap: &str, client_id: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", bootstrap);
+    c.set("client.id", client_id);
+    for (key, value) in &kafka.options {
+        c.set(key, &value.0);
+    }
+    c
+}
+
+/// The source consumer. Offsets are stored and committed by the dispatcher
+/// only (never automatically), which is what makes at-least-once hold.
+pub fn consumer(kafka: &KafkaConfig, bootstrap: &str) -> ClientConfig {
+    let mut c = base(kafka, bootstrap, "webhook-dispatcher");
+    c.set("group.id", &kafka.group_id);
+    c.set("enable.auto.commit", "false");
+    c.set("enable.auto.offset.store", "false");
+    if !kafka.options.contains_key("auto.offset.reset") {
+        // A new group must not skip the events already waiting.
+        c.set("auto.offset.reset", "earliest");
+    }
+    c
+}
+
+/// Producers of dead letters: idempotent with full acknowledgement, since a
+/// written dead letter lets the source offset move past its record.
+pub fn producer(kafka: &KafkaConfig, bootstrap: &str) -> ClientConfig {
+    let mut c = base(kafka, bootstrap, "webhook-dispatcher-dlq");
+    for (key, default) in [
+        ("acks", "all"),
+        ("enable.idempotence", "true"),
+        ("linger.ms", "5"),
+    ] {
+        if !kafka.options.contains_key(key) {
+            c.set(key, default);
+        }
+    }
+    // Consumer-only options given under kafka.options would make the
+    // producer log a warning each; drop the obvious ones.
+    for key in [
+        "session.timeout.ms",
+        "heartbeat.interval.ms",
+        "max.poll.interval.ms",
+        "auto.offset.reset",
+        "partition.assignment.strategy",
+        "fetch.min.bytes",
+        "fetch.wait.max.ms",
+        "max.partition.fetch.bytes",
+        "group.instance.id",
+        "isolation.level",
+    ] {
+        c.remove(key);
+    }
+    c
+}

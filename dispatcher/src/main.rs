@@ -1,0 +1,124 @@
+//! The `dispatcher` command.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use dispatcher::config::Config;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(
+    name = "dispatcher",
+    version,
+    about = "Fan-out dispatcher: Kafka events to webhook endpoints"
+)]
+struct Cli {
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the dispatcher until SIGTERM or SIGINT.
+    Run {
+        /// The YAML config file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Check a config file and list every problem in it.
+    Validate {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Run the whole pipeline on this machine: embedded Kafka, a producer of
+    /// seed events, local webhook receivers (one of them slow), a summary.
+    Demo(dispatcher::demo::DemoArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format, matches!(cli.command, Command::Demo(_)));
+    let result = match cli.command {
+        Command::Validate { config } => validate(&config),
+        Command::Run { config } => runtime().and_then(|rt| rt.block_on(run(&config))),
+        Command::Demo(args) => runtime().and_then(|rt| rt.block_on(dispatcher::demo::run(args))),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+fn init_logging(format: LogFormat, quiet_default: bool) {
+    // The demo prints its own progress; logs would drown it unless asked for.
+    let default = if quiet_default { "warn" } else { "info" };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+fn validate(path: &Path) -> anyhow::Result<()> {
+    let config = Config::load(path)?;
+    println!(
+        "{}: ok ({} endpoint{}, topics {:?}, {})",
+        path.display(),
+        config.endpoints.len(),
+        if config.endpoints.len() == 1 { "" } else { "s" },
+        config.kafka.topics,
+        match &config.kafka.brokers {
+            Some(b) => format!("brokers {b}"),
+            None => "embedded Kafka".to_owned(),
+        }
+    );
+    Ok(())
+}
+
+async fn run(path: &Path) -> anyhow::Result<()> {
+    let config = Config::load(path)?;
+    let running = dispatcher::app::start(config).await?;
+    tracing::info!(
+        bootstrap = %running.bootstrap,
+        admin = %running.admin_addr,
+        "dispatcher running"
+    );
+    wait_for_signal().await?;
+    running.shutdown().await?;
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        r = tokio::signal::ctrl_c() => { r.context("waiting for SIGINT")?; tracing::info!("SIGINT received") }
+    }
+    Ok(())
+}

@@ -1,0 +1,101 @@
+//! The consumer's context: what happens at rebalances.
+//!
+//! On revoke, the final positions of the partitions being taken away are
+//! committed synchronously before the new owner can start, so hand-over
+//! re-reads as little as possible and never skips anything. On assign, each
+//! partition starts a fresh watermark, and is paused at once if the source is
+//! under back-pressure.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+
+use crate::metrics::Metrics;
+use crate::offsets::OffsetTracker;
+
+pub struct SourceContext {
+    pub tracker: Arc<OffsetTracker>,
+    pub paused: Arc<AtomicBool>,
+    pub ready: Arc<AtomicBool>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl ClientContext for SourceContext {}
+
+impl ConsumerContext for SourceContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Revoke(list) => {
+                self.metrics.rebalances.with_label_values(&["revoke"]).inc();
+                let finals = self
+                    .tracker
+                    .revoke(list.elements().iter().map(|e| (e.topic(), e.partition())));
+                tracing::info!(partitions = list.count(), "partitions revoked");
+                if !finals.is_empty() {
+                    let commits = to_list(&finals);
+                    match consumer.commit(&commits, CommitMode::Sync) {
+                        Ok(()) => {
+                            self.metrics.commits.with_label_values(&["ok"]).inc();
+                            record_committed(&self.metrics, &finals);
+                        }
+                        Err(e) => {
+                            // The new owner re-reads from the last committed
+                            // offset: duplicates (same delivery ids), no loss.
+                            self.metrics.commits.with_label_values(&["error"]).inc();
+                            tracing::warn!(error = %e, "commit on revoke failed");
+                        }
+                    }
+                }
+            }
+            Rebalance::Assign(list) => {
+                self.metrics.rebalances.with_label_values(&["assign"]).inc();
+                self.tracker
+                    .assign(list.elements().iter().map(|e| (e.topic(), e.partition())));
+                tracing::info!(partitions = list.count(), "partitions assigned");
+            }
+            Rebalance::Error(e) => {
+                self.metrics.rebalances.with_label_values(&["error"]).inc();
+                tracing::error!(error = %e, "rebalance failed");
+            }
+        }
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(list) = rebalance {
+            if self.paused.load(Ordering::Acquire) && list.count() > 0 {
+                if let Err(e) = consumer.pause(list) {
+                    tracing::warn!(error = %e, "could not pause newly assigned partitions");
+                }
+            }
+            // Joining the group is what readiness means, even with zero
+            // partitions: a replica beyond the partition count is healthy.
+            self.ready.store(true, Ordering::Release);
+        }
+        if let Ok(assigned) = consumer.assignment() {
+            self.metrics
+                .assigned_partitions
+                .set(assigned.count() as i64);
+        }
+    }
+}
+
+/// A list of (topic, partition, offset) as librdkafka wants it.
+pub fn to_list(offsets: &[(Arc<str>, i32, i64)]) -> TopicPartitionList {
+    let mut list = TopicPartitionList::with_capacity(offsets.len());
+    for (topic, partition, offset) in offsets {
+        // Only fails for an invalid offset, which a watermark never is.
+        let _ = list.add_partition_offset(topic, *partition, Offset::Offset(*offset));
+    }
+    list
+}
+
+pub fn record_committed(metrics: &Metrics, offsets: &[(Arc<str>, i32, i64)]) {
+    for (topic, partition, offset) in offsets {
+        metrics
+            .committed_offset
+            .with_label_values(&[topic.as_ref(), partition.to_string().as_str()])
+            .set(*offset);
+    }
+}

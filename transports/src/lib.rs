@@ -1,0 +1,76 @@
+//! Delivery transports for the webhook dispatcher.
+//!
+//! This crate owns two things: the *delivery model* that every transport sees
+//! (a decoded [`Event`], one [`Delivery`] of it to one endpoint, and the
+//! [`Outcome`] of one send), and the built-in transports themselves. The
+//! dispatcher core decides *when* to send and what to do with an outcome
+//! (retry, dead-letter, commit); a transport only turns one delivery into one
+//! send and says how it went.
+
+pub mod http;
+pub mod model;
+
+pub use model::{Delivery, DeliveryId, Event, EventError, SourceRef};
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+/// A boxed, sendable future: the price of one allocation per send buys a
+/// trait that can be stored as `Arc<dyn Transport>` and picked by config.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// How one send went, as classified by the transport.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The receiver accepted the delivery.
+    Delivered { status: Option<u16> },
+    /// A transient failure: try again later, no sooner than `retry_after`
+    /// when the receiver asked for a pause.
+    Retry {
+        status: Option<u16>,
+        reason: String,
+        retry_after: Option<Duration>,
+    },
+    /// Retrying cannot help. `disable_endpoint` is set when the receiver
+    /// said it wants no more deliveries at all (HTTP 410 Gone).
+    Permanent {
+        status: Option<u16>,
+        reason: String,
+        disable_endpoint: bool,
+    },
+}
+
+impl Outcome {
+    /// A short, bounded label for metrics (`delivered`, `retry`, `permanent`).
+    pub fn label(&self) -> &'static str {
+        match self {
+            Outcome::Delivered { .. } => "delivered",
+            Outcome::Retry { .. } => "retry",
+            Outcome::Permanent { .. } => "permanent",
+        }
+    }
+
+    /// The HTTP-like status the receiver answered with, if any.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Outcome::Delivered { status }
+            | Outcome::Retry { status, .. }
+            | Outcome::Permanent { status, .. } => *status,
+        }
+    }
+}
+
+/// One configured destination's way of sending deliveries.
+///
+/// An instance belongs to one endpoint and holds that endpoint's settings
+/// (URL, secrets, timeout) plus handles to shared connection resources, so a
+/// slow endpoint only ever occupies its own sends.
+pub trait Transport: Send + Sync + 'static {
+    /// The `transport:` type name this instance was built from (metrics label).
+    fn kind(&self) -> &'static str;
+
+    /// Send one delivery once and classify the result. Must not panic and
+    /// must finish within the endpoint's own timeout.
+    fn send<'a>(&'a self, delivery: &'a Delivery) -> BoxFuture<'a, Outcome>;
+}
