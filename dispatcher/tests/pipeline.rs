@@ -6,75 +6,14 @@ mod support;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
-use dispatcher::app::{self, Running};
-use dispatcher::config::Config;
 use dispatcher::embedded::EmbeddedKafka;
 use dispatcher::seed::{SeedEvents, EVENT_TYPES};
 use rdkafka::message::Message;
-use serde_json::value::RawValue;
 use support::kafka::{committed_total, header, produce, produce_with_headers, read_all};
 use support::sink::{Behaviour, Sink};
-use support::wait_until;
+use support::{config, raw_data, start, verify_signature, wait_until};
 
-const SECRET_A: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
-const SECRET_B: &str = "whsec_dGhpcyBpcyBhbm90aGVyIHNlY3JldCBrZXk=";
-
-/// A config for the given brokers and endpoint YAML, through the real parser.
-fn config(bootstrap: &str, group: &str, pipeline: &str, endpoints: &str) -> Config {
-    let yaml = format!(
-        r#"
-kafka:
-  brokers: "{bootstrap}"
-  group_id: {group}
-  topics: [events]
-  options:
-    session.timeout.ms: 6000
-    heartbeat.interval.ms: 500
-admin:
-  listen: "127.0.0.1:0"
-http:
-  allow_private_networks: true
-pipeline:
-  commit_interval: 100ms
-  retry_backoff: 20ms
-{pipeline}
-endpoints:
-{endpoints}
-"#
-    );
-    Config::from_yaml(&yaml, &|_| None)
-        .unwrap_or_else(|p| panic!("test config invalid: {p:?}\n{yaml}"))
-}
-
-async fn start(config: Config) -> Running {
-    let running = app::start(config).await.expect("dispatcher starts");
-    wait_until(Duration::from_secs(30), "consumer joined its group", || {
-        running.ready.load(std::sync::atomic::Ordering::Acquire)
-    })
-    .await;
-    running
-}
-
-/// The raw `data` text of a JSON document.
-fn raw_data(doc: &[u8]) -> String {
-    #[derive(serde::Deserialize)]
-    struct D<'a> {
-        #[serde(borrow)]
-        data: &'a RawValue,
-    }
-    serde_json::from_slice::<D>(doc)
-        .expect("has data")
-        .data
-        .get()
-        .to_owned()
-}
-
-fn verify_signature(secret: &str, r: &support::sink::Received) {
-    standardwebhooks::Webhook::new(secret)
-        .expect("secret")
-        .verify(&r.body, &r.headers)
-        .unwrap_or_else(|e| panic!("signature rejected by the standardwebhooks crate: {e:?}"));
-}
+use support::{SECRET_A, SECRET_B};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_seed_event_type_reaches_exactly_its_subscribers() {

@@ -1,0 +1,148 @@
+//! Kill the dispatcher process mid-stream with SIGKILL and start it again:
+//! every (event, endpoint) is delivered at least once, and a duplicate always
+//! carries the same delivery id. Then SIGTERM: a clean, zero-status exit.
+
+mod support;
+
+use std::collections::{HashMap, HashSet};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use dispatcher::embedded::EmbeddedKafka;
+use dispatcher::seed::SeedEvents;
+use support::kafka::{committed_total, produce};
+use support::sink::{Behaviour, Sink};
+use support::{config_yaml, raw_data, wait_until};
+
+fn spawn(config: &std::path::Path, log: &std::path::Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_dispatcher"))
+        .args(["run", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).expect("log file"))
+        .spawn()
+        .expect("start the dispatcher binary")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_and_restart_loses_nothing_and_keeps_delivery_ids() {
+    support::init_logging();
+    // The broker lives in this process, so it survives the dispatcher's death.
+    let kafka = EmbeddedKafka::start(&["events", "dispatcher.dlq", "dispatcher.retry"], 4).unwrap();
+    let sink = Sink::start(Behaviour::Ok).await;
+    let endpoints = format!(
+        "  - id: everything\n    url: \"{}\"\n    events: [\"*\"]\n  - id: messages\n    url: \"{}\"\n    events: [\"message.*\"]\n",
+        sink.url("/everything"),
+        sink.url("/messages")
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("dispatcher.yaml");
+    std::fs::write(
+        &config,
+        config_yaml(
+            kafka.bootstrap(),
+            "crash",
+            "  shutdown_grace: 5s\n",
+            &endpoints,
+        ),
+    )
+    .unwrap();
+
+    let mut seeds = SeedEvents::new(5);
+    let mut expected: HashSet<(String, &str)> = HashSet::new();
+    let mut id_by_data: HashMap<String, String> = HashMap::new();
+    let mut values = Vec::new();
+    for _ in 0..3000 {
+        let (ty, id, value) = seeds.next_event(chrono::Utc::now().timestamp_millis());
+        expected.insert((id.clone(), "/everything"));
+        if ty.starts_with("message.") {
+            expected.insert((id.clone(), "/messages"));
+        }
+        id_by_data.insert(raw_data(&value), id);
+        values.push(value);
+    }
+    produce(kafka.bootstrap(), "events", &values).await;
+
+    let mut first = spawn(&config, &dir.path().join("first.log"));
+    wait_until(
+        Duration::from_secs(60),
+        "the first run delivered some events",
+        || sink.count() >= 500,
+    )
+    .await;
+    first.kill().expect("SIGKILL"); // std's kill is SIGKILL on Unix
+    first.wait().unwrap();
+    let at_kill = sink.count();
+    assert!(
+        at_kill < expected.len(),
+        "the kill must land mid-stream ({at_kill} delivered)"
+    );
+
+    let mut second = spawn(&config, &dir.path().join("second.log"));
+    let covered = || -> HashSet<(String, &str)> {
+        sink.received()
+            .iter()
+            .map(|r| {
+                let id = id_by_data[&raw_data(&r.body)].clone();
+                let path = if r.path == "/messages" {
+                    "/messages"
+                } else {
+                    "/everything"
+                };
+                (id, path)
+            })
+            .collect()
+    };
+    wait_until(
+        Duration::from_secs(120),
+        "every (event, endpoint) delivered after restart",
+        || covered().len() == expected.len(),
+    )
+    .await;
+    assert_eq!(covered(), expected);
+
+    // Duplicates are allowed (at least once), but only with the same id.
+    let mut ids: HashMap<(String, String), HashSet<String>> = HashMap::new();
+    for r in sink.received() {
+        let event = id_by_data[&raw_data(&r.body)].clone();
+        ids.entry((event, r.path.clone()))
+            .or_default()
+            .insert(r.header("x-webhook-delivery-id").unwrap().to_owned());
+    }
+    for (pair, set) in &ids {
+        assert_eq!(
+            set.len(),
+            1,
+            "{pair:?} was delivered under several ids: {set:?}"
+        );
+    }
+    eprintln!(
+        "{} deliveries expected, {} received ({} duplicates after the kill)",
+        expected.len(),
+        sink.count(),
+        sink.count() - expected.len()
+    );
+
+    // Graceful stop: SIGTERM drains, commits everything and exits 0.
+    let bootstrap = kafka.bootstrap().to_owned();
+    wait_until(Duration::from_secs(30), "all offsets committed", || {
+        committed_total(&bootstrap, "crash", "events") == values.len() as i64
+    })
+    .await;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(second.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = tokio::task::spawn_blocking(move || second.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    let log = std::fs::read_to_string(dir.path().join("second.log")).unwrap_or_default();
+    assert!(
+        status.success(),
+        "SIGTERM should exit 0, got {status}; log:\n{log}"
+    );
+    assert!(log.contains("stopped cleanly"), "log:\n{log}");
+}
