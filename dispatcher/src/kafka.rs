@@ -61,3 +61,49 @@ pub fn producer(kafka: &KafkaConfig, bootstrap: &str) -> ClientConfig {
     }
     c
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Managed Kafka needs TLS, SASL/SCRAM and the common codecs: make sure
+    /// the librdkafka we link was built with them.
+    #[test]
+    fn librdkafka_has_tls_scram_and_codecs() {
+        let native = ClientConfig::new().create_native_config().unwrap();
+        let features = native.get("builtin.features").unwrap();
+        for needed in ["ssl", "sasl_scram", "zstd", "lz4", "gzip"] {
+            assert!(
+                features.split(',').any(|f| f == needed),
+                "missing {needed} in {features}"
+            );
+        }
+    }
+
+    #[test]
+    fn user_options_cannot_turn_auto_commit_on() {
+        let mut k = KafkaConfig::default();
+        k.options
+            .insert("linger.ms".into(), crate::config::Scalar("7".into()));
+        k.options.insert(
+            "session.timeout.ms".into(),
+            crate::config::Scalar("6000".into()),
+        );
+        let c = consumer(&k, "b:9092");
+        assert_eq!(c.get("enable.auto.commit"), Some("false"));
+        assert_eq!(c.get("auto.offset.reset"), Some("earliest"));
+        assert_eq!(c.get("session.timeout.ms"), Some("6000"));
+        let p = producer(&k, "b:9092");
+        assert_eq!(
+            p.get("linger.ms"),
+            Some("7"),
+            "user options win over producer defaults"
+        );
+        assert_eq!(
+            p.get("session.timeout.ms"),
+            None,
+            "consumer-only options stay off the producer"
+        );
+        assert_eq!(p.get("acks"), Some("all"));
+    }
+}

@@ -15,23 +15,31 @@ use support::sink::{Behaviour, Sink};
 use support::tansu::{tansu_available, Tansu};
 use support::{config, raw_data, start, verify_signature, wait_until, SECRET_A, SECRET_B};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn real_broker_fan_out_and_dead_letters() {
-    support::init_logging();
+/// The broker with the dispatcher's topics (`events` with `partitions`), or
+/// `None` to skip: CI always has it (scripts/test installs it); only a bare
+/// `cargo test` on a developer machine may go without.
+async fn broker(partitions: i32) -> Option<Tansu> {
     if !tansu_available() {
-        // CI always has it (scripts/test installs it); only a bare
-        // `cargo test` on a developer machine may skip.
         assert!(
             std::env::var_os("CI").is_none(),
             "TANSU_BIN is required in CI: run scripts/test"
         );
-        eprintln!("skipped: TANSU_BIN not set (run scripts/test to include the real-broker test)");
-        return;
+        eprintln!("skipped: TANSU_BIN not set (run scripts/test to include the real-broker tests)");
+        return None;
     }
     let broker = Tansu::start();
-    broker.create_topic("events", 4).await;
+    broker.create_topic("events", partitions).await;
     broker.create_topic("dispatcher.dlq", 1).await;
     broker.create_topic("dispatcher.retry", 1).await;
+    Some(broker)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_broker_fan_out_and_dead_letters() {
+    support::init_logging();
+    let Some(broker) = broker(4).await else {
+        return;
+    };
 
     let all = Sink::start(Behaviour::Ok).await;
     let messages = Sink::start(Behaviour::Ok).await;
@@ -156,4 +164,78 @@ async fn real_broker_fan_out_and_dead_letters() {
     )
     .await;
     running.shutdown().await.unwrap();
+}
+
+/// Two dispatchers share a group; one joins mid-stream and the first one
+/// leaves later. Revoked partitions commit what is final before they move,
+/// so nothing is lost and the group's offsets end exactly at the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebalances_hand_partitions_over_without_loss() {
+    support::init_logging();
+    let Some(broker) = broker(6).await else {
+        return;
+    };
+    let sink = Sink::start(Behaviour::Ok).await;
+    let endpoints = format!(
+        "  - id: all\n    url: \"{}\"\n    events: [\"*\"]\n",
+        sink.url("/")
+    );
+    let cfg = config(
+        &broker.bootstrap(),
+        "rebalance",
+        "  max_events_in_flight: 64\n",
+        &endpoints,
+    );
+
+    let mut seeds = SeedEvents::new(11);
+    let values: Vec<Vec<u8>> = (0..3000)
+        .map(|_| seeds.next_event(1_700_000_000_000).2)
+        .collect();
+    let produced: BTreeSet<String> = values.iter().map(|v| raw_data(v)).collect();
+    produce(&broker.bootstrap(), "events", &values).await;
+
+    let first = start(cfg.clone()).await;
+    wait_until(
+        Duration::from_secs(60),
+        "first dispatcher under way",
+        || sink.count() >= 200,
+    )
+    .await;
+    let second = start(cfg).await;
+    wait_until(
+        Duration::from_secs(60),
+        "both dispatchers delivering",
+        || {
+            second
+                .metrics
+                .events_consumed
+                .with_label_values(&["events"])
+                .get()
+                > 0
+        },
+    )
+    .await;
+    first.shutdown().await.unwrap();
+
+    wait_until(Duration::from_secs(120), "every event delivered", || {
+        sink.received()
+            .iter()
+            .map(|r| raw_data(&r.body))
+            .collect::<BTreeSet<_>>()
+            == produced
+    })
+    .await;
+    let bootstrap = broker.bootstrap();
+    wait_until(
+        Duration::from_secs(30),
+        "the group committed to the end",
+        || committed_total(&bootstrap, "rebalance", "events") == values.len() as i64,
+    )
+    .await;
+    eprintln!(
+        "{} events, {} deliveries across the rebalances",
+        values.len(),
+        sink.count()
+    );
+    second.shutdown().await.unwrap();
 }
