@@ -161,6 +161,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .with_context(|| format!("subscribing to {topics:?}"))?;
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    // The admin server outlives the drain, so it can be watched and probed
+    // until the very end.
+    let (admin_stop, admin_stop_rx) = watch::channel(false);
     let live = Arc::new(AtomicBool::new(true));
     let admin_task = tokio::spawn(admin::serve(
         listener,
@@ -169,7 +172,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             ready: ready.clone(),
             live: live.clone(),
         },
-        shutdown_rx.clone(),
+        admin_stop_rx,
     ));
 
     let source = Source {
@@ -207,6 +210,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             );
         }
         consumer.unsubscribe();
+        let _ = admin_stop.send(true);
         let _ = admin_task.await;
         Ok(())
     });

@@ -41,6 +41,8 @@ pub struct DeadLetter {
     key: Option<Bytes>,
     value: Bytes,
     headers: Vec<(Cow<'static, str>, Vec<u8>)>,
+    /// Set once the value had to be cut to fit the topic.
+    original_len: Option<usize>,
     stage: &'static str,
     reason: &'static str,
 }
@@ -65,6 +67,7 @@ impl DeadLetter {
             key,
             value,
             headers,
+            original_len: None,
             stage: "decode",
             reason: error.code(),
         }
@@ -100,6 +103,7 @@ impl DeadLetter {
             key: Some(Bytes::from(delivery.id.to_string())),
             value: ev.payload().clone(),
             headers,
+            original_len: None,
             stage: "delivery",
             reason,
         }
@@ -154,11 +158,18 @@ impl DeadLetters {
     pub async fn write(&self, mut letter: DeadLetter) {
         let mut backoff = Duration::from_millis(100);
         loop {
-            let mut headers = OwnedHeaders::new_with_capacity(letter.headers.len());
+            let mut headers = OwnedHeaders::new_with_capacity(letter.headers.len() + 1);
             for (k, v) in &letter.headers {
                 headers = headers.insert(Header {
                     key: k.as_ref(),
                     value: Some(v),
+                });
+            }
+            let original_len = letter.original_len.map(|n| n.to_string());
+            if let Some(n) = &original_len {
+                headers = headers.insert(Header {
+                    key: "dlq.truncated_from_bytes",
+                    value: Some(n.as_bytes()),
                 });
             }
             let mut record = FutureRecord::<[u8], [u8]>::to(&self.topic)
@@ -176,18 +187,25 @@ impl DeadLetters {
                     return;
                 }
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge), _))
-                    if letter.value.len() > TRUNCATED_VALUE_BYTES =>
+                    if !letter.value.is_empty() =>
                 {
+                    // Keep as much of the head as the topic takes, down to
+                    // nothing: the headers alone still say what and where it
+                    // was, and the original stays in the source topic.
+                    let original = letter.original_len.unwrap_or(letter.value.len());
+                    let keep = match letter.value.len() {
+                        n if n > TRUNCATED_VALUE_BYTES => TRUNCATED_VALUE_BYTES,
+                        n if n > 1024 => n / 4,
+                        _ => 0,
+                    };
                     tracing::warn!(
                         topic = %self.topic,
-                        size = letter.value.len(),
-                        "dead letter too large for the topic; keeping its first {TRUNCATED_VALUE_BYTES} bytes"
+                        size = original,
+                        keep,
+                        "dead letter too large for the topic; keeping only the head of its value"
                     );
-                    letter.headers.push((
-                        "dlq.truncated_from_bytes".into(),
-                        letter.value.len().to_string().into_bytes(),
-                    ));
-                    letter.value = letter.value.slice(..TRUNCATED_VALUE_BYTES);
+                    letter.original_len = Some(original);
+                    letter.value = letter.value.slice(..keep);
                 }
                 Err((e, _)) => {
                     self.metrics.dead_letter_errors.inc();

@@ -83,7 +83,7 @@ impl Metrics {
         let r = Registry::new();
         // 1 ms .. ~65 s: webhook latencies span local sinks to the 10 s timeout.
         let latency = exponential_buckets(0.001, 2.0, 17).expect("valid buckets");
-        // 1 ms .. ~9 h: an event can wait through long retries.
+        // 1 ms .. ~4.7 h: an event can wait through long retries.
         let age = exponential_buckets(0.001, 2.0, 25).expect("valid buckets");
         let m = Metrics {
             events_consumed: counter(
@@ -172,7 +172,7 @@ impl Metrics {
             committed_offset: gauge_vec(
                 &r,
                 "dispatcher_committed_offset",
-                "Last offset committed for a partition (next record to read).",
+                "Last offset this consumer committed for a partition (the next record to read). Periodic commits are asynchronous: this is the position sent to the broker.",
                 &["topic", "partition"],
             ),
             commits: counter(

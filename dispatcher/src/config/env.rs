@@ -22,10 +22,7 @@ pub fn interpolate(
         Value::String(s) if s.contains('$') => match expand(s, lookup) {
             Ok(Expanded { text, whole_var }) => {
                 *value = if whole_var {
-                    serde_yaml_ng::from_str::<Value>(&text)
-                        .ok()
-                        .filter(|v| !matches!(v, Value::Mapping(_) | Value::Sequence(_)))
-                        .unwrap_or(Value::String(text))
+                    retype(text)
                 } else {
                     Value::String(text)
                 };
@@ -53,6 +50,28 @@ pub fn interpolate(
         }
         _ => {}
     }
+}
+
+/// A whole-variable value becomes a number or boolean when it is written
+/// exactly like one (`32`, `2.5`, `true`); anything else stays the string it
+/// is, byte for byte. Re-reading it as general YAML would turn an empty value
+/// into "absent" (silently starting the embedded broker for an empty
+/// `${KAFKA_BROKERS}`), `0x1F` into 31, and cut a password at ` #`.
+fn retype(text: String) -> Value {
+    if text == "true" || text == "false" {
+        return Value::Bool(text == "true");
+    }
+    let numeric = !text.is_empty()
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_digit() || matches!(b, b'-' | b'+' | b'.' | b'e' | b'E'))
+        && text.bytes().any(|b| b.is_ascii_digit());
+    if numeric {
+        if let Ok(Value::Number(n)) = serde_yaml_ng::from_str::<Value>(&text) {
+            return Value::Number(n);
+        }
+    }
+    Value::String(text)
 }
 
 struct Expanded {
@@ -85,7 +104,8 @@ fn expand(input: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<Expand
                     "`${{{spec}}}` is not a valid environment variable reference"
                 ));
             }
-            match (lookup(name), default) {
+            // As in the shell, `:-` applies to unset *and* empty variables.
+            match (lookup(name).filter(|v| !v.is_empty() || default.is_none()), default) {
                 (Some(v), _) => out.push_str(&v),
                 (None, Some(d)) => out.push_str(d),
                 (None, None) => {
@@ -149,6 +169,45 @@ mod tests {
         assert!(p[0].message.contains("NOPE is not set"));
         assert_eq!(p[1].path, "endpoints[1].url");
         assert!(p[1].message.contains("not a valid"));
+    }
+
+    #[test]
+    fn whole_values_keep_their_text_unless_plainly_numbers_or_booleans() {
+        fn env(name: &str) -> Option<String> {
+            match name {
+                "EMPTY" => Some(String::new()),
+                "HEX" => Some("0x1F".into()),
+                "PASS" => Some("s3cret #1".into()),
+                "QUOTED" => Some("'q'".into()),
+                "TILDE" => Some("~".into()),
+                "YES" => Some("true".into()),
+                "RATIO" => Some("0.7".into()),
+                _ => None,
+            }
+        }
+        let mut v: Value = serde_yaml_ng::from_str(
+            "a: ${EMPTY}\nb: ${HEX}\nc: ${PASS}\nd: ${QUOTED}\ne: ${TILDE}\nf: ${YES}\ng: ${RATIO}\nh: ${EMPTY:-fallback}\n",
+        )
+        .unwrap();
+        let mut p = Vec::new();
+        interpolate(&mut v, "", &env, &mut p);
+        assert!(p.is_empty(), "{p:?}");
+        assert_eq!(
+            v["a"],
+            Value::String(String::new()),
+            "empty stays an empty string, never absent"
+        );
+        assert_eq!(v["b"], Value::String("0x1F".into()));
+        assert_eq!(v["c"], Value::String("s3cret #1".into()));
+        assert_eq!(v["d"], Value::String("'q'".into()));
+        assert_eq!(v["e"], Value::String("~".into()));
+        assert_eq!(v["f"], Value::Bool(true));
+        assert_eq!(v["g"], serde_yaml_ng::from_str::<Value>("0.7").unwrap());
+        assert_eq!(
+            v["h"],
+            Value::String("fallback".into()),
+            ":- also covers empty variables"
+        );
     }
 
     #[test]

@@ -298,6 +298,9 @@ impl Config {
             None | Some(Value::Null) => {
                 problems.push(Problem::new("endpoints", "no endpoints are configured"))
             }
+            Some(Value::Sequence(items)) if items.is_empty() => {
+                problems.push(Problem::new("endpoints", "no endpoints are configured"))
+            }
             Some(Value::Sequence(items)) => {
                 for (i, item) in items.into_iter().enumerate() {
                     if let Some(ep) =
@@ -415,6 +418,12 @@ impl Config {
             ));
         }
 
+        if !self.endpoints.is_empty() && self.endpoints.iter().all(|e| !e.enabled) {
+            problems.push(Problem::new(
+                "endpoints",
+                "every endpoint is disabled: the dispatcher would commit past every event without delivering it",
+            ));
+        }
         let mut seen = HashSet::new();
         let mut http_client = None;
         for (ep, &i) in self.endpoints.iter().zip(positions) {
@@ -436,6 +445,19 @@ impl Config {
                         KNOWN_TRANSPORTS.join(", ")
                     ),
                 ));
+            }
+            for (key, secret) in ep.secret.iter().map(|s| ("secret".to_owned(), s)).chain(
+                ep.secrets
+                    .iter()
+                    .enumerate()
+                    .map(|(j, s)| (format!("secrets[{j}]"), s)),
+            ) {
+                if secret.trim().is_empty() {
+                    problems.push(Problem::new(
+                        at(&key),
+                        "is empty (an unset variable?); leave the key out to send unsigned",
+                    ));
+                }
             }
             if ep.events.is_empty() {
                 problems.push(Problem::new(

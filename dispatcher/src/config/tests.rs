@@ -203,3 +203,28 @@ fn errors_display_with_file_and_keys() {
         "conf/dispatcher.yaml: 2 problems\n  endpoints[0].url: required for transport http\n  surprise: unknown key"
     );
 }
+
+#[test]
+fn empty_endpoint_lists_and_secrets_are_refused() {
+    assert!(at(&problems("endpoints: []\n"), "endpoints")
+        .message
+        .contains("no endpoints"));
+    let all_off =
+        "endpoints:\n  - {id: a, url: 'https://a.example/', events: ['*'], enabled: false}\n";
+    assert!(at(&problems(all_off), "endpoints")
+        .message
+        .contains("every endpoint is disabled"));
+    let empty_secret =
+        "endpoints:\n  - {id: a, url: 'https://a.example/', events: ['*'], secret: ''}\n";
+    assert!(at(&problems(empty_secret), "endpoints[0].secret")
+        .message
+        .contains("empty"));
+    let empty_brokers = format!("kafka:\n  brokers: ${{B}}\nendpoints:{GOOD_ENDPOINT}");
+    let p = Config::from_yaml(&empty_brokers, &|_| Some(String::new())).unwrap_err();
+    assert!(
+        at(&p, "kafka.brokers")
+            .message
+            .contains("must not be empty"),
+        "an empty variable never means the embedded broker"
+    );
+}

@@ -118,7 +118,7 @@ impl Default for HttpEndpointConfig {
         HttpEndpointConfig {
             url: String::new(),
             secrets: Vec::new(),
-            send_secret_header: true,
+            send_secret_header: false,
             timeout: DEFAULT_TIMEOUT,
             headers: Vec::new(),
         }

@@ -15,9 +15,11 @@ fn client(allow_private_networks: bool) -> HttpClient {
     .unwrap()
 }
 
+/// An endpoint that opts in to `X-Webhook-Secret`, so both secret paths are covered.
 fn config(url: &str) -> HttpEndpointConfig {
     HttpEndpointConfig {
         url: url.into(),
+        send_secret_header: true,
         ..HttpEndpointConfig::default()
     }
 }
