@@ -101,8 +101,18 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         metrics.clone(),
     ));
 
+    // Endpoints often share a host (one receiver, many webhooks). Idle
+    // connections beyond the pool's cap are closed and soon reopened, so the
+    // cap is every endpoint's in-flight cap together: what may be open anyway.
+    let idle_cap = config
+        .endpoints
+        .iter()
+        .map(|e| e.max_in_flight)
+        .sum::<usize>()
+        .max(1);
     let client = HttpClient::new(HttpClientOptions {
         allow_private_networks: config.http.allow_private_networks,
+        pool_max_idle_per_host: idle_cap,
         ..Default::default()
     })
     .context("building the HTTP client")?;

@@ -166,7 +166,8 @@ impl Signer {
     /// single spaces. `timestamp` is the exact `webhook-timestamp` text.
     pub fn sign(&self, msg_id: &str, timestamp: &str, body: &[u8]) -> String {
         let per_key = SIGNATURE_VERSION.len() + ENCODED_TAG_LEN;
-        let mut out = String::with_capacity(self.keys.len() * (per_key + 1));
+        // Exact, so the header value built from it needs no reallocation.
+        let mut out = String::with_capacity((self.keys.len() * (per_key + 1)).saturating_sub(1));
         for (i, key) in self.keys.iter().enumerate() {
             if i > 0 {
                 out.push(' ');
