@@ -26,9 +26,10 @@ use crate::config::Config;
 use crate::dlq::DeadLetters;
 use crate::embedded::EmbeddedKafka;
 use crate::kafka;
-use crate::lane::{Lane, RetryPolicy};
+use crate::lane::{self, Dedup, LaneDeps, LaneSettings};
 use crate::metrics::Metrics;
 use crate::offsets::OffsetTracker;
+use crate::park::{Parker, Tiers};
 use crate::route::{EventPattern, Filter, Router, Subscription};
 use crate::source::{self, Source, SourceConsumer, SourceContext};
 
@@ -68,12 +69,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let metrics = Arc::new(Metrics::new());
     let k = &config.kafka;
 
+    let tiers = Arc::new(Tiers::new(&k.retry_topic, &k.retry_tiers));
     let embedded = match &k.brokers {
         Some(_) => None,
         None => {
             let mut topics: Vec<&str> = k.topics.iter().map(String::as_str).collect();
             topics.push(&k.dead_letter_topic);
-            topics.push(&k.retry_topic);
+            topics.extend(tiers.topics());
             let e = EmbeddedKafka::start(&topics, k.embedded_partitions)?;
             tracing::info!(
                 bootstrap = e.bootstrap(),
@@ -91,15 +93,29 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let listener = admin::bind(config.admin.listen).await?;
     let admin_addr = listener.local_addr()?;
 
-    let producer: FutureProducer = kafka::producer(k, &bootstrap)
+    let producer: FutureProducer = kafka::producer(k, &bootstrap, config.pipeline.max_event_bytes)
         .create()
         .context("creating the dead-letter producer (check kafka.options)")?;
     check_topic(&producer, &k.dead_letter_topic, "kafka.dead_letter_topic").await?;
+    for topic in tiers.topics() {
+        check_topic(
+            &producer,
+            topic,
+            "kafka.retry_topic (with kafka.retry_tiers)",
+        )
+        .await?;
+    }
     let dead_letters = Arc::new(DeadLetters::new(
-        producer,
+        producer.clone(),
         k.dead_letter_topic.clone(),
         metrics.clone(),
     ));
+    let parker = Arc::new(Parker::new(producer, tiers.clone(), metrics.clone()));
+    let dedup: Dedup = moka::sync::Cache::builder()
+        .max_capacity(config.pipeline.dedup.max_entries)
+        .time_to_live(config.pipeline.dedup.ttl)
+        .build();
+    let (share_tx, share_rx) = watch::channel(1.0f64);
 
     // Endpoints often share a host (one receiver, many webhooks). Idle
     // connections beyond the pool's cap are closed and soon reopened, so the
@@ -118,7 +134,6 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     .context("building the HTTP client")?;
 
     let p = &config.pipeline;
-    let policy = RetryPolicy::new(p.max_attempts, p.retry_backoff);
     let mut lanes = Vec::new();
     let mut lane_tasks = Vec::new();
     let mut subscriptions = Vec::new();
@@ -127,18 +142,28 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             HttpTransport::new(ep.into(), client.clone())
                 .with_context(|| format!("endpoint {}: invalid HTTP settings", ep.id))?,
         );
-        let lane = Lane {
+        let settings = LaneSettings {
             endpoint_id: ep.id.as_str().into(),
-            metrics: metrics.endpoint(&ep.id, transport.kind()),
-            transport,
-            policy: policy.clone(),
+            retry: ep.retry.clone(),
+            breaker: ep.circuit_breaker.clone(),
             max_in_flight: ep.max_in_flight,
-            dead_letters: dead_letters.clone(),
+            adaptive_concurrency: ep.adaptive_concurrency,
+            rate_limit: ep.rate_limit.clone(),
+            queue_capacity: ep.queue_capacity,
+            in_memory_max: p.in_memory_retry_max,
+            paused_recheck: p.paused_recheck,
+            paused: ep.paused,
+            transport: transport.clone(),
         };
-        // Each queue can hold every record in flight, so the source never
-        // waits on one lane: the in-flight budget is the real bound.
-        let (sender, task) = lane.spawn(p.max_events_in_flight + 64);
-        lanes.push(sender);
+        let deps = LaneDeps {
+            parker: parker.clone(),
+            dead_letters: dead_letters.clone(),
+            dedup: dedup.clone(),
+            share: share_rx.clone(),
+            metrics: metrics.endpoint(&ep.id, transport.kind()),
+        };
+        let (handle, task) = lane::spawn(settings, deps);
+        lanes.push(handle);
         lane_tasks.push(task);
         subscriptions.push(Subscription {
             patterns: ep
@@ -165,10 +190,21 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             .create_with_context(context)
             .context("creating the Kafka consumer (check kafka.options)")?,
     );
-    let topics: Vec<&str> = k.topics.iter().map(String::as_str).collect();
+    let topics: Vec<&str> = k
+        .topics
+        .iter()
+        .map(String::as_str)
+        .chain(tiers.topics())
+        .collect();
     consumer
         .subscribe(&topics)
         .with_context(|| format!("subscribing to {topics:?}"))?;
+    let share_task = tokio::spawn(track_share(
+        consumer.clone(),
+        topics.iter().map(|t| t.to_string()).collect(),
+        share_tx,
+        metrics.clone(),
+    ));
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     // The admin server outlives the drain, so it can be watched and probed
@@ -181,6 +217,12 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             metrics: metrics.clone(),
             ready: ready.clone(),
             live: live.clone(),
+            endpoints: Arc::new(
+                lanes
+                    .iter()
+                    .map(|l| (l.endpoint_id.clone(), l.control.clone()))
+                    .collect(),
+            ),
         },
         admin_stop_rx,
     ));
@@ -191,6 +233,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         router: Router::new(subscriptions),
         lanes,
         dead_letters: dead_letters.clone(),
+        parker,
         metrics: metrics.clone(),
         paused,
         max_in_flight: p.max_events_in_flight,
@@ -219,6 +262,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 "records not final at shutdown are left uncommitted; they will be delivered after restart"
             );
         }
+        share_task.abort();
         consumer.unsubscribe();
         let _ = admin_stop.send(true);
         let _ = admin_task.await;
@@ -273,5 +317,58 @@ async fn check_topic(producer: &FutureProducer, topic: &str, key: &str) -> anyho
         None => Err(anyhow!(
             "{key}: topic `{topic}` does not exist (create it before starting)"
         )),
+    }
+}
+
+/// Keep this replica's share of the rate limits current: its share of all
+/// partitions it consumes (source and retry topics), so that N replicas
+/// together stay under each endpoint's limit. Checked every few seconds;
+/// the partition count is refreshed from metadata now and then.
+async fn track_share(
+    consumer: Arc<SourceConsumer>,
+    topics: Vec<String>,
+    share: watch::Sender<f64>,
+    metrics: Arc<Metrics>,
+) {
+    let mut total: Option<usize> = None;
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    for round in 0u64.. {
+        tick.tick().await;
+        if total.is_none() || round % 30 == 0 {
+            let c = consumer.clone();
+            let t = topics.clone();
+            let counted = tokio::task::spawn_blocking(move || {
+                t.iter()
+                    .map(|topic| {
+                        c.fetch_metadata(Some(topic), Duration::from_secs(10))
+                            .map(|m| m.topics().first().map_or(0, |t| t.partitions().len()))
+                    })
+                    .sum::<Result<usize, _>>()
+            })
+            .await;
+            match counted {
+                Ok(Ok(n)) if n > 0 => total = Some(n),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "cannot count partitions for the rate-limit share")
+                }
+                _ => {}
+            }
+        }
+        let (Some(total), Ok(assigned)) = (total, consumer.assignment()) else {
+            continue;
+        };
+        // Before the first assignment, or with none, keep the full share:
+        // a replica with no partitions sends nothing anyway.
+        let fraction = if assigned.count() == 0 {
+            1.0
+        } else {
+            (assigned.count() as f64 / total as f64).min(1.0)
+        };
+        metrics.rate_limit_share.set(fraction);
+        share.send_if_modified(|s| {
+            let changed = (*s - fraction).abs() > 1e-9;
+            *s = fraction;
+            changed
+        });
     }
 }

@@ -152,7 +152,6 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     config.http.allow_private_networks = true;
     config.admin.listen = SocketAddr::from(([127, 0, 0, 1], 0));
     config.kafka.embedded_partitions = 12;
-    config.pipeline.retry_backoff = Duration::from_millis(100);
     for (id, events, behaviour, filter) in specs {
         let stats = Arc::new(ReceiverStats::default());
         let addr = start_receiver(behaviour, stats.clone()).await?;
@@ -181,6 +180,12 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             max_in_flight: if behaviour.delay_ms > 0 { 64 } else { 32 },
             headers: Default::default(),
             enabled: true,
+            // Quick retries, so the flaky receiver's 503s resolve within the demo.
+            retry: crate::lane::RetryConfig {
+                schedule: [100, 500, 1000, 2000].map(Duration::from_millis).to_vec(),
+                ..Default::default()
+            },
+            ..Default::default()
         });
     }
 

@@ -24,14 +24,14 @@ use crate::metrics::Metrics;
 const TRUNCATED_VALUE_BYTES: usize = 64 * 1024;
 
 /// One send attempt, as recorded in the `dlq.attempts` header.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Attempt {
     /// RFC 3339 time the attempt started.
     pub at: String,
     pub duration_ms: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<u16>,
-    pub result: &'static str,
+    pub result: Cow<'static, str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
@@ -56,8 +56,31 @@ impl DeadLetter {
         original_headers: Vec<(String, Vec<u8>)>,
         error: &EventError,
     ) -> DeadLetter {
-        let mut headers = common_headers(source, "decode", error.code());
-        headers.push(("dlq.error".into(), error.to_string().into_bytes()));
+        let message = error.to_string();
+        DeadLetter::unreadable(
+            source,
+            key,
+            value,
+            original_headers,
+            "decode",
+            error.code(),
+            &message,
+        )
+    }
+
+    /// A record that cannot be processed at `stage` (decode, or a parked
+    /// record that is damaged or names an endpoint no longer configured).
+    pub fn unreadable(
+        source: &SourceRef,
+        key: Option<Bytes>,
+        value: Bytes,
+        original_headers: Vec<(String, Vec<u8>)>,
+        stage: &'static str,
+        reason: &'static str,
+        error: &str,
+    ) -> DeadLetter {
+        let mut headers = common_headers(source, stage, reason);
+        headers.push(("dlq.error".into(), error.as_bytes().to_vec()));
         headers.extend(
             original_headers
                 .into_iter()
@@ -68,8 +91,8 @@ impl DeadLetter {
             value,
             headers,
             original_len: None,
-            stage: "decode",
-            reason: error.code(),
+            stage,
+            reason,
         }
     }
 
@@ -92,6 +115,12 @@ impl DeadLetter {
             delivery.id.to_string().into_bytes(),
         ));
         headers.push(("dlq.event_type".into(), ev.event_type().as_bytes().to_vec()));
+        // Replay re-decodes the value; an event without its own timestamp
+        // must get back the one it had.
+        headers.push((
+            "dlq.event_ms".into(),
+            ev.timestamp_ms().to_string().into_bytes(),
+        ));
         headers.push((
             "dlq.attempts".into(),
             serde_json::to_vec(attempts).unwrap_or_default(),
@@ -153,47 +182,47 @@ impl DeadLetters {
     }
 
     /// Write `letter` and wait for the broker's acknowledgement, retrying
-    /// (with a capped backoff) for as long as it takes. Only a refusal for
-    /// size changes the record: its value is then cut, and marked so.
+    /// for as long as it takes. Only a refusal for size changes the record:
+    /// its value is cut, and marked so.
     pub async fn write(&self, mut letter: DeadLetter) {
-        let mut backoff = Duration::from_millis(100);
         loop {
-            let mut headers = OwnedHeaders::new_with_capacity(letter.headers.len() + 1);
-            for (k, v) in &letter.headers {
-                headers = headers.insert(Header {
-                    key: k.as_ref(),
-                    value: Some(v),
-                });
-            }
             let original_len = letter.original_len.map(|n| n.to_string());
-            if let Some(n) = &original_len {
-                headers = headers.insert(Header {
-                    key: "dlq.truncated_from_bytes",
-                    value: Some(n.as_bytes()),
-                });
-            }
-            let mut record = FutureRecord::<[u8], [u8]>::to(&self.topic)
-                .payload(&letter.value[..])
-                .headers(headers);
-            if let Some(k) = &letter.key {
-                record = record.key(&k[..]);
-            }
-            match self.producer.send(record, Duration::from_secs(30)).await {
-                Ok(_) => {
+            let truncated = original_len
+                .as_deref()
+                .map(|n| ("dlq.truncated_from_bytes", n.as_bytes()));
+            let headers = letter
+                .headers
+                .iter()
+                .map(|(k, v)| (k.as_ref(), v.as_slice()))
+                .chain(truncated);
+            match produce_durably(
+                &self.producer,
+                &self.topic,
+                letter.key.as_deref(),
+                &letter.value,
+                headers,
+                &self.metrics.dead_letter_errors,
+            )
+            .await
+            {
+                Ok(()) => {
                     self.metrics
                         .dead_letters
                         .with_label_values(&[letter.stage, letter.reason])
                         .inc();
                     return;
                 }
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge), _))
-                    if !letter.value.is_empty() =>
-                {
-                    // Keep as much of the head as the topic takes, down to
-                    // nothing: the headers alone still say what and where it
-                    // was, and the original stays in the source topic.
+                Err(_) => {
+                    // Too large for the topic. Keep as much of the head as it
+                    // takes, down to nothing: the headers alone still say what
+                    // and where it was, and the original stays in the source.
                     let original = letter.original_len.unwrap_or(letter.value.len());
                     let keep = match letter.value.len() {
+                        0 => {
+                            tracing::error!(topic = %self.topic, "dead letter refused as too large even without a value; dropping its value was not enough");
+                            tokio::time::sleep(Duration::from_secs(5)).await;
+                            0
+                        }
                         n if n > TRUNCATED_VALUE_BYTES => TRUNCATED_VALUE_BYTES,
                         n if n > 1024 => n / 4,
                         _ => 0,
@@ -207,12 +236,48 @@ impl DeadLetters {
                     letter.original_len = Some(original);
                     letter.value = letter.value.slice(..keep);
                 }
-                Err((e, _)) => {
-                    self.metrics.dead_letter_errors.inc();
-                    tracing::error!(topic = %self.topic, error = %e, "writing a dead letter failed; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
+            }
+        }
+    }
+}
+
+/// Produce one record and wait for the broker's acknowledgement, retrying
+/// transient failures with a capped backoff for as long as it takes, because
+/// a source offset waits behind it. Only a refusal for size is returned: no
+/// retry can fix that.
+pub async fn produce_durably<'h>(
+    producer: &FutureProducer,
+    topic: &str,
+    key: Option<&[u8]>,
+    value: &[u8],
+    headers: impl Iterator<Item = (&'h str, &'h [u8])> + Clone,
+    errors: &prometheus::IntCounter,
+) -> Result<(), KafkaError> {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let mut owned = OwnedHeaders::new();
+        for (k, v) in headers.clone() {
+            owned = owned.insert(Header {
+                key: k,
+                value: Some(v),
+            });
+        }
+        let mut record = FutureRecord::<[u8], [u8]>::to(topic)
+            .payload(value)
+            .headers(owned);
+        if let Some(k) = key {
+            record = record.key(k);
+        }
+        match producer.send(record, Duration::from_secs(30)).await {
+            Ok(_) => return Ok(()),
+            Err((e @ KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge), _)) => {
+                return Err(e)
+            }
+            Err((e, _)) => {
+                errors.inc();
+                tracing::error!(topic, error = %e, "writing to Kafka failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
     }

@@ -30,14 +30,19 @@ pub fn consumer(kafka: &KafkaConfig, bootstrap: &str) -> ClientConfig {
     c
 }
 
-/// Producers of dead letters: idempotent with full acknowledgement, since a
-/// written dead letter lets the source offset move past its record.
-pub fn producer(kafka: &KafkaConfig, bootstrap: &str) -> ClientConfig {
-    let mut c = base(kafka, bootstrap, "webhook-dispatcher-dlq");
+/// The producer of dead letters and parked deliveries: idempotent with full
+/// acknowledgement, since either write lets the source offset move past its
+/// record.
+pub fn producer(kafka: &KafkaConfig, bootstrap: &str, max_event_bytes: usize) -> ClientConfig {
+    let mut c = base(kafka, bootstrap, "webhook-dispatcher-producer");
+    // Room for the largest record we accept plus the headers we add, so
+    // parking or dead-lettering an accepted event is never refused locally.
+    let max_message = (max_event_bytes + 256 * 1024).max(1_000_000).to_string();
     for (key, default) in [
         ("acks", "all"),
         ("enable.idempotence", "true"),
         ("linger.ms", "5"),
+        ("message.max.bytes", max_message.as_str()),
     ] {
         if !kafka.options.contains_key(key) {
             c.set(key, default);
@@ -93,7 +98,7 @@ mod tests {
         assert_eq!(c.get("enable.auto.commit"), Some("false"));
         assert_eq!(c.get("auto.offset.reset"), Some("earliest"));
         assert_eq!(c.get("session.timeout.ms"), Some("6000"));
-        let p = producer(&k, "b:9092");
+        let p = producer(&k, "b:9092", 1 << 20);
         assert_eq!(
             p.get("linger.ms"),
             Some("7"),

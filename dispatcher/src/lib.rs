@@ -17,6 +17,8 @@ pub mod kafka;
 pub mod lane;
 pub mod metrics;
 pub mod offsets;
+pub mod park;
+pub mod replay;
 pub mod route;
 pub mod seed;
 pub mod source;

@@ -41,6 +41,8 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Re-inject dead-lettered deliveries, keeping their delivery ids.
+    Replay(dispatcher::replay::ReplayArgs),
     /// Run the whole pipeline on this machine: embedded Kafka, a producer of
     /// seed events, local webhook receivers (one of them slow), a summary.
     Demo(dispatcher::demo::DemoArgs),
@@ -53,6 +55,7 @@ fn main() -> ExitCode {
         Command::Validate { config } => validate(&config),
         Command::Run { config } => runtime().and_then(|rt| rt.block_on(run(&config))),
         Command::Demo(args) => runtime().and_then(|rt| rt.block_on(dispatcher::demo::run(args))),
+        Command::Replay(args) => runtime().and_then(|rt| rt.block_on(replay(args))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -110,6 +113,28 @@ async fn run(path: &Path) -> anyhow::Result<()> {
     wait_for_signal().await?;
     running.shutdown().await?;
     tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+async fn replay(args: dispatcher::replay::ReplayArgs) -> anyhow::Result<()> {
+    let s = dispatcher::replay::run(args).await?;
+    println!(
+        "{} dead letters scanned, {} matched, {} {}, {} not replayable (decode failures)",
+        s.scanned,
+        s.matched,
+        if s.dry_run { s.matched } else { s.replayed },
+        if s.dry_run {
+            "would be replayed (dry run)"
+        } else {
+            "replayed"
+        },
+        s.undecodable
+    );
+    let mut by: Vec<_> = s.by_endpoint.iter().collect();
+    by.sort();
+    for (endpoint, n) in by {
+        println!("  {endpoint}: {n}");
+    }
     Ok(())
 }
 

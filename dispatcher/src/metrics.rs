@@ -26,6 +26,16 @@ pub struct Metrics {
     pub in_flight: IntGaugeVec,
     pub dead_letters: IntCounterVec,
     pub dead_letter_errors: IntCounter,
+    pub parked: IntCounterVec,
+    pub park_write_errors: IntCounter,
+    pub parked_held: IntGauge,
+    pub breaker_state: IntGaugeVec,
+    pub breaker_transitions: IntCounterVec,
+    pub concurrency_limit: IntGaugeVec,
+    pub rate_limit_waits: IntCounterVec,
+    pub endpoint_paused: IntGaugeVec,
+    pub endpoint_disabled: IntGaugeVec,
+    pub rate_limit_share: prometheus::Gauge,
     pub committed_offset: IntGaugeVec,
     pub commits: IntCounterVec,
     pub rebalances: IntCounterVec,
@@ -123,7 +133,7 @@ impl Metrics {
             deliveries: counter(
                 &r,
                 "dispatcher_deliveries_total",
-                "Deliveries that reached a final outcome (delivered, dead_lettered).",
+                "Deliveries by outcome: delivered and dead_lettered are final; retried (waiting in memory), parked (waiting in a retry topic) and deduplicated (already delivered, not sent again) are steps.",
                 &["endpoint", "transport", "outcome"],
             ),
             attempts: counter(
@@ -169,6 +179,67 @@ impl Metrics {
                 "Failed writes to the dead-letter topic (each is retried until it succeeds).",
             )
             .expect("static metric definition"),
+            parked: counter(
+                &r,
+                "dispatcher_parked_total",
+                "Deliveries written to a retry topic to wait there (retry, breaker_open, queue_full, paused, not_due).",
+                &["endpoint", "reason"],
+            ),
+            park_write_errors: IntCounter::new(
+                "dispatcher_park_write_errors_total",
+                "Failed writes to a retry topic (each is retried until it succeeds).",
+            )
+            .expect("static metric definition"),
+            parked_held: gauge(
+                &r,
+                "dispatcher_parked_held",
+                "Parked deliveries read back and held until due (at most one per retry-topic partition).",
+            ),
+            breaker_state: gauge_vec(
+                &r,
+                "dispatcher_endpoint_breaker_state",
+                "Circuit breaker state: 0 closed, 1 open, 2 half-open.",
+                &["endpoint"],
+            ),
+            breaker_transitions: counter(
+                &r,
+                "dispatcher_endpoint_breaker_transitions_total",
+                "Circuit breaker state changes, by the state entered.",
+                &["endpoint", "to"],
+            ),
+            concurrency_limit: gauge_vec(
+                &r,
+                "dispatcher_endpoint_concurrency_limit",
+                "Sends an endpoint may have in flight now (max_in_flight, or the adaptive limit).",
+                &["endpoint"],
+            ),
+            rate_limit_waits: counter(
+                &r,
+                "dispatcher_endpoint_rate_limit_waits_total",
+                "Times a send waited for the endpoint's rate limit.",
+                &["endpoint"],
+            ),
+            endpoint_paused: gauge_vec(
+                &r,
+                "dispatcher_endpoint_paused",
+                "1 while an endpoint is paused (its deliveries are parked).",
+                &["endpoint"],
+            ),
+            endpoint_disabled: gauge_vec(
+                &r,
+                "dispatcher_endpoint_disabled",
+                "1 after an endpoint answered 410 Gone (its deliveries are dead-lettered until resumed).",
+                &["endpoint"],
+            ),
+            rate_limit_share: {
+                let g = prometheus::Gauge::new(
+                    "dispatcher_rate_limit_share",
+                    "This replica's share of every endpoint's rate limit (its share of the source partitions).",
+                )
+                .expect("static metric definition");
+                r.register(Box::new(g.clone())).expect("metric registered once");
+                g
+            },
             committed_offset: gauge_vec(
                 &r,
                 "dispatcher_committed_offset",
@@ -200,9 +271,11 @@ impl Metrics {
             ),
             registry: r,
         };
-        m.registry
-            .register(Box::new(m.dead_letter_errors.clone()))
-            .expect("metric registered once");
+        for c in [&m.dead_letter_errors, &m.park_write_errors] {
+            m.registry
+                .register(Box::new(c.clone()))
+                .expect("metric registered once");
+        }
         m.build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
@@ -220,6 +293,21 @@ impl Metrics {
                 transport,
                 "dead_lettered",
             ]),
+            retried: self
+                .deliveries
+                .with_label_values(&[endpoint, transport, "retried"]),
+            parked: self
+                .deliveries
+                .with_label_values(&[endpoint, transport, "parked"]),
+            deduplicated: self
+                .deliveries
+                .with_label_values(&[endpoint, transport, "deduplicated"]),
+            breaker_state: self.breaker_state.with_label_values(&[endpoint]),
+            breaker_transitions: self.breaker_transitions.clone(),
+            concurrency_limit: self.concurrency_limit.with_label_values(&[endpoint]),
+            rate_limit_waits: self.rate_limit_waits.with_label_values(&[endpoint]),
+            paused: self.endpoint_paused.with_label_values(&[endpoint]),
+            disabled: self.endpoint_disabled.with_label_values(&[endpoint]),
             attempt_delivered: self
                 .attempts
                 .with_label_values(&[endpoint, transport, "delivered"]),
@@ -250,6 +338,15 @@ impl Metrics {
 pub struct EndpointMetrics {
     pub delivered: IntCounter,
     pub dead_lettered: IntCounter,
+    pub retried: IntCounter,
+    pub parked: IntCounter,
+    pub deduplicated: IntCounter,
+    pub breaker_state: IntGauge,
+    pub breaker_transitions: IntCounterVec,
+    pub concurrency_limit: IntGauge,
+    pub rate_limit_waits: IntCounter,
+    pub paused: IntGauge,
+    pub disabled: IntGauge,
     pub attempt_delivered: IntCounter,
     pub attempt_retry: IntCounter,
     pub attempt_permanent: IntCounter,

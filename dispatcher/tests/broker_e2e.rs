@@ -30,7 +30,9 @@ async fn broker(partitions: i32) -> Option<Tansu> {
     let broker = Tansu::start();
     broker.create_topic("events", partitions).await;
     broker.create_topic("dispatcher.dlq", 1).await;
-    broker.create_topic("dispatcher.retry", 1).await;
+    for tier in support::RETRY_TOPICS {
+        broker.create_topic(tier, 2).await;
+    }
     Some(broker)
 }
 

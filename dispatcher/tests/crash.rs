@@ -8,7 +8,6 @@ use std::collections::{HashMap, HashSet};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use dispatcher::embedded::EmbeddedKafka;
 use dispatcher::seed::SeedEvents;
 use support::kafka::{committed_total, produce};
 use support::sink::{Behaviour, Sink};
@@ -29,7 +28,7 @@ fn spawn(config: &std::path::Path, log: &std::path::Path) -> Child {
 async fn kill_9_and_restart_loses_nothing_and_keeps_delivery_ids() {
     support::init_logging();
     // The broker lives in this process, so it survives the dispatcher's death.
-    let kafka = EmbeddedKafka::start(&["events", "dispatcher.dlq", "dispatcher.retry"], 4).unwrap();
+    let kafka = support::embedded_kafka(4);
     let sink = Sink::start(Behaviour::Ok).await;
     let endpoints = format!(
         "  - id: everything\n    url: \"{}\"\n    events: [\"*\"]\n  - id: messages\n    url: \"{}\"\n    events: [\"message.*\"]\n",
@@ -145,4 +144,60 @@ async fn kill_9_and_restart_loses_nothing_and_keeps_delivery_ids() {
         "SIGTERM should exit 0, got {status}; log:\n{log}"
     );
     assert!(log.contains("stopped cleanly"), "log:\n{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_while_parking_loses_nothing() {
+    support::init_logging();
+    let kafka = support::embedded_kafka(4);
+    let sink = Sink::start(Behaviour::Status(503)).await;
+    let endpoints = format!(
+        "  - id: ep\n    url: \"{}\"\n    events: [\"*\"]\n    circuit_breaker: {{ min_requests: 100000 }}\n    retry: {{ schedule: [50ms, 2s, 2s, 2s, 2s, 2s, 2s, 2s, 2s, 2s, 2s], max_age: 10m }}\n",
+        sink.url("/")
+    );
+    let yaml = config_yaml(kafka.bootstrap(), "park-crash", "", &endpoints);
+    let mut seeds = SeedEvents::new(31);
+    let values: Vec<Vec<u8>> = (0..400)
+        .map(|_| seeds.next_event(chrono::Utc::now().timestamp_millis()).2)
+        .collect();
+    produce(kafka.bootstrap(), "events", &values).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let first = support::Child::spawn(dir.path(), "first", &yaml, support::free_port());
+    let series = "dispatcher_parked_total{endpoint=\"ep\",reason=\"retry\"}";
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while support::metric(&first.metrics().await, series) < 50.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first run never parked"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(first); // SIGKILL, mid-parking
+
+    sink.set(Behaviour::Ok);
+    let _second = support::Child::spawn(dir.path(), "second", &yaml, support::free_port());
+    let produced: HashSet<String> = values.iter().map(|v| raw_data(v)).collect();
+    wait_until(
+        Duration::from_secs(120),
+        "every event delivered after the crash",
+        || {
+            sink.received()
+                .iter()
+                .map(|r| raw_data(&r.body))
+                .collect::<HashSet<_>>()
+                == produced
+        },
+    )
+    .await;
+    let mut ids: HashMap<String, HashSet<String>> = HashMap::new();
+    for r in sink.received() {
+        ids.entry(raw_data(&r.body))
+            .or_default()
+            .insert(r.header("x-webhook-delivery-id").unwrap().to_owned());
+    }
+    assert!(
+        ids.values().all(|s| s.len() == 1),
+        "a duplicate came with another delivery id"
+    );
 }

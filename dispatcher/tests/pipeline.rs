@@ -6,7 +6,6 @@ mod support;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
-use dispatcher::embedded::EmbeddedKafka;
 use dispatcher::seed::{SeedEvents, EVENT_TYPES};
 use rdkafka::message::Message;
 use support::kafka::{committed_total, header, produce, produce_with_headers, read_all};
@@ -18,7 +17,7 @@ use support::{SECRET_A, SECRET_B};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_seed_event_type_reaches_exactly_its_subscribers() {
     support::init_logging();
-    let kafka = EmbeddedKafka::start(&["events", "dispatcher.dlq", "dispatcher.retry"], 4).unwrap();
+    let kafka = support::embedded_kafka(4);
     let all = Sink::start(Behaviour::Ok).await;
     let messages = Sink::start(Behaviour::Ok).await;
     let contacts = Sink::start(Behaviour::Ok).await;
@@ -204,7 +203,7 @@ async fn every_seed_event_type_reaches_exactly_its_subscribers() {
 async fn malformed_records_are_dead_lettered_and_the_partition_keeps_flowing() {
     support::init_logging();
     // One partition: the bad records sit between good ones in the same log.
-    let kafka = EmbeddedKafka::start(&["events", "dispatcher.dlq", "dispatcher.retry"], 1).unwrap();
+    let kafka = support::embedded_kafka(1);
     let sink = Sink::start(Behaviour::Ok).await;
     let endpoints = format!(
         "  - id: ep\n    url: \"{}\"\n    events: [\"*\"]\n",
@@ -306,7 +305,7 @@ async fn malformed_records_are_dead_lettered_and_the_partition_keeps_flowing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_endpoint_does_not_slow_the_others() {
     support::init_logging();
-    let kafka = EmbeddedKafka::start(&["events", "dispatcher.dlq", "dispatcher.retry"], 4).unwrap();
+    let kafka = support::embedded_kafka(4);
     let fast = Sink::start(Behaviour::Ok).await;
     let also_fast = Sink::start(Behaviour::Ok).await;
     let hung = Sink::start(Behaviour::Hang).await;
@@ -381,7 +380,7 @@ async fn a_hung_endpoint_does_not_slow_the_others() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_deliveries_are_dead_lettered_with_their_attempts() {
     support::init_logging();
-    let kafka = EmbeddedKafka::start(&["events", "dispatcher.dlq", "dispatcher.retry"], 2).unwrap();
+    let kafka = support::embedded_kafka(2);
     let rejecting = Sink::start(Behaviour::Status(400)).await;
     let down = Sink::start(Behaviour::Status(503)).await;
     let endpoints = format!(
@@ -392,17 +391,13 @@ async fn failed_deliveries_are_dead_lettered_with_their_attempts() {
   - id: down
     url: "{}"
     events: ["contact.created"]
+    retry: {{ schedule: [20ms, 20ms] }}
+    circuit_breaker: {{ min_requests: 1000 }}
 "#,
         rejecting.url("/"),
         down.url("/")
     );
-    let running = start(config(
-        kafka.bootstrap(),
-        "failing",
-        "  max_attempts: 3\n",
-        &endpoints,
-    ))
-    .await;
+    let running = start(config(kafka.bootstrap(), "failing", "", &endpoints)).await;
     let mut seeds = SeedEvents::new(4);
     let values: Vec<Vec<u8>> = (0..5)
         .map(|_| seeds.event("contact.created", 1_700_000_000_000).1)

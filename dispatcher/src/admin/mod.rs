@@ -17,6 +17,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::lane::Control;
 use crate::metrics::Metrics;
 
 #[derive(Clone)]
@@ -26,6 +27,8 @@ pub struct AdminState {
     pub ready: Arc<AtomicBool>,
     /// Cleared when shutdown starts, so readiness drops at once.
     pub live: Arc<AtomicBool>,
+    /// Each endpoint's pause and disable switches.
+    pub endpoints: Arc<Vec<(Arc<str>, Arc<Control>)>>,
 }
 
 /// Bind the admin listener (early, so a bad address fails at start-up).
@@ -62,10 +65,14 @@ pub async fn serve(listener: TcpListener, state: AdminState, mut shutdown: watch
 }
 
 fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let path = req.uri().path();
+    if let Some(rest) = path.strip_prefix("/endpoints") {
+        return endpoints(state, req.method(), rest);
+    }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n");
     }
-    match req.uri().path() {
+    match path {
         "/metrics" => Response::builder()
             .header("content-type", "text/plain; version=0.0.4; charset=utf-8")
             .body(Full::new(Bytes::from(state.metrics.render())))
@@ -85,6 +92,56 @@ fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
             "not found: try /metrics, /healthz, /readyz\n",
         ),
     }
+}
+
+/// `GET /endpoints`: every endpoint's switches, as JSON.
+/// `POST /endpoints/{id}/pause` and `POST /endpoints/{id}/resume` flip them
+/// (resume also re-enables an endpoint a 410 disabled).
+fn endpoints(state: &AdminState, method: &Method, rest: &str) -> Response<Full<Bytes>> {
+    if rest.is_empty() || rest == "/" {
+        if method != Method::GET {
+            return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n");
+        }
+        let list: Vec<serde_json::Value> = state
+            .endpoints
+            .iter()
+            .map(|(id, c)| serde_json::json!({ "id": &**id, "paused": c.paused(), "disabled": c.disabled() }))
+            .collect();
+        return json(StatusCode::OK, serde_json::json!({ "endpoints": list }));
+    }
+    let mut parts = rest.trim_start_matches('/').splitn(2, '/');
+    let (Some(id), Some(action)) = (parts.next(), parts.next()) else {
+        return text(
+            StatusCode::NOT_FOUND,
+            "try POST /endpoints/{id}/pause or /resume\n",
+        );
+    };
+    if method != Method::POST {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "POST only\n");
+    }
+    let Some((id, control)) = state.endpoints.iter().find(|(e, _)| &**e == id) else {
+        return text(StatusCode::NOT_FOUND, "no such endpoint\n");
+    };
+    match action {
+        "pause" => control.pause(),
+        "resume" => control.resume(),
+        _ => return text(StatusCode::NOT_FOUND, "the actions are pause and resume\n"),
+    }
+    tracing::warn!(endpoint = %id, action, "endpoint switched through the admin API");
+    json(
+        StatusCode::OK,
+        serde_json::json!({ "id": &**id, "paused": control.paused(), "disabled": control.disabled() }),
+    )
+}
+
+fn json(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    r
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {

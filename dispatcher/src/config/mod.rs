@@ -17,6 +17,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_yaml_ng::Value;
 
+use crate::lane::{BreakerConfig, RateLimitConfig, RetryConfig};
 use crate::route::{EventPattern, Filter};
 
 /// The whole configuration.
@@ -39,7 +40,11 @@ pub struct KafkaConfig {
     /// librdkafka properties passed through to every client.
     pub options: BTreeMap<String, Scalar>,
     pub dead_letter_topic: String,
+    /// Base name of the retry topics: one per delay tier, `<retry_topic>.<delay>`.
     pub retry_topic: String,
+    /// The delay tiers of the retry topics. A wait is rounded up to a tier.
+    #[serde(with = "duration_list")]
+    pub retry_tiers: Vec<Duration>,
     /// Partitions per topic created in the embedded broker.
     pub embedded_partitions: i32,
 }
@@ -53,6 +58,9 @@ impl Default for KafkaConfig {
             options: BTreeMap::new(),
             dead_letter_topic: "dispatcher.dlq".into(),
             retry_topic: "dispatcher.retry".into(),
+            retry_tiers: [5, 30, 120, 600, 3600, 4 * 3600]
+                .map(Duration::from_secs)
+                .to_vec(),
             embedded_partitions: 6,
         }
     }
@@ -114,11 +122,34 @@ pub struct PipelineConfig {
     /// owner of their partition.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
-    /// Attempts per delivery before it is dead-lettered.
-    pub max_attempts: u32,
-    /// First wait between attempts; doubles each time, with full jitter.
+    /// Waits before a retry up to this long are kept in memory; longer ones
+    /// are parked in a retry topic.
     #[serde(with = "humantime_serde")]
-    pub retry_backoff: Duration,
+    pub in_memory_retry_max: Duration,
+    /// How long a paused endpoint's deliveries wait in the retry topics
+    /// before they look again: how soon a resume takes effect.
+    #[serde(with = "humantime_serde")]
+    pub paused_recheck: Duration,
+    pub dedup: DedupConfig,
+}
+
+/// The cache of recently delivered ids that suppresses re-sends after a
+/// rebalance or restart (of deliveries this replica made).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DedupConfig {
+    pub max_entries: u64,
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+}
+
+impl Default for DedupConfig {
+    fn default() -> Self {
+        DedupConfig {
+            max_entries: 1_000_000,
+            ttl: Duration::from_secs(3600),
+        }
+    }
 }
 
 impl Default for PipelineConfig {
@@ -128,8 +159,9 @@ impl Default for PipelineConfig {
             max_event_bytes: 1 << 20,
             commit_interval: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(25),
-            max_attempts: 3,
-            retry_backoff: Duration::from_millis(500),
+            in_memory_retry_max: Duration::from_secs(10),
+            paused_recheck: Duration::from_secs(30),
+            dedup: DedupConfig::default(),
         }
     }
 }
@@ -161,6 +193,68 @@ pub struct EndpointConfig {
     pub headers: BTreeMap<String, String>,
     #[serde(default = "default_true")]
     pub enabled: bool,
+    /// Start paused: deliveries are parked until resumed through the admin API.
+    #[serde(default)]
+    pub paused: bool,
+    /// Find the sustainable concurrency (AIMD), up to `max_in_flight`.
+    #[serde(default)]
+    pub adaptive_concurrency: bool,
+    /// A global rate limit; each replica enforces its share.
+    #[serde(default)]
+    pub rate_limit: Option<RateLimitConfig>,
+    #[serde(default)]
+    pub circuit_breaker: BreakerConfig,
+    #[serde(default)]
+    pub retry: RetryConfig,
+    /// Deliveries waiting for this endpoint in memory; beyond, they are parked.
+    #[serde(default = "default_queue_capacity")]
+    pub queue_capacity: usize,
+}
+
+impl Default for EndpointConfig {
+    fn default() -> Self {
+        EndpointConfig {
+            id: String::new(),
+            transport: default_transport(),
+            url: None,
+            secret: None,
+            secrets: Vec::new(),
+            send_secret_header: false,
+            events: Vec::new(),
+            filter: BTreeMap::new(),
+            timeout: default_timeout(),
+            max_in_flight: default_max_in_flight(),
+            headers: BTreeMap::new(),
+            enabled: true,
+            paused: false,
+            adaptive_concurrency: false,
+            rate_limit: None,
+            circuit_breaker: BreakerConfig::default(),
+            retry: RetryConfig::default(),
+            queue_capacity: default_queue_capacity(),
+        }
+    }
+}
+
+fn default_queue_capacity() -> usize {
+    1000
+}
+
+/// `humantime_serde` for a list of durations.
+pub(crate) mod duration_list {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
+        let texts = Vec::<String>::deserialize(d)?;
+        texts
+            .iter()
+            .map(|t| {
+                humantime::parse_duration(t)
+                    .map_err(|e| serde::de::Error::custom(format!("{t:?}: {e}")))
+            })
+            .collect()
+    }
 }
 
 impl EndpointConfig {
@@ -411,10 +505,22 @@ impl Config {
                 "must be more than zero",
             ));
         }
-        if !(1..=100).contains(&p.max_attempts) {
+        if p.dedup.max_entries == 0 || p.dedup.ttl.is_zero() {
             problems.push(Problem::new(
-                "pipeline.max_attempts",
-                "must be between 1 and 100",
+                "pipeline.dedup",
+                "max_entries and ttl must be more than zero",
+            ));
+        }
+        if k.retry_tiers.is_empty() {
+            problems.push(Problem::new(
+                "kafka.retry_tiers",
+                "at least one delay tier is needed",
+            ));
+        }
+        if k.retry_tiers.iter().any(|d| d.is_zero()) {
+            problems.push(Problem::new(
+                "kafka.retry_tiers",
+                "every tier must be longer than zero",
             ));
         }
 
@@ -480,6 +586,54 @@ impl Config {
                 problems.push(Problem::new(
                     at("max_in_flight"),
                     "must be between 1 and 10000",
+                ));
+            }
+            if !(1..=1_000_000).contains(&ep.queue_capacity) {
+                problems.push(Problem::new(
+                    at("queue_capacity"),
+                    "must be between 1 and 1000000",
+                ));
+            }
+            if let Some(r) = &ep.rate_limit {
+                if !(r.per_second > 0.0 && r.per_second.is_finite()) {
+                    problems.push(Problem::new(
+                        at("rate_limit.per_second"),
+                        "must be more than zero",
+                    ));
+                }
+                if r.burst == Some(0) {
+                    problems.push(Problem::new(at("rate_limit.burst"), "must be at least 1"));
+                }
+            }
+            let b = &ep.circuit_breaker;
+            if !(b.failure_ratio > 0.0 && b.failure_ratio <= 1.0) {
+                problems.push(Problem::new(
+                    at("circuit_breaker.failure_ratio"),
+                    "must be in (0, 1]",
+                ));
+            }
+            if b.min_requests == 0 || b.half_open_probes == 0 {
+                problems.push(Problem::new(
+                    at("circuit_breaker"),
+                    "min_requests and half_open_probes must be at least 1",
+                ));
+            }
+            if b.window.is_zero() || b.open_for.is_zero() {
+                problems.push(Problem::new(
+                    at("circuit_breaker"),
+                    "window and open_for must be longer than zero",
+                ));
+            }
+            if ep.retry.schedule.iter().any(|d| d.is_zero()) {
+                problems.push(Problem::new(
+                    at("retry.schedule"),
+                    "every wait must be longer than zero",
+                ));
+            }
+            if ep.retry.max_age.is_zero() {
+                problems.push(Problem::new(
+                    at("retry.max_age"),
+                    "must be longer than zero",
                 ));
             }
             if ep.transport == "http" {

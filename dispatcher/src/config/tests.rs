@@ -73,7 +73,7 @@ kafka:
 admin:
   listen: "not an address"
 pipeline:
-  max_attempts: 0
+  in_memory_retry_max: 0s
   commit_interval: soon
 endpoints:
   - id: ok-one

@@ -1,49 +1,51 @@
-//! How long to wait between attempts.
+//! The retry schedule: how long to wait before each further attempt.
 //!
-//! Exponential backoff with full jitter (a random wait between zero and the
-//! exponential bound) spreads the retries of many deliveries that failed
-//! together, so a recovering endpoint is not hit by a synchronized wave.
-//! A receiver's `Retry-After` is a floor, clamped so that one answer cannot
-//! hold an in-flight slot for hours.
+//! `retry.schedule[n]` bounds the wait after the (n+1)-th failed attempt;
+//! the wait itself is drawn uniformly below that bound (full jitter), so
+//! deliveries that failed together do not come back together and a
+//! recovering endpoint sees a smooth return instead of a wave. A receiver's
+//! `Retry-After` is a floor, clamped to [`MAX_RETRY_AFTER`]. When the schedule
+//! is spent, or the delivery is older than `retry.max_age`, it is final:
+//! dead-lettered.
 
 use std::time::Duration;
 
 use rand::Rng;
+use serde::Deserialize;
 
-#[derive(Debug, Clone)]
-pub struct RetryPolicy {
-    /// Attempts in all, the first included.
-    pub max_attempts: u32,
-    /// Bound of the first wait; doubles with each further attempt.
-    pub base: Duration,
-    /// Largest exponential bound.
-    pub max_backoff: Duration,
-    /// Largest `Retry-After` honoured.
-    pub max_retry_after: Duration,
+/// Longest `Retry-After` honoured: one answer must not park a delivery for days.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(6 * 3600);
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    #[serde(with = "crate::config::duration_list")]
+    pub schedule: Vec<Duration>,
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
 }
 
-impl RetryPolicy {
-    pub fn new(max_attempts: u32, base: Duration) -> RetryPolicy {
-        RetryPolicy {
-            max_attempts,
-            base,
-            max_backoff: Duration::from_secs(60),
-            max_retry_after: Duration::from_secs(300),
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            schedule: [5, 30, 120, 600, 3600, 4 * 3600]
+                .map(Duration::from_secs)
+                .to_vec(),
+            max_age: Duration::from_secs(24 * 3600),
         }
     }
+}
 
-    /// The wait before attempt number `next_attempt` (2 for the first retry).
-    pub fn wait_before(&self, next_attempt: u32, retry_after: Option<Duration>) -> Duration {
-        let doublings = next_attempt.saturating_sub(2).min(20);
-        let bound = self
-            .base
-            .saturating_mul(1 << doublings)
-            .min(self.max_backoff);
+impl RetryConfig {
+    /// The wait before the next attempt, after `attempts` failed ones, or
+    /// `None` when the schedule is spent.
+    pub fn next_wait(&self, attempts: u32, retry_after: Option<Duration>) -> Option<Duration> {
+        let bound = *self.schedule.get(attempts.checked_sub(1)? as usize)?;
         let jittered = Duration::from_nanos(rand::rng().random_range(0..=bound.as_nanos() as u64));
-        match retry_after {
-            Some(asked) => jittered.max(asked.min(self.max_retry_after)),
+        Some(match retry_after {
+            Some(asked) => jittered.max(asked.min(MAX_RETRY_AFTER)),
             None => jittered,
-        }
+        })
     }
 }
 
@@ -51,33 +53,54 @@ impl RetryPolicy {
 mod tests {
     use super::*;
 
-    #[test]
-    fn waits_stay_within_the_exponential_bound() {
-        let p = RetryPolicy::new(5, Duration::from_millis(100));
-        for _ in 0..200 {
-            assert!(p.wait_before(2, None) <= Duration::from_millis(100));
-            assert!(p.wait_before(3, None) <= Duration::from_millis(200));
-            assert!(p.wait_before(4, None) <= Duration::from_millis(400));
-            assert!(p.wait_before(40, None) <= Duration::from_secs(60));
+    fn policy(schedule: &[u64]) -> RetryConfig {
+        RetryConfig {
+            schedule: schedule
+                .iter()
+                .map(|&ms| Duration::from_millis(ms))
+                .collect(),
+            max_age: Duration::from_secs(60),
         }
     }
 
     #[test]
+    fn waits_stay_below_each_step_and_the_schedule_ends() {
+        let p = policy(&[100, 1000, 10_000]);
+        for _ in 0..200 {
+            assert!(p.next_wait(1, None).unwrap() <= Duration::from_millis(100));
+            assert!(p.next_wait(2, None).unwrap() <= Duration::from_millis(1000));
+            assert!(p.next_wait(3, None).unwrap() <= Duration::from_millis(10_000));
+        }
+        assert_eq!(p.next_wait(4, None), None, "three retries, then final");
+        assert_eq!(p.next_wait(0, None), None);
+    }
+
+    #[test]
     fn jitter_spreads_waits() {
-        let p = RetryPolicy::new(5, Duration::from_secs(1));
-        let waits: std::collections::HashSet<_> = (0..50).map(|_| p.wait_before(3, None)).collect();
+        let p = policy(&[1000]);
+        let waits: std::collections::HashSet<_> = (0..50).map(|_| p.next_wait(1, None)).collect();
         assert!(waits.len() > 40, "full jitter should rarely repeat a wait");
     }
 
     #[test]
     fn retry_after_is_a_clamped_floor() {
-        let p = RetryPolicy::new(5, Duration::from_millis(10));
+        let p = policy(&[10]);
         for _ in 0..50 {
-            assert!(p.wait_before(2, Some(Duration::from_secs(3))) >= Duration::from_secs(3));
+            assert!(
+                p.next_wait(1, Some(Duration::from_secs(3))).unwrap() >= Duration::from_secs(3)
+            );
         }
         assert_eq!(
-            p.wait_before(2, Some(Duration::from_secs(86_400))),
-            Duration::from_secs(300)
+            p.next_wait(1, Some(Duration::from_secs(10 * 86_400))),
+            Some(MAX_RETRY_AFTER)
         );
+    }
+
+    #[test]
+    fn the_documented_default() {
+        let d = RetryConfig::default();
+        assert_eq!(d.schedule.len(), 6);
+        assert_eq!(d.schedule[5], Duration::from_secs(4 * 3600));
+        assert_eq!(d.max_age, Duration::from_secs(86_400));
     }
 }

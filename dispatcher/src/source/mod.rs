@@ -1,30 +1,42 @@
 //! The Kafka source: reads records, decodes and routes them, hands each
-//! delivery to its endpoint's lane, and commits the watermark.
+//! delivery to its endpoint's lane, reads parked deliveries back from the
+//! retry topics when they are due, and commits the watermark.
 //!
 //! Back-pressure: when the records in flight reach
 //! `pipeline.max_events_in_flight` every assigned partition is paused, and
 //! resumed at three quarters of it. The loop keeps polling while paused, so
 //! group membership and rebalances are served and memory does not grow.
+//! The source never waits on one endpoint: a delivery whose lane queue is
+//! full is parked instead.
+//!
+//! Retry-topic partitions are FIFO by due time (see [`crate::park`]): a
+//! record read before it is due is held, alone, and its partition paused
+//! until then.
 
 mod context;
 
 pub use context::SourceContext;
 
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::StreamExt;
 use prometheus::IntCounter;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::TopicPartitionList;
 use tokio::sync::watch;
-use transports::{Event, SourceRef};
+use tokio_util::time::DelayQueue;
+use transports::{Delivery, Event, SourceRef};
 
 use crate::dlq::{DeadLetter, DeadLetters};
-use crate::lane::{Job, LaneSender};
+use crate::lane::{Job, LaneHandle};
 use crate::metrics::Metrics;
 use crate::offsets::{OffsetTracker, Ticket};
+use crate::park::{self, Parker, RetryState};
 use crate::route::Router;
 
 pub type SourceConsumer = StreamConsumer<SourceContext>;
@@ -33,8 +45,9 @@ pub struct Source {
     pub consumer: Arc<SourceConsumer>,
     pub tracker: Arc<OffsetTracker>,
     pub router: Router,
-    pub lanes: Vec<LaneSender>,
+    pub lanes: Vec<LaneHandle>,
     pub dead_letters: Arc<DeadLetters>,
+    pub parker: Arc<Parker>,
     pub metrics: Arc<Metrics>,
     pub paused: Arc<AtomicBool>,
     pub max_in_flight: usize,
@@ -50,8 +63,16 @@ struct TopicCounters {
     unrouted: IntCounter,
 }
 
+/// A parked delivery read before its time, holding its partition.
+struct Held {
+    lane: usize,
+    job: Job,
+}
+
+type PartitionKey = (Arc<str>, i32);
+
 impl Source {
-    /// Run until `shutdown` turns true. Returns with the lanes' senders
+    /// Run until `shutdown` turns true. Returns with the lanes' handles
     /// dropped, so the lanes drain and end.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         let high = self.max_in_flight;
@@ -60,17 +81,26 @@ impl Source {
         commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut counters: Vec<TopicCounters> = Vec::new();
         let mut targets: Vec<usize> = Vec::new();
+        let mut held: HashMap<PartitionKey, Held> = HashMap::new();
+        let mut due: DelayQueue<PartitionKey> = DelayQueue::new();
+        let lane_index: HashMap<Arc<str>, usize> = self
+            .lanes
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (l.endpoint_id.clone(), i))
+            .collect();
         // A local handle: received messages borrow it, not `self`.
         let consumer = self.consumer.clone();
 
         loop {
             let in_flight = self.tracker.in_flight().get();
             self.metrics.events_in_flight.set(in_flight as i64);
+            self.metrics.parked_held.set(held.len() as i64);
             let paused = self.paused.load(Ordering::Acquire);
             if !paused && in_flight >= high {
-                self.set_paused(true);
+                self.set_paused(true, &held);
             } else if paused && in_flight <= low {
-                self.set_paused(false);
+                self.set_paused(false, &held);
             }
             let paused = self.paused.load(Ordering::Acquire);
 
@@ -78,13 +108,24 @@ impl Source {
                 biased;
                 _ = shutdown.changed() => break,
                 _ = self.tracker.in_flight().drained(), if paused => {}
+                Some(expired) = due.next(), if !due.is_empty() => {
+                    let key = expired.into_inner();
+                    if let Some(h) = held.remove(&key) {
+                        self.release(key, h, paused);
+                    }
+                }
                 _ = commit_tick.tick() => self.commit(CommitMode::Async),
                 // Polled while paused too: that serves rebalances and keeps
                 // the group membership; paused partitions yield nothing.
                 msg = consumer.recv() => match msg {
                     Ok(msg) => {
                         let c = topic_counters(&mut counters, &self.metrics, msg.topic());
-                        self.handle(&msg, c, &mut targets).await;
+                        c.consumed.inc();
+                        if self.parker.tiers().delay_of(msg.topic()).is_some() {
+                            self.handle_parked(&msg, &lane_index, &mut held, &mut due);
+                        } else {
+                            self.handle(&msg, c, &mut targets);
+                        }
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "consumer error");
@@ -96,26 +137,14 @@ impl Source {
         self.lanes.clear();
     }
 
-    async fn handle(
+    fn handle(
         &mut self,
         msg: &BorrowedMessage<'_>,
         counters: &TopicCounters,
         targets: &mut Vec<usize>,
     ) {
-        counters.consumed.inc();
-        let Some(partition) = self.tracker.partition(msg.topic(), msg.partition()) else {
-            // A record of a partition we no longer own: its new owner reads it.
-            tracing::debug!(
-                topic = msg.topic(),
-                partition = msg.partition(),
-                "record of a revoked partition skipped"
-            );
+        let Some((partition, source)) = self.owned(msg) else {
             return;
-        };
-        let source = SourceRef {
-            topic: partition.topic.clone(),
-            partition: msg.partition(),
-            offset: msg.offset(),
         };
         let payload = Bytes::copy_from_slice(msg.payload().unwrap_or_default());
         let timestamp = msg.timestamp().to_millis();
@@ -141,8 +170,11 @@ impl Source {
                     let job = Job {
                         event: event.clone(),
                         ticket: ticket.clone(),
+                        parked: None,
                     };
-                    self.lanes[i].send(job).await;
+                    if let Err(job) = self.lanes[i].offer(job) {
+                        self.park_now(i, job, "queue_full");
+                    }
                 }
             }
             Err(error) => {
@@ -154,30 +186,172 @@ impl Source {
                     topic = msg.topic(), partition = msg.partition(), offset = msg.offset(),
                     %error, "invalid record; dead-lettering"
                 );
-                let original_headers = msg
-                    .headers()
-                    .map(|h| {
-                        h.iter()
-                            .map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec()))
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                let key = msg.key().map(Bytes::copy_from_slice);
-                let letter =
-                    DeadLetter::invalid_record(&source, key, payload, original_headers, &error);
-                let ticket = Ticket::issue(partition, msg.offset(), 1);
-                let dead_letters = self.dead_letters.clone();
-                // Bounded like every record: it holds an in-flight place
-                // until the dead letter is acknowledged.
-                tokio::spawn(async move {
-                    dead_letters.write(letter).await;
-                    ticket.finish_one();
-                });
+                let letter = DeadLetter::invalid_record(
+                    &source,
+                    key(msg),
+                    payload,
+                    original_headers(msg),
+                    &error,
+                );
+                self.dead_letter_record(partition, msg.offset(), letter);
             }
         }
     }
 
-    fn set_paused(&self, pause: bool) {
+    /// A record from a retry topic: hand it to its lane when due, or hold it
+    /// (and pause its partition) until then.
+    fn handle_parked(
+        &mut self,
+        msg: &BorrowedMessage<'_>,
+        lane_index: &HashMap<Arc<str>, usize>,
+        held: &mut HashMap<PartitionKey, Held>,
+        due: &mut DelayQueue<PartitionKey>,
+    ) {
+        let Some((partition, source)) = self.owned(msg) else {
+            return;
+        };
+        let parked = match park::parse(msg, self.max_event_bytes) {
+            Ok(p) => p,
+            Err(error) => {
+                tracing::error!(topic = msg.topic(), offset = msg.offset(), %error, "damaged parked record; dead-lettering");
+                let value = Bytes::copy_from_slice(msg.payload().unwrap_or_default());
+                let letter = DeadLetter::unreadable(
+                    &source,
+                    key(msg),
+                    value,
+                    original_headers(msg),
+                    "park",
+                    "damaged",
+                    &error,
+                );
+                self.dead_letter_record(partition, msg.offset(), letter);
+                return;
+            }
+        };
+        let Some(&lane) = lane_index.get(parked.endpoint_id.as_str()) else {
+            tracing::warn!(endpoint = %parked.endpoint_id, "parked delivery for an endpoint no longer configured; dead-lettering");
+            let value = Bytes::copy_from_slice(msg.payload().unwrap_or_default());
+            let error = format!("endpoint {} is not configured", parked.endpoint_id);
+            let letter = DeadLetter::unreadable(
+                &source,
+                key(msg),
+                value,
+                original_headers(msg),
+                "park",
+                "unknown_endpoint",
+                &error,
+            );
+            self.dead_letter_record(partition, msg.offset(), letter);
+            return;
+        };
+        let ticket = Ticket::issue(partition, msg.offset(), 1);
+        let job = Job {
+            event: Arc::new(parked.event),
+            ticket,
+            parked: Some(Box::new((parked.delivery_id, parked.state))),
+        };
+        let wait_ms = parked.due_ms - chrono::Utc::now().timestamp_millis();
+        if wait_ms <= 0 {
+            self.give_back(lane, job);
+            return;
+        }
+        let key: PartitionKey = (source.topic.clone(), source.partition);
+        let mut list = TopicPartitionList::new();
+        list.add_partition(msg.topic(), msg.partition());
+        if let Err(e) = self.consumer.pause(&list) {
+            tracing::warn!(error = %e, topic = msg.topic(), "could not pause a retry partition");
+        }
+        due.insert(key.clone(), Duration::from_millis(wait_ms as u64));
+        held.insert(key, Held { lane, job });
+    }
+
+    /// A held parked delivery is due: hand it over and let its partition go on.
+    fn release(&self, key: PartitionKey, h: Held, globally_paused: bool) {
+        // Revoked (and maybe re-assigned) since: the new owner reads it again.
+        let still_ours = self
+            .tracker
+            .partition(&key.0, key.1)
+            .is_some_and(|p| Arc::ptr_eq(&p, h.job.ticket.partition()));
+        if !still_ours {
+            return;
+        }
+        self.give_back(h.lane, h.job);
+        if !globally_paused {
+            let mut list = TopicPartitionList::new();
+            list.add_partition(&key.0, key.1);
+            if let Err(e) = self.consumer.resume(&list) {
+                tracing::warn!(error = %e, topic = %key.0, "could not resume a retry partition");
+            }
+        }
+    }
+
+    fn give_back(&self, lane: usize, job: Job) {
+        if let Err(job) = self.lanes[lane].give_back(job) {
+            self.park_now(lane, job, "queue_full");
+        }
+    }
+
+    /// Park a delivery straight from the source (its lane cannot take it).
+    fn park_now(&self, lane: usize, job: Job, reason: &'static str) {
+        let parker = self.parker.clone();
+        let endpoint_id = self.lanes[lane].endpoint_id.clone();
+        // Bounded like every record: it holds its in-flight place until the
+        // parked copy is acknowledged.
+        tokio::spawn(async move {
+            let (delivery, state) = match job.parked {
+                Some(p) => {
+                    let (id, state) = *p;
+                    let mut d = Delivery::new(job.event, endpoint_id);
+                    d.id = id;
+                    (d, state)
+                }
+                None => (Delivery::new(job.event, endpoint_id), RetryState::default()),
+            };
+            // The shortest tier: a full queue is a short-lived condition.
+            parker.park(&delivery, &state, Duration::ZERO, reason).await;
+            job.ticket.finish_one();
+        });
+    }
+
+    fn dead_letter_record(
+        &self,
+        partition: Arc<crate::offsets::PartitionOffsets>,
+        offset: i64,
+        letter: DeadLetter,
+    ) {
+        let ticket = Ticket::issue(partition, offset, 1);
+        let dead_letters = self.dead_letters.clone();
+        tokio::spawn(async move {
+            dead_letters.write(letter).await;
+            ticket.finish_one();
+        });
+    }
+
+    /// The partition's offsets and the record's origin, if the partition is ours.
+    fn owned(
+        &self,
+        msg: &BorrowedMessage<'_>,
+    ) -> Option<(Arc<crate::offsets::PartitionOffsets>, SourceRef)> {
+        let Some(partition) = self.tracker.partition(msg.topic(), msg.partition()) else {
+            // A record of a partition we no longer own: its new owner reads it.
+            tracing::debug!(
+                topic = msg.topic(),
+                partition = msg.partition(),
+                "record of a revoked partition skipped"
+            );
+            return None;
+        };
+        let source = SourceRef {
+            topic: partition.topic.clone(),
+            partition: msg.partition(),
+            offset: msg.offset(),
+        };
+        Some((partition, source))
+    }
+
+    /// Pause or resume every assigned partition; held retry partitions stay
+    /// paused until their record is due.
+    fn set_paused(&self, pause: bool, held: &HashMap<PartitionKey, Held>) {
         self.paused.store(pause, Ordering::Release);
         self.metrics.source_paused.set(pause as i64);
         let assignment = match self.consumer.assignment() {
@@ -192,7 +366,15 @@ impl Source {
             self.consumer.pause(&assignment)
         } else {
             tracing::debug!("in-flight below low water; resuming the source");
-            self.consumer.resume(&assignment)
+            let holding: HashSet<(&str, i32)> =
+                held.keys().map(|(t, p)| (t.as_ref(), *p)).collect();
+            let mut list = TopicPartitionList::new();
+            for e in assignment.elements() {
+                if !holding.contains(&(e.topic(), e.partition())) {
+                    list.add_partition(e.topic(), e.partition());
+                }
+            }
+            self.consumer.resume(&list)
         };
         if let Err(e) = result {
             tracing::warn!(error = %e, pause, "pause/resume failed");
@@ -256,4 +438,18 @@ fn header<'m>(msg: &'m BorrowedMessage<'_>, name: &str) -> Option<&'m [u8]> {
         .iter()
         .find(|h| h.key.eq_ignore_ascii_case(name))
         .and_then(|h| h.value)
+}
+
+fn key(msg: &BorrowedMessage<'_>) -> Option<Bytes> {
+    msg.key().map(Bytes::copy_from_slice)
+}
+
+fn original_headers(msg: &BorrowedMessage<'_>) -> Vec<(String, Vec<u8>)> {
+    msg.headers()
+        .map(|h| {
+            h.iter()
+                .map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec()))
+                .collect()
+        })
+        .unwrap_or_default()
 }

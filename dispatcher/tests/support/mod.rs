@@ -11,6 +11,20 @@ use dispatcher::app::{self, Running};
 use dispatcher::config::Config;
 use serde_json::value::RawValue;
 
+/// The retry topics of the test config's `kafka.retry_tiers`.
+pub const RETRY_TOPICS: &[&str] = &["dispatcher.retry.500ms", "dispatcher.retry.2s"];
+
+/// An embedded Kafka with the test config's topics, `events` with `partitions`.
+pub fn embedded_kafka(partitions: i32) -> dispatcher::embedded::EmbeddedKafka {
+    let kafka =
+        dispatcher::embedded::EmbeddedKafka::start(&["events", "dispatcher.dlq"], partitions)
+            .expect("embedded Kafka");
+    for tier in RETRY_TOPICS {
+        kafka.create_topic(tier, 2).expect("retry topic");
+    }
+    kafka
+}
+
 pub const SECRET_A: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 pub const SECRET_B: &str = "whsec_dGhpcyBpcyBhbm90aGVyIHNlY3JldCBrZXk=";
 
@@ -45,6 +59,7 @@ kafka:
   brokers: "{bootstrap}"
   group_id: {group}
   topics: [events]
+  retry_tiers: [500ms, 2s]
   options:
     session.timeout.ms: 6000
     heartbeat.interval.ms: 500
@@ -54,7 +69,7 @@ http:
   allow_private_networks: true
 pipeline:
   commit_interval: 100ms
-  retry_backoff: 20ms
+  in_memory_retry_max: 1s
 {pipeline}
 endpoints:
 {endpoints}
@@ -97,4 +112,98 @@ pub fn verify_signature(secret: &str, r: &sink::Received) {
         .expect("secret")
         .verify(&r.body, &r.headers)
         .unwrap_or_else(|e| panic!("signature rejected by the standardwebhooks crate: {e:?}"));
+}
+
+/// One plain HTTP/1.1 request to the admin server: (status, body).
+pub async fn admin(addr: std::net::SocketAddr, method: &str, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("admin server reachable");
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nhost: admin\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .to_owned();
+    (status, body)
+}
+
+/// The value of one sample in Prometheus text, e.g.
+/// `metric(&text, "dispatcher_parked_total{endpoint=\"a\",reason=\"retry\"}")`.
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.trim().parse().ok())
+        })
+        .unwrap_or(0.0)
+}
+
+/// A free port on 127.0.0.1 (bound, then released for a child to take).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The dispatcher binary run as a child with `config_text`, its admin server
+/// on `admin_port`, its log in `log`. Killed (SIGKILL) when dropped.
+pub struct Child {
+    pub process: std::process::Child,
+    pub admin: std::net::SocketAddr,
+}
+
+impl Child {
+    pub fn spawn(dir: &std::path::Path, name: &str, config_text: &str, admin_port: u16) -> Child {
+        let admin = std::net::SocketAddr::from(([127, 0, 0, 1], admin_port));
+        let config = dir.join(format!("{name}.yaml"));
+        std::fs::write(
+            &config,
+            config_text.replace("listen: \"127.0.0.1:0\"", &format!("listen: \"{admin}\"")),
+        )
+        .unwrap();
+        let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
+        let process = std::process::Command::new(env!("CARGO_BIN_EXE_dispatcher"))
+            .args(["run", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start the dispatcher binary");
+        Child { process, admin }
+    }
+
+    /// Its current metrics text ("" while it is not up).
+    pub async fn metrics(&self) -> String {
+        match tokio::time::timeout(
+            Duration::from_secs(2),
+            tokio::net::TcpStream::connect(self.admin),
+        )
+        .await
+        {
+            Ok(Ok(_)) => admin(self.admin, "GET", "/metrics").await.1,
+            _ => String::new(),
+        }
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+    }
 }

@@ -22,6 +22,8 @@ pub enum Behaviour {
     Status(u16),
     /// Never answer.
     Hang,
+    /// 429 with `Retry-After: secs` to the first `times` requests, then 200.
+    Throttle { times: usize, secs: u64 },
 }
 
 #[derive(Debug, Clone)]
@@ -46,6 +48,7 @@ pub struct Sink {
     received: Arc<Mutex<Vec<Received>>>,
     behaviour: Arc<Mutex<Behaviour>>,
     attempts: Arc<std::sync::atomic::AtomicUsize>,
+    arrivals: Arc<Mutex<Vec<std::time::Instant>>>,
 }
 
 impl Sink {
@@ -56,6 +59,7 @@ impl Sink {
             received: Default::default(),
             behaviour: Arc::new(Mutex::new(behaviour)),
             attempts: Default::default(),
+            arrivals: Default::default(),
         };
         let s = sink.clone();
         tokio::spawn(async move {
@@ -94,9 +98,19 @@ impl Sink {
         self.attempts.load(std::sync::atomic::Ordering::SeqCst)
     }
 
+    /// When each request arrived, whatever the answer.
+    pub fn arrivals(&self) -> Vec<std::time::Instant> {
+        self.arrivals.lock().unwrap().clone()
+    }
+
     async fn handle(self, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
-        self.attempts
+        let n = self
+            .attempts
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.arrivals
+            .lock()
+            .unwrap()
+            .push(std::time::Instant::now());
         let behaviour = *self.behaviour.lock().unwrap();
         let path = req.uri().path().to_owned();
         let headers = req.headers().clone();
@@ -106,8 +120,14 @@ impl Sink {
             .await
             .map(|b| b.to_bytes())
             .unwrap_or_default();
+        let mut retry_after = None;
         let status = match behaviour {
             Behaviour::Ok => 200,
+            Behaviour::Throttle { times, secs } if n < times => {
+                retry_after = Some(secs);
+                429
+            }
+            Behaviour::Throttle { .. } => 200,
             Behaviour::Status(s) => s,
             Behaviour::Hang => {
                 tokio::time::sleep(Duration::from_secs(3600)).await;
@@ -123,6 +143,9 @@ impl Sink {
         }
         let mut r = Response::new(Full::new(Bytes::from_static(b"{\"received\":true}")));
         *r.status_mut() = StatusCode::from_u16(status).unwrap();
+        if let Some(secs) = retry_after {
+            r.headers_mut().insert("retry-after", secs.into());
+        }
         Ok(r)
     }
 }
