@@ -1,0 +1,22 @@
+{{/*
+Checks across values that the schema cannot express. Included by the
+Deployment, so every render runs them.
+*/}}
+{{- define "dispatcher.validate" -}}
+{{- if and .Values.autoscaling.enabled .Values.keda.enabled }}
+{{- fail "autoscaling.enabled and keda.enabled are exclusive: KEDA creates its own HorizontalPodAutoscaler" }}
+{{- end }}
+{{- /* Every ${NAME} the config needs (no default) must reach the container. */}}
+{{- if not .Values.envFrom }}
+{{- $provided := dict }}
+{{- range .Values.secretEnv }}{{ $_ := set $provided .name true }}{{ end }}
+{{- range .Values.env }}{{ $_ := set $provided .name true }}{{ end }}
+{{- $text := replace "$${" "" (toYaml .Values.config) }}
+{{- range regexFindAll "\\$\\{[A-Za-z0-9_]+\\}" $text -1 }}
+{{- $name := trimSuffix "}" (trimPrefix "${" .) }}
+{{- if not (hasKey $provided $name) }}
+{{- fail (printf "config refers to ${%s} but no secretEnv or env entry provides %s (the dispatcher would refuse to start)" $name $name) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
