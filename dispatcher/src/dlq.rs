@@ -97,11 +97,14 @@ impl DeadLetter {
     }
 
     /// A delivery that will not succeed: permanent failure or retries spent.
+    /// `sent` is what the transport rendered and the receiver refused, when
+    /// that differs from the envelope (a Slack message).
     pub fn failed_delivery(
         delivery: &Delivery,
         reason: &'static str,
         error: &str,
         attempts: &[Attempt],
+        sent: Option<&[u8]>,
     ) -> DeadLetter {
         let ev = &delivery.event;
         let mut headers = common_headers(&ev.source, "delivery", reason);
@@ -125,6 +128,9 @@ impl DeadLetter {
             "dlq.attempts".into(),
             serde_json::to_vec(attempts).unwrap_or_default(),
         ));
+        if let Some(sent) = sent {
+            headers.push(("dlq.sent".into(), sent.to_vec()));
+        }
         if let Some(tp) = &ev.traceparent {
             headers.push(("traceparent".into(), tp.to_vec()));
         }

@@ -39,15 +39,33 @@ pub enum Outcome {
         reason: String,
         disable_endpoint: bool,
     },
+    /// The receiver asked for a pause (a rate limit such as Slack's 429):
+    /// wait `retry_after` and send again *without* spending a retry attempt.
+    Throttled {
+        status: Option<u16>,
+        reason: String,
+        retry_after: Duration,
+    },
+    /// Retrying cannot help: the receiver refused the payload itself as
+    /// invalid. `sent` is what was sent, when the transport rendered its own
+    /// (Slack's message), so the dead letter shows it.
+    Rejected {
+        status: Option<u16>,
+        reason: String,
+        sent: bytes::Bytes,
+    },
 }
 
 impl Outcome {
-    /// A short, bounded label for metrics (`delivered`, `retry`, `permanent`).
+    /// A short, bounded label for metrics (`delivered`, `retry`,
+    /// `permanent`, `throttled`, `rejected`).
     pub fn label(&self) -> &'static str {
         match self {
             Outcome::Delivered { .. } => "delivered",
             Outcome::Retry { .. } => "retry",
             Outcome::Permanent { .. } => "permanent",
+            Outcome::Throttled { .. } => "throttled",
+            Outcome::Rejected { .. } => "rejected",
         }
     }
 
@@ -56,7 +74,9 @@ impl Outcome {
         match self {
             Outcome::Delivered { status }
             | Outcome::Retry { status, .. }
-            | Outcome::Permanent { status, .. } => *status,
+            | Outcome::Permanent { status, .. }
+            | Outcome::Throttled { status, .. }
+            | Outcome::Rejected { status, .. } => *status,
         }
     }
 }

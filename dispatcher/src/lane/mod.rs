@@ -447,7 +447,9 @@ impl Lane {
             Outcome::Delivered { .. } => (true, Signal::Ok),
             Outcome::Retry { .. } => (false, Signal::Overload),
             // The endpoint answered, and clearly: not a sign of ill health.
-            Outcome::Permanent { .. } => (true, Signal::Neutral),
+            Outcome::Permanent { .. } | Outcome::Rejected { .. } => (true, Signal::Neutral),
+            // It is up and asking for a pause: slow down, but it is not failing.
+            Outcome::Throttled { .. } => (true, Signal::Overload),
         };
         if let Some(state) = self.breaker.record(healthy, now) {
             self.breaker_changed(state);
@@ -508,6 +510,39 @@ impl Lane {
                     }
                 }
             }
+            Outcome::Throttled {
+                status,
+                reason,
+                retry_after,
+            } => {
+                // Not a failed attempt: the receiver only asked us to wait.
+                self.d.metrics.attempt_retry.inc();
+                item.state.attempts -= 1;
+                item.state
+                    .push(attempt(now_ms, took, status, "throttled", &reason));
+                let wait = retry_after.min(MAX_RETRY_AFTER);
+                item.state.not_before_ms = now_ms + wait.as_millis() as i64;
+                if wait <= self.s.in_memory_max && self.waiting.len() < self.s.max_in_flight * 4 {
+                    self.d.metrics.retried.inc();
+                    self.waiting.insert(item, wait);
+                } else {
+                    work.push(self.park(item, wait, "throttled"));
+                }
+            }
+            Outcome::Rejected {
+                status,
+                reason,
+                sent,
+            } => {
+                self.d.metrics.attempt_permanent.inc();
+                item.state
+                    .push(attempt(now_ms, took, status, "rejected", &reason));
+                tracing::warn!(
+                    endpoint = %self.s.endpoint_id, delivery_id = %item.delivery.id, error = %reason,
+                    "payload rejected by the receiver; dead-lettering with what was sent"
+                );
+                work.push(self.dead_letter_with(item, "rejected_payload", reason, Some(sent)));
+            }
             Outcome::Permanent {
                 status,
                 reason,
@@ -558,11 +593,27 @@ impl Lane {
         code: &'static str,
         error: String,
     ) -> BoxFuture<'static, Done> {
+        self.dead_letter_with(item, code, error, None)
+    }
+
+    /// Dead-letter, keeping `sent` (what a transport rendered) when given.
+    fn dead_letter_with(
+        &self,
+        item: Item,
+        code: &'static str,
+        error: String,
+        sent: Option<bytes::Bytes>,
+    ) -> BoxFuture<'static, Done> {
         let dead_letters = self.d.dead_letters.clone();
         let counter = self.d.metrics.dead_lettered.clone();
         Box::pin(async move {
-            let letter =
-                DeadLetter::failed_delivery(&item.delivery, code, &error, &item.state.history);
+            let letter = DeadLetter::failed_delivery(
+                &item.delivery,
+                code,
+                &error,
+                &item.state.history,
+                sent.as_deref(),
+            );
             dead_letters.write(letter).await;
             counter.inc();
             item.ticket.finish_one();
