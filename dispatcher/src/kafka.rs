@@ -23,6 +23,10 @@ pub fn consumer(kafka: &KafkaConfig, bootstrap: &str) -> ClientConfig {
     c.set("group.id", &kafka.group_id);
     c.set("enable.auto.commit", "false");
     c.set("enable.auto.offset.store", "false");
+    if !kafka.options.contains_key("statistics.interval.ms") {
+        // Consumer lag per partition, for dispatcher_consumer_lag.
+        c.set("statistics.interval.ms", "5000");
+    }
     if !kafka.options.contains_key("auto.offset.reset") {
         // A new group must not skip the events already waiting.
         c.set("auto.offset.reset", "earliest");

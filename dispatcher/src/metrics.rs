@@ -37,6 +37,7 @@ pub struct Metrics {
     pub endpoint_disabled: IntGaugeVec,
     pub rate_limit_share: prometheus::Gauge,
     pub committed_offset: IntGaugeVec,
+    pub consumer_lag: IntGaugeVec,
     pub commits: IntCounterVec,
     pub rebalances: IntCounterVec,
     pub assigned_partitions: IntGauge,
@@ -244,6 +245,12 @@ impl Metrics {
                 &r,
                 "dispatcher_committed_offset",
                 "Last offset this consumer committed for a partition (the next record to read). Periodic commits are asynchronous: this is the position sent to the broker.",
+                &["topic", "partition"],
+            ),
+            consumer_lag: gauge_vec(
+                &r,
+                "dispatcher_consumer_lag",
+                "Records between a partition's end and the group's committed offset (librdkafka statistics, every 5 s). On retry topics this is the parked backlog.",
                 &["topic", "partition"],
             ),
             commits: counter(

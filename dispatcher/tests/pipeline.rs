@@ -196,6 +196,22 @@ async fn every_seed_event_type_reaches_exactly_its_subscribers() {
         || committed_total(&bootstrap, "seed-types", "events") == n,
     )
     .await;
+    // The consumer lag metric reports every assigned partition, caught up
+    // (read from the exposition: looking a series up would create it).
+    let m = running.metrics.clone();
+    wait_until(
+        Duration::from_secs(30),
+        "consumer lag reported as zero",
+        || {
+            let text = m.render();
+            (0..4).all(|p| {
+                text.contains(&format!(
+                    "dispatcher_consumer_lag{{partition=\"{p}\",topic=\"events\"}} 0\n"
+                ))
+            })
+        },
+    )
+    .await;
     running.shutdown().await.unwrap();
 }
 

@@ -22,7 +22,25 @@ pub struct SourceContext {
     pub metrics: Arc<Metrics>,
 }
 
-impl ClientContext for SourceContext {}
+impl ClientContext for SourceContext {
+    /// librdkafka's statistics (every `statistics.interval.ms`) carry the
+    /// consumer lag per partition, measured against the committed offset.
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        for (topic, t) in &statistics.topics {
+            for (partition, p) in &t.partitions {
+                // -1 is librdkafka's internal "unassigned" partition; lag is
+                // -1 until the partition's end and commit are known.
+                if *partition < 0 || !p.desired || p.consumer_lag < 0 {
+                    continue;
+                }
+                self.metrics
+                    .consumer_lag
+                    .with_label_values(&[topic.as_str(), partition.to_string().as_str()])
+                    .set(p.consumer_lag);
+            }
+        }
+    }
+}
 
 impl ConsumerContext for SourceContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -33,6 +51,14 @@ impl ConsumerContext for SourceContext {
                     .tracker
                     .revoke(list.elements().iter().map(|e| (e.topic(), e.partition())));
                 tracing::info!(partitions = list.count(), "partitions revoked");
+                // Their lag is the new owner's to report now.
+                for e in list.elements() {
+                    let partition = e.partition().to_string();
+                    let _ = self
+                        .metrics
+                        .consumer_lag
+                        .remove_label_values(&[e.topic(), partition.as_str()]);
+                }
                 if !finals.is_empty() {
                     let commits = to_list(&finals);
                     match consumer.commit(&commits, CommitMode::Sync) {

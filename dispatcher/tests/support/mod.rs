@@ -63,6 +63,7 @@ kafka:
   options:
     session.timeout.ms: 6000
     heartbeat.interval.ms: 500
+    statistics.interval.ms: 500
 admin:
   listen: "127.0.0.1:0"
 http:
