@@ -67,7 +67,12 @@ struct TopicCounters {
 struct Held {
     lane: usize,
     job: Job,
+    due_ms: i64,
 }
+
+/// Per retry partition, the records read before their time, in order. It is
+/// one record but for the few a pause lets through before it takes effect.
+type HeldRecords = HashMap<PartitionKey, std::collections::VecDeque<Held>>;
 
 type PartitionKey = (Arc<str>, i32);
 
@@ -81,7 +86,7 @@ impl Source {
         commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut counters: Vec<TopicCounters> = Vec::new();
         let mut targets: Vec<usize> = Vec::new();
-        let mut held: HashMap<PartitionKey, Held> = HashMap::new();
+        let mut held: HeldRecords = HashMap::new();
         let mut due: DelayQueue<PartitionKey> = DelayQueue::new();
         let lane_index: HashMap<Arc<str>, usize> = self
             .lanes
@@ -95,7 +100,9 @@ impl Source {
         loop {
             let in_flight = self.tracker.in_flight().get();
             self.metrics.events_in_flight.set(in_flight as i64);
-            self.metrics.parked_held.set(held.len() as i64);
+            self.metrics
+                .parked_held
+                .set(held.values().map(|q| q.len()).sum::<usize>() as i64);
             let paused = self.paused.load(Ordering::Acquire);
             if !paused && in_flight >= high {
                 self.set_paused(true, &held);
@@ -110,9 +117,7 @@ impl Source {
                 _ = self.tracker.in_flight().drained(), if paused => {}
                 Some(expired) = due.next(), if !due.is_empty() => {
                     let key = expired.into_inner();
-                    if let Some(h) = held.remove(&key) {
-                        self.release(key, h, paused);
-                    }
+                    self.release_due(key, &mut held, &mut due, paused);
                 }
                 _ = commit_tick.tick() => self.commit(CommitMode::Async),
                 // Polled while paused too: that serves rebalances and keeps
@@ -204,7 +209,7 @@ impl Source {
         &mut self,
         msg: &BorrowedMessage<'_>,
         lane_index: &HashMap<Arc<str>, usize>,
-        held: &mut HashMap<PartitionKey, Held>,
+        held: &mut HeldRecords,
         due: &mut DelayQueue<PartitionKey>,
     ) {
         let Some((partition, source)) = self.owned(msg) else {
@@ -256,27 +261,58 @@ impl Source {
             return;
         }
         let key: PartitionKey = (source.topic.clone(), source.partition);
+        let entry = Held {
+            lane,
+            job,
+            due_ms: parked.due_ms,
+        };
+        if let Some(queue) = held.get_mut(&key) {
+            // Read after the pause was asked for: it waits behind the head.
+            queue.push_back(entry);
+            return;
+        }
         let mut list = TopicPartitionList::new();
         list.add_partition(msg.topic(), msg.partition());
         if let Err(e) = self.consumer.pause(&list) {
             tracing::warn!(error = %e, topic = msg.topic(), "could not pause a retry partition");
         }
         due.insert(key.clone(), Duration::from_millis(wait_ms as u64));
-        held.insert(key, Held { lane, job });
+        held.insert(key, std::collections::VecDeque::from([entry]));
     }
 
-    /// A held parked delivery is due: hand it over and let its partition go on.
-    fn release(&self, key: PartitionKey, h: Held, globally_paused: bool) {
-        // Revoked (and maybe re-assigned) since: the new owner reads it again.
-        let still_ours = self
-            .tracker
-            .partition(&key.0, key.1)
-            .is_some_and(|p| Arc::ptr_eq(&p, h.job.ticket.partition()));
-        if !still_ours {
+    /// A retry partition's head record is due: hand over every due record
+    /// it holds, and let the partition go on once none is left waiting.
+    fn release_due(
+        &self,
+        key: PartitionKey,
+        held: &mut HeldRecords,
+        due: &mut DelayQueue<PartitionKey>,
+        globally_paused: bool,
+    ) {
+        let Some(queue) = held.get_mut(&key) else {
+            return;
+        };
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        while queue.front().is_some_and(|h| h.due_ms <= now_ms) {
+            let Some(h) = queue.pop_front() else { break };
+            // Revoked (and maybe re-assigned) since: the new owner reads it again.
+            let still_ours = self
+                .tracker
+                .partition(&key.0, key.1)
+                .is_some_and(|p| Arc::ptr_eq(&p, h.job.ticket.partition()));
+            if still_ours {
+                self.give_back(h.lane, h.job);
+            }
+        }
+        if let Some(next) = queue.front() {
+            due.insert(
+                key,
+                Duration::from_millis((next.due_ms - now_ms).max(1) as u64),
+            );
             return;
         }
-        self.give_back(h.lane, h.job);
-        if !globally_paused {
+        held.remove(&key);
+        if !globally_paused && self.tracker.partition(&key.0, key.1).is_some() {
             let mut list = TopicPartitionList::new();
             list.add_partition(&key.0, key.1);
             if let Err(e) = self.consumer.resume(&list) {
@@ -351,7 +387,7 @@ impl Source {
 
     /// Pause or resume every assigned partition; held retry partitions stay
     /// paused until their record is due.
-    fn set_paused(&self, pause: bool, held: &HashMap<PartitionKey, Held>) {
+    fn set_paused(&self, pause: bool, held: &HeldRecords) {
         self.paused.store(pause, Ordering::Release);
         self.metrics.source_paused.set(pause as i64);
         let assignment = match self.consumer.assignment() {
