@@ -2,8 +2,10 @@
 //! pipeline runs (embedded Kafka, real HTTP receivers) and after it is done.
 //!
 //! - Every metric the Grafana dashboard and the alert rules query (and every
-//!   series the alert-rule tests feed in) exists in the live scrape, with the
-//!   labels the queries select and group by.
+//!   series the alert-rule tests feed in) exists in a live scrape, with the
+//!   labels the queries select and group by. Series that only appear when
+//!   the delivery policy acts (breaker transitions, parked deliveries, lag on
+//!   the retry topics) come from a second run with a failing endpoint.
 //! - The counters add up: per topic, consumed = routed + unrouted + invalid;
 //!   per endpoint, delivered + dead-lettered = the events it subscribes to.
 //! - `promtool check metrics` accepts the scrape (skipped with a message when
@@ -828,11 +830,75 @@ async fn metrics_add_up_and_cover_the_dashboard_and_alerts() {
         1.0
     );
 
-    // What Grafana and Prometheus will query is all there.
-    check_shipped_queries(&end);
     promtool_check(&end, "after the run");
-
     running.shutdown().await.unwrap();
+
+    // The delivery policy's series that only appear when it acts (a breaker
+    // transition, a parked delivery, lag on a retry topic) come from a
+    // second run, with an endpoint that fails.
+    let policy = policy_scrape(&kafka).await;
+    promtool_check(&policy, "with a failing endpoint");
+
+    // What Grafana and Prometheus will query is all there, in one run or
+    // the other.
+    check_shipped_queries(&Scrape::parse(format!("{}\n{}", end.text, policy.text)));
+}
+
+/// A run whose only endpoint answers 503: its breaker opens and half-opens,
+/// its deliveries are parked and come back, and the retry topics get
+/// committed offsets, hence consumer lag. Reads the events the first run
+/// produced, in a group of its own.
+async fn policy_scrape(kafka: &dispatcher::embedded::EmbeddedKafka) -> Scrape {
+    let failing = Sink::start(Behaviour::Status(503)).await;
+    let endpoints = format!(
+        r#"
+  - id: failing
+    url: "{}"
+    events: ["message.*"]
+    circuit_breaker: {{ failure_ratio: 0.5, min_requests: 2, window: 10s, open_for: 300ms, half_open_probes: 1 }}
+    retry: {{ schedule: [50ms, 1s, 1s, 1s, 1s, 1s, 1s, 1s, 1s, 1s], max_age: 10m }}
+"#,
+        failing.url("/hook")
+    );
+    let running = start(config(
+        kafka.bootstrap(),
+        "observability-policy",
+        "  shutdown_grace: 2s\n",
+        &endpoints,
+    ))
+    .await;
+    let on_retry_topic = |s: &Scrape, name: &str| {
+        s.samples.iter().any(|x| {
+            x.name == name
+                && x.labels
+                    .get("topic")
+                    .is_some_and(|t| t.starts_with("dispatcher.retry."))
+        })
+    };
+    let policy = scrape_until(
+        running.admin_addr,
+        Duration::from_secs(60),
+        "a breaker transition, parked deliveries and consumer lag on a retry topic",
+        |s| {
+            s.sum(
+                "dispatcher_endpoint_breaker_transitions_total",
+                &[("endpoint", "failing"), ("to", "open")],
+            ) >= 1.0
+                && s.sum(
+                    "dispatcher_parked_total",
+                    &[("endpoint", "failing"), ("reason", "breaker_open")],
+                ) >= 1.0
+                && on_retry_topic(s, "dispatcher_consumer_lag")
+        },
+    )
+    .await;
+    assert_eq!(failing.count(), 0, "nothing was delivered to a 503");
+    assert!(
+        policy.sum("dispatcher_events_consumed_total", &[]) > 0.0,
+        "parked deliveries were read back"
+    );
+    running.shutdown().await.unwrap();
+    policy
 }
 
 #[test]

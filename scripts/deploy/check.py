@@ -537,6 +537,7 @@ def main() -> int:
         print("skip  dispatcher validate: no dispatcher binary given (DISPATCHER_BIN)")
     check("release name containing 'dispatcher' keeps short names", lambda: _short_names())
     check("metrics.jobName reaches the ServiceMonitor and the rules", lambda: _job_name())
+    check("kafka.retry_topic reaches the rules", lambda: _retry_topic())
     for what, values, expect in REFUSED:
         check(f"refused: {what}", lambda v=values, e=expect: refused(v, e))
 
@@ -596,6 +597,19 @@ def _job_name() -> str:
     using = [e for e in exprs if 'job="webhooks"' in e]
     assert using, "no rule selects the job"
     return f"{len(using)} rules select job=\"webhooks\""
+
+
+def _retry_topic() -> str:
+    docs = documents(render({
+        "config": {"kafka": {"retry_topic": "webhooks.retry"}},
+        "prometheusRule": {"enabled": True},
+    }))
+    (rule,) = by_kind(docs, "PrometheusRule")
+    exprs = [r["expr"] for g in rule["spec"]["groups"] for r in g["rules"]]
+    assert not any("dispatcher\\\\.retry" in e for e in exprs), "a rule still matches dispatcher.retry"
+    using = [e for e in exprs if "webhooks\\\\.retry\\\\..+" in e]
+    assert using, "no rule matches the retry topics"
+    return f"{len(using)} rules match webhooks\\\\.retry\\\\..+"
 
 
 if __name__ == "__main__":
