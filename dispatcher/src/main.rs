@@ -119,7 +119,7 @@ async fn run(path: &Path) -> anyhow::Result<()> {
 async fn replay(args: dispatcher::replay::ReplayArgs) -> anyhow::Result<()> {
     let s = dispatcher::replay::run(args).await?;
     println!(
-        "{} dead letters scanned, {} matched, {} {}, {} not replayable (decode failures)",
+        "{} dead letters scanned, {} matched, {} {}, {} not replayable (records that never became deliveries), {} refused by the retry topic",
         s.scanned,
         s.matched,
         if s.dry_run { s.matched } else { s.replayed },
@@ -128,7 +128,8 @@ async fn replay(args: dispatcher::replay::ReplayArgs) -> anyhow::Result<()> {
         } else {
             "replayed"
         },
-        s.undecodable
+        s.undecodable,
+        s.failed
     );
     let mut by: Vec<_> = s.by_endpoint.iter().collect();
     by.sort();

@@ -100,7 +100,7 @@ impl Metrics {
             events_consumed: counter(
                 &r,
                 "dispatcher_events_consumed_total",
-                "Records read from the source topics.",
+                "Records read, from the source topics and the retry topics.",
                 &["topic"],
             ),
             events_invalid: counter(
@@ -166,7 +166,7 @@ impl Metrics {
             in_flight: gauge_vec(
                 &r,
                 "dispatcher_endpoint_in_flight",
-                "Deliveries being sent (or waiting to retry) for an endpoint.",
+                "Sends in flight to an endpoint.",
                 &["endpoint"],
             ),
             dead_letters: counter(
@@ -183,7 +183,7 @@ impl Metrics {
             parked: counter(
                 &r,
                 "dispatcher_parked_total",
-                "Deliveries written to a retry topic to wait there (retry, breaker_open, queue_full, paused, not_due).",
+                "Deliveries written to a retry topic to wait there (retry, throttled, breaker_open, queue_full, paused, not_due, replay).",
                 &["endpoint", "reason"],
             ),
             park_write_errors: IntCounter::new(
@@ -235,7 +235,7 @@ impl Metrics {
             rate_limit_share: {
                 let g = prometheus::Gauge::new(
                     "dispatcher_rate_limit_share",
-                    "This replica's share of every endpoint's rate limit (its share of the source partitions).",
+                    "This replica's share of every endpoint's rate limit: its share of all the partitions it consumes (source and retry topics).",
                 )
                 .expect("static metric definition");
                 r.register(Box::new(g.clone())).expect("metric registered once");

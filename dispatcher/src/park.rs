@@ -22,6 +22,8 @@ use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::producer::FutureProducer;
 use transports::{Delivery, DeliveryId, Event, SourceRef};
 
+use rdkafka::error::KafkaError;
+
 use crate::dlq::{produce_durably, Attempt};
 use crate::metrics::Metrics;
 
@@ -42,7 +44,13 @@ impl Tiers {
         Tiers {
             tiers: delays
                 .into_iter()
-                .map(|d| (d, format!("{base}.{}", humantime::format_duration(d))))
+                // `1m 30s` would not be a valid topic name: `1m30s` is.
+                .map(|d| {
+                    (
+                        d,
+                        format!("{base}.{}", humantime::format_duration(d)).replace(' ', ""),
+                    )
+                })
                 .collect(),
         }
     }
@@ -77,6 +85,10 @@ pub struct RetryState {
     pub first_attempt_ms: Option<i64>,
     /// Not to be attempted before this (ms since the epoch).
     pub not_before_ms: i64,
+    /// Times in a row it was parked without an attempt (breaker open,
+    /// endpoint paused): each such wait is twice the last, up to a cap, so
+    /// a long outage does not rewrite the backlog every few seconds.
+    pub idle_parks: u32,
     pub history: Vec<Attempt>,
 }
 
@@ -120,14 +132,16 @@ impl Parker {
     }
 
     /// Park `delivery` to be attempted again after `wait`; returns once the
-    /// broker has acknowledged it (retrying until it does).
+    /// broker has acknowledged it (retrying until it does). `Err` only when
+    /// the retry topic refuses the record as too large: the caller must
+    /// dead-letter it instead, or it would be lost.
     pub async fn park(
         &self,
         delivery: &Delivery,
         state: &RetryState,
         wait: Duration,
         reason: &'static str,
-    ) {
+    ) -> Result<(), KafkaError> {
         let now = chrono::Utc::now().timestamp_millis();
         let (delay, topic) = self.tiers.for_wait(wait);
         let ev = &delivery.event;
@@ -144,6 +158,7 @@ impl Parker {
                 (now + wait.as_millis() as i64).to_string().into_bytes(),
             ),
             ("park.attempts", state.attempts.to_string().into_bytes()),
+            ("park.idle_parks", state.idle_parks.to_string().into_bytes()),
             (
                 "park.first_attempt_ms",
                 state
@@ -179,14 +194,12 @@ impl Parker {
             headers.iter().map(|(k, v)| (*k, v.as_slice())),
             &self.metrics.park_write_errors,
         )
-        .await
-        .unwrap_or_else(
-            |e| tracing::error!(topic, error = %e, "parked delivery refused by the broker"),
-        );
+        .await?;
         self.metrics
             .parked
             .with_label_values(&[&delivery.endpoint_id, reason])
             .inc();
+        Ok(())
     }
 }
 
@@ -235,6 +248,9 @@ pub fn parse(msg: &BorrowedMessage<'_>, max_event_bytes: usize) -> Result<Parked
             attempts: num("park.attempts")? as u32,
             first_attempt_ms: Some(num("park.first_attempt_ms")?),
             not_before_ms: num("park.not_before_ms")?,
+            idle_parks: header("park.idle_parks")
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0),
             history,
         },
         event,

@@ -58,7 +58,9 @@ pub struct ReplaySummary {
     pub scanned: u64,
     pub matched: u64,
     pub replayed: u64,
-    /// Dead letters from the decode stage (not replayable).
+    /// Refused by the retry topic (too large): still only in the dead-letter topic.
+    pub failed: u64,
+    /// Dead letters of records, not deliveries (decode or park stage): not replayable.
     pub undecodable: u64,
     pub by_endpoint: HashMap<String, u64>,
     pub dry_run: bool,
@@ -217,12 +219,19 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<ReplaySummary> {
             attempts: 0,
             first_attempt_ms: None,
             not_before_ms: 0,
+            idle_parks: 0,
             history,
         };
-        parker
+        match parker
             .park(&delivery, &state, Duration::ZERO, "replay")
-            .await;
-        summary.replayed += 1;
+            .await
+        {
+            Ok(()) => summary.replayed += 1,
+            Err(e) => {
+                tracing::error!(delivery_id = %id, error = %e, "the retry topic refused a replayed delivery");
+                summary.failed += 1;
+            }
+        }
     }
     Ok(summary)
 }

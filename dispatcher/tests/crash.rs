@@ -201,3 +201,96 @@ async fn kill_9_while_parking_loses_nothing() {
         "a duplicate came with another delivery id"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_replay_and_replaying_again_loses_nothing() {
+    support::init_logging();
+    let kafka = support::embedded_kafka(4);
+    let sink = Sink::start(Behaviour::Status(400)).await;
+    let endpoints = format!(
+        "  - id: ep\n    url: \"{}\"\n    events: [\"*\"]\n",
+        sink.url("/")
+    );
+    let yaml = config_yaml(kafka.bootstrap(), "replay-crash", "", &endpoints);
+    let running = support::start(support::config(
+        kafka.bootstrap(),
+        "replay-crash",
+        "",
+        &endpoints,
+    ))
+    .await;
+    let mut seeds = SeedEvents::new(32);
+    let values: Vec<Vec<u8>> = (0..300)
+        .map(|_| seeds.next_event(chrono::Utc::now().timestamp_millis()).2)
+        .collect();
+    produce(kafka.bootstrap(), "events", &values).await;
+    let letters = support::kafka::read_all(
+        kafka.bootstrap(),
+        "dispatcher.dlq",
+        300,
+        Duration::from_secs(60),
+    );
+    assert_eq!(letters.len(), 300);
+    let dead_ids: HashSet<String> = letters
+        .iter()
+        .map(|l| {
+            support::kafka::header(l, "dlq.delivery_id")
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+
+    sink.set(Behaviour::Ok);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("dispatcher.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    let replay = || {
+        Command::new(env!("CARGO_BIN_EXE_dispatcher"))
+            .args(["replay", "--config", file.to_str().unwrap()])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    // Killed as soon as it has replayed something (or at once if it is quick).
+    let mut first = replay();
+    let _ = tokio::time::timeout(Duration::from_secs(20), async {
+        while sink.count() == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    first.kill().unwrap();
+    first.wait().unwrap();
+
+    let mut second = replay();
+    let status = tokio::task::spawn_blocking(move || second.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success());
+    wait_until(
+        Duration::from_secs(60),
+        "every dead-lettered delivery replayed",
+        || {
+            sink.received()
+                .iter()
+                .map(|r| r.header("x-webhook-delivery-id").unwrap().to_owned())
+                .collect::<HashSet<_>>()
+                == dead_ids
+        },
+    )
+    .await;
+    let mut ids: HashMap<String, HashSet<String>> = HashMap::new();
+    for r in sink.received() {
+        ids.entry(raw_data(&r.body))
+            .or_default()
+            .insert(r.header("x-webhook-delivery-id").unwrap().to_owned());
+    }
+    assert!(
+        ids.values().all(|s| s.len() == 1),
+        "a replayed duplicate came with another delivery id"
+    );
+    running.shutdown().await.unwrap();
+}

@@ -133,8 +133,9 @@ pub struct PipelineConfig {
     pub dedup: DedupConfig,
 }
 
-/// The cache of recently delivered ids that suppresses re-sends after a
-/// rebalance or restart (of deliveries this replica made).
+/// The cache of recently delivered ids that suppresses re-sends of records
+/// this replica reads again (after a rebalance hands a partition back, or a
+/// replay). It lives in memory: a restart starts it empty.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DedupConfig {
@@ -146,7 +147,8 @@ pub struct DedupConfig {
 impl Default for DedupConfig {
     fn default() -> Self {
         DedupConfig {
-            max_entries: 1_000_000,
+            // ~100 bytes an entry: 100k ids cost about 10 MB.
+            max_entries: 100_000,
             ttl: Duration::from_secs(3600),
         }
     }
@@ -516,6 +518,14 @@ impl Config {
                 "kafka.retry_tiers",
                 "at least one delay tier is needed",
             ));
+        }
+        for topic in crate::park::Tiers::new(&k.retry_topic, &k.retry_tiers).topics() {
+            if let Err(e) = check_topic_name(topic) {
+                problems.push(Problem::new(
+                    "kafka.retry_tiers",
+                    format!("makes a bad retry topic name: {e}"),
+                ));
+            }
         }
         if k.retry_tiers.iter().any(|d| d.is_zero()) {
             problems.push(Problem::new(

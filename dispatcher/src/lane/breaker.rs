@@ -103,6 +103,15 @@ impl Breaker {
         self.state
     }
 
+    /// Would a send be admitted now? Changes nothing: for checks made before
+    /// the send is sure to start.
+    pub fn peek(&self, now: Instant) -> Admit {
+        match self.state {
+            State::Open { until } if now < until => Admit::No(until - now),
+            _ => Admit::Yes,
+        }
+    }
+
     /// May a send start now? A `Yes` in half-open state reserves a probe,
     /// which the matching `record` call gives back.
     pub fn admit(&mut self, now: Instant) -> Admit {

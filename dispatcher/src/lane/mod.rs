@@ -41,6 +41,9 @@ use crate::metrics::EndpointMetrics;
 use crate::offsets::Ticket;
 use crate::park::{Parker, RetryState};
 use breaker::{Admit, Breaker};
+
+/// Longest wait of a delivery parked again and again without an attempt.
+const MAX_IDLE_PARK: Duration = Duration::from_secs(600);
 use concurrency::Signal;
 
 /// `rate_limit:` of an endpoint: a global limit, shared out over replicas.
@@ -103,6 +106,9 @@ pub struct LaneHandle {
     fresh: mpsc::Sender<Job>,
     returned: mpsc::Sender<Job>,
     queue_depth: prometheus::IntGauge,
+    /// For deliveries the source parks or dead-letters on the lane's behalf.
+    pub parked: prometheus::IntCounter,
+    pub dead_lettered: prometheus::IntCounter,
 }
 
 impl LaneHandle {
@@ -205,6 +211,8 @@ pub fn spawn(settings: LaneSettings, deps: LaneDeps) -> (LaneHandle, tokio::task
         fresh: fresh_tx,
         returned: returned_tx,
         queue_depth: deps.metrics.queue_depth.clone(),
+        parked: deps.metrics.parked.clone(),
+        dead_lettered: deps.metrics.dead_lettered.clone(),
     };
     let share = *deps.share.borrow();
     let lane = Lane {
@@ -366,7 +374,8 @@ impl Lane {
                 continue;
             }
             if self.control.paused() {
-                work.push(self.park(item, self.s.paused_recheck, "paused"));
+                let base = self.s.paused_recheck;
+                work.push(self.park_idle(item, base, "paused", now_ms));
                 continue;
             }
             if item.state.not_before_ms > now_ms {
@@ -382,6 +391,12 @@ impl Lane {
             if self.d.dedup.contains_key(&item.delivery.id) {
                 self.d.metrics.deduplicated.inc();
                 item.ticket.finish_one();
+                continue;
+            }
+            // An open breaker parks before anything else is spent on the
+            // delivery (a rate-limit token, an in-flight place).
+            if let Admit::No(wait) = self.breaker.peek(Instant::now()) {
+                work.push(self.park_idle(item, wait, "breaker_open", now_ms));
                 continue;
             }
             if !self.has_room() {
@@ -405,9 +420,10 @@ impl Lane {
                 self.breaker_changed(self.breaker.state());
             }
             if let Admit::No(wait) = admit {
-                work.push(self.park(item, wait, "breaker_open"));
+                work.push(self.park_idle(item, wait, "breaker_open", now_ms));
                 continue;
             }
+            item.state.idle_parks = 0;
             item.state.first_attempt_ms.get_or_insert(now_ms);
             item.delivery.attempt = item.state.attempts + 1;
             self.sends += 1;
@@ -521,6 +537,11 @@ impl Lane {
                 item.state
                     .push(attempt(now_ms, took, status, "throttled", &reason));
                 let wait = retry_after.min(MAX_RETRY_AFTER);
+                let first = item.state.first_attempt_ms.unwrap_or(now_ms);
+                if Duration::from_millis((now_ms - first).max(0) as u64) >= self.s.retry.max_age {
+                    work.push(self.dead_letter(item, "expired", reason));
+                    return;
+                }
                 item.state.not_before_ms = now_ms + wait.as_millis() as i64;
                 if wait <= self.s.in_memory_max && self.waiting.len() < self.s.max_in_flight * 4 {
                     self.d.metrics.retried.inc();
@@ -573,15 +594,58 @@ impl Lane {
         }
     }
 
+    /// Park a delivery that was not attempted (breaker open, endpoint
+    /// paused): each time in a row it waits twice as long, up to
+    /// [`MAX_IDLE_PARK`], and it expires after `retry.max_age` like any other.
+    fn park_idle(
+        &self,
+        mut item: Item,
+        base: Duration,
+        reason: &'static str,
+        now_ms: i64,
+    ) -> BoxFuture<'static, Done> {
+        let first = *item.state.first_attempt_ms.get_or_insert(now_ms);
+        if Duration::from_millis((now_ms - first).max(0) as u64) >= self.s.retry.max_age {
+            return self.dead_letter(
+                item,
+                "expired",
+                format!("still undelivered after retry.max_age ({reason})"),
+            );
+        }
+        let grown = base
+            .saturating_mul(1 << item.state.idle_parks.min(16))
+            .min(MAX_IDLE_PARK);
+        item.state.idle_parks = item.state.idle_parks.saturating_add(1);
+        self.park(item, grown.max(base.min(MAX_IDLE_PARK)), reason)
+    }
+
     fn park(&self, item: Item, wait: Duration, reason: &'static str) -> BoxFuture<'static, Done> {
         let parker = self.d.parker.clone();
         let counter = self.d.metrics.parked.clone();
+        let dead_letters = self.d.dead_letters.clone();
+        let dead_lettered = self.d.metrics.dead_lettered.clone();
         Box::pin(async move {
             let mut state = item.state;
             let now_ms = chrono::Utc::now().timestamp_millis();
             state.not_before_ms = state.not_before_ms.max(now_ms + wait.as_millis() as i64);
-            parker.park(&item.delivery, &state, wait, reason).await;
-            counter.inc();
+            match parker.park(&item.delivery, &state, wait, reason).await {
+                Ok(()) => counter.inc(),
+                Err(e) => {
+                    // The retry topic refuses it as too large: dead-letter
+                    // rather than lose it.
+                    tracing::error!(delivery_id = %item.delivery.id, error = %e, "cannot park; dead-lettering");
+                    let error = format!("the retry topic refused the record: {e}");
+                    let letter = DeadLetter::failed_delivery(
+                        &item.delivery,
+                        "unparkable",
+                        &error,
+                        &state.history,
+                        None,
+                    );
+                    dead_letters.write(letter).await;
+                    dead_lettered.inc();
+                }
+            }
             item.ticket.finish_one();
             None
         })

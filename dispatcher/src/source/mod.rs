@@ -330,21 +330,39 @@ impl Source {
     /// Park a delivery straight from the source (its lane cannot take it).
     fn park_now(&self, lane: usize, job: Job, reason: &'static str) {
         let parker = self.parker.clone();
-        let endpoint_id = self.lanes[lane].endpoint_id.clone();
+        let dead_letters = self.dead_letters.clone();
+        let handle = self.lanes[lane].clone();
         // Bounded like every record: it holds its in-flight place until the
         // parked copy is acknowledged.
         tokio::spawn(async move {
             let (delivery, state) = match job.parked {
                 Some(p) => {
                     let (id, state) = *p;
-                    let mut d = Delivery::new(job.event, endpoint_id);
+                    let mut d = Delivery::new(job.event, handle.endpoint_id.clone());
                     d.id = id;
                     (d, state)
                 }
-                None => (Delivery::new(job.event, endpoint_id), RetryState::default()),
+                None => (
+                    Delivery::new(job.event, handle.endpoint_id.clone()),
+                    RetryState::default(),
+                ),
             };
             // The shortest tier: a full queue is a short-lived condition.
-            parker.park(&delivery, &state, Duration::ZERO, reason).await;
+            match parker.park(&delivery, &state, Duration::ZERO, reason).await {
+                Ok(()) => handle.parked.inc(),
+                Err(e) => {
+                    let error = format!("the retry topic refused the record: {e}");
+                    let letter = DeadLetter::failed_delivery(
+                        &delivery,
+                        "unparkable",
+                        &error,
+                        &state.history,
+                        None,
+                    );
+                    dead_letters.write(letter).await;
+                    handle.dead_lettered.inc();
+                }
+            }
             job.ticket.finish_one();
         });
     }
