@@ -1,9 +1,19 @@
 //! librdkafka client settings shared by every Kafka client the dispatcher
 //! makes, and the few it insists on.
 
+use rdkafka::message::{Headers, Message};
 use rdkafka::ClientConfig;
 
 use crate::config::KafkaConfig;
+
+/// A record header's value as text, if present and UTF-8.
+pub fn header_str<'m, M: Message>(msg: &'m M, name: &str) -> Option<&'m str> {
+    msg.headers()?
+        .iter()
+        .find(|h| h.key == name)
+        .and_then(|h| h.value)
+        .and_then(|v| std::str::from_utf8(v).ok())
+}
 
 /// Properties common to every client: brokers, then the user's options.
 fn base(kafka: &KafkaConfig, bootstrap: &str, client_id: &str) -> ClientConfig {

@@ -18,13 +18,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::producer::FutureProducer;
 use transports::{Delivery, DeliveryId, Event, SourceRef};
 
 use rdkafka::error::KafkaError;
 
 use crate::dlq::{produce_durably, Attempt};
+use crate::kafka::header_str;
 use crate::metrics::Metrics;
 
 /// Attempt records kept in a parked delivery's history (the newest).
@@ -205,13 +206,7 @@ impl Parker {
 
 /// Read a parked delivery; `Err` says why the record is not one.
 pub fn parse(msg: &BorrowedMessage<'_>, max_event_bytes: usize) -> Result<Parked, String> {
-    let header = |name: &str| -> Option<&str> {
-        msg.headers()?
-            .iter()
-            .find(|h| h.key == name)
-            .and_then(|h| h.value)
-            .and_then(|v| std::str::from_utf8(v).ok())
-    };
+    let header = |name: &str| header_str(msg, name);
     let need = |name: &str| header(name).ok_or_else(|| format!("header {name} is missing"));
     let num = |name: &str| -> Result<i64, String> {
         need(name)?

@@ -18,7 +18,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context};
 use bytes::Bytes;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::Message;
 use rdkafka::producer::FutureProducer;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde::Serialize;
@@ -151,13 +151,7 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<ReplaySummary> {
             }
         }
         summary.scanned += 1;
-        let header = |name: &str| -> Option<&str> {
-            msg.headers()?
-                .iter()
-                .find(|h| h.key == name)
-                .and_then(|h| h.value)
-                .and_then(|v| std::str::from_utf8(v).ok())
-        };
+        let header = |name: &str| kafka::header_str(&msg, name);
         if header("dlq.stage") != Some("delivery") {
             summary.undecodable += 1;
             continue;

@@ -190,16 +190,7 @@ async fn kill_9_while_parking_loses_nothing() {
         },
     )
     .await;
-    let mut ids: HashMap<String, HashSet<String>> = HashMap::new();
-    for r in sink.received() {
-        ids.entry(raw_data(&r.body))
-            .or_default()
-            .insert(r.header("x-webhook-delivery-id").unwrap().to_owned());
-    }
-    assert!(
-        ids.values().all(|s| s.len() == 1),
-        "a duplicate came with another delivery id"
-    );
+    support::assert_one_id_per_event(&sink);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -282,15 +273,6 @@ async fn kill_9_during_replay_and_replaying_again_loses_nothing() {
         },
     )
     .await;
-    let mut ids: HashMap<String, HashSet<String>> = HashMap::new();
-    for r in sink.received() {
-        ids.entry(raw_data(&r.body))
-            .or_default()
-            .insert(r.header("x-webhook-delivery-id").unwrap().to_owned());
-    }
-    assert!(
-        ids.values().all(|s| s.len() == 1),
-        "a replayed duplicate came with another delivery id"
-    );
+    support::assert_one_id_per_event(&sink);
     running.shutdown().await.unwrap();
 }

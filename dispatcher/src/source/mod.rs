@@ -219,34 +219,14 @@ impl Source {
             Ok(p) => p,
             Err(error) => {
                 tracing::error!(topic = msg.topic(), offset = msg.offset(), %error, "damaged parked record; dead-lettering");
-                let value = Bytes::copy_from_slice(msg.payload().unwrap_or_default());
-                let letter = DeadLetter::unreadable(
-                    &source,
-                    key(msg),
-                    value,
-                    original_headers(msg),
-                    "park",
-                    "damaged",
-                    &error,
-                );
-                self.dead_letter_record(partition, msg.offset(), letter);
+                self.dead_letter_unusable(msg, partition, &source, "damaged", &error);
                 return;
             }
         };
         let Some(&lane) = lane_index.get(parked.endpoint_id.as_str()) else {
             tracing::warn!(endpoint = %parked.endpoint_id, "parked delivery for an endpoint no longer configured; dead-lettering");
-            let value = Bytes::copy_from_slice(msg.payload().unwrap_or_default());
             let error = format!("endpoint {} is not configured", parked.endpoint_id);
-            let letter = DeadLetter::unreadable(
-                &source,
-                key(msg),
-                value,
-                original_headers(msg),
-                "park",
-                "unknown_endpoint",
-                &error,
-            );
-            self.dead_letter_record(partition, msg.offset(), letter);
+            self.dead_letter_unusable(msg, partition, &source, "unknown_endpoint", &error);
             return;
         };
         let ticket = Ticket::issue(partition, msg.offset(), 1);
@@ -365,6 +345,28 @@ impl Source {
             }
             job.ticket.finish_one();
         });
+    }
+
+    /// A retry-topic record that cannot be used: dead-letter it whole.
+    fn dead_letter_unusable(
+        &self,
+        msg: &BorrowedMessage<'_>,
+        partition: Arc<crate::offsets::PartitionOffsets>,
+        source: &SourceRef,
+        reason: &'static str,
+        error: &str,
+    ) {
+        let value = Bytes::copy_from_slice(msg.payload().unwrap_or_default());
+        let letter = DeadLetter::unreadable(
+            source,
+            key(msg),
+            value,
+            original_headers(msg),
+            "park",
+            reason,
+            error,
+        );
+        self.dead_letter_record(partition, msg.offset(), letter);
     }
 
     fn dead_letter_record(

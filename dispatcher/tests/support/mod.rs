@@ -208,3 +208,26 @@ impl Drop for Child {
         let _ = self.process.wait();
     }
 }
+
+/// Every event a sink received came under one delivery id per endpoint
+/// path, however many times it came (duplicates are allowed, new ids not).
+pub fn assert_one_id_per_event(sink: &sink::Sink) {
+    let mut ids: std::collections::HashMap<(String, String), std::collections::HashSet<String>> =
+        std::collections::HashMap::new();
+    for r in sink.received() {
+        ids.entry((raw_data(&r.body), r.path.clone()))
+            .or_default()
+            .insert(
+                r.header("x-webhook-delivery-id")
+                    .expect("delivery id header")
+                    .to_owned(),
+            );
+    }
+    for (event, set) in &ids {
+        assert_eq!(
+            set.len(),
+            1,
+            "{event:?} was delivered under several ids: {set:?}"
+        );
+    }
+}
