@@ -1,7 +1,6 @@
 //! The real dispatcher under load: an embedded Kafka pre-filled with seed
 //! events, every endpoint subscribed to everything, all pointing at one sink.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -35,14 +34,10 @@ pub fn endpoint_path(id: &str) -> String {
 /// writes to, each of `partitions` partitions.
 pub fn start_kafka(partitions: i32) -> anyhow::Result<EmbeddedKafka> {
     let defaults = KafkaConfig::default();
-    EmbeddedKafka::start(
-        &[
-            SOURCE_TOPIC,
-            &defaults.dead_letter_topic,
-            &defaults.retry_topic,
-        ],
-        partitions,
-    )
+    let tiers = dispatcher::park::Tiers::new(&defaults.retry_topic, &defaults.retry_tiers);
+    let mut topics = vec![SOURCE_TOPIC, defaults.dead_letter_topic.as_str()];
+    topics.extend(tiers.topics());
+    EmbeddedKafka::start(&topics, partitions)
 }
 
 /// Produce `records` round-robin over `partitions` partitions of the source
@@ -120,17 +115,12 @@ pub fn config(bootstrap: &str, sink: &Sink, ids: &[String], max_in_flight: usize
         .iter()
         .map(|id| EndpointConfig {
             id: id.clone(),
-            transport: "http".to_owned(),
             url: Some(sink.url(&endpoint_path(id))),
             secret: Some(SECRET.to_owned()),
-            secrets: Vec::new(),
-            send_secret_header: false,
             events: vec!["*".to_owned()],
-            filter: BTreeMap::new(),
             timeout: Duration::from_secs(10),
             max_in_flight,
-            headers: BTreeMap::new(),
-            enabled: true,
+            ..Default::default()
         })
         .collect();
     config

@@ -33,6 +33,17 @@ pub fn consumer(kafka: &KafkaConfig, bootstrap: &str) -> ClientConfig {
     c.set("group.id", &kafka.group_id);
     c.set("enable.auto.commit", "false");
     c.set("enable.auto.offset.store", "false");
+    // librdkafka prefetches up to 100k records per partition and 64 MiB in
+    // all by default: more than the in-flight budget ever needs, and memory
+    // that grows with the partition count. Cap it unless asked otherwise.
+    for (key, default) in [
+        ("queued.max.messages.kbytes", "16384"),
+        ("queued.min.messages", "10000"),
+    ] {
+        if !kafka.options.contains_key(key) {
+            c.set(key, default);
+        }
+    }
     if !kafka.options.contains_key("statistics.interval.ms") {
         // Consumer lag per partition, for dispatcher_consumer_lag.
         c.set("statistics.interval.ms", "5000");
@@ -57,6 +68,12 @@ pub fn producer(kafka: &KafkaConfig, bootstrap: &str, max_event_bytes: usize) ->
         ("enable.idempotence", "true"),
         ("linger.ms", "5"),
         ("message.max.bytes", max_message.as_str()),
+        // Its queue holds dead letters and parked deliveries until they are
+        // acknowledged: bounded well below librdkafka's 1 GiB default.
+        ("queue.buffering.max.kbytes", "65536"),
+        // A missing dead-letter or retry topic is a configuration error to
+        // report at start-up, never a topic to create by accident.
+        ("allow.auto.create.topics", "false"),
     ] {
         if !kafka.options.contains_key(key) {
             c.set(key, default);

@@ -42,6 +42,10 @@ use crate::offsets::Ticket;
 use crate::park::{Parker, RetryState};
 use breaker::{Admit, Breaker};
 
+/// How long the source waits for a place in a full lane queue before it
+/// takes the endpoint for slower than the rest and parks its deliveries.
+pub const CONGESTION_WAIT: Duration = Duration::from_millis(250);
+
 /// Longest wait of a delivery parked again and again without an attempt.
 const MAX_IDLE_PARK: Duration = Duration::from_secs(600);
 use concurrency::Signal;
@@ -106,21 +110,46 @@ pub struct LaneHandle {
     fresh: mpsc::Sender<Job>,
     returned: mpsc::Sender<Job>,
     queue_depth: prometheus::IntGauge,
+    /// Set when the queue stayed full for a whole [`CONGESTION_WAIT`].
+    congested: Arc<AtomicBool>,
     /// For deliveries the source parks or dead-letters on the lane's behalf.
     pub parked: prometheus::IntCounter,
     pub dead_lettered: prometheus::IntCounter,
 }
 
 impl LaneHandle {
-    /// Queue a fresh job, or give it back when the queue is full (the
-    /// caller parks it: the source never waits on one endpoint).
-    pub fn offer(&self, job: Job) -> Result<(), Job> {
-        match self.fresh.try_send(job) {
+    /// Queue a fresh job. A full queue usually only means the endpoint is
+    /// busy like every other one (a backlog draining): then this waits, up
+    /// to [`CONGESTION_WAIT`], for a place, which is back-pressure on the
+    /// source. If no place frees up in that time the endpoint is slower than
+    /// the rest: the lane is marked congested and the job is given back to
+    /// be parked, and so is every further one until the queue has drained to
+    /// half, so one slow endpoint never holds the source for more than that.
+    pub async fn offer(&self, job: Job) -> Result<(), Job> {
+        let job = match self.fresh.try_send(job) {
             Ok(()) => {
+                self.queue_depth.inc();
+                return Ok(());
+            }
+            Err(mpsc::error::TrySendError::Closed(job)) => return Err(job),
+            Err(mpsc::error::TrySendError::Full(job)) => job,
+        };
+        if self.congested.load(Ordering::Acquire) {
+            if self.fresh.capacity() * 2 < self.fresh.max_capacity() {
+                return Err(job);
+            }
+            self.congested.store(false, Ordering::Release);
+        }
+        match tokio::time::timeout(CONGESTION_WAIT, self.fresh.reserve()).await {
+            Ok(Ok(permit)) => {
+                permit.send(job);
                 self.queue_depth.inc();
                 Ok(())
             }
-            Err(mpsc::error::TrySendError::Full(job) | mpsc::error::TrySendError::Closed(job)) => {
+            Ok(Err(_)) => Err(job),
+            Err(_) => {
+                tracing::debug!(endpoint = %self.endpoint_id, "lane congested; parking its new deliveries");
+                self.congested.store(true, Ordering::Release);
                 Err(job)
             }
         }
@@ -211,6 +240,7 @@ pub fn spawn(settings: LaneSettings, deps: LaneDeps) -> (LaneHandle, tokio::task
         fresh: fresh_tx,
         returned: returned_tx,
         queue_depth: deps.metrics.queue_depth.clone(),
+        congested: Arc::new(AtomicBool::new(false)),
         parked: deps.metrics.parked.clone(),
         dead_lettered: deps.metrics.dead_lettered.clone(),
     };

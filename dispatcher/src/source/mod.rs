@@ -6,8 +6,9 @@
 //! `pipeline.max_events_in_flight` every assigned partition is paused, and
 //! resumed at three quarters of it. The loop keeps polling while paused, so
 //! group membership and rebalances are served and memory does not grow.
-//! The source never waits on one endpoint: a delivery whose lane queue is
-//! full is parked instead.
+//! The source never waits long on one endpoint: a lane whose queue stays
+//! full is congested, and its deliveries are parked instead (see
+//! [`LaneHandle::offer`]).
 //!
 //! Retry-topic partitions are FIFO by due time (see [`crate::park`]): a
 //! record read before it is due is held, alone, and its partition paused
@@ -129,7 +130,7 @@ impl Source {
                         if self.parker.tiers().delay_of(msg.topic()).is_some() {
                             self.handle_parked(&msg, &lane_index, &mut held, &mut due);
                         } else {
-                            self.handle(&msg, c, &mut targets);
+                            self.handle(&msg, c, &mut targets).await;
                         }
                     }
                     Err(e) => {
@@ -142,7 +143,7 @@ impl Source {
         self.lanes.clear();
     }
 
-    fn handle(
+    async fn handle(
         &mut self,
         msg: &BorrowedMessage<'_>,
         counters: &TopicCounters,
@@ -177,7 +178,7 @@ impl Source {
                         ticket: ticket.clone(),
                         parked: None,
                     };
-                    if let Err(job) = self.lanes[i].offer(job) {
+                    if let Err(job) = self.lanes[i].offer(job).await {
                         self.park_now(i, job, "queue_full");
                     }
                 }
