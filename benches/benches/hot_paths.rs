@@ -1,12 +1,13 @@
 //! The per-event and per-delivery work of the dispatcher, one function at a
 //! time: decode a record, build an envelope, derive a delivery id, route
-//! against many subscriptions, sign a body.
+//! against many subscriptions, sign a body, render a Slack message.
 //!
 //! ```text
 //! cargo bench -p dispatcher-benches
 //! ```
 
 use std::hint::black_box;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -15,7 +16,8 @@ use dispatcher::route::Router;
 use dispatcher::seed::EVENT_TYPES;
 use dispatcher_benches::workload::{self, SECRET};
 use transports::http::signing::Signer;
-use transports::{DeliveryId, Event};
+use transports::slack::render;
+use transports::{Delivery, DeliveryId, Event};
 
 const ENDPOINT_ID: &str = "acme-crm";
 
@@ -99,6 +101,33 @@ fn sign(c: &mut Criterion) {
     group.finish();
 }
 
+fn render_slack(c: &mut Criterion) {
+    // Slack sends at most one message a second per webhook, so rendering is
+    // never the bottleneck; this keeps an eye on its cost per message all
+    // the same (it parses `data` into a tree, unlike the HTTP hot path).
+    let deliveries: Vec<Delivery> = EVENT_TYPES
+        .iter()
+        .map(|ty| {
+            let event = workload::sample_event(ty).expect("seed events decode");
+            Delivery::new(Arc::new(event), ENDPOINT_ID.into())
+        })
+        .collect();
+    let mut group = c.benchmark_group("render_slack");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("message.received", |b| {
+        b.iter(|| render::render(black_box(&deliveries[0]), None))
+    });
+    let mut next = 0usize;
+    group.bench_function("every_type", |b| {
+        b.iter(|| {
+            let d = &deliveries[next % deliveries.len()];
+            next = next.wrapping_add(1);
+            render::render(black_box(d), None)
+        })
+    });
+    group.finish();
+}
+
 fn config() -> Criterion {
     Criterion::default()
         .warm_up_time(Duration::from_millis(500))
@@ -108,6 +137,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = hot_paths;
     config = config();
-    targets = decode, envelope, delivery_id, route, sign
+    targets = decode, envelope, delivery_id, route, sign, render_slack
 }
 criterion_main!(hot_paths);

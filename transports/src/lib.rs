@@ -1,16 +1,22 @@
 //! Delivery transports for the webhook dispatcher.
 //!
-//! This crate owns two things: the *delivery model* that every transport sees
-//! (a decoded [`Event`], one [`Delivery`] of it to one endpoint, and the
-//! [`Outcome`] of one send), and the built-in transports themselves. The
-//! dispatcher core decides *when* to send and what to do with an outcome
-//! (retry, dead-letter, commit); a transport only turns one delivery into one
-//! send and says how it went.
+//! This crate owns three things: the *delivery model* that every transport
+//! sees (a decoded [`Event`], one [`Delivery`] of it to one endpoint, and the
+//! [`Outcome`] of one send), the plugin point ([`registry`]: transport
+//! factories found by their `transport:` type name), and the built-in
+//! transports themselves ([`http`], [`kafka`], [`slack`]). The dispatcher
+//! core decides *when* to send and what to do with an outcome (retry,
+//! dead-letter, commit); a transport only turns one delivery into one send
+//! and says how it went.
 
 pub mod http;
+pub mod kafka;
 pub mod model;
+pub mod registry;
+pub mod slack;
 
 pub use model::{Delivery, DeliveryId, Event, EventError, SourceRef};
+pub use registry::{BuildContext, Registry, SettingsError, TransportFactory};
 
 use std::future::Future;
 use std::pin::Pin;
@@ -33,7 +39,8 @@ pub enum Outcome {
         retry_after: Option<Duration>,
     },
     /// Retrying cannot help. `disable_endpoint` is set when the receiver
-    /// said it wants no more deliveries at all (HTTP 410 Gone).
+    /// said it wants no more deliveries at all (HTTP 410 Gone; a Slack
+    /// webhook whose channel or app is gone).
     Permanent {
         status: Option<u16>,
         reason: String,

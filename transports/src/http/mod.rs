@@ -573,7 +573,7 @@ fn status_reason(status: StatusCode, body: &str) -> String {
 
 /// `Retry-After` as delta-seconds or an HTTP-date (RFC 9110 §10.2.3). A date
 /// in the past means "now"; anything unparseable is ignored.
-fn parse_retry_after(value: &HeaderValue, now: SystemTime) -> Option<Duration> {
+pub(crate) fn parse_retry_after(value: &HeaderValue, now: SystemTime) -> Option<Duration> {
     let text = value.to_str().ok()?.trim();
     if text.is_empty() {
         return None;
@@ -623,7 +623,7 @@ fn is_invisible(c: char) -> bool {
 }
 
 /// Classify a failure to get a response at all.
-fn request_error(error: &hyper_util::client::legacy::Error) -> Outcome {
+pub(crate) fn request_error(error: &hyper_util::client::legacy::Error) -> Outcome {
     if let Some(refused) = find_refusal(error) {
         return Outcome::Permanent {
             status: None,
