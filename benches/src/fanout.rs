@@ -115,8 +115,10 @@ pub fn config(bootstrap: &str, sink: &Sink, ids: &[String], max_in_flight: usize
         .iter()
         .map(|id| EndpointConfig {
             id: id.clone(),
-            url: Some(sink.url(&endpoint_path(id))),
-            secret: Some(SECRET.to_owned()),
+            settings: serde_json::json!({ "url": sink.url(&endpoint_path(id)), "secret": SECRET })
+                .as_object()
+                .cloned()
+                .unwrap_or_default(),
             events: vec!["*".to_owned()],
             timeout: Duration::from_secs(10),
             max_in_flight,

@@ -18,8 +18,8 @@ use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::producer::{FutureProducer, Producer};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use transports::http::{HttpClient, HttpClientOptions, HttpTransport};
-use transports::Transport;
+use transports::http::{HttpClient, HttpClientOptions};
+use transports::{Registry, Transport};
 
 use crate::admin::{self, AdminState};
 use crate::config::Config;
@@ -66,6 +66,12 @@ impl Running {
 /// Build everything and start. Fails fast, naming what is wrong, when a
 /// broker, topic or listener is unusable.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
+    start_with(config, &Registry::builtin()).await
+}
+
+/// [`start`], with the transports of `registry`: how a program adds its own
+/// transport without any change to the dispatcher.
+pub async fn start_with(config: Config, registry: &Registry) -> anyhow::Result<Running> {
     let metrics = Arc::new(Metrics::new());
     let k = &config.kafka;
 
@@ -134,14 +140,19 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     .context("building the HTTP client")?;
 
     let p = &config.pipeline;
+    let kafka_options = config.kafka.option_strings();
     let mut lanes = Vec::new();
     let mut lane_tasks = Vec::new();
     let mut subscriptions = Vec::new();
     for ep in config.endpoints.iter().filter(|e| e.enabled) {
-        let transport: Arc<dyn Transport> = Arc::new(
-            HttpTransport::new(ep.into(), client.clone())
-                .with_context(|| format!("endpoint {}: invalid HTTP settings", ep.id))?,
-        );
+        let factory = registry
+            .get(&ep.transport)
+            .ok_or_else(|| anyhow!("endpoint {}: unknown transport `{}`", ep.id, ep.transport))?;
+        let mut ctx = config.build_context(&ep.id, ep.timeout, &client, &kafka_options);
+        ctx.kafka_bootstrap = &bootstrap;
+        let transport: Arc<dyn Transport> = factory
+            .build(&ep.settings_value(), &ctx)
+            .map_err(|e| anyhow!("endpoint {}: {}: {}", ep.id, e.field, e.reason))?;
         let settings = LaneSettings {
             endpoint_id: ep.id.as_str().into(),
             retry: ep.retry.clone(),

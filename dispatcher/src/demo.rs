@@ -160,13 +160,14 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             behaviour,
             stats,
         });
+        let settings = serde_json::json!({
+            "url": format!("http://{addr}/webhooks/{id}"),
+            "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        });
         config.endpoints.push(EndpointConfig {
             id: id.into(),
             transport: "http".into(),
-            url: Some(format!("http://{addr}/webhooks/{id}")),
-            secret: Some("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into()),
-            secrets: vec![],
-            send_secret_header: false,
+            settings: settings.as_object().cloned().unwrap_or_default(),
             events: events.iter().map(|s| s.to_string()).collect(),
             filter: filter
                 .map(|(k, vals)| {
@@ -178,7 +179,6 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
                 .unwrap_or_default(),
             timeout: Duration::from_secs(10),
             max_in_flight: if behaviour.delay_ms > 0 { 64 } else { 32 },
-            headers: Default::default(),
             enabled: true,
             // Quick retries, so the flaky receiver's 503s resolve within the demo.
             retry: crate::lane::RetryConfig {

@@ -17,6 +17,8 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_yaml_ng::Value;
 
+use transports::{BuildContext, Registry};
+
 use crate::lane::{BreakerConfig, RateLimitConfig, RetryConfig};
 use crate::route::{EventPattern, Filter};
 
@@ -174,15 +176,6 @@ pub struct EndpointConfig {
     pub id: String,
     #[serde(default = "default_transport")]
     pub transport: String,
-    #[serde(default)]
-    pub url: Option<String>,
-    #[serde(default)]
-    pub secret: Option<String>,
-    /// Several secrets: every one signs (rotation). `secret` is the first.
-    #[serde(default)]
-    pub secrets: Vec<String>,
-    #[serde(default)]
-    pub send_secret_header: bool,
     pub events: Vec<String>,
     #[serde(default)]
     pub filter: BTreeMap<String, FilterValue>,
@@ -190,9 +183,6 @@ pub struct EndpointConfig {
     pub timeout: Duration,
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: usize,
-    /// Static headers added to every request.
-    #[serde(default)]
-    pub headers: BTreeMap<String, String>,
     #[serde(default = "default_true")]
     pub enabled: bool,
     /// Start paused: deliveries are parked until resumed through the admin API.
@@ -211,22 +201,39 @@ pub struct EndpointConfig {
     /// Deliveries waiting for this endpoint in memory; beyond, they are parked.
     #[serde(default = "default_queue_capacity")]
     pub queue_capacity: usize,
+    /// The transport's own keys (`url` and `secret` for http, `topic` for
+    /// kafka, ...): every key that is not one of the above. Checked by the
+    /// transport's factory, which names any key it does not know.
+    #[serde(skip)]
+    pub settings: serde_json::Map<String, serde_json::Value>,
 }
+
+/// The endpoint keys every transport shares; all others are the transport's.
+const ENDPOINT_KEYS: &[&str] = &[
+    "id",
+    "transport",
+    "events",
+    "filter",
+    "timeout",
+    "max_in_flight",
+    "enabled",
+    "paused",
+    "adaptive_concurrency",
+    "rate_limit",
+    "circuit_breaker",
+    "retry",
+    "queue_capacity",
+];
 
 impl Default for EndpointConfig {
     fn default() -> Self {
         EndpointConfig {
             id: String::new(),
             transport: default_transport(),
-            url: None,
-            secret: None,
-            secrets: Vec::new(),
-            send_secret_header: false,
             events: Vec::new(),
             filter: BTreeMap::new(),
             timeout: default_timeout(),
             max_in_flight: default_max_in_flight(),
-            headers: BTreeMap::new(),
             enabled: true,
             paused: false,
             adaptive_concurrency: false,
@@ -234,6 +241,7 @@ impl Default for EndpointConfig {
             circuit_breaker: BreakerConfig::default(),
             retry: RetryConfig::default(),
             queue_capacity: default_queue_capacity(),
+            settings: serde_json::Map::new(),
         }
     }
 }
@@ -260,10 +268,82 @@ pub(crate) mod duration_list {
 }
 
 impl EndpointConfig {
-    /// `secret` followed by `secrets`, as the transport signs with them.
-    pub fn all_secrets(&self) -> Vec<String> {
-        self.secret.iter().chain(&self.secrets).cloned().collect()
+    /// The transport's settings as the JSON object its factory reads.
+    pub fn settings_value(&self) -> serde_json::Value {
+        serde_json::Value::Object(self.settings.clone())
     }
+}
+
+/// The shared endpoint key `key` is probably a misspelling of.
+fn near_miss(key: &str) -> Option<&'static str> {
+    ENDPOINT_KEYS
+        .iter()
+        .copied()
+        .find(|known| *known != key && edit_distance(key, known) <= 2.min(known.len() / 3).max(1))
+}
+
+/// Levenshtein distance, for "did you mean" hints on short keys.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
+/// Split one endpoint's mapping into the shared keys (parsed here) and the
+/// transport's own (kept for its factory).
+fn parse_endpoint(item: Value, path: &str, problems: &mut Vec<Problem>) -> Option<EndpointConfig> {
+    let Value::Mapping(map) = item else {
+        problems.push(Problem::new(
+            path,
+            format!("expected a mapping, found {}", kind_of(&item)),
+        ));
+        return None;
+    };
+    let (shared, own): (serde_yaml_ng::Mapping, serde_yaml_ng::Mapping) = map
+        .into_iter()
+        .partition(|(k, _)| k.as_str().is_some_and(|k| ENDPOINT_KEYS.contains(&k)));
+    // A misspelt shared key would otherwise reach the transport as one of
+    // its own keys (or hide behind "missing field"): name it here.
+    let own: Vec<(Value, Value)> = own
+        .into_iter()
+        .filter(|(k, _)| match k.as_str().and_then(near_miss) {
+            Some(meant) => {
+                let key = k.as_str().unwrap_or_default();
+                problems.push(Problem::new(
+                    format!("{path}.{key}"),
+                    format!("unknown key (did you mean `{meant}`?)"),
+                ));
+                false
+            }
+            None => true,
+        })
+        .collect();
+    let mut endpoint = parse::<EndpointConfig>(Value::Mapping(shared), path, problems)?;
+    for (k, v) in own {
+        let key = k
+            .as_str()
+            .map(str::to_owned)
+            .unwrap_or_else(|| format!("{k:?}"));
+        match serde_json::to_value(&v) {
+            Ok(json) => {
+                endpoint.settings.insert(key, json);
+            }
+            Err(e) => problems.push(Problem::new(
+                format!("{path}.{key}"),
+                format!("not representable: {e}"),
+            )),
+        }
+    }
+    Some(endpoint)
 }
 
 /// A filter value: one scalar, or a list meaning "any of".
@@ -286,9 +366,6 @@ fn default_max_in_flight() -> usize {
 fn default_true() -> bool {
     true
 }
-
-/// The transports an endpoint may name in `transport:`.
-pub const KNOWN_TRANSPORTS: &[&str] = &["http"];
 
 /// One thing wrong with a config, and where.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -340,22 +417,38 @@ impl fmt::Display for ConfigError {
 }
 
 impl Config {
-    /// Read, interpolate and validate a config file.
+    /// Read, interpolate and validate a config file (built-in transports).
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Config::load_with(path, &Registry::builtin())
+    }
+
+    /// Read, interpolate and validate a config file, with the transports of `registry`.
+    pub fn load_with(path: &Path, registry: &Registry) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
             file: path.to_owned(),
             problems: vec![Problem::new("", format!("cannot read the file: {e}"))],
         })?;
-        Config::from_yaml(&text, &|name| std::env::var(name).ok()).map_err(|problems| ConfigError {
-            file: path.to_owned(),
-            problems,
-        })
+        Config::from_yaml_with(&text, &|name| std::env::var(name).ok(), registry).map_err(
+            |problems| ConfigError {
+                file: path.to_owned(),
+                problems,
+            },
+        )
     }
 
     /// Parse and validate YAML text, resolving `${VAR}` with `lookup`.
     pub fn from_yaml(
         text: &str,
         lookup: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, Vec<Problem>> {
+        Config::from_yaml_with(text, lookup, &Registry::builtin())
+    }
+
+    /// The same, with the transports of `registry`.
+    pub fn from_yaml_with(
+        text: &str,
+        lookup: &dyn Fn(&str) -> Option<String>,
+        registry: &Registry,
     ) -> Result<Config, Vec<Problem>> {
         let mut root: Value = serde_yaml_ng::from_str(text).map_err(|e| {
             let at = e
@@ -400,7 +493,7 @@ impl Config {
             Some(Value::Sequence(items)) => {
                 for (i, item) in items.into_iter().enumerate() {
                     if let Some(ep) =
-                        parse::<EndpointConfig>(item, &format!("endpoints[{i}]"), &mut problems)
+                        parse_endpoint(item, &format!("endpoints[{i}]"), &mut problems)
                     {
                         config.endpoints.push(ep);
                         positions.push(i);
@@ -423,7 +516,7 @@ impl Config {
             ));
         }
 
-        config.check(&positions, &mut problems);
+        config.check(&positions, registry, &mut problems);
         if problems.is_empty() {
             Ok(config)
         } else {
@@ -432,7 +525,7 @@ impl Config {
     }
 
     /// Checks that need more than one value's type.
-    fn check(&self, positions: &[usize], problems: &mut Vec<Problem>) {
+    fn check(&self, positions: &[usize], registry: &Registry, problems: &mut Vec<Problem>) {
         let k = &self.kafka;
         if k.group_id.trim().is_empty() {
             problems.push(Problem::new("kafka.group_id", "must not be empty"));
@@ -552,29 +645,6 @@ impl Config {
                     format!("`{}` is used by another endpoint", ep.id),
                 ));
             }
-            if !KNOWN_TRANSPORTS.contains(&ep.transport.as_str()) {
-                problems.push(Problem::new(
-                    at("transport"),
-                    format!(
-                        "unknown transport `{}` (known: {})",
-                        ep.transport,
-                        KNOWN_TRANSPORTS.join(", ")
-                    ),
-                ));
-            }
-            for (key, secret) in ep.secret.iter().map(|s| ("secret".to_owned(), s)).chain(
-                ep.secrets
-                    .iter()
-                    .enumerate()
-                    .map(|(j, s)| (format!("secrets[{j}]"), s)),
-            ) {
-                if secret.trim().is_empty() {
-                    problems.push(Problem::new(
-                        at(&key),
-                        "is empty (an unset variable?); leave the key out to send unsigned",
-                    ));
-                }
-            }
             if ep.events.is_empty() {
                 problems.push(Problem::new(
                     at("events"),
@@ -646,64 +716,71 @@ impl Config {
                     "must be longer than zero",
                 ));
             }
-            if ep.transport == "http" {
-                match &ep.url {
-                    None => problems.push(Problem::new(at("url"), "required for transport http")),
-                    Some(_) => {
-                        let client = http_client.get_or_insert_with(|| {
-                            transports::http::HttpClient::new(transports::http::HttpClientOptions {
-                                allow_private_networks: self.http.allow_private_networks,
-                                ..Default::default()
-                            })
-                            .map_err(|e| e.to_string())
-                        });
-                        match client {
-                            Ok(client) => {
-                                if let Err(e) =
-                                    transports::http::HttpTransport::new(ep.into(), client.clone())
-                                {
-                                    problems.push(Problem::new(
-                                        at(&http_field(ep, &e.field)),
-                                        e.reason,
-                                    ));
-                                }
+            match registry.get(&ep.transport) {
+                None => problems.push(Problem::new(
+                    at("transport"),
+                    format!(
+                        "unknown transport `{}` (known: {})",
+                        ep.transport,
+                        registry.names().join(", ")
+                    ),
+                )),
+                Some(factory) => {
+                    let client = http_client.get_or_insert_with(|| {
+                        transports::http::HttpClient::new(transports::http::HttpClientOptions {
+                            allow_private_networks: self.http.allow_private_networks,
+                            ..Default::default()
+                        })
+                        .map_err(|e| e.to_string())
+                    });
+                    match client {
+                        Ok(client) => {
+                            let options = self.kafka.option_strings();
+                            let ctx = self.build_context(&ep.id, ep.timeout, client, &options);
+                            if let Err(e) = factory.validate(&ep.settings_value(), &ctx) {
+                                let path = if e.field.is_empty() {
+                                    format!("endpoints[{i}]")
+                                } else {
+                                    at(&e.field)
+                                };
+                                problems.push(Problem::new(path, e.reason));
                             }
-                            Err(e) => problems.push(Problem::new("http", e.clone())),
                         }
+                        Err(e) => problems.push(Problem::new("http", e.clone())),
                     }
                 }
             }
         }
     }
-}
 
-/// Map a transport's field name back to the config key the user wrote:
-/// the transport sees `secret` and `secrets` as one list.
-fn http_field(ep: &EndpointConfig, field: &str) -> String {
-    let index = field
-        .strip_prefix("secrets[")
-        .and_then(|r| r.strip_suffix(']'))
-        .and_then(|i| i.parse::<usize>().ok());
-    match (index, ep.secret.is_some()) {
-        (Some(0), true) => "secret".to_owned(),
-        (Some(i), true) => format!("secrets[{}]", i - 1),
-        _ => field.to_owned(),
+    /// What a transport factory needs to validate or build an endpoint.
+    pub fn build_context<'a>(
+        &'a self,
+        endpoint_id: &'a str,
+        timeout: Duration,
+        http: &'a transports::http::HttpClient,
+        kafka_options: &'a BTreeMap<String, String>,
+    ) -> BuildContext<'a> {
+        BuildContext {
+            endpoint_id,
+            timeout,
+            http,
+            // Validation never connects; the embedded broker's address is
+            // only known once it runs, and app::start passes that one.
+            kafka_bootstrap: self.kafka.brokers.as_deref().unwrap_or("127.0.0.1:9092"),
+            kafka_options,
+            allow_private_networks: self.http.allow_private_networks,
+        }
     }
 }
 
-impl From<&EndpointConfig> for transports::http::HttpEndpointConfig {
-    fn from(ep: &EndpointConfig) -> Self {
-        transports::http::HttpEndpointConfig {
-            url: ep.url.clone().unwrap_or_default(),
-            secrets: ep.all_secrets(),
-            send_secret_header: ep.send_secret_header,
-            timeout: ep.timeout,
-            headers: ep
-                .headers
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-        }
+impl KafkaConfig {
+    /// `kafka.options` as librdkafka strings.
+    pub fn option_strings(&self) -> BTreeMap<String, String> {
+        self.options
+            .iter()
+            .map(|(k, v)| (k.clone(), v.0.clone()))
+            .collect()
     }
 }
 

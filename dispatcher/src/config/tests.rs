@@ -50,7 +50,9 @@ endpoints:{GOOD_ENDPOINT}"#
     assert_eq!(c.kafka.options["linger.ms"], Scalar("5".into()));
     let ep = &c.endpoints[0];
     assert_eq!(ep.timeout, Duration::from_secs(10));
-    assert!(ep.send_secret_header && ep.enabled);
+    assert!(ep.enabled);
+    assert_eq!(ep.settings["send_secret_header"], serde_json::json!(true));
+    assert_eq!(ep.settings["url"], "https://hooks.acme.example/whatsapp");
     assert_eq!(c.pipeline.max_events_in_flight, 10_000);
 }
 
@@ -119,7 +121,7 @@ surprise: true
         ),
         ("endpoints[2].events", "at least one"),
         ("endpoints[2].filter.whatsapp_account_id", "below data"),
-        ("endpoints[3].evnets", "unknown field `evnets`"),
+        ("endpoints[3].evnets", "did you mean `events`?"),
         ("endpoints[4].secret", "whsec"),
         ("surprise", "unknown key"),
     ] {
@@ -132,7 +134,7 @@ surprise: true
     }
     // pipeline failed to parse as a whole (commit_interval), so its other
     // key is not judged; everything else is.
-    assert_eq!(p.len(), 19, "{p:#?}");
+    assert_eq!(p.len(), 20, "{p:#?}");
 }
 
 #[test]

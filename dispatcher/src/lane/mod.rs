@@ -606,7 +606,7 @@ impl Lane {
                     if !self.control.disabled() {
                         tracing::error!(
                             endpoint = %self.s.endpoint_id, error = %reason,
-                            "ENDPOINT DISABLED: it answered 410 Gone; its deliveries are dead-lettered until it is resumed (POST /endpoints/{}/resume)",
+                            "ENDPOINT DISABLED: it said it wants no more deliveries (HTTP 410, or Slack's channel_not_found, channel_is_archived, no_service, 403); its deliveries are dead-lettered until it is resumed (POST /endpoints/{}/resume)",
                             self.s.endpoint_id
                         );
                     }
