@@ -128,6 +128,16 @@ fn render_slack(c: &mut Criterion) {
     group.finish();
 }
 
+/// The per-send check of an endpoint's rate limit (a governor token
+/// bucket), with a limit high enough that it always admits.
+fn rate_limit_check(c: &mut Criterion) {
+    let quota = governor::Quota::per_second(std::num::NonZeroU32::new(1_000_000_000).unwrap());
+    let limiter = governor::RateLimiter::direct(quota);
+    c.bench_function("rate_limit_check", |b| {
+        b.iter(|| black_box(limiter.check().is_ok()))
+    });
+}
+
 fn config() -> Criterion {
     Criterion::default()
         .warm_up_time(Duration::from_millis(500))
@@ -137,6 +147,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = hot_paths;
     config = config();
-    targets = decode, envelope, delivery_id, route, sign, render_slack
+    targets = decode, envelope, delivery_id, route, sign, render_slack, rate_limit_check
 }
 criterion_main!(hot_paths);
