@@ -10,6 +10,7 @@
 //! and says how it went.
 
 pub mod http;
+pub mod json;
 pub mod kafka;
 pub mod model;
 pub mod registry;
@@ -73,6 +74,50 @@ impl Outcome {
             Outcome::Permanent { .. } => "permanent",
             Outcome::Throttled { .. } => "throttled",
             Outcome::Rejected { .. } => "rejected",
+        }
+    }
+
+    /// The same outcome with its reason passed through `f` (transports use
+    /// it to scrub secrets from whatever a receiver echoed back).
+    pub fn map_reason(self, f: impl FnOnce(String) -> String) -> Outcome {
+        match self {
+            Outcome::Delivered { status } => Outcome::Delivered { status },
+            Outcome::Retry {
+                status,
+                reason,
+                retry_after,
+            } => Outcome::Retry {
+                status,
+                reason: f(reason),
+                retry_after,
+            },
+            Outcome::Permanent {
+                status,
+                reason,
+                disable_endpoint,
+            } => Outcome::Permanent {
+                status,
+                reason: f(reason),
+                disable_endpoint,
+            },
+            Outcome::Throttled {
+                status,
+                reason,
+                retry_after,
+            } => Outcome::Throttled {
+                status,
+                reason: f(reason),
+                retry_after,
+            },
+            Outcome::Rejected {
+                status,
+                reason,
+                sent,
+            } => Outcome::Rejected {
+                status,
+                reason: f(reason),
+                sent,
+            },
         }
     }
 

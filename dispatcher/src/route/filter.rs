@@ -1,15 +1,12 @@
 //! Filters on `data` fields: `filter: { "data.whatsapp_account_id": "..." }`.
 //!
-//! A filter looks fields up inside the raw `data` bytes with a visitor that
-//! skips everything but the wanted key, so matching allocates nothing and the
-//! data is never turned into a tree.
+//! A filter looks fields up inside the raw `data` bytes with
+//! [`transports::json::find`], which skips everything but the wanted key, so
+//! matching allocates nothing and the data is never turned into a tree.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
-use std::fmt;
 
-use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, Visitor};
-use serde_json::value::RawValue;
 use transports::Event;
 
 use crate::config::{FilterValue, Scalar};
@@ -64,11 +61,10 @@ impl Filter {
     /// JSON text (`131047` matches a filter value of `131047` or `"131047"`).
     /// A missing field, or data that cannot be read, does not match.
     pub fn matches(&self, event: &Event) -> bool {
-        let Ok(data) = std::str::from_utf8(event.data()) else {
-            return false;
-        };
+        // `data` was checked as UTF-8 when the event was decoded.
+        let data = event.data();
         self.conditions.iter().all(|c| {
-            lookup(data, &c.path).is_some_and(|raw| {
+            transports::json::find(data, &c.path).is_some_and(|raw| {
                 let text = raw.get();
                 let value: Cow<'_, str> = if text.starts_with('"') {
                     match serde_json::from_str::<Cow<'_, str>>(text) {
@@ -81,49 +77,6 @@ impl Filter {
                 c.any_of.iter().any(|want| *want == value)
             })
         })
-    }
-}
-
-/// The raw value at `path` inside the JSON object `json`.
-fn lookup<'a>(json: &'a str, path: &[String]) -> Option<&'a RawValue> {
-    let (first, rest) = path.split_first()?;
-    let mut de = serde_json::Deserializer::from_str(json);
-    let found = FindKey(first).deserialize(&mut de).ok()??;
-    if rest.is_empty() {
-        Some(found)
-    } else {
-        lookup(found.get(), rest)
-    }
-}
-
-/// Walks one JSON object and returns the value of one key, skipping the rest.
-struct FindKey<'k>(&'k str);
-
-impl<'de> DeserializeSeed<'de> for FindKey<'_> {
-    type Value = Option<&'de RawValue>;
-
-    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_map(self)
-    }
-}
-
-impl<'de> Visitor<'de> for FindKey<'_> {
-    type Value = Option<&'de RawValue>;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a JSON object")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut found = None;
-        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
-            if found.is_none() && key == self.0 {
-                found = Some(map.next_value::<&'de RawValue>()?);
-            } else {
-                map.next_value::<IgnoredAny>()?;
-            }
-        }
-        Ok(found)
     }
 }
 

@@ -358,27 +358,7 @@ impl HttpTransport {
 
     /// Remove secrets from an outcome's reason, whatever put them there.
     fn scrub(&self, outcome: Outcome) -> Outcome {
-        match outcome {
-            Outcome::Retry {
-                status,
-                reason,
-                retry_after,
-            } => Outcome::Retry {
-                status,
-                reason: self.redact(&reason),
-                retry_after,
-            },
-            Outcome::Permanent {
-                status,
-                reason,
-                disable_endpoint,
-            } => Outcome::Permanent {
-                status,
-                reason: self.redact(&reason),
-                disable_endpoint,
-            },
-            delivered => delivered,
-        }
+        outcome.map_reason(|reason| self.redact(&reason))
     }
 }
 

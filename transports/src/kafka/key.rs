@@ -1,17 +1,12 @@
 //! The record key of a Kafka delivery, taken from one field of the event's
 //! `data` (`key: data.contact_id`).
 //!
-//! The field is found in the raw `data` bytes with a visitor that skips
-//! every other key, as the dispatcher's filters do: nothing is turned into a
-//! tree and nothing is re-serialised. (The idea is copied from
-//! `dispatcher/src/route/filter.rs`; transports do not depend on the
-//! dispatcher.)
+//! The field is found in the raw `data` bytes by [`crate::json::find`], as
+//! the dispatcher's filters do: nothing is turned into a tree and nothing is
+//! re-serialised.
 
 use std::borrow::Cow;
 use std::fmt;
-
-use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, Visitor};
-use serde_json::value::RawValue;
 
 /// Deepest field path accepted; real ones are one or two levels.
 const MAX_DEPTH: usize = 8;
@@ -45,7 +40,7 @@ impl KeyPath {
     pub fn extract<'a>(&self, data: &'a [u8]) -> Option<Cow<'a, [u8]>> {
         // Read from the bytes: the record was checked as UTF-8 when it was
         // decoded, and serde_json checks the strings it reads anyway.
-        let raw = lookup(data, &self.segments)?;
+        let raw = crate::json::find(data, &self.segments)?;
         let token = raw.get();
         if token == "null" {
             return None;
@@ -65,50 +60,6 @@ impl KeyPath {
 impl fmt::Display for KeyPath {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "data.{}", self.segments.join("."))
-    }
-}
-
-/// The raw value at `path` inside the JSON object `json`.
-fn lookup<'a>(json: &'a [u8], path: &[String]) -> Option<&'a RawValue> {
-    let mut current = json;
-    let mut found = None;
-    for segment in path {
-        let mut de = serde_json::Deserializer::from_slice(current);
-        let value = FindKey(segment).deserialize(&mut de).ok()??;
-        current = value.get().as_bytes();
-        found = Some(value);
-    }
-    found
-}
-
-/// Walks one JSON object and returns the value of one key, skipping the rest.
-struct FindKey<'k>(&'k str);
-
-impl<'de> DeserializeSeed<'de> for FindKey<'_> {
-    type Value = Option<&'de RawValue>;
-
-    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_map(self)
-    }
-}
-
-impl<'de> Visitor<'de> for FindKey<'_> {
-    type Value = Option<&'de RawValue>;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a JSON object")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut found = None;
-        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
-            if found.is_none() && key == self.0 {
-                found = Some(map.next_value::<&'de RawValue>()?);
-            } else {
-                map.next_value::<IgnoredAny>()?;
-            }
-        }
-        Ok(found)
     }
 }
 

@@ -224,34 +224,13 @@ impl SlackTransport {
 
     /// Remove the webhook token from a reason, whatever put it there.
     fn scrub(&self, outcome: Outcome) -> Outcome {
-        let clean = |reason: String| {
+        outcome.map_reason(|reason| {
             if self.secret_path.len() > 1 && reason.contains(&*self.secret_path) {
                 reason.replace(&*self.secret_path, "/[redacted]")
             } else {
                 reason
             }
-        };
-        match outcome {
-            Outcome::Retry {
-                status,
-                reason,
-                retry_after,
-            } => Outcome::Retry {
-                status,
-                reason: clean(reason),
-                retry_after,
-            },
-            Outcome::Permanent {
-                status,
-                reason,
-                disable_endpoint,
-            } => Outcome::Permanent {
-                status,
-                reason: clean(reason),
-                disable_endpoint,
-            },
-            other => other,
-        }
+        })
     }
 }
 
