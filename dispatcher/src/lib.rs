@@ -20,5 +20,6 @@ pub mod offsets;
 pub mod park;
 pub mod replay;
 pub mod route;
-pub mod seed;
+/// Realistic events of every documented type (they live with the delivery model).
+pub use transports::seed;
 pub mod source;

@@ -14,6 +14,7 @@ pub mod json;
 pub mod kafka;
 pub mod model;
 pub mod registry;
+pub mod seed;
 pub mod slack;
 
 pub use model::{Delivery, DeliveryId, Event, EventError, SourceRef};

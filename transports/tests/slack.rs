@@ -485,11 +485,14 @@ fn every_seed_event_type_renders_within_the_limits() {
             ],
             "conversation.opened" => vec![data["contact_name"].as_str().unwrap().into()],
             "conversation.closed" => vec!["ORD-12345".into(), "auto".into(), "12 min".into()],
-            "campaign.completed" => vec![
-                "May Promotion".into(),
-                "985 (98.5 %)".into(),
-                "15 (1.5 %)".into(),
-            ],
+            "campaign.completed" => {
+                let total = data["total"].as_f64().unwrap();
+                let share = |n: &str| {
+                    let n = data[n].as_u64().unwrap();
+                    format!("{n} ({:.1} %)", n as f64 * 100.0 / total)
+                };
+                vec!["May Promotion".into(), share("sent"), share("failed")]
+            }
             "transfer.created" => vec!["Customer asking about refund".into(), "unassigned".into()],
             _ => unreachable!(),
         };

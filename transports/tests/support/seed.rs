@@ -1,7 +1,5 @@
-//! Events of every documented type, with the shapes of
-//! `dispatcher/src/seed.rs` (the platform's public webhook docs). Duplicated
-//! here, deterministic and small, because transports do not depend on the
-//! dispatcher.
+//! Seed events for the transport tests: the library's generator
+//! (`transports::seed`), wrapped into decoded events and deliveries.
 
 use std::sync::Arc;
 
@@ -9,87 +7,12 @@ use bytes::Bytes;
 use serde_json::{json, Value};
 use transports::{Delivery, Event, SourceRef};
 
-/// Every documented event type.
-pub const EVENT_TYPES: &[&str] = &[
-    "message.received",
-    "message.incoming",
-    "message.sent",
-    "message.delivered",
-    "message.read",
-    "message.failed",
-    "contact.created",
-    "contact.updated",
-    "conversation.opened",
-    "conversation.closed",
-    "campaign.completed",
-    "transfer.created",
-];
+pub use transports::seed::EVENT_TYPES;
 
-const NAMES: &[&str] = &["John Doe", "Amira Haddad", "Wei Chen", "Priya Nair"];
-const TEXTS: &[&str] = &[
-    "Hi, I need help with my order",
-    "Is ORD-78901 shipped yet?",
-    "Thanks, that solved it! 🎉",
-    "Can I change the delivery address to \"Financial Centre Rd\"?",
-];
-
-fn uuid(seq: u64, salt: u64) -> String {
-    uuid::Uuid::from_u128(((seq as u128) << 64) | salt as u128).to_string()
-}
-
-/// The `data` of one event of `event_type`, number `seq`.
+/// The `data` of one event of `event_type`, number `seq` (deterministic:
+/// the library's seed generator, seeded with `seq`).
 pub fn data(event_type: &str, seq: u64) -> Value {
-    let ts = "2026-05-16T12:00:00.000Z";
-    let message_id = format!("wamid.test{seq:06}");
-    let account = ["acct-1", "acct-2", "acct-3"][seq as usize % 3];
-    let phone = format!("+9182{:08}", seq * 7919 % 100_000_000);
-    let name = NAMES[seq as usize % NAMES.len()];
-    let text = TEXTS[seq as usize % TEXTS.len()];
-    match event_type {
-        "message.received" | "message.incoming" => json!({
-            "message_id": message_id, "from": phone, "contact_id": uuid(seq, 1), "contact_name": name,
-            "type": "text", "content": { "text": text }, "timestamp": ts, "whatsapp_account_id": account,
-        }),
-        "message.sent" => json!({
-            "message_id": message_id, "to": phone, "type": "text", "content": { "text": text },
-            "status": "sent", "timestamp": ts, "sender_id": null, "is_ai": true,
-            "agent_id": uuid(seq, 2), "whatsapp_account_id": account,
-        }),
-        "message.delivered" | "message.read" => json!({
-            "message_id": message_id, "status": event_type.trim_start_matches("message."),
-            "timestamp": ts, "recipient_id": phone, "whatsapp_account_id": account,
-        }),
-        "message.failed" => json!({
-            "message_id": message_id, "status": "failed", "timestamp": ts, "recipient_id": phone,
-            "error": { "code": 131047, "message": "Re-engagement message - more than 24 hours have passed since the customer last replied" },
-            "whatsapp_account_id": account,
-        }),
-        "contact.created" => json!({
-            "contact_id": uuid(seq, 3), "phone": phone, "name": name, "channel": "whatsapp", "created_at": ts,
-        }),
-        "contact.updated" => json!({
-            "contact_id": uuid(seq, 3), "phone": phone, "name": name,
-            "labels": ["vip", "returning-customer"], "updated_at": ts,
-        }),
-        "conversation.opened" => json!({
-            "conversation_id": uuid(seq, 4), "contact_id": uuid(seq, 1), "contact_phone": phone,
-            "contact_name": name, "channel": "whatsapp", "is_ai_handling": true, "ai_agent_id": uuid(seq, 5),
-        }),
-        "conversation.closed" => json!({
-            "conversation_id": uuid(seq, 4), "contact_id": uuid(seq, 1), "channel": "whatsapp",
-            "closed_by": "auto", "summary": "Customer asked about ORD-12345; AI agent shared tracking.",
-            "intent_tag": "support", "sentiment": "positive", "message_count": 8, "duration_minutes": 12,
-        }),
-        "campaign.completed" => json!({
-            "id": uuid(seq, 6), "name": "May Promotion", "total": 1000, "sent": 985,
-            "delivered": 970, "read": 650, "failed": 15,
-        }),
-        "transfer.created" => json!({
-            "contact_id": uuid(seq, 1), "from_agent_id": null, "to_agent_id": uuid(seq, 7),
-            "to_team_id": uuid(seq, 8), "notes": "Customer asking about refund",
-        }),
-        _ => json!({ "note": "unknown event type" }),
-    }
+    transports::seed::SeedEvents::new(seq).data_of(event_type)
 }
 
 /// The content variations of `message.received` the docs list.

@@ -69,10 +69,17 @@ impl SeedEvents {
     pub fn event(&mut self, event_type: &str, now_ms: i64) -> (String, Vec<u8>) {
         self.seq += 1;
         let id = format!("evt_{}_{}", self.run, self.seq);
-        let ts = transports::model::format_rfc3339_ms(now_ms);
+        let ts = crate::model::format_rfc3339_ms(now_ms);
         let data = self.data(event_type, &ts);
         let record = json!({ "event": event_type, "timestamp": ts, "id": id, "data": data });
         (id, serde_json::to_vec(&record).unwrap_or_default())
+    }
+
+    /// Only the `data` object of the next event of `event_type`.
+    pub fn data_of(&mut self, event_type: &str) -> Value {
+        self.seq += 1;
+        let ts = crate::model::format_rfc3339_ms(1_778_932_800_000);
+        self.data(event_type, &ts)
     }
 
     fn pick<'a>(&mut self, from: &[&'a str]) -> &'a str {
@@ -148,8 +155,8 @@ impl SeedEvents {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{Event, SourceRef};
     use bytes::Bytes;
-    use transports::{Event, SourceRef};
 
     #[test]
     fn every_type_decodes_with_unique_ids() {
