@@ -5,12 +5,10 @@
 //! - [`sink`]: a single-threaded local webhook receiver that counts;
 //! - [`fanout`]: the real dispatcher against an embedded, pre-filled Kafka;
 //! - [`bare`]: the baseline, a plain hyper client sending the same bodies;
-//! - [`cpu`]: CPU time per process and per thread, from `/proc`.
 //!
 //! The `fanout-vs-bare` binary puts them together.
 
 pub mod bare;
-pub mod cpu;
 pub mod fanout;
 pub mod sink;
 pub mod workload;

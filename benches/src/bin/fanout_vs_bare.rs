@@ -16,8 +16,9 @@ use bytes::Bytes;
 use clap::Parser;
 use dispatcher::embedded::EmbeddedKafka;
 use dispatcher_benches::sink::{self, Sink, SinkCounts};
-use dispatcher_benches::{bare, cpu, fanout, workload};
+use dispatcher_benches::{bare, fanout, workload};
 use hyper::Uri;
+use loadtest::procstat;
 use serde::Serialize;
 use tokio::time::timeout_at;
 
@@ -114,8 +115,8 @@ impl Meter {
     fn read(sink: &Sink) -> Meter {
         Meter {
             sink: sink.stats().snapshot(),
-            process: cpu::process(),
-            sink_thread: cpu::threads_named(sink::THREAD_NAME),
+            process: procstat::cpu(None),
+            sink_thread: procstat::threads_named(sink::THREAD_NAME),
         }
     }
 

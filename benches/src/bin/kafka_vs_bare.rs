@@ -245,20 +245,9 @@ fn send_until_accepted<'a>(
     })
 }
 
-/// CPU time of this process so far (user + system), from /proc.
+/// CPU time of this process so far (user + system).
 fn process_cpu() -> Duration {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
-        return Duration::ZERO;
-    };
-    // Fields after the parenthesised command name; utime and stime are the
-    // 14th and 15th fields overall, in clock ticks (100 per second on Linux).
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = [11usize, 12]
-        .iter()
-        .filter_map(|&i| fields.get(i).and_then(|f| f.parse::<u64>().ok()))
-        .sum();
-    Duration::from_millis(ticks * 10)
+    loadtest::procstat::cpu(None).unwrap_or_default()
 }
 
 async fn phase<F, Fut>(n: u64, limit: Duration, run: F) -> anyhow::Result<Phase>
