@@ -41,11 +41,19 @@ pub struct Running {
     pub bootstrap: String,
     pub admin_addr: SocketAddr,
     shutdown: watch::Sender<bool>,
+    failed: watch::Receiver<bool>,
     task: JoinHandle<anyhow::Result<()>>,
     embedded: Option<EmbeddedKafka>,
 }
 
 impl Running {
+    /// Resolves if the dispatcher stopped by itself after a failure; then
+    /// [`Running::shutdown`] returns the error.
+    pub async fn failed(&self) {
+        let mut failed = self.failed.clone();
+        let _ = failed.wait_for(|f| *f).await;
+    }
+
     /// Ask for a graceful shutdown and wait until it is done.
     pub async fn shutdown(self) -> anyhow::Result<()> {
         let _ = self.shutdown.send(true);
@@ -251,19 +259,50 @@ pub async fn start_with(config: Config, registry: &Registry) -> anyhow::Result<R
         max_event_bytes: p.max_event_bytes,
         commit_interval: p.commit_interval,
     };
-    let source_task = tokio::spawn(source.run(shutdown_rx.clone()));
+    let mut source_task = tokio::spawn(source.run(shutdown_rx.clone()));
 
     let grace = p.shutdown_grace;
     let task_metrics = metrics.clone();
     let mut stop = shutdown_rx;
+    let (failed_tx, failed_rx) = watch::channel(false);
     let task = tokio::spawn(async move {
-        // Until asked to stop (or the sender is gone).
-        let _ = stop.wait_for(|s| *s).await;
+        // Until asked to stop, or until the source ends by itself, which
+        // only a bug can make it do: then stop too, and say so, so that the
+        // process exits non-zero and is restarted rather than sitting
+        // healthy without consuming.
+        let asked_to_stop = stop.clone();
+        // The source's end, once seen (a JoinHandle must not be awaited twice).
+        let mut source_end = None;
+        let failure = tokio::select! {
+            biased;
+            _ = stop.wait_for(|s| *s) => None,
+            ended = &mut source_task => {
+                // It also stops when asked to: only an unasked stop is a failure.
+                let asked = *asked_to_stop.borrow();
+                let failure = match &ended {
+                    Ok(()) if asked => None,
+                    Ok(()) => Some(anyhow!("the source stopped by itself")),
+                    Err(e) => Some(anyhow!("the source task failed: {e}")),
+                };
+                source_end = Some(ended);
+                failure
+            }
+        };
         live.store(false, Ordering::Release);
-        tracing::info!("shutting down: no new records; draining deliveries");
-        source_task
-            .await
-            .map_err(|e| anyhow!("source task failed: {e}"))?;
+        match &failure {
+            Some(e) => {
+                tracing::error!(error = %e, "shutting down after a failure; draining deliveries");
+                let _ = failed_tx.send(true);
+            }
+            None => {
+                tracing::info!("shutting down: no new records; draining deliveries");
+                let ended = match source_end {
+                    Some(ended) => ended,
+                    None => source_task.await,
+                };
+                ended.map_err(|e| anyhow!("source task failed: {e}"))?;
+            }
+        }
         drain(lane_tasks, grace).await;
         source::commit(&consumer, &tracker, &task_metrics, CommitMode::Sync);
         let unfinished: usize = tracker.watermarks().iter().map(|w| w.3).sum();
@@ -277,7 +316,7 @@ pub async fn start_with(config: Config, registry: &Registry) -> anyhow::Result<R
         consumer.unsubscribe();
         let _ = admin_stop.send(true);
         let _ = admin_task.await;
-        Ok(())
+        failure.map_or(Ok(()), Err)
     });
 
     Ok(Running {
@@ -286,6 +325,7 @@ pub async fn start_with(config: Config, registry: &Registry) -> anyhow::Result<R
         bootstrap,
         admin_addr,
         shutdown: shutdown_tx,
+        failed: failed_rx,
         task,
         embedded,
     })

@@ -225,8 +225,13 @@ impl DeadLetters {
                     let original = letter.original_len.unwrap_or(letter.value.len());
                     let keep = match letter.value.len() {
                         0 => {
-                            tracing::error!(topic = %self.topic, "dead letter refused as too large even without a value; dropping its value was not enough");
-                            tokio::time::sleep(Duration::from_secs(5)).await;
+                            // Even without a value: the headers themselves are
+                            // too large (a record's own, or a rendered payload).
+                            // Keep only the dispatcher's short ones.
+                            tracing::error!(topic = %self.topic, "dead letter refused as too large without a value; keeping only its dlq.* headers");
+                            letter
+                                .headers
+                                .retain(|(k, v)| k.starts_with("dlq.") && v.len() <= 4096);
                             0
                         }
                         n if n > TRUNCATED_VALUE_BYTES => TRUNCATED_VALUE_BYTES,

@@ -110,7 +110,10 @@ async fn run(path: &Path) -> anyhow::Result<()> {
         admin = %running.admin_addr,
         "dispatcher running"
     );
-    wait_for_signal().await?;
+    tokio::select! {
+        signal = wait_for_signal() => signal?,
+        _ = running.failed() => {}
+    }
     running.shutdown().await?;
     tracing::info!("stopped cleanly");
     Ok(())

@@ -241,11 +241,10 @@ impl OffsetTracker {
                     if let Some(w) = p.take_commit() {
                         out.push((p.topic.clone(), partition, w));
                     }
-                    // Whatever it still had in flight is no longer ours to wait for.
-                    let mut s = p.lock();
-                    self.in_flight
-                        .sub(s.pending.iter().filter(|&&(_, done)| !done).count());
-                    s.pending.clear();
+                    // Its unfinished records stay counted in flight: their
+                    // deliveries still run and hold lane places, and their
+                    // tickets still count down (through `complete`) when
+                    // they finish, revoked or not.
                 }
                 if parts.is_empty() {
                     topics.remove(topic);
@@ -413,8 +412,14 @@ mod tests {
         t.revoke([("events", 0)]);
         assert_eq!(
             t.in_flight().get(),
+            1,
+            "a revoked partition's deliveries still run"
+        );
+        tickets[1].finish_one();
+        assert_eq!(
+            t.in_flight().get(),
             0,
-            "a revoked partition no longer counts"
+            "and release their place when they finish"
         );
     }
 }

@@ -28,6 +28,9 @@ use crate::dlq::{produce_durably, Attempt};
 use crate::kafka::header_str;
 use crate::metrics::Metrics;
 
+/// How far from now a parked record's times may lie before it counts as damaged.
+const MAX_SKEW_MS: i64 = 366 * 24 * 3600 * 1000;
+
 /// Attempt records kept in a parked delivery's history (the newest).
 const MAX_HISTORY: usize = 20;
 
@@ -235,12 +238,26 @@ pub fn parse(msg: &BorrowedMessage<'_>, max_event_bytes: usize) -> Result<Parked
         }
         None => Vec::new(),
     };
+    // Times far from now or negative counts are damage, not schedules: a
+    // year either side is more than any tier or Retry-After produces.
+    let now = chrono::Utc::now().timestamp_millis();
+    for name in ["park.due_ms", "park.not_before_ms", "park.first_attempt_ms"] {
+        if (num(name)? - now).abs() > MAX_SKEW_MS {
+            return Err(format!("header {name} is more than a year away from now"));
+        }
+    }
+    let attempts = num("park.attempts")?;
+    if !(0..=100_000).contains(&attempts) {
+        return Err(format!(
+            "header park.attempts is {attempts}, not a count of attempts"
+        ));
+    }
     Ok(Parked {
         endpoint_id: need("park.endpoint_id")?.to_owned(),
         delivery_id,
         due_ms: num("park.due_ms")?,
         state: RetryState {
-            attempts: num("park.attempts")? as u32,
+            attempts: attempts as u32,
             first_attempt_ms: Some(num("park.first_attempt_ms")?),
             not_before_ms: num("park.not_before_ms")?,
             idle_parks: header("park.idle_parks")

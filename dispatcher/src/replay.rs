@@ -145,6 +145,15 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<ReplaySummary> {
             None => bail!("the dead-letter topic stopped answering before replay reached its end"),
             Some(m) => m.context("reading the dead-letter topic")?,
         };
+        // Only what was there when replay started: a replayed delivery that
+        // fails again at once lands behind that end, and must not be replayed
+        // again in the same run.
+        if ends
+            .get(&msg.partition())
+            .is_none_or(|end| msg.offset() >= *end)
+        {
+            continue;
+        }
         if let Some(end) = remaining.get(&msg.partition()) {
             if msg.offset() + 1 >= *end {
                 remaining.remove(&msg.partition());

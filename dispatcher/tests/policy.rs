@@ -395,3 +395,77 @@ async fn replay_redelivers_dead_letters_with_their_ids_and_valid_signatures() {
     assert_eq!(sink.count(), 5);
     running.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_parked_record_is_dead_lettered_and_the_source_goes_on() {
+    support::init_logging();
+    let kafka = support::embedded_kafka(2);
+    let sink = Sink::start(Behaviour::Ok).await;
+    let endpoints = format!(
+        "  - id: ep\n    url: \"{}\"\n    events: [\"*\"]\n",
+        sink.url("/")
+    );
+    let running = start(config(kafka.bootstrap(), "damaged", "", &endpoints)).await;
+
+    // A parked record whose due time is years away (the timer wheel would
+    // panic on it), and one whose attempt count is negative.
+    let value = events(28, "contact.created", 1).remove(0);
+    let far = (chrono::Utc::now().timestamp_millis() + 10 * 365 * 86_400_000).to_string();
+    let now = chrono::Utc::now().timestamp_millis().to_string();
+    let id = "6b1f3c52-9e0d-5a8b-9347-2d61c50e7f18";
+    let headers = |due: &'static str, attempts: &'static str| -> Vec<(&'static str, String)> {
+        vec![
+            ("park.endpoint_id", "ep".into()),
+            ("park.delivery_id", id.into()),
+            ("park.reason", "retry".into()),
+            (
+                "park.due_ms",
+                if due == "far" {
+                    far.clone()
+                } else {
+                    now.clone()
+                },
+            ),
+            ("park.not_before_ms", now.clone()),
+            ("park.attempts", attempts.into()),
+            ("park.first_attempt_ms", now.clone()),
+            ("park.event_ms", now.clone()),
+            ("park.source.topic", "events".into()),
+            ("park.source.partition", "0".into()),
+            ("park.source.offset", "0".into()),
+        ]
+    };
+    for h in [headers("far", "1"), headers("now", "-1")] {
+        let h: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        support::kafka::produce_with_headers(
+            kafka.bootstrap(),
+            support::RETRY_TOPICS[0],
+            vec![(value.clone(), h)],
+        )
+        .await;
+    }
+    let letters = read_all(
+        kafka.bootstrap(),
+        "dispatcher.dlq",
+        2,
+        Duration::from_secs(30),
+    );
+    assert_eq!(letters.len(), 2);
+    for l in &letters {
+        assert_eq!(header(l, "dlq.stage"), Some("park"));
+        assert_eq!(header(l, "dlq.reason"), Some("damaged"));
+    }
+    // And the pipeline still runs.
+    let fresh = events(29, "contact.updated", 3);
+    produce(kafka.bootstrap(), "events", &fresh).await;
+    wait_until(
+        Duration::from_secs(30),
+        "new events still delivered",
+        || sink.count() == 3,
+    )
+    .await;
+    running
+        .shutdown()
+        .await
+        .expect("a clean shutdown, not a failure");
+}

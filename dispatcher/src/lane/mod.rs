@@ -310,7 +310,10 @@ impl Lane {
                 _ = tokio::time::sleep_until(blocked.unwrap_or_else(tokio::time::Instant::now)), if blocked.is_some() => {
                     self.blocked_until = None;
                 }
-                job = returned.recv(), if returned_open => match job {
+                // Bounded like the fresh queue: when `ready` is full, handed-
+                // back deliveries stay in the channel, and once that is full
+                // too the source parks them again.
+                job = returned.recv(), if returned_open && self.ready.len() < self.s.queue_capacity => match job {
                     Some(job) => {
                         let item = self.item(job);
                         self.ready.push_back(item);
@@ -374,7 +377,15 @@ impl Lane {
                 return Some(item);
             }
         }
-        match fresh.try_recv() {
+        // Take a fresh one only when it can be sent now: one taken and put
+        // back would leave the fresh queue looking roomier than it is, and
+        // the congestion check would never see it full.
+        let fresh_job = if self.has_room() {
+            fresh.try_recv().ok()
+        } else {
+            None
+        };
+        match fresh_job.ok_or(()) {
             Ok(job) => {
                 self.d.metrics.queue_depth.dec();
                 Some(self.item(job))

@@ -90,9 +90,17 @@ impl ConsumerContext for SourceContext {
 
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(list) = rebalance {
-            if self.paused.load(Ordering::Acquire) && list.count() > 0 {
-                if let Err(e) = consumer.pause(list) {
-                    tracing::warn!(error = %e, "could not pause newly assigned partitions");
+            // librdkafka keeps an application pause across unassign and
+            // re-assign, so a partition that comes back must be set to the
+            // source's state explicitly, one way or the other.
+            if list.count() > 0 {
+                let result = if self.paused.load(Ordering::Acquire) {
+                    consumer.pause(list)
+                } else {
+                    consumer.resume(list)
+                };
+                if let Err(e) = result {
+                    tracing::warn!(error = %e, "could not set newly assigned partitions' pause state");
                 }
             }
             // Joining the group is what readiness means, even with zero

@@ -77,6 +77,10 @@ type HeldRecords = HashMap<PartitionKey, std::collections::VecDeque<Held>>;
 
 type PartitionKey = (Arc<str>, i32);
 
+/// Longest a held parked record waits for its due time (a day: far beyond
+/// the longest retry tier).
+const MAX_HOLD_MS: i64 = 24 * 3600 * 1000;
+
 impl Source {
     /// Run until `shutdown` turns true. Returns with the lanes' handles
     /// dropped, so the lanes drain and end.
@@ -248,16 +252,30 @@ impl Source {
             due_ms: parked.due_ms,
         };
         if let Some(queue) = held.get_mut(&key) {
-            // Read after the pause was asked for: it waits behind the head.
-            queue.push_back(entry);
-            return;
+            let current = queue.front().is_some_and(|h| {
+                Arc::ptr_eq(h.job.ticket.partition(), entry.job.ticket.partition())
+            });
+            if current {
+                // Read after the pause was asked for: it waits behind the head.
+                queue.push_back(entry);
+                return;
+            }
+            // Held under an earlier assignment of this partition: those
+            // records are the new owner's to read again (they are not
+            // committed); start afresh with this one.
+            held.remove(&key);
         }
         let mut list = TopicPartitionList::new();
         list.add_partition(msg.topic(), msg.partition());
         if let Err(e) = self.consumer.pause(&list) {
             tracing::warn!(error = %e, topic = msg.topic(), "could not pause a retry partition");
         }
-        due.insert(key.clone(), Duration::from_millis(wait_ms as u64));
+        // park::parse bounds due times; the clamp keeps the timer wheel safe
+        // whatever happens to the clock.
+        due.insert(
+            key.clone(),
+            Duration::from_millis(wait_ms.min(MAX_HOLD_MS) as u64),
+        );
         held.insert(key, std::collections::VecDeque::from([entry]));
     }
 
