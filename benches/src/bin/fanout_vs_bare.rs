@@ -16,8 +16,9 @@ use bytes::Bytes;
 use clap::Parser;
 use dispatcher::embedded::EmbeddedKafka;
 use dispatcher_benches::sink::{self, Sink, SinkCounts};
-use dispatcher_benches::{bare, fanout, workload};
+use dispatcher_benches::{fanout, workload};
 use hyper::Uri;
+use loadtest::bare;
 use loadtest::procstat;
 use serde::Serialize;
 use tokio::time::timeout_at;
@@ -44,7 +45,8 @@ struct Args {
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     timeout: Duration,
     /// Idle connections the baseline's pool keeps per host (default: no
-    /// limit, hyper-util's default). 32 reproduces the dispatcher's pool.
+    /// limit, hyper-util's default). A small cap shows what closing and
+    /// reopening idle connections costs.
     #[arg(long)]
     bare_pool_max_idle: Option<usize>,
     /// Print the result as one JSON object on stdout.
@@ -262,20 +264,29 @@ async fn run(args: &Args, kafka: &mut Option<EmbeddedKafka>) -> anyhow::Result<R
     let meter = Meter::read(&sink);
     let completed = Arc::new(AtomicU64::new(0));
     let progress = spawn_progress("bare", completed.clone(), deliveries);
+    // Body `i` goes to URL `i % urls`, as the dispatcher's endpoints share them.
+    let requests: Arc<[bare::Prepared]> = bodies
+        .iter()
+        .enumerate()
+        .map(|(i, body)| bare::Prepared::plain(i % urls.len(), body.clone()))
+        .collect();
     let load = bare::BareLoad {
         urls,
-        bodies,
+        requests,
         concurrency: max_in_flight * ENDPOINTS,
+        rate: None,
         pool_max_idle_per_host: args.bare_pool_max_idle,
     };
     let outcome = timeout_at(deadline, bare::run(load, completed.clone())).await;
     progress.abort();
-    let bare_elapsed = outcome.map_err(|_| {
-        timed_out(&format!(
-            "the bare run ({} of {deliveries} answered)",
-            completed.load(Ordering::Relaxed)
-        ))
-    })??;
+    let bare_elapsed = outcome
+        .map_err(|_| {
+            timed_out(&format!(
+                "the bare run ({} of {deliveries} answered)",
+                completed.load(Ordering::Relaxed)
+            ))
+        })??
+        .elapsed;
     let (bare_sink, bare_cpu) = meter.finish(&sink, deliveries);
 
     for (name, counts) in [("dispatcher", dispatcher_sink), ("bare", bare_sink)] {
