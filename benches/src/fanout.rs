@@ -34,9 +34,13 @@ pub fn endpoint_path(id: &str) -> String {
 /// writes to, each of `partitions` partitions.
 pub fn start_kafka(partitions: i32) -> anyhow::Result<EmbeddedKafka> {
     let defaults = KafkaConfig::default();
-    let tiers = dispatcher::park::Tiers::new(&defaults.retry_topic, &defaults.retry_tiers);
+    let tiers = dispatcher::park::Tiers::new(
+        &defaults.retry_topic,
+        &defaults.retry_tiers,
+        &defaults.spill_topic,
+    );
     let mut topics = vec![SOURCE_TOPIC, defaults.dead_letter_topic.as_str()];
-    topics.extend(tiers.topics());
+    topics.extend(tiers.internal_topics());
     EmbeddedKafka::start(&topics, partitions)
 }
 

@@ -14,7 +14,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context};
-use rdkafka::consumer::{CommitMode, Consumer};
+use futures::StreamExt;
+use rdkafka::consumer::Consumer;
 use rdkafka::producer::{FutureProducer, Producer};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -22,16 +23,19 @@ use transports::http::{HttpClient, HttpClientOptions};
 use transports::{Registry, Transport};
 
 use crate::admin::{self, AdminState};
+use crate::backlog::Backlogs;
 use crate::config::Config;
 use crate::dlq::DeadLetters;
 use crate::embedded::EmbeddedKafka;
+use crate::fatal::Fatal;
 use crate::kafka;
-use crate::lane::{self, Dedup, LaneDeps, LaneSettings};
+use crate::lane::{self, Dedup, Evictions, LaneDeps, LaneSettings, Shares};
 use crate::metrics::Metrics;
-use crate::offsets::OffsetTracker;
+use crate::offsets::{Budget, HoldIndex, OffsetTracker};
 use crate::park::{Parker, Tiers};
 use crate::route::{EventPattern, Filter, Router, Subscription};
 use crate::source::{self, Source, SourceConsumer, SourceContext};
+use crate::spill::Spill;
 
 /// A running dispatcher.
 pub struct Running {
@@ -83,7 +87,8 @@ pub async fn start_with(config: Config, registry: &Registry) -> anyhow::Result<R
     let metrics = Arc::new(Metrics::new());
     let k = &config.kafka;
 
-    let tiers = Arc::new(Tiers::new(&k.retry_topic, &k.retry_tiers));
+    let tiers = Arc::new(Tiers::new(&k.retry_topic, &k.retry_tiers, &k.spill_topic));
+    let fatal = Fatal::new();
     let embedded = match &k.brokers {
         Some(_) => None,
         None => {
@@ -91,6 +96,9 @@ pub async fn start_with(config: Config, registry: &Registry) -> anyhow::Result<R
             topics.push(&k.dead_letter_topic);
             topics.extend(tiers.topics());
             let e = EmbeddedKafka::start(&topics, k.embedded_partitions)?;
+            // The embedded broker drops a partition's oldest records past a
+            // few MiB: spread backlogs over more spill partitions.
+            e.create_topic(&k.spill_topic, (k.embedded_partitions * 4).max(24))?;
             tracing::info!(
                 bootstrap = e.bootstrap(),
                 "no kafka.brokers configured: started an embedded Kafka"
@@ -111,6 +119,7 @@ pub async fn start_with(config: Config, registry: &Registry) -> anyhow::Result<R
         .create()
         .context("creating the dead-letter producer (check kafka.options)")?;
     check_topic(&producer, &k.dead_letter_topic, "kafka.dead_letter_topic").await?;
+    check_topic(&producer, &k.spill_topic, "kafka.spill_topic").await?;
     for topic in tiers.topics() {
         check_topic(
             &producer,
@@ -123,8 +132,14 @@ pub async fn start_with(config: Config, registry: &Registry) -> anyhow::Result<R
         producer.clone(),
         k.dead_letter_topic.clone(),
         metrics.clone(),
+        fatal.clone(),
     ));
-    let parker = Arc::new(Parker::new(producer, tiers.clone(), metrics.clone()));
+    let parker = Arc::new(Parker::new(
+        producer.clone(),
+        tiers.clone(),
+        metrics.clone(),
+        fatal.clone(),
+    ));
     let dedup: Dedup = moka::sync::Cache::builder()
         .max_capacity(config.pipeline.dedup.max_entries)
         .time_to_live(config.pipeline.dedup.ttl)
@@ -148,6 +163,15 @@ pub async fn start_with(config: Config, registry: &Registry) -> anyhow::Result<R
     .context("building the HTTP client")?;
 
     let p = &config.pipeline;
+    let budget = Arc::new(Budget::new(
+        p.max_events_in_flight,
+        p.memory_budget.as_u64() as usize,
+    ));
+    metrics.memory_budget.set(p.memory_budget.as_u64() as i64);
+    let (holds, holds_started) = HoldIndex::new();
+    let tracker = Arc::new(OffsetTracker::new(budget.clone(), holds));
+    let evictions = Arc::new(Evictions::default());
+    let shares = Arc::new(Shares::new(p.memory_budget.as_u64() as usize));
     let kafka_options = config.kafka.option_strings();
     let mut lanes = Vec::new();
     let mut lane_tasks = Vec::new();
@@ -163,6 +187,8 @@ pub async fn start_with(config: Config, registry: &Registry) -> anyhow::Result<R
             .map_err(|e| anyhow!("endpoint {}: {}: {}", ep.id, e.field, e.reason))?;
         let settings = LaneSettings {
             endpoint_id: ep.id.as_str().into(),
+            index: lanes.len(),
+            spill_after: p.spill_after,
             retry: ep.retry.clone(),
             breaker: ep.circuit_breaker.clone(),
             max_in_flight: ep.max_in_flight,
@@ -180,6 +206,9 @@ pub async fn start_with(config: Config, registry: &Registry) -> anyhow::Result<R
             dedup: dedup.clone(),
             share: share_rx.clone(),
             metrics: metrics.endpoint(&ep.id, transport.kind()),
+            budget: budget.clone(),
+            evictions: evictions.clone(),
+            shares: shares.clone(),
         };
         let (handle, task) = lane::spawn(settings, deps);
         lanes.push(handle);
@@ -195,14 +224,15 @@ pub async fn start_with(config: Config, registry: &Registry) -> anyhow::Result<R
         });
     }
 
-    let tracker = Arc::new(OffsetTracker::new(p.max_events_in_flight * 3 / 4));
     let paused = Arc::new(AtomicBool::new(false));
     let ready = Arc::new(AtomicBool::new(false));
+    let rebalanced = Arc::new(AtomicBool::new(false));
     let context = SourceContext {
         tracker: tracker.clone(),
         paused: paused.clone(),
         ready: ready.clone(),
         metrics: metrics.clone(),
+        rebalanced: rebalanced.clone(),
     };
     let consumer: Arc<SourceConsumer> = Arc::new(
         kafka::consumer(k, &bootstrap)
@@ -213,7 +243,7 @@ pub async fn start_with(config: Config, registry: &Registry) -> anyhow::Result<R
         .topics
         .iter()
         .map(String::as_str)
-        .chain(tiers.topics())
+        .chain(tiers.internal_topics())
         .collect();
     consumer
         .subscribe(&topics)
@@ -226,6 +256,8 @@ pub async fn start_with(config: Config, registry: &Registry) -> anyhow::Result<R
     ));
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    // Stops the source and the backlog readers: on request, or on a failure.
+    let (halt_tx, halt_rx) = watch::channel(false);
     // The admin server outlives the drain, so it can be watched and probed
     // until the very end.
     let (admin_stop, admin_stop_rx) = watch::channel(false);
@@ -246,65 +278,88 @@ pub async fn start_with(config: Config, registry: &Registry) -> anyhow::Result<R
         admin_stop_rx,
     ));
 
+    let backlogs = Backlogs {
+        lanes: lanes.clone(),
+        tracker: tracker.clone(),
+        consumer: kafka::reader(k, &bootstrap),
+        max_event_bytes: p.max_event_bytes,
+        permits: Arc::new(tokio::sync::Semaphore::new(p.backlog_readers)),
+    };
+    let backlog_task = tokio::spawn(backlogs.run(holds_started, halt_rx.clone()));
+
     let source = Source {
         consumer: consumer.clone(),
         tracker: tracker.clone(),
         router: Router::new(subscriptions),
+        spill: Spill::new(parker, dead_letters.clone(), fatal.clone(), lanes.len()),
         lanes,
         dead_letters: dead_letters.clone(),
-        parker,
+        tiers: tiers.clone(),
+        evictions,
         metrics: metrics.clone(),
+        fatal: fatal.clone(),
         paused,
-        max_in_flight: p.max_events_in_flight,
+        rebalanced,
         max_event_bytes: p.max_event_bytes,
         commit_interval: p.commit_interval,
+        max_pending_per_partition: p.max_pending_per_partition,
     };
-    let mut source_task = tokio::spawn(source.run(shutdown_rx.clone()));
+    let lane_names: Vec<Arc<str>> = source.lanes.iter().map(|l| l.endpoint_id.clone()).collect();
+    let mut source_task = tokio::spawn(source.run(halt_rx));
+    let mut lane_watch = futures::stream::FuturesUnordered::new();
+    let lane_aborts: Vec<_> = lane_tasks.iter().map(|t| t.abort_handle()).collect();
+    for (i, t) in lane_tasks.into_iter().enumerate() {
+        lane_watch.push(async move { (i, t.await) });
+    }
+    let clients_watch = tokio::spawn(watch_clients(consumer.clone(), producer, fatal.clone()));
 
     let grace = p.shutdown_grace;
     let task_metrics = metrics.clone();
     let mut stop = shutdown_rx;
     let (failed_tx, failed_rx) = watch::channel(false);
     let task = tokio::spawn(async move {
-        // Until asked to stop, or until the source ends by itself, which
-        // only a bug can make it do: then stop too, and say so, so that the
-        // process exits non-zero and is restarted rather than sitting
-        // healthy without consuming.
-        let asked_to_stop = stop.clone();
-        // The source's end, once seen (a JoinHandle must not be awaited twice).
+        // Until asked to stop, or until something fails that the process
+        // cannot go on without: a fault no retry fixes, the source ending by
+        // itself, a lane ending (only a bug can make either do that). Then
+        // stop too, and say so, so that the process exits non-zero and is
+        // restarted rather than sitting healthy without delivering.
         let mut source_end = None;
         let failure = tokio::select! {
             biased;
-            _ = stop.wait_for(|s| *s) => None,
+            _ = async { let _ = stop.wait_for(|s| *s).await; } => None,
+            reason = fatal.tripped() => Some(anyhow!(reason)),
             ended = &mut source_task => {
-                // It also stops when asked to: only an unasked stop is a failure.
-                let asked = *asked_to_stop.borrow();
-                let failure = match &ended {
-                    Ok(()) if asked => None,
-                    Ok(()) => Some(anyhow!("the source stopped by itself")),
-                    Err(e) => Some(anyhow!("the source task failed: {e}")),
+                let failure = match (&ended, fatal.reason()) {
+                    (_, Some(reason)) => Some(anyhow!(reason)),
+                    (Ok(()), None) => Some(anyhow!("the source stopped by itself")),
+                    (Err(e), None) => Some(anyhow!("the source task failed: {e}")),
                 };
-                source_end = Some(ended);
+                source_end = Some(());
                 failure
             }
+            Some((lane, ended)) = lane_watch.next() => Some(match ended {
+                Ok(()) => anyhow!("the lane of endpoint {} ended by itself", lane_names[lane]),
+                Err(e) => anyhow!("the lane of endpoint {} failed: {e}", lane_names[lane]),
+            }),
         };
         live.store(false, Ordering::Release);
+        let _ = halt_tx.send(true);
         match &failure {
             Some(e) => {
                 tracing::error!(error = %e, "shutting down after a failure; draining deliveries");
                 let _ = failed_tx.send(true);
             }
-            None => {
-                tracing::info!("shutting down: no new records; draining deliveries");
-                let ended = match source_end {
-                    Some(ended) => ended,
-                    None => source_task.await,
-                };
-                ended.map_err(|e| anyhow!("source task failed: {e}"))?;
+            None => tracing::info!("shutting down: no new records; draining deliveries"),
+        }
+        if source_end.is_none() {
+            // The source closes every lane's inbox as it ends.
+            if let Err(e) = source_task.await {
+                tracing::error!(error = %e, "the source task failed while stopping");
             }
         }
-        drain(lane_tasks, grace).await;
-        source::commit(&consumer, &tracker, &task_metrics, CommitMode::Sync);
+        drain(lane_watch, &lane_aborts, grace).await;
+        let _ = backlog_task.await;
+        source::commit_now(&consumer, &tracker, &task_metrics);
         let unfinished: usize = tracker.watermarks().iter().map(|w| w.3).sum();
         if unfinished > 0 {
             tracing::warn!(
@@ -312,7 +367,13 @@ pub async fn start_with(config: Config, registry: &Registry) -> anyhow::Result<R
                 "records not final at shutdown are left uncommitted; they will be delivered after restart"
             );
         }
+        // Both hold the consumer: they must let go of it here, while the
+        // brokers are still there for its goodbye, not whenever the
+        // runtime gets round to dropping them.
         share_task.abort();
+        clients_watch.abort();
+        let _ = share_task.await;
+        let _ = clients_watch.await;
         consumer.unsubscribe();
         let _ = admin_stop.send(true);
         let _ = admin_task.await;
@@ -331,18 +392,44 @@ pub async fn start_with(config: Config, registry: &Registry) -> anyhow::Result<R
     })
 }
 
-/// Wait for the lanes to finish, at most `grace`; abort the rest.
-async fn drain(tasks: Vec<JoinHandle<()>>, grace: Duration) {
-    let aborts: Vec<_> = tasks.iter().map(|t| t.abort_handle()).collect();
-    if tokio::time::timeout(grace, futures::future::join_all(tasks))
-        .await
-        .is_err()
-    {
+/// Wait for the lanes to finish what they hold, at most `grace`; abort
+/// the rest (their records are read again after the restart).
+async fn drain<F>(
+    mut lanes: futures::stream::FuturesUnordered<F>,
+    aborts: &[tokio::task::AbortHandle],
+    grace: Duration,
+) where
+    F: std::future::Future,
+{
+    let all = async { while lanes.next().await.is_some() {} };
+    if tokio::time::timeout(grace, all).await.is_err() {
         tracing::warn!(
             grace_s = grace.as_secs_f64(),
             "shutdown grace period over; abandoning unfinished deliveries"
         );
         aborts.iter().for_each(|a| a.abort());
+    }
+}
+
+/// Watch the Kafka clients for librdkafka's fatal errors (a fenced or
+/// failed idempotent producer, say): nothing recovers from those but a
+/// new process.
+async fn watch_clients(consumer: Arc<SourceConsumer>, producer: FutureProducer, fatal: Arc<Fatal>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        if let Some((code, text)) = producer.client().fatal_error() {
+            fatal.trip(format!(
+                "the Kafka producer failed for good ({code:?}): {text}"
+            ));
+            return;
+        }
+        if let Some((code, text)) = consumer.client().fatal_error() {
+            fatal.trip(format!(
+                "the Kafka consumer failed for good ({code:?}): {text}"
+            ));
+            return;
+        }
     }
 }
 

@@ -17,6 +17,8 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::Serialize;
 use transports::{model::format_rfc3339_ms, Delivery, EventError, SourceRef};
 
+use crate::fatal::Fatal;
+use crate::kafka::{classify, Severity};
 use crate::metrics::Metrics;
 
 /// What is kept of a dead letter's value when the topic refuses the whole
@@ -48,6 +50,15 @@ pub struct DeadLetter {
 }
 
 impl DeadLetter {
+    /// Bytes of its value (what it holds in memory until written).
+    pub fn len(&self) -> usize {
+        self.value.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.value.is_empty()
+    }
+
     /// A record that could not be decoded. Its original headers are kept.
     pub fn invalid_record(
         source: &SourceRef,
@@ -172,14 +183,28 @@ pub struct DeadLetters {
     producer: FutureProducer,
     topic: String,
     metrics: Arc<Metrics>,
+    fatal: Arc<Fatal>,
 }
 
+/// A write that will not happen: the process is stopping (the reason went
+/// to [`Fatal`]). Whatever waited for the write stays unfinished, so its
+/// record is read again after the restart.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the dispatcher is stopping")]
+pub struct Stopping;
+
 impl DeadLetters {
-    pub fn new(producer: FutureProducer, topic: String, metrics: Arc<Metrics>) -> DeadLetters {
+    pub fn new(
+        producer: FutureProducer,
+        topic: String,
+        metrics: Arc<Metrics>,
+        fatal: Arc<Fatal>,
+    ) -> DeadLetters {
         DeadLetters {
             producer,
             topic,
             metrics,
+            fatal,
         }
     }
 
@@ -189,8 +214,9 @@ impl DeadLetters {
 
     /// Write `letter` and wait for the broker's acknowledgement, retrying
     /// for as long as it takes. Only a refusal for size changes the record:
-    /// its value is cut, and marked so.
-    pub async fn write(&self, mut letter: DeadLetter) {
+    /// its value is cut, and marked so. `Err` when the dead-letter topic
+    /// refuses us for good: the process stops.
+    pub async fn write(&self, mut letter: DeadLetter) -> Result<(), Stopping> {
         loop {
             let original_len = letter.original_len.map(|n| n.to_string());
             let truncated = original_len
@@ -208,6 +234,7 @@ impl DeadLetters {
                 &letter.value,
                 headers,
                 &self.metrics.dead_letter_errors,
+                &self.fatal,
             )
             .await
             {
@@ -216,9 +243,19 @@ impl DeadLetters {
                         .dead_letters
                         .with_label_values(&[letter.stage, letter.reason])
                         .inc();
-                    return;
+                    return Ok(());
                 }
-                Err(_) => {
+                Err(WriteError::Fatal(_)) => return Err(Stopping),
+                Err(WriteError::Refused(e))
+                    if e.rdkafka_error_code() != Some(RDKafkaErrorCode::MessageSizeTooLarge) =>
+                {
+                    self.fatal.trip(format!(
+                        "the dead-letter topic `{}` refuses a record for good: {e}",
+                        self.topic
+                    ));
+                    return Err(Stopping);
+                }
+                Err(WriteError::Refused(_)) => {
                     // Too large for the topic. Keep as much of the head as it
                     // takes, down to nothing: the headers alone still say what
                     // and where it was, and the original stays in the source.
@@ -252,10 +289,24 @@ impl DeadLetters {
     }
 }
 
+/// Why [`produce_durably`] gave up.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// The topic refuses this one record for good (too large, invalid):
+    /// the caller writes it elsewhere or cuts it.
+    #[error("the topic refuses the record: {0}")]
+    Refused(KafkaError),
+    /// Kafka refuses us for good (authorization, a deleted topic, a fatal
+    /// producer error): reported to [`Fatal`], the process stops.
+    #[error("stopping: {0}")]
+    Fatal(KafkaError),
+}
+
 /// Produce one record and wait for the broker's acknowledgement, retrying
-/// transient failures with a capped backoff for as long as it takes, because
-/// a source offset waits behind it. Only a refusal for size is returned: no
-/// retry can fix that.
+/// transient failures with a capped backoff for as long as it takes,
+/// because a source offset waits behind it. What no retry can fix is
+/// returned (see [`WriteError`]).
+#[allow(clippy::too_many_arguments)]
 pub async fn produce_durably<'h>(
     producer: &FutureProducer,
     topic: &str,
@@ -263,7 +314,8 @@ pub async fn produce_durably<'h>(
     value: &[u8],
     headers: impl Iterator<Item = (&'h str, &'h [u8])> + Clone,
     errors: &prometheus::IntCounter,
-) -> Result<(), KafkaError> {
+    fatal: &Fatal,
+) -> Result<(), WriteError> {
     let mut backoff = Duration::from_millis(100);
     loop {
         let mut owned = OwnedHeaders::new();
@@ -281,15 +333,22 @@ pub async fn produce_durably<'h>(
         }
         match producer.send(record, Duration::from_secs(30)).await {
             Ok(_) => return Ok(()),
-            Err((e @ KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge), _)) => {
-                return Err(e)
-            }
-            Err((e, _)) => {
-                errors.inc();
-                tracing::error!(topic, error = %e, "writing to Kafka failed; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
+            Err((e, _)) => match classify(&e) {
+                Severity::Permanent => return Err(WriteError::Refused(e)),
+                Severity::Fatal => {
+                    fatal.trip(format!("writing to `{topic}` failed for good: {e}"));
+                    return Err(WriteError::Fatal(e));
+                }
+                Severity::Transient => {
+                    errors.inc();
+                    tracing::error!(topic, error = %e, "writing to Kafka failed; retrying");
+                    if fatal.is_tripped() {
+                        return Err(WriteError::Fatal(e));
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            },
         }
     }
 }

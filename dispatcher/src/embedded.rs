@@ -54,6 +54,39 @@ impl EmbeddedKafka {
         &self.bootstrap
     }
 
+    /// Take the broker down (`false`) or bring it back (`true`): for tests of
+    /// broker outages.
+    pub fn set_broker_up(&self, up: bool) -> anyhow::Result<()> {
+        let mock = self
+            .owner
+            .client()
+            .mock_cluster()
+            .ok_or_else(|| anyhow!("the embedded Kafka is gone"))?;
+        if up {
+            mock.broker_up(1)?;
+        } else {
+            mock.broker_down(1)?;
+        }
+        Ok(())
+    }
+
+    /// Answer the next `count` requests of `api` with `error`: for tests of
+    /// the errors a real cluster can return (authorization, say).
+    pub fn fail_requests(
+        &self,
+        api: rdkafka_sys::types::RDKafkaApiKey,
+        error: rdkafka_sys::types::RDKafkaRespErr,
+        count: usize,
+    ) -> anyhow::Result<()> {
+        let mock = self
+            .owner
+            .client()
+            .mock_cluster()
+            .ok_or_else(|| anyhow!("the embedded Kafka is gone"))?;
+        mock.request_errors(api, &vec![error; count]);
+        Ok(())
+    }
+
     /// Create another topic (the mock cluster has no admin API for it).
     pub fn create_topic(&self, topic: &str, partitions: i32) -> anyhow::Result<()> {
         let mock = self

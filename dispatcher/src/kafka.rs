@@ -1,6 +1,7 @@
 //! librdkafka client settings shared by every Kafka client the dispatcher
 //! makes, and the few it insists on.
 
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Headers, Message};
 use rdkafka::ClientConfig;
 
@@ -13,6 +14,48 @@ pub fn header_str<'m, M: Message>(msg: &'m M, name: &str) -> Option<&'m str> {
         .find(|h| h.key == name)
         .and_then(|h| h.value)
         .and_then(|v| std::str::from_utf8(v).ok())
+}
+
+/// What a Kafka error means for whoever met it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    /// No retry can fix it and nothing can go on without it: the client is
+    /// dead (librdkafka's fatal errors) or the cluster refuses us
+    /// (authorization) or a topic we need is gone. The process must stop.
+    Fatal,
+    /// This one record can never be written (too large, invalid): it must
+    /// go elsewhere (dead-lettered), but everything else goes on.
+    Permanent,
+    /// Worth retrying: brokers down, leaders moving, timeouts, queue full.
+    Transient,
+}
+
+/// Classify a Kafka error (see [`Severity`]).
+pub fn classify(error: &KafkaError) -> Severity {
+    use RDKafkaErrorCode as C;
+    let Some(code) = error.rdkafka_error_code() else {
+        return Severity::Transient;
+    };
+    match code {
+        C::Fatal
+        | C::TopicAuthorizationFailed
+        | C::GroupAuthorizationFailed
+        | C::ClusterAuthorizationFailed
+        | C::TransactionalIdAuthorizationFailed
+        | C::SaslAuthenticationFailed
+        | C::Authentication
+        | C::UnknownTopic
+        | C::UnknownTopicOrPartition
+        | C::TopicDeletionDisabled
+        | C::ProducerFenced
+        | C::InvalidProducerEpoch
+        | C::UnsupportedForMessageFormat
+        | C::InvalidConfig => Severity::Fatal,
+        C::MessageSizeTooLarge | C::InvalidRecord | C::InvalidMessage | C::InvalidMessageSize => {
+            Severity::Permanent
+        }
+        _ => Severity::Transient,
+    }
 }
 
 /// Properties common to every client: brokers, then the user's options.
@@ -51,6 +94,41 @@ pub fn consumer(kafka: &KafkaConfig, bootstrap: &str) -> ClientConfig {
     if !kafka.options.contains_key("auto.offset.reset") {
         // A new group must not skip the events already waiting.
         c.set("auto.offset.reset", "earliest");
+    }
+    c
+}
+
+/// A consumer of the internal topics for one endpoint's backlog: it reads
+/// from the positions it is given (assign, never subscribe: it joins no
+/// group) and never commits; the group consumer's commits cover what it
+/// hands over. librdkafka still wants a group id for an assigned consumer.
+pub fn reader(kafka: &KafkaConfig, bootstrap: &str) -> ClientConfig {
+    let mut c = base(kafka, bootstrap, "webhook-dispatcher-backlog");
+    c.set("group.id", format!("{}.backlog", kafka.group_id));
+    c.set("enable.auto.commit", "false");
+    c.set("enable.auto.offset.store", "false");
+    c.set("enable.partition.eof", "false");
+    // A reader hands over only what its lane has room for: a small
+    // prefetch is plenty, and bounded per reader.
+    for (key, default) in [
+        ("queued.max.messages.kbytes", "2048"),
+        ("queued.min.messages", "1000"),
+        ("fetch.wait.max.ms", "100"),
+        ("auto.offset.reset", "earliest"),
+    ] {
+        if !kafka.options.contains_key(key) {
+            c.set(key, default);
+        }
+    }
+    // Group settings from kafka.options mean nothing to it.
+    for key in [
+        "group.instance.id",
+        "partition.assignment.strategy",
+        "session.timeout.ms",
+        "heartbeat.interval.ms",
+        "statistics.interval.ms",
+    ] {
+        c.remove(key);
     }
     c
 }
@@ -101,6 +179,33 @@ pub fn producer(kafka: &KafkaConfig, bootstrap: &str, max_event_bytes: usize) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn errors_are_classified_by_what_can_fix_them() {
+        use RDKafkaErrorCode as C;
+        let produce = |c| KafkaError::MessageProduction(c);
+        assert_eq!(classify(&produce(C::Fatal)), Severity::Fatal);
+        assert_eq!(
+            classify(&produce(C::TopicAuthorizationFailed)),
+            Severity::Fatal
+        );
+        assert_eq!(
+            classify(&produce(C::UnknownTopicOrPartition)),
+            Severity::Fatal
+        );
+        assert_eq!(
+            classify(&produce(C::MessageSizeTooLarge)),
+            Severity::Permanent
+        );
+        assert_eq!(classify(&produce(C::InvalidRecord)), Severity::Permanent);
+        assert_eq!(classify(&produce(C::QueueFull)), Severity::Transient);
+        assert_eq!(classify(&produce(C::MessageTimedOut)), Severity::Transient);
+        assert_eq!(classify(&produce(C::AllBrokersDown)), Severity::Transient);
+        assert_eq!(
+            classify(&KafkaError::MessageConsumption(C::GroupAuthorizationFailed)),
+            Severity::Fatal
+        );
+    }
 
     /// Managed Kafka needs TLS, SASL/SCRAM and the common codecs: make sure
     /// the librdkafka we link was built with them.

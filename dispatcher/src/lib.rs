@@ -2,17 +2,23 @@
 //! deliveries out, offsets committed only behind final deliveries.
 //!
 //! The modules follow the data flow:
-//! [`source`] (consumer, back-pressure) → [`route`] (subscriptions) →
-//! [`lane`] (one endpoint's queue, in-flight cap, retries) → a transport
-//! (`transports` crate) → [`dlq`] for what cannot be delivered, with
-//! [`offsets`] keeping the commit watermark honest throughout.
+//! [`source`] (consumer, memory budget) → [`route`] (subscriptions) →
+//! [`lane`] (one endpoint's inbox, rate limit, in-flight cap, breaker,
+//! retries) → a transport (`transports` crate) → [`dlq`] for what cannot be
+//! delivered. A lane that cannot keep up has its backlog moved to Kafka by
+//! [`spill`], and brought back at its own pace by [`backlog`]; [`park`]
+//! keeps retries waiting in Kafka. [`offsets`] keeps the commit watermark
+//! honest throughout, and [`fatal`] stops the process on faults no retry
+//! fixes.
 
 pub mod admin;
 pub mod app;
+pub mod backlog;
 pub mod config;
 pub mod demo;
 pub mod dlq;
 pub mod embedded;
+pub mod fatal;
 pub mod kafka;
 pub mod lane;
 pub mod metrics;
@@ -23,3 +29,4 @@ pub mod route;
 /// Realistic events of every documented type (they live with the delivery model).
 pub use transports::seed;
 pub mod source;
+pub mod spill;

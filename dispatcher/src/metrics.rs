@@ -9,6 +9,7 @@ use prometheus::{
     exponential_buckets, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
     IntGauge, IntGaugeVec, Opts, Registry,
 };
+use prometheus::{Gauge, GaugeVec};
 
 pub struct Metrics {
     pub registry: Registry,
@@ -42,6 +43,16 @@ pub struct Metrics {
     pub rebalances: IntCounterVec,
     pub assigned_partitions: IntGauge,
     pub build_info: IntGaugeVec,
+    pub memory_used: IntGauge,
+    pub memory_budget: IntGauge,
+    pub partitions_over_cap: IntGauge,
+    pub spilled: IntCounterVec,
+    pub spill_write_errors: IntCounter,
+    pub backlog: IntGaugeVec,
+    pub backlog_age: GaugeVec,
+    pub backlog_drained: IntCounterVec,
+    pub endpoint_spilling: IntGaugeVec,
+    pub throttled: IntCounterVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -160,7 +171,7 @@ impl Metrics {
             queue_depth: gauge_vec(
                 &r,
                 "dispatcher_endpoint_queue_depth",
-                "Deliveries waiting in an endpoint's queue.",
+                "Deliveries waiting in an endpoint's inbox (in memory; a backlog beyond it waits in Kafka).",
                 &["endpoint"],
             ),
             in_flight: gauge_vec(
@@ -276,9 +287,75 @@ impl Metrics {
                 "Build information; always 1.",
                 &["version"],
             ),
+            memory_used: gauge(
+                &r,
+                "dispatcher_memory_used_bytes",
+                "Bytes the memory budget counts now: records and deliveries held in memory, and request bodies in flight.",
+            ),
+            memory_budget: gauge(
+                &r,
+                "dispatcher_memory_budget_bytes",
+                "pipeline.memory_budget: past it the source pauses.",
+            ),
+            partitions_over_cap: gauge(
+                &r,
+                "dispatcher_partitions_over_pending_cap",
+                "Partitions paused because more than pipeline.max_pending_per_partition records wait behind one that is not final.",
+            ),
+            spilled: counter(
+                &r,
+                "dispatcher_spilled_total",
+                "Deliveries written to the spill topic because their endpoint did not keep up (each is written once).",
+                &["endpoint"],
+            ),
+            spill_write_errors: IntCounter::new(
+                "dispatcher_spill_write_errors_total",
+                "Failed writes to the spill topic (each is retried until it succeeds).",
+            )
+            .expect("static metric definition"),
+            backlog: gauge_vec(
+                &r,
+                "dispatcher_endpoint_backlog_deliveries",
+                "Deliveries of an endpoint waiting in Kafka (spilled, or due retries) for room in its lane, in the partitions this replica owns.",
+                &["endpoint"],
+            ),
+            backlog_age: {
+                let g = GaugeVec::new(
+                    Opts::new(
+                        "dispatcher_endpoint_backlog_oldest_age_seconds",
+                        "How long the oldest delivery of an endpoint's backlog in Kafka has waited there.",
+                    ),
+                    &["endpoint"],
+                )
+                .expect("static metric definition");
+                r.register(Box::new(g.clone())).expect("metric registered once");
+                g
+            },
+            backlog_drained: counter(
+                &r,
+                "dispatcher_backlog_drained_total",
+                "Deliveries brought back from an endpoint's backlog in Kafka to its lane.",
+                &["endpoint"],
+            ),
+            endpoint_spilling: gauge_vec(
+                &r,
+                "dispatcher_endpoint_spilling",
+                "1 while an endpoint's fresh deliveries go to the spill topic (it did not keep up and its backlog is not drained yet).",
+                &["endpoint"],
+            ),
+            throttled: counter(
+                &r,
+                "dispatcher_endpoint_throttled_total",
+                "Answers asking the dispatcher to slow down (429, or 502/503/504 with Retry-After): the endpoint waits, no attempt is spent, the breaker does not count it.",
+                &["endpoint"],
+            ),
             registry: r,
         };
-        for c in [&m.dead_letter_errors, &m.park_write_errors] {
+        for c in [
+            &m.dead_letter_errors,
+            &m.park_write_errors,
+            &m.spill_write_errors,
+        ] {
             m.registry
                 .register(Box::new(c.clone()))
                 .expect("metric registered once");
@@ -330,6 +407,13 @@ impl Metrics {
             event_age: self.event_age.with_label_values(&[transport]),
             queue_depth: self.queue_depth.with_label_values(&[endpoint]),
             in_flight: self.in_flight.with_label_values(&[endpoint]),
+            spilled: self.spilled.with_label_values(&[endpoint]),
+            spill_write_errors: self.spill_write_errors.clone(),
+            backlog: self.backlog.with_label_values(&[endpoint]),
+            backlog_age: self.backlog_age.with_label_values(&[endpoint]),
+            backlog_drained: self.backlog_drained.with_label_values(&[endpoint]),
+            spilling: self.endpoint_spilling.with_label_values(&[endpoint]),
+            throttled: self.throttled.with_label_values(&[endpoint]),
         }
     }
 
@@ -361,4 +445,11 @@ pub struct EndpointMetrics {
     pub event_age: Histogram,
     pub queue_depth: IntGauge,
     pub in_flight: IntGauge,
+    pub spilled: IntCounter,
+    pub spill_write_errors: IntCounter,
+    pub backlog: IntGauge,
+    pub backlog_age: Gauge,
+    pub backlog_drained: IntCounter,
+    pub spilling: IntGauge,
+    pub throttled: IntCounter,
 }

@@ -1,56 +1,212 @@
-//! The commit watermark: the delivery contract in one place.
+//! The commit watermark and the memory budget: the delivery contract in one
+//! place.
 //!
 //! An offset may be committed only when every record before it is *final*:
-//! each of its deliveries delivered or durably dead-lettered. Deliveries
-//! finish out of order (endpoints differ in speed), so each assigned partition
-//! keeps the offsets it has read in order with a done flag; the committable
-//! position is the first offset not yet done (or one past the last read).
+//! each of its deliveries delivered, dead-lettered, or durably written to a
+//! retry or spill topic. Deliveries finish out of order (endpoints differ in
+//! speed), so each assigned partition keeps the offsets it has read in order
+//! with a mark; the committable position is the first offset not yet done.
 //!
-//! A [`Ticket`] is one record's claim on that position. It is shared by the
-//! record's deliveries and completes the offset when the last one finishes.
-//! A ticket that is dropped without finishing (shutdown, an abandoned
-//! partition) never completes its offset, so the record is read again by the
-//! next owner: at least once, never lost.
+//! A [`Ticket`] is one record's claim on that position and on the memory
+//! [`Budget`]. It is shared by the record's deliveries and completes the
+//! offset when the last one finishes. A ticket dropped before that gives its
+//! memory back at once, but never completes its offset: a record read from a
+//! source topic is then read again by the next owner of its partition.
+//!
+//! Records of the internal topics (retry tiers and the spill topic) carry one
+//! delivery for one endpoint, and may wait there as long as their endpoint
+//! has no room. For those, an endpoint has a *hold* on the partition: a
+//! cursor at the first of its records not yet handed to its lane. The main
+//! reader moves past such records; the endpoint's backlog reader (see
+//! [`crate::backlog`]) comes back for them when its lane has room. A hold is
+//! part of the watermark, so nothing it covers is committed before it is
+//! final. Dropping such a record's ticket puts the record back under its
+//! endpoint's hold instead of abandoning it: that is how a lane gives back
+//! work it cannot do now without writing anything again.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use tokio::sync::Notify;
+use tokio::sync::{mpsc, Notify};
 
-/// Records read and not yet final, across all partitions: the source's
-/// back-pressure signal, and what bounds the memory held by events. It wakes
-/// the source when it falls to `low_water`. (A final record stuck behind an
-/// unfinished one costs only its 16-byte place in the partition's window.)
+/// Bytes charged for a record besides its payload: the decoded event, its
+/// ticket and its place in the partition's window.
+pub const RECORD_OVERHEAD: usize = 256;
+/// Bytes charged for each delivery of a record while it is in memory.
+pub const DELIVERY_OVERHEAD: usize = 160;
+
+/// Memory held by records and deliveries that are not final yet, across all
+/// partitions: the source's only back-pressure. It counts records (against
+/// `pipeline.max_events_in_flight`) and bytes (against
+/// `pipeline.memory_budget`); the source pauses when either is reached and
+/// resumes at three quarters of both.
 #[derive(Debug)]
-pub struct InFlight {
-    count: AtomicUsize,
-    low_water: usize,
+pub struct Budget {
+    records: AtomicUsize,
+    bytes: AtomicUsize,
+    max_records: usize,
+    max_bytes: usize,
     drained: Notify,
 }
 
-impl InFlight {
-    pub fn get(&self) -> usize {
-        self.count.load(Ordering::Acquire)
+impl Budget {
+    pub fn new(max_records: usize, max_bytes: usize) -> Budget {
+        Budget {
+            records: AtomicUsize::new(0),
+            bytes: AtomicUsize::new(0),
+            max_records: max_records.max(1),
+            max_bytes: max_bytes.max(1),
+            drained: Notify::new(),
+        }
     }
 
-    /// Resolves after the count fell to the low-water mark (a wake-up that
-    /// came while nobody waited is kept for the next waiter).
+    /// Records read and not yet final.
+    pub fn records(&self) -> usize {
+        self.records.load(Ordering::Acquire)
+    }
+
+    /// Bytes charged now.
+    pub fn bytes(&self) -> usize {
+        self.bytes.load(Ordering::Acquire)
+    }
+
+    pub fn max_bytes(&self) -> usize {
+        self.max_bytes
+    }
+
+    /// At or over either limit: the source must stop reading.
+    pub fn full(&self) -> bool {
+        self.records() >= self.max_records || self.bytes() >= self.max_bytes
+    }
+
+    /// At or under three quarters of both limits: a paused source may go on.
+    pub fn low(&self) -> bool {
+        self.records() <= self.max_records * 3 / 4 && self.bytes() <= self.max_bytes * 3 / 4
+    }
+
+    /// The share of the byte budget in use, 0.0 to 1.0 and beyond.
+    pub fn pressure(&self) -> f64 {
+        self.bytes() as f64 / self.max_bytes as f64
+    }
+
+    pub fn charge(&self, records: usize, bytes: usize) {
+        self.records.fetch_add(records, Ordering::AcqRel);
+        self.bytes.fetch_add(bytes, Ordering::AcqRel);
+    }
+
+    pub fn release(&self, records: usize, bytes: usize) {
+        let was_low = self.low();
+        if records > 0 {
+            self.records.fetch_sub(records, Ordering::AcqRel);
+        }
+        if bytes > 0 {
+            self.bytes.fetch_sub(bytes, Ordering::AcqRel);
+        }
+        if !was_low && self.low() {
+            self.drained.notify_one();
+        }
+    }
+
+    /// Resolves after usage fell to the low-water mark (a wake-up that came
+    /// while nobody waited is kept for the next waiter).
     pub async fn drained(&self) {
         self.drained.notified().await
     }
+}
 
-    fn add(&self, n: usize) {
-        self.count.fetch_add(n, Ordering::AcqRel);
+/// Where an offset stands in a window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mark {
+    Open,
+    Done,
+    /// Its ticket was dropped unfinished: it must be read again, so it
+    /// holds the watermark for good (until the partition is revoked).
+    Abandoned,
+}
+
+/// Offsets in flight, in order, each with its mark.
+#[derive(Debug, Default)]
+struct Window {
+    entries: VecDeque<(i64, Mark)>,
+}
+
+impl Window {
+    fn find(&self, offset: i64) -> Result<usize, usize> {
+        self.entries.binary_search_by_key(&offset, |&(o, _)| o)
     }
 
-    fn sub(&self, n: usize) {
-        if n == 0 {
-            return;
+    fn push(&mut self, offset: i64) {
+        match self.entries.back() {
+            Some(&(last, _)) if last >= offset => {
+                // Only a hold's reader re-reading after a give-back lands here.
+                if let Err(i) = self.find(offset) {
+                    self.entries.insert(i, (offset, Mark::Open));
+                }
+            }
+            _ => self.entries.push_back((offset, Mark::Open)),
         }
-        let before = self.count.fetch_sub(n, Ordering::AcqRel);
-        if before > self.low_water && before - n <= self.low_water {
-            self.drained.notify_one();
+    }
+
+    fn mark(&self, offset: i64) -> Option<Mark> {
+        self.find(offset).ok().map(|i| self.entries[i].1)
+    }
+
+    /// Set `offset`'s mark; returns the mark it had.
+    fn set(&mut self, offset: i64, mark: Mark) -> Option<Mark> {
+        let i = self.find(offset).ok()?;
+        Some(std::mem::replace(&mut self.entries[i].1, mark))
+    }
+
+    fn remove(&mut self, offset: i64) -> Option<Mark> {
+        let i = self.find(offset).ok()?;
+        self.entries.remove(i).map(|(_, m)| m)
+    }
+
+    fn trim(&mut self) {
+        while self.entries.front().is_some_and(|&(_, m)| m == Mark::Done) {
+            self.entries.pop_front();
+        }
+    }
+
+    fn floor(&self) -> Option<i64> {
+        self.entries.front().map(|&(o, _)| o)
+    }
+
+    fn len(&self) -> usize {
+        self.entries.len()
+    }
+}
+
+/// One endpoint's cursor over an internal-topic partition.
+#[derive(Debug)]
+struct Hold {
+    lane: usize,
+    /// The first offset its reader has not looked at yet.
+    next_unread: i64,
+    /// Records its reader handed to the lane, not final yet.
+    window: Window,
+    /// False once its reader caught up with the main reader; kept until its
+    /// window empties.
+    open: bool,
+    /// This endpoint's records the main reader moved past (or that came
+    /// back) and its reader has not handed over yet.
+    waiting: u64,
+    /// Timestamp (ms) of the oldest of those, as far as known.
+    oldest_ms: Option<i64>,
+    /// The cursor moved back (a record was given back) since the reader
+    /// last asked for it: the reader must read from there again before it
+    /// takes anything later, or it would pass the given-back record.
+    rewound: bool,
+}
+
+impl Hold {
+    fn floor(&self) -> Option<i64> {
+        let w = self.window.floor();
+        if self.open {
+            Some(w.map_or(self.next_unread, |w| w.min(self.next_unread)))
+        } else {
+            w
         }
     }
 }
@@ -61,100 +217,377 @@ pub struct PartitionOffsets {
     pub topic: Arc<str>,
     pub partition: i32,
     state: Mutex<State>,
-    in_flight: Arc<InFlight>,
+    budget: Arc<Budget>,
+    holds: Arc<HoldIndex>,
 }
 
 #[derive(Debug, Default)]
 struct State {
-    /// Read and not yet known final, in offset order; `true` once done.
-    pending: VecDeque<(i64, bool)>,
-    /// One past the highest offset read, once anything was read.
+    /// Read by the main reader and not yet known final.
+    main: Window,
+    /// One past the highest offset the main reader read.
     next: Option<i64>,
-    /// The last position handed out for commit.
+    /// The first offset the main reader holds without deciding (a parked
+    /// record not yet due), if any.
+    held_from: Option<i64>,
+    /// The last position the broker confirmed as committed.
     committed: Option<i64>,
+    holds: Vec<Hold>,
+}
+
+impl State {
+    fn watermark(&self) -> Option<i64> {
+        let main = self.main.floor().or(self.next);
+        self.holds
+            .iter()
+            .filter_map(Hold::floor)
+            .fold(main, |w, h| Some(w.map_or(h, |w| w.min(h))))
+    }
+
+    fn decided(&self) -> Option<i64> {
+        self.held_from.or(self.next)
+    }
+
+    fn hold(&mut self, lane: usize) -> Option<&mut Hold> {
+        self.holds.iter_mut().find(|h| h.lane == lane)
+    }
+
+    fn drop_finished_holds(&mut self) {
+        self.holds.retain(|h| h.open || h.window.len() > 0);
+    }
+}
+
+/// What a hold's reader should do with the record at an offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReaderStep {
+    /// Hand it to the lane: it is the endpoint's and nobody has it.
+    Take,
+    /// Not the endpoint's, or already handed over: read on.
+    Skip,
+    /// The reader caught up with the main reader (or the hold is gone):
+    /// stop reading this partition.
+    Stop,
+    /// The cursor moved back: read again from [`PartitionOffsets::reader_position`].
+    Rewind,
 }
 
 impl PartitionOffsets {
-    fn new(topic: Arc<str>, partition: i32, in_flight: Arc<InFlight>) -> PartitionOffsets {
+    fn new(
+        topic: Arc<str>,
+        partition: i32,
+        budget: Arc<Budget>,
+        holds: Arc<HoldIndex>,
+    ) -> PartitionOffsets {
         PartitionOffsets {
             topic,
             partition,
             state: Mutex::new(State::default()),
-            in_flight,
+            budget,
+            holds,
         }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        // A panic elsewhere while holding this lock cannot leave the state
-        // half-updated in a way that matters more than stopping would.
+        // Every update below leaves the state consistent before it can
+        // panic, so a poisoned lock is still usable.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Record that `offset` was read. Offsets arrive in increasing order.
-    fn read(&self, offset: i64) {
-        let mut s = self.lock();
-        s.pending.push_back((offset, false));
-        s.next = Some(offset + 1);
-        self.in_flight.add(1);
-    }
-
-    /// Mark `offset` final.
-    fn complete(&self, offset: i64) {
-        let mut s = self.lock();
-        if let Ok(i) = s.pending.binary_search_by_key(&offset, |&(o, _)| o) {
-            if !s.pending[i].1 {
-                s.pending[i].1 = true;
-                self.in_flight.sub(1);
-            }
-        }
-        while s.pending.front().is_some_and(|&(_, done)| done) {
-            s.pending.pop_front();
-        }
     }
 
     /// The position to commit: everything before it is final.
     pub fn watermark(&self) -> Option<i64> {
-        let s = self.lock();
-        s.pending.front().map(|&(o, _)| o).or(s.next)
+        self.lock().watermark()
     }
 
-    /// Records read but not yet final.
+    /// Entries in this partition's windows: read and not yet committable.
     pub fn pending(&self) -> usize {
-        self.lock().pending.len()
+        let s = self.lock();
+        s.main.len() + s.holds.iter().map(|h| h.window.len()).sum::<usize>()
     }
 
-    /// The watermark, if it moved since the last call.
-    fn take_commit(&self) -> Option<i64> {
-        let mut s = self.lock();
-        let w = s.pending.front().map(|&(o, _)| o).or(s.next)?;
-        if s.committed.is_some_and(|c| c >= w) {
-            return None;
+    /// The main reader decided on everything it held undecided.
+    pub fn release_undecided(&self) {
+        self.lock().held_from = None;
+    }
+
+    /// The main reader read `offset`, a due internal-topic record of
+    /// `lane`. If the endpoint has an open hold here, the record is left to
+    /// its reader (counted as waiting) and this returns `None`; otherwise
+    /// the record is handed over with the returned ticket. One step under
+    /// one lock, so a reader catching up cannot slip between the two.
+    pub fn read_internal(
+        self: &Arc<Self>,
+        offset: i64,
+        lane: usize,
+        payload: usize,
+        timestamp_ms: i64,
+    ) -> Option<Arc<Ticket>> {
+        {
+            let mut s = self.lock();
+            if let Some(h) = s.hold(lane).filter(|h| h.open) {
+                h.waiting += 1;
+                h.oldest_ms = Some(h.oldest_ms.map_or(timestamp_ms, |o| o.min(timestamp_ms)));
+                s.main.push(offset);
+                s.main.set(offset, Mark::Done);
+                s.main.trim();
+                s.next = Some(offset + 1);
+                return None;
+            }
         }
-        s.committed = Some(w);
-        Some(w)
+        Some(Ticket::issue_internal(
+            self.clone(),
+            offset,
+            lane,
+            payload,
+            timestamp_ms,
+            false,
+        ))
+    }
+
+    /// The next step of `lane`'s reader at `offset`. `is_its_own` says
+    /// whether the record is the endpoint's.
+    pub fn reader_step(&self, lane: usize, offset: i64, is_its_own: bool) -> ReaderStep {
+        let mut s = self.lock();
+        let decided = s.decided();
+        let in_main = s.main.mark(offset) == Some(Mark::Open);
+        let Some(h) = s.hold(lane) else {
+            return ReaderStep::Stop;
+        };
+        if !h.open {
+            return ReaderStep::Stop;
+        }
+        if h.rewound {
+            return ReaderStep::Rewind;
+        }
+        if offset < h.next_unread {
+            return ReaderStep::Skip;
+        }
+        if decided.is_none_or(|d| offset >= d) {
+            // Caught up: from here the main reader hands its records over.
+            h.open = false;
+            h.waiting = 0;
+            h.oldest_ms = None;
+            s.drop_finished_holds();
+            return ReaderStep::Stop;
+        }
+        h.next_unread = offset + 1;
+        if !is_its_own || in_main || h.window.mark(offset).is_some() {
+            return ReaderStep::Skip;
+        }
+        h.window.push(offset);
+        h.waiting = h.waiting.saturating_sub(1);
+        ReaderStep::Take
+    }
+
+    /// Where `lane`'s reader should read from, if it has an open hold here.
+    /// The reader must then read from exactly there.
+    pub fn reader_position(&self, lane: usize) -> Option<i64> {
+        let mut s = self.lock();
+        let h = s.hold(lane).filter(|h| h.open)?;
+        h.rewound = false;
+        Some(h.next_unread)
+    }
+
+    /// The oldest waiting record's time (ms) and how many wait, for `lane`.
+    pub fn backlog(&self, lane: usize) -> Option<(u64, Option<i64>)> {
+        let mut s = self.lock();
+        s.hold(lane)
+            .filter(|h| h.open)
+            .map(|h| (h.waiting, h.oldest_ms))
+    }
+
+    /// Note the time of the record a reader handed over last: the oldest
+    /// still waiting is no older.
+    pub fn reader_progress(&self, lane: usize, timestamp_ms: i64) {
+        let mut s = self.lock();
+        if let Some(h) = s.hold(lane) {
+            if h.waiting == 0 {
+                h.oldest_ms = None;
+            } else if h.oldest_ms.is_none_or(|o| o < timestamp_ms) {
+                h.oldest_ms = Some(timestamp_ms);
+            }
+        }
+    }
+
+    /// Record that the main reader read `offset`. Offsets arrive in
+    /// increasing order.
+    fn read(&self, offset: i64, undecided: bool) {
+        let mut s = self.lock();
+        s.main.push(offset);
+        s.next = Some(offset + 1);
+        if undecided && s.held_from.is_none() {
+            s.held_from = Some(offset);
+        }
+    }
+
+    /// The ticket for `offset` finished.
+    fn complete(&self, offset: i64, lane: Option<usize>) {
+        let mut s = self.lock();
+        if let Some(h) = lane.and_then(|l| s.hold(l)) {
+            if h.window.set(offset, Mark::Done).is_some() {
+                h.window.trim();
+                s.drop_finished_holds();
+                return;
+            }
+        }
+        if s.main.set(offset, Mark::Done).is_some() {
+            s.main.trim();
+        }
+    }
+
+    /// The ticket for `offset` was dropped unfinished.
+    fn abandon(self: &Arc<Self>, offset: i64, lane: Option<usize>, timestamp_ms: i64) {
+        let Some(lane) = lane else {
+            // A source record: read again by the next owner.
+            self.lock().main.set(offset, Mark::Abandoned);
+            return;
+        };
+        // An internal-topic record: back under its endpoint's hold.
+        let opened = {
+            let mut s = self.lock();
+            if s.main.set(offset, Mark::Done).is_some() {
+                s.main.trim();
+            }
+            let opened = match s.hold(lane) {
+                Some(h) => {
+                    if h.window.remove(offset).is_some() {
+                        h.window.trim();
+                    }
+                    let reopened = !h.open;
+                    if reopened {
+                        h.next_unread = offset;
+                        h.open = true;
+                    } else if offset < h.next_unread {
+                        h.next_unread = offset;
+                        h.rewound = true;
+                    }
+                    h.waiting += 1;
+                    h.oldest_ms = Some(h.oldest_ms.map_or(timestamp_ms, |o| o.min(timestamp_ms)));
+                    reopened
+                }
+                None => {
+                    s.holds.push(Hold {
+                        lane,
+                        next_unread: offset,
+                        window: Window::default(),
+                        open: true,
+                        waiting: 1,
+                        oldest_ms: Some(timestamp_ms),
+                        rewound: false,
+                    });
+                    true
+                }
+            };
+            opened
+        };
+        if opened {
+            self.holds.opened(lane, self.clone());
+        }
+    }
+
+    /// The watermark, if it differs from what the broker confirmed.
+    fn commit_candidate(&self) -> Option<i64> {
+        let s = self.lock();
+        let w = s.watermark()?;
+        (s.committed != Some(w)).then_some(w)
+    }
+
+    fn confirm(&self, offset: i64) {
+        let mut s = self.lock();
+        if s.committed.is_none_or(|c| c < offset) {
+            s.committed = Some(offset);
+        }
+    }
+
+    /// Whether the main reader has decided on `offset` (handed it over or
+    /// left it to a hold).
+    pub fn passed(&self, offset: i64) -> bool {
+        self.lock().decided().is_some_and(|d| d > offset)
+    }
+
+    /// Whether `lane` has an open hold here (for tests and the readers).
+    pub fn has_open_hold(&self, lane: usize) -> bool {
+        let mut s = self.lock();
+        s.hold(lane).is_some_and(|h| h.open)
     }
 }
 
-/// One record's claim on its partition's watermark.
+/// One record's claim on its partition's watermark and on the budget.
 #[derive(Debug)]
 pub struct Ticket {
     partition: Arc<PartitionOffsets>,
     offset: i64,
+    /// The endpoint whose hold takes the record back if it is dropped
+    /// unfinished: set for internal-topic records.
+    lane: Option<usize>,
     remaining: AtomicUsize,
+    /// Bytes charged for the record itself (payload and overhead).
+    bytes: usize,
+    timestamp_ms: i64,
 }
 
 impl Ticket {
-    /// Start tracking `offset`, which has `deliveries` deliveries still to
-    /// finish. With none it is final at once.
-    pub fn issue(partition: Arc<PartitionOffsets>, offset: i64, deliveries: usize) -> Arc<Ticket> {
-        partition.read(offset);
+    /// Start tracking `offset` of a source record with `deliveries`
+    /// deliveries still to finish and `payload` bytes. With none it is
+    /// final at once.
+    pub fn issue(
+        partition: Arc<PartitionOffsets>,
+        offset: i64,
+        deliveries: usize,
+        payload: usize,
+    ) -> Arc<Ticket> {
+        partition.read(offset, false);
+        Ticket::charged(partition, offset, None, deliveries, payload, 0)
+    }
+
+    /// The main reader takes an internal-topic record of `lane`: to hand
+    /// over, or, `undecided`, to hold until it is due (the main reader then
+    /// has not decided on it, and no hold's reader may pass it).
+    pub fn issue_internal(
+        partition: Arc<PartitionOffsets>,
+        offset: i64,
+        lane: usize,
+        payload: usize,
+        timestamp_ms: i64,
+        undecided: bool,
+    ) -> Arc<Ticket> {
+        partition.read(offset, undecided);
+        Ticket::charged(partition, offset, Some(lane), 1, payload, timestamp_ms)
+    }
+
+    /// A hold's reader hands over a record after [`ReaderStep::Take`].
+    pub fn issue_held(
+        partition: Arc<PartitionOffsets>,
+        offset: i64,
+        lane: usize,
+        payload: usize,
+        timestamp_ms: i64,
+    ) -> Arc<Ticket> {
+        Ticket::charged(partition, offset, Some(lane), 1, payload, timestamp_ms)
+    }
+
+    fn charged(
+        partition: Arc<PartitionOffsets>,
+        offset: i64,
+        lane: Option<usize>,
+        deliveries: usize,
+        payload: usize,
+        timestamp_ms: i64,
+    ) -> Arc<Ticket> {
+        let bytes = payload + RECORD_OVERHEAD;
         if deliveries == 0 {
-            partition.complete(offset);
+            partition.complete(offset, lane);
+        } else {
+            partition
+                .budget
+                .charge(1, bytes + deliveries * DELIVERY_OVERHEAD);
         }
         Arc::new(Ticket {
             partition,
             offset,
+            lane,
             remaining: AtomicUsize::new(deliveries),
+            bytes,
+            timestamp_ms,
         })
     }
 
@@ -162,8 +595,18 @@ impl Ticket {
     pub fn finish_one(&self) {
         // AcqRel: the last finisher must see every other finisher's work
         // before it moves the watermark.
-        if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.partition.complete(self.offset);
+        let before = self.remaining.fetch_sub(1, Ordering::AcqRel);
+        debug_assert!(
+            before > 0,
+            "a ticket finished more often than it has deliveries"
+        );
+        if before == 1 {
+            self.partition.complete(self.offset, self.lane);
+            self.partition
+                .budget
+                .release(1, self.bytes + DELIVERY_OVERHEAD);
+        } else if before > 1 {
+            self.partition.budget.release(0, DELIVERY_OVERHEAD);
         }
     }
 
@@ -176,6 +619,110 @@ impl Ticket {
     }
 }
 
+impl Drop for Ticket {
+    /// Unfinished: give the memory back at once. A source record's offset
+    /// never completes (it is read again); an internal-topic record goes
+    /// back under its endpoint's hold.
+    fn drop(&mut self) {
+        let left = *self.remaining.get_mut();
+        if left == 0 {
+            return;
+        }
+        self.partition
+            .budget
+            .release(1, self.bytes + left * DELIVERY_OVERHEAD);
+        self.partition
+            .abandon(self.offset, self.lane, self.timestamp_ms);
+    }
+}
+
+/// Which partitions hold backlog for which endpoint, and a wake-up for each
+/// endpoint's reader when a hold opens.
+#[derive(Debug)]
+pub struct HoldIndex {
+    lanes: Mutex<HashMap<usize, Vec<Arc<PartitionOffsets>>>>,
+    /// Lanes that got a hold while they had none: their reader must start.
+    started: mpsc::UnboundedSender<usize>,
+    wake: Mutex<HashMap<usize, Arc<Notify>>>,
+}
+
+impl HoldIndex {
+    /// The receiver gets a lane's index when it needs a reader (at most
+    /// once until [`HoldIndex::take`] found it without holds: so at most one
+    /// message per lane is ever waiting).
+    pub fn new() -> (Arc<HoldIndex>, mpsc::UnboundedReceiver<usize>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (
+            Arc::new(HoldIndex {
+                lanes: Mutex::default(),
+                started: tx,
+                wake: Mutex::default(),
+            }),
+            rx,
+        )
+    }
+
+    fn opened(&self, lane: usize, partition: Arc<PartitionOffsets>) {
+        let mut lanes = self.lanes.lock().unwrap_or_else(|e| e.into_inner());
+        let list = lanes.entry(lane).or_default();
+        let first = list.is_empty();
+        if !list.iter().any(|p| Arc::ptr_eq(p, &partition)) {
+            list.push(partition);
+        }
+        drop(lanes);
+        if first {
+            let _ = self.started.send(lane);
+        }
+        self.waker(lane).notify_one();
+    }
+
+    /// The wake-up a lane's reader waits on for new holds.
+    pub fn waker(&self, lane: usize) -> Arc<Notify> {
+        self.wake
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(lane)
+            .or_default()
+            .clone()
+    }
+
+    /// The partitions where `lane` has an open hold; forgets the others.
+    /// When none is left the lane is forgotten, and its reader must end:
+    /// the next hold sends the lane again.
+    pub fn take(&self, lane: usize, tracker: &OffsetTracker) -> Vec<Arc<PartitionOffsets>> {
+        let mut lanes = self.lanes.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(list) = lanes.get_mut(&lane) else {
+            return Vec::new();
+        };
+        list.retain(|p| p.has_open_hold(lane) && tracker.is_current(p));
+        let out = list.clone();
+        if out.is_empty() {
+            lanes.remove(&lane);
+        }
+        out
+    }
+
+    /// Every partition with a hold of `lane` (for the backlog metrics).
+    pub fn partitions(&self, lane: usize) -> Vec<Arc<PartitionOffsets>> {
+        self.lanes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&lane)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Lanes with holds.
+    pub fn lanes(&self) -> Vec<usize> {
+        self.lanes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .copied()
+            .collect()
+    }
+}
+
 /// Assigned partitions by topic, then partition number.
 type Assigned = HashMap<Arc<str>, HashMap<i32, Arc<PartitionOffsets>>>;
 
@@ -183,24 +730,25 @@ type Assigned = HashMap<Arc<str>, HashMap<i32, Arc<PartitionOffsets>>>;
 #[derive(Debug)]
 pub struct OffsetTracker {
     topics: Mutex<Assigned>,
-    in_flight: Arc<InFlight>,
+    budget: Arc<Budget>,
+    holds: Arc<HoldIndex>,
 }
 
 impl OffsetTracker {
-    /// `low_water`: the in-flight count at which a paused source resumes.
-    pub fn new(low_water: usize) -> OffsetTracker {
+    pub fn new(budget: Arc<Budget>, holds: Arc<HoldIndex>) -> OffsetTracker {
         OffsetTracker {
             topics: Mutex::default(),
-            in_flight: Arc::new(InFlight {
-                count: AtomicUsize::new(0),
-                low_water,
-                drained: Notify::new(),
-            }),
+            budget,
+            holds,
         }
     }
 
-    pub fn in_flight(&self) -> &InFlight {
-        &self.in_flight
+    pub fn budget(&self) -> &Arc<Budget> {
+        &self.budget
+    }
+
+    pub fn holds(&self) -> &Arc<HoldIndex> {
+        &self.holds
     }
 
     fn lock(&self) -> MutexGuard<'_, Assigned> {
@@ -221,7 +769,8 @@ impl OffsetTracker {
                 Arc::new(PartitionOffsets::new(
                     topic,
                     partition,
-                    self.in_flight.clone(),
+                    self.budget.clone(),
+                    self.holds.clone(),
                 )),
             );
         }
@@ -229,6 +778,9 @@ impl OffsetTracker {
 
     /// Partitions were revoked: forget them and return their final
     /// positions, to be committed before the new owner starts reading.
+    /// Their unfinished records keep their memory until they finish or are
+    /// dropped; their holds go with them (the new owner reads from the
+    /// committed position, which is behind every hold).
     pub fn revoke<'a>(
         &self,
         partitions: impl IntoIterator<Item = (&'a str, i32)>,
@@ -238,13 +790,9 @@ impl OffsetTracker {
         for (topic, partition) in partitions {
             if let Some(parts) = topics.get_mut(topic) {
                 if let Some(p) = parts.remove(&partition) {
-                    if let Some(w) = p.take_commit() {
+                    if let Some(w) = p.watermark() {
                         out.push((p.topic.clone(), partition, w));
                     }
-                    // Its unfinished records stay counted in flight: their
-                    // deliveries still run and hold lane places, and their
-                    // tickets still count down (through `complete`) when
-                    // they finish, revoked or not.
                 }
                 if parts.is_empty() {
                     topics.remove(topic);
@@ -259,13 +807,20 @@ impl OffsetTracker {
         self.lock().get(topic)?.get(&partition).cloned()
     }
 
-    /// Positions that moved since they were last taken, for a commit.
-    pub fn take_commits(&self) -> Vec<(Arc<str>, i32, i64)> {
+    /// Whether `p` is still the state of an assigned partition (not one
+    /// revoked since, even if it was assigned again).
+    pub fn is_current(&self, p: &Arc<PartitionOffsets>) -> bool {
+        self.partition(&p.topic, p.partition)
+            .is_some_and(|q| Arc::ptr_eq(&q, p))
+    }
+
+    /// Positions that differ from what the broker confirmed, for a commit.
+    pub fn commit_candidates(&self) -> Vec<(Arc<str>, i32, i64)> {
         let topics = self.lock();
         let mut out = Vec::new();
         for parts in topics.values() {
             for p in parts.values() {
-                if let Some(w) = p.take_commit() {
+                if let Some(w) = p.commit_candidate() {
                     out.push((p.topic.clone(), p.partition, w));
                 }
             }
@@ -273,7 +828,27 @@ impl OffsetTracker {
         out
     }
 
-    /// Every partition's current watermark (for metrics and shutdown).
+    /// Every assigned partition's current watermark, committed or not.
+    pub fn positions(&self) -> Vec<(Arc<str>, i32, i64)> {
+        let topics = self.lock();
+        topics
+            .values()
+            .flat_map(|parts| parts.values())
+            .filter_map(|p| p.watermark().map(|w| (p.topic.clone(), p.partition, w)))
+            .collect()
+    }
+
+    /// The broker confirmed these positions as committed.
+    pub fn confirm(&self, committed: &[(Arc<str>, i32, i64)]) {
+        for (topic, partition, offset) in committed {
+            if let Some(p) = self.partition(topic, *partition) {
+                p.confirm(*offset);
+            }
+        }
+    }
+
+    /// Every partition's current watermark and pending count (for metrics,
+    /// the per-partition cap and shutdown).
     pub fn watermarks(&self) -> Vec<(Arc<str>, i32, Option<i64>, usize)> {
         let topics = self.lock();
         topics
@@ -285,141 +860,4 @@ impl OffsetTracker {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn tracker() -> (OffsetTracker, Arc<PartitionOffsets>) {
-        let t = OffsetTracker::new(1);
-        t.assign([("events", 0)]);
-        let p = t.partition("events", 0).unwrap();
-        (t, p)
-    }
-
-    #[test]
-    fn nothing_read_nothing_to_commit() {
-        let (t, p) = tracker();
-        assert_eq!(p.watermark(), None);
-        assert!(t.take_commits().is_empty());
-    }
-
-    #[test]
-    fn watermark_waits_for_the_slowest_record() {
-        let (t, p) = tracker();
-        let a = Ticket::issue(p.clone(), 10, 2);
-        let b = Ticket::issue(p.clone(), 11, 1);
-        let c = Ticket::issue(p.clone(), 12, 1);
-        assert_eq!(p.watermark(), Some(10));
-
-        // Later records finishing first do not move the watermark past 10.
-        c.finish_one();
-        b.finish_one();
-        a.finish_one();
-        assert_eq!(
-            p.watermark(),
-            Some(10),
-            "offset 10 still has one delivery out"
-        );
-        assert_eq!(t.take_commits(), vec![("events".into(), 0, 10)]);
-
-        a.finish_one();
-        assert_eq!(p.watermark(), Some(13));
-        assert_eq!(t.take_commits(), vec![("events".into(), 0, 13)]);
-        assert!(
-            t.take_commits().is_empty(),
-            "unchanged positions are not committed again"
-        );
-    }
-
-    #[test]
-    fn unrouted_records_are_final_at_once_and_gaps_are_fine() {
-        let (_, p) = tracker();
-        let _a = Ticket::issue(p.clone(), 5, 0);
-        // Offsets may have gaps (compaction, transaction markers).
-        let b = Ticket::issue(p.clone(), 9, 1);
-        let _c = Ticket::issue(p.clone(), 20, 0);
-        assert_eq!(p.watermark(), Some(9));
-        b.finish_one();
-        assert_eq!(p.watermark(), Some(21));
-    }
-
-    #[test]
-    fn dropped_tickets_never_complete() {
-        let (_, p) = tracker();
-        let a = Ticket::issue(p.clone(), 0, 1);
-        let b = Ticket::issue(p.clone(), 1, 1);
-        drop(a); // abandoned, e.g. at shutdown
-        b.finish_one();
-        assert_eq!(
-            p.watermark(),
-            Some(0),
-            "an abandoned record must be read again"
-        );
-    }
-
-    #[test]
-    fn revoke_returns_final_positions_and_forgets() {
-        let (t, p) = tracker();
-        t.assign([("events", 1)]);
-        let a = Ticket::issue(p.clone(), 0, 1);
-        let _b = Ticket::issue(p.clone(), 1, 1);
-        a.finish_one();
-        let revoked = t.revoke([("events", 0)]);
-        assert_eq!(revoked, vec![("events".into(), 0, 1)]);
-        assert!(t.partition("events", 0).is_none());
-        assert!(t.partition("events", 1).is_some());
-        // Late completions on a revoked partition are harmless.
-        _b.finish_one();
-        assert!(t.take_commits().is_empty());
-        // Re-assignment starts from a clean slate.
-        t.assign([("events", 0)]);
-        assert_eq!(t.partition("events", 0).unwrap().watermark(), None);
-    }
-
-    #[test]
-    fn concurrent_finishers_complete_exactly_once() {
-        let (_, p) = tracker();
-        let tickets: Vec<_> = (0..200).map(|o| Ticket::issue(p.clone(), o, 4)).collect();
-        std::thread::scope(|s| {
-            for _ in 0..4 {
-                let tickets = &tickets;
-                s.spawn(move || tickets.iter().rev().for_each(|t| t.finish_one()));
-            }
-        });
-        assert_eq!(p.watermark(), Some(200));
-        assert_eq!(p.pending(), 0);
-    }
-
-    #[tokio::test]
-    async fn in_flight_counts_unfinished_records_and_wakes_at_low_water() {
-        let (t, p) = tracker();
-        let tickets: Vec<_> = (0..3).map(|o| Ticket::issue(p.clone(), o, 1)).collect();
-        assert_eq!(t.in_flight().get(), 3);
-        tickets[2].finish_one();
-        assert_eq!(
-            t.in_flight().get(),
-            2,
-            "offset 2 is final (though not committable yet)"
-        );
-        tickets[2].partition().complete(2);
-        assert_eq!(t.in_flight().get(), 2, "completing twice counts once");
-        tickets[0].finish_one();
-        assert_eq!(t.in_flight().get(), 1);
-        assert_eq!(p.watermark(), Some(1));
-        // Crossing the low-water mark (1) left a wake-up for the next waiter.
-        tokio::time::timeout(std::time::Duration::from_secs(5), t.in_flight().drained())
-            .await
-            .expect("woken at low water");
-        t.revoke([("events", 0)]);
-        assert_eq!(
-            t.in_flight().get(),
-            1,
-            "a revoked partition's deliveries still run"
-        );
-        tickets[1].finish_one();
-        assert_eq!(
-            t.in_flight().get(),
-            0,
-            "and release their place when they finish"
-        );
-    }
-}
+mod tests;

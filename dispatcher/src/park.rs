@@ -19,12 +19,14 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use rdkafka::message::{BorrowedMessage, Message};
-use rdkafka::producer::FutureProducer;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use transports::{Delivery, DeliveryId, Event, SourceRef};
 
 use rdkafka::error::KafkaError;
 
-use crate::dlq::{produce_durably, Attempt};
+use crate::dlq::{produce_durably, Attempt, WriteError};
+use crate::fatal::Fatal;
 use crate::kafka::header_str;
 use crate::metrics::Metrics;
 
@@ -34,18 +36,22 @@ const MAX_SKEW_MS: i64 = 366 * 24 * 3600 * 1000;
 /// Attempt records kept in a parked delivery's history (the newest).
 const MAX_HISTORY: usize = 20;
 
-/// The retry topics and their delays, shortest first.
+/// The internal topics: the retry topics with their delays, shortest first,
+/// and the spill topic, where deliveries wait with no delay at all until
+/// their endpoint has room (see [`crate::spill`]).
 #[derive(Debug, Clone)]
 pub struct Tiers {
     tiers: Vec<(Duration, String)>,
+    spill: String,
 }
 
 impl Tiers {
-    pub fn new(base: &str, delays: &[Duration]) -> Tiers {
+    pub fn new(base: &str, delays: &[Duration], spill: &str) -> Tiers {
         let mut delays = delays.to_vec();
         delays.sort();
         delays.dedup();
         Tiers {
+            spill: spill.to_owned(),
             tiers: delays
                 .into_iter()
                 // `1m 30s` would not be a valid topic name: `1m30s` is.
@@ -59,8 +65,19 @@ impl Tiers {
         }
     }
 
+    /// The retry topics, shortest delay first.
     pub fn topics(&self) -> impl Iterator<Item = &str> {
         self.tiers.iter().map(|(_, t)| t.as_str())
+    }
+
+    /// Every internal topic the dispatcher reads back: the spill topic and
+    /// the retry topics.
+    pub fn internal_topics(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.spill.as_str()).chain(self.topics())
+    }
+
+    pub fn spill_topic(&self) -> &str {
+        &self.spill
     }
 
     /// The tier a wait goes to: the shortest at least as long, else the longest.
@@ -74,8 +91,12 @@ impl Tiers {
         (*d, t)
     }
 
-    /// The delay of a retry topic, if `topic` is one.
+    /// The delay of an internal topic (zero for the spill topic), if
+    /// `topic` is one.
     pub fn delay_of(&self, topic: &str) -> Option<Duration> {
+        if topic == self.spill {
+            return Some(Duration::ZERO);
+        }
         self.tiers.iter().find(|(_, t)| t == topic).map(|(d, _)| *d)
     }
 }
@@ -115,19 +136,26 @@ pub struct Parked {
     pub event: Event,
 }
 
-/// Writes parked deliveries.
+/// Writes parked and spilled deliveries.
 pub struct Parker {
     producer: FutureProducer,
     tiers: Arc<Tiers>,
     metrics: Arc<Metrics>,
+    fatal: Arc<Fatal>,
 }
 
 impl Parker {
-    pub fn new(producer: FutureProducer, tiers: Arc<Tiers>, metrics: Arc<Metrics>) -> Parker {
+    pub fn new(
+        producer: FutureProducer,
+        tiers: Arc<Tiers>,
+        metrics: Arc<Metrics>,
+        fatal: Arc<Fatal>,
+    ) -> Parker {
         Parker {
             producer,
             tiers,
             metrics,
+            fatal,
         }
     }
 
@@ -136,67 +164,39 @@ impl Parker {
     }
 
     /// Park `delivery` to be attempted again after `wait`; returns once the
-    /// broker has acknowledged it (retrying until it does). `Err` only when
-    /// the retry topic refuses the record as too large: the caller must
-    /// dead-letter it instead, or it would be lost.
+    /// broker has acknowledged it (retrying until it does). `Refused` when
+    /// the retry topic refuses the record (too large): the caller must
+    /// dead-letter it instead, or it would be lost. The delivery's own
+    /// `not_before_ms` (a receiver's Retry-After) is never undercut.
     pub async fn park(
         &self,
         delivery: &Delivery,
         state: &RetryState,
         wait: Duration,
         reason: &'static str,
-    ) -> Result<(), KafkaError> {
+    ) -> Result<(), WriteError> {
         let now = chrono::Utc::now().timestamp_millis();
         let (delay, topic) = self.tiers.for_wait(wait);
-        let ev = &delivery.event;
-        let mut headers: Vec<(&'static str, Vec<u8>)> = vec![
-            ("park.endpoint_id", delivery.endpoint_id.as_bytes().to_vec()),
-            ("park.delivery_id", delivery.id.to_string().into_bytes()),
-            ("park.reason", reason.as_bytes().to_vec()),
-            (
-                "park.due_ms",
-                (now + delay.as_millis() as i64).to_string().into_bytes(),
-            ),
-            (
-                "park.not_before_ms",
-                (now + wait.as_millis() as i64).to_string().into_bytes(),
-            ),
-            ("park.attempts", state.attempts.to_string().into_bytes()),
-            ("park.idle_parks", state.idle_parks.to_string().into_bytes()),
-            (
-                "park.first_attempt_ms",
-                state
-                    .first_attempt_ms
-                    .unwrap_or(now)
-                    .to_string()
-                    .into_bytes(),
-            ),
-            (
-                "park.history",
-                serde_json::to_vec(&state.history).unwrap_or_default(),
-            ),
-            ("park.event_ms", ev.timestamp_ms().to_string().into_bytes()),
-            ("park.source.topic", ev.source.topic.as_bytes().to_vec()),
-            (
-                "park.source.partition",
-                ev.source.partition.to_string().into_bytes(),
-            ),
-            (
-                "park.source.offset",
-                ev.source.offset.to_string().into_bytes(),
-            ),
-        ];
-        if let Some(tp) = &ev.traceparent {
-            headers.push(("traceparent", tp.to_vec()));
-        }
+        let not_before = state.not_before_ms.max(now + wait.as_millis() as i64);
+        let headers = record_headers(
+            &delivery.endpoint_id,
+            delivery.id,
+            &delivery.event,
+            state,
+            reason,
+            now + delay.as_millis() as i64,
+            not_before,
+            now,
+        );
         let key = delivery.id.to_string();
         produce_durably(
             &self.producer,
             topic,
             Some(key.as_bytes()),
-            ev.payload(),
+            delivery.event.payload(),
             headers.iter().map(|(k, v)| (*k, v.as_slice())),
             &self.metrics.park_write_errors,
+            &self.fatal,
         )
         .await?;
         self.metrics
@@ -205,6 +205,92 @@ impl Parker {
             .inc();
         Ok(())
     }
+
+    /// Queue `delivery` for the spill topic without waiting. The record is
+    /// keyed by its endpoint and its source partition: what one endpoint
+    /// spills from one source partition stays in order in one spill
+    /// partition (Kafka's own guarantee, carried over), and a large backlog
+    /// spreads over the spill partitions. The returned future resolves with
+    /// the broker's answer.
+    pub fn spill(
+        &self,
+        endpoint_id: &str,
+        id: DeliveryId,
+        event: &Event,
+        state: &RetryState,
+    ) -> Result<DeliveryFuture, KafkaError> {
+        let now = chrono::Utc::now().timestamp_millis();
+        let headers = record_headers(endpoint_id, id, event, state, "spill", now, now, now);
+        let mut owned = OwnedHeaders::new_with_capacity(headers.len());
+        for (k, v) in &headers {
+            owned = owned.insert(Header {
+                key: k,
+                value: Some(v.as_slice()),
+            });
+        }
+        let key = format!(
+            "{endpoint_id}/{}/{}",
+            event.source.topic, event.source.partition
+        );
+        let record = FutureRecord::<[u8], [u8]>::to(self.tiers.spill_topic())
+            .key(key.as_bytes())
+            .payload(event.payload())
+            .headers(owned);
+        self.producer.send_result(record).map_err(|(e, _)| e)
+    }
+}
+
+/// The `park.*` headers that carry a delivery's state in an internal-topic
+/// record (whose value is the source record's value, byte for byte).
+#[allow(clippy::too_many_arguments)]
+fn record_headers(
+    endpoint_id: &str,
+    id: DeliveryId,
+    event: &Event,
+    state: &RetryState,
+    reason: &'static str,
+    due_ms: i64,
+    not_before_ms: i64,
+    now: i64,
+) -> Vec<(&'static str, Vec<u8>)> {
+    let mut headers: Vec<(&'static str, Vec<u8>)> = vec![
+        ("park.endpoint_id", endpoint_id.as_bytes().to_vec()),
+        ("park.delivery_id", id.to_string().into_bytes()),
+        ("park.reason", reason.as_bytes().to_vec()),
+        ("park.due_ms", due_ms.to_string().into_bytes()),
+        ("park.not_before_ms", not_before_ms.to_string().into_bytes()),
+        ("park.attempts", state.attempts.to_string().into_bytes()),
+        ("park.idle_parks", state.idle_parks.to_string().into_bytes()),
+        (
+            "park.first_attempt_ms",
+            state
+                .first_attempt_ms
+                .unwrap_or(now)
+                .to_string()
+                .into_bytes(),
+        ),
+        (
+            "park.history",
+            serde_json::to_vec(&state.history).unwrap_or_default(),
+        ),
+        (
+            "park.event_ms",
+            event.timestamp_ms().to_string().into_bytes(),
+        ),
+        ("park.source.topic", event.source.topic.as_bytes().to_vec()),
+        (
+            "park.source.partition",
+            event.source.partition.to_string().into_bytes(),
+        ),
+        (
+            "park.source.offset",
+            event.source.offset.to_string().into_bytes(),
+        ),
+    ];
+    if let Some(tp) = &event.traceparent {
+        headers.push(("traceparent", tp.to_vec()));
+    }
+    headers
 }
 
 /// Read a parked delivery; `Err` says why the record is not one.
@@ -278,6 +364,7 @@ mod tests {
         let t = Tiers::new(
             "dispatcher.retry",
             &[30, 5, 3600, 120, 5].map(Duration::from_secs),
+            "dispatcher.spill",
         );
         assert_eq!(
             t.topics().collect::<Vec<_>>(),
@@ -304,5 +391,12 @@ mod tests {
             Some(Duration::from_secs(120))
         );
         assert_eq!(t.delay_of("events"), None);
+        assert_eq!(t.delay_of("dispatcher.spill"), Some(Duration::ZERO));
+        assert_eq!(
+            t.for_wait(Duration::ZERO).1,
+            "dispatcher.retry.5s",
+            "a wait never goes to the spill topic"
+        );
+        assert_eq!(t.internal_topics().count(), 5);
     }
 }

@@ -122,10 +122,12 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<ReplaySummary> {
     let producer: FutureProducer = kafka::producer(k, &bootstrap, config.pipeline.max_event_bytes)
         .create()
         .context("creating the replay producer")?;
+    let fatal = crate::fatal::Fatal::new();
     let parker = Parker::new(
         producer,
-        Arc::new(Tiers::new(&k.retry_topic, &k.retry_tiers)),
+        Arc::new(Tiers::new(&k.retry_topic, &k.retry_tiers, &k.spill_topic)),
         metrics,
+        fatal,
     );
 
     let mut summary = ReplaySummary {
@@ -230,9 +232,14 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<ReplaySummary> {
             .await
         {
             Ok(()) => summary.replayed += 1,
-            Err(e) => {
+            Err(crate::dlq::WriteError::Refused(e)) => {
                 tracing::error!(delivery_id = %id, error = %e, "the retry topic refused a replayed delivery");
                 summary.failed += 1;
+            }
+            Err(crate::dlq::WriteError::Fatal(e)) => {
+                return Err(anyhow::anyhow!(
+                    "replay stopped: writing to the retry topics failed for good: {e}"
+                ));
             }
         }
     }

@@ -33,6 +33,9 @@ async fn broker(partitions: i32) -> Option<Tansu> {
     for tier in support::RETRY_TOPICS {
         broker.create_topic(tier, 2).await;
     }
+    broker
+        .create_topic(support::SPILL_TOPIC, support::SPILL_PARTITIONS)
+        .await;
     Some(broker)
 }
 
@@ -240,4 +243,76 @@ async fn rebalances_hand_partitions_over_without_loss() {
         sink.count()
     );
     second.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_broker_a_slow_and_a_rate_limited_endpoint_do_not_slow_the_fast_ones() {
+    support::init_logging();
+    let Some(broker) = broker(4).await else {
+        return;
+    };
+    let fast = Sink::start(Behaviour::Ok).await;
+    // 20 deliveries/s at best, and a limit of 20/s.
+    let slow = Sink::start(Behaviour::Delay { ms: 100 }).await;
+    let limited = Sink::start(Behaviour::Ok).await;
+    let endpoints = format!(
+        "  - id: fast-a\n    url: \"{}\"\n    events: [\"*\"]\n\
+         \x20 - id: fast-b\n    url: \"{}\"\n    events: [\"*\"]\n\
+         \x20 - id: slow\n    url: \"{}\"\n    events: [\"*\"]\n    max_in_flight: 2\n\
+         \x20 - id: limited\n    url: \"{}\"\n    events: [\"*\"]\n    rate_limit: {{ per_second: 20 }}\n",
+        fast.url("/a"),
+        fast.url("/b"),
+        slow.url("/slow"),
+        limited.url("/limited")
+    );
+    // Fetches answered at once (tansu answers a waiting fetch only when
+    // the wait ends).
+    let pipeline = "  spill_after: 500ms\n";
+    let mut cfg = config(&broker.bootstrap(), "isolation-e2e", pipeline, &endpoints);
+    cfg.kafka.options.insert(
+        "fetch.wait.max.ms".into(),
+        dispatcher::config::Scalar("20".into()),
+    );
+    let running = start(cfg).await;
+
+    let mut seeds = SeedEvents::new(44);
+    let values: Vec<Vec<u8>> = (0..300)
+        .map(|_| seeds.next_event(chrono::Utc::now().timestamp_millis()).2)
+        .collect();
+    let produced: BTreeSet<String> = values.iter().map(|v| raw_data(v)).collect();
+    produce(&broker.bootstrap(), "events", &values).await;
+    let started = std::time::Instant::now();
+    let on = |sink: &Sink, path: &str| -> BTreeSet<String> {
+        sink.received()
+            .iter()
+            .filter(|r| r.path == path)
+            .map(|r| raw_data(&r.body))
+            .collect()
+    };
+    wait_until(
+        Duration::from_secs(90),
+        "the fast endpoints got every event",
+        || on(&fast, "/a") == produced && on(&fast, "/b") == produced,
+    )
+    .await;
+    let fast_done = started.elapsed();
+    // The slow and the limited endpoints need 15 s each for 300 events.
+    assert!(
+        fast_done < Duration::from_secs(10),
+        "the fast endpoints took {fast_done:?}"
+    );
+    assert!(slow.count() < values.len() && limited.count() < values.len());
+    wait_until(
+        Duration::from_secs(120),
+        "the slow and the limited endpoints got every event, later",
+        || on(&slow, "/slow") == produced && on(&limited, "/limited") == produced,
+    )
+    .await;
+    for sink in [&fast, &slow, &limited] {
+        support::assert_one_id_per_event(sink);
+    }
+    let m = running.metrics.clone();
+    assert!(m.spilled.with_label_values(&["slow"]).get() > 0);
+    assert!(m.spilled.with_label_values(&["limited"]).get() > 0);
+    running.shutdown().await.unwrap();
 }

@@ -194,6 +194,78 @@ async fn kill_9_while_parking_loses_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_while_spilling_and_while_draining_loses_nothing() {
+    support::init_logging();
+    let kafka = support::embedded_kafka(4);
+    let fast = Sink::start(Behaviour::Ok).await;
+    // About 40 deliveries/s: far behind the source, so its backlog spills.
+    let slow = Sink::start(Behaviour::Delay { ms: 50 }).await;
+    let endpoints = format!(
+        "  - id: fast\n    url: \"{}\"\n    events: [\"*\"]\n\
+         \x20 - id: slow\n    url: \"{}\"\n    events: [\"*\"]\n    max_in_flight: 2\n    queue_capacity: 50\n",
+        fast.url("/fast"),
+        slow.url("/slow")
+    );
+    let yaml = config_yaml(
+        kafka.bootstrap(),
+        "spill-crash",
+        "  spill_after: 300ms\n",
+        &endpoints,
+    );
+    let mut seeds = SeedEvents::new(33);
+    let values: Vec<Vec<u8>> = (0..600)
+        .map(|_| seeds.next_event(chrono::Utc::now().timestamp_millis()).2)
+        .collect();
+    produce(kafka.bootstrap(), "events", &values).await;
+    let dir = tempfile::tempdir().unwrap();
+
+    // Killed while it spills the slow endpoint's backlog.
+    let first = support::Child::spawn(dir.path(), "first", &yaml, support::free_port());
+    let spilled = "dispatcher_spilled_total{endpoint=\"slow\"}";
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while support::metric(&first.metrics().await, spilled) < 20.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first run never spilled"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(first); // SIGKILL
+
+    // Killed again while it drains that backlog back from Kafka.
+    let second = support::Child::spawn(dir.path(), "second", &yaml, support::free_port());
+    let drained = "dispatcher_backlog_drained_total{endpoint=\"slow\"}";
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while support::metric(&second.metrics().await, drained) < 20.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the second run never drained"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        slow.count() < values.len(),
+        "the kill must land mid-drain ({} delivered)",
+        slow.count()
+    );
+    drop(second); // SIGKILL
+
+    let _third = support::Child::spawn(dir.path(), "third", &yaml, support::free_port());
+    let produced: HashSet<String> = values.iter().map(|v| raw_data(v)).collect();
+    let got = |sink: &Sink| -> HashSet<String> {
+        sink.received().iter().map(|r| raw_data(&r.body)).collect()
+    };
+    wait_until(
+        Duration::from_secs(120),
+        "every event delivered to both endpoints after two crashes",
+        || got(&fast) == produced && got(&slow) == produced,
+    )
+    .await;
+    support::assert_one_id_per_event(&fast);
+    support::assert_one_id_per_event(&slow);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_during_replay_and_replaying_again_loses_nothing() {
     support::init_logging();
     let kafka = support::embedded_kafka(4);

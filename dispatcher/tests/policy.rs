@@ -260,18 +260,15 @@ async fn pause_and_resume_through_the_admin_api() {
     let bootstrap = kafka.bootstrap().to_owned();
     wait_until(
         Duration::from_secs(30),
-        "paused deliveries parked, offsets committed",
+        "paused deliveries spilled to Kafka, offsets committed",
         || committed_total(&bootstrap, "pause", "events") == 10,
     )
     .await;
     assert_eq!(sink.count(), 0, "nothing is sent to a paused endpoint");
-    assert!(
-        running
-            .metrics
-            .parked
-            .with_label_values(&["ep", "paused"])
-            .get()
-            >= 10
+    assert_eq!(
+        running.metrics.spilled.with_label_values(&["ep"]).get(),
+        10,
+        "each waits in the spill topic, written once"
     );
 
     let (status, body) = admin(running.admin_addr, "POST", "/endpoints/ep/resume").await;
@@ -291,11 +288,16 @@ async fn pause_and_resume_through_the_admin_api() {
     .await;
     wait_until(
         Duration::from_secs(30),
-        "new deliveries parked while paused",
+        "new deliveries spilled while paused",
         || committed_total(&bootstrap, "pause", "events") == 15,
     )
     .await;
     assert_eq!(sink.count(), 10);
+    assert_eq!(
+        running.metrics.spilled.with_label_values(&["ep"]).get(),
+        15,
+        "nothing was written twice"
+    );
     assert_eq!(
         admin(running.admin_addr, "POST", "/endpoints/nope/pause")
             .await

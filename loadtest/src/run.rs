@@ -630,14 +630,18 @@ async fn drive(
                     list.join("; ")
                 )
             })?;
-    // The retry topics the dispatcher parks in must exist (and, in the
+    // The internal topics the dispatcher writes must exist (and, in the
     // embedded Kafka, be spread like the source so none overflows first).
-    let tiers = dispatcher::park::Tiers::new(&parsed.kafka.retry_topic, &parsed.kafka.retry_tiers);
+    let tiers = dispatcher::park::Tiers::new(
+        &parsed.kafka.retry_topic,
+        &parsed.kafka.retry_tiers,
+        &parsed.kafka.spill_topic,
+    );
     setup
         .broker
-        .create_topics(&tiers.topics().collect::<Vec<_>>(), partitions)
+        .create_topics(&tiers.internal_topics().collect::<Vec<_>>(), partitions)
         .await
-        .context("creating the retry tier topics")?;
+        .context("creating the retry and spill topics")?;
     let counts_before = live.sink.counts();
     let started = Instant::now();
     let fleet = Fleet::start(

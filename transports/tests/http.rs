@@ -381,17 +381,17 @@ async fn echoed_secrets_are_redacted_from_reasons() {
 }
 
 #[tokio::test]
-async fn too_many_requests_carries_retry_after() {
+async fn too_many_requests_and_retry_after_throttle() {
     let server = Server::http(|_| respond(429, &[("retry-after", "3")], "slow down")).await;
     let outcome = transport(endpoint(server.url("/"), &[]))
         .send(&delivery())
         .await;
     assert_eq!(
         outcome,
-        Outcome::Retry {
+        Outcome::Throttled {
             status: Some(429),
             reason: "HTTP 429 Too Many Requests: slow down".into(),
-            retry_after: Some(Duration::from_secs(3)),
+            retry_after: Duration::from_secs(3),
         }
     );
 
@@ -400,9 +400,9 @@ async fn too_many_requests_carries_retry_after() {
     let outcome = transport(endpoint(server.url("/"), &[]))
         .send(&delivery())
         .await;
-    let Outcome::Retry {
+    let Outcome::Throttled {
         status: Some(503),
-        retry_after: Some(after),
+        retry_after: after,
         ..
     } = outcome
     else {
@@ -505,10 +505,10 @@ async fn stalled_error_body_still_classifies_by_status() {
 
     assert_eq!(
         outcome,
-        Outcome::Retry {
+        Outcome::Throttled {
             status: Some(503),
             reason: "HTTP 503 Service Unavailable: busy".into(),
-            retry_after: Some(Duration::from_secs(7)),
+            retry_after: Duration::from_secs(7),
         }
     );
 }

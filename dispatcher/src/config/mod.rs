@@ -47,6 +47,9 @@ pub struct KafkaConfig {
     /// The delay tiers of the retry topics. A wait is rounded up to a tier.
     #[serde(with = "duration_list")]
     pub retry_tiers: Vec<Duration>,
+    /// Where the backlog of an endpoint that does not keep up waits, keyed
+    /// by endpoint, until its lane has room.
+    pub spill_topic: String,
     /// Partitions per topic created in the embedded broker.
     pub embedded_partitions: i32,
 }
@@ -63,6 +66,7 @@ impl Default for KafkaConfig {
             retry_tiers: [5, 30, 120, 600, 3600, 4 * 3600]
                 .map(Duration::from_secs)
                 .to_vec(),
+            spill_topic: "dispatcher.spill".into(),
             embedded_partitions: 6,
         }
     }
@@ -113,8 +117,22 @@ pub struct HttpConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct PipelineConfig {
     /// Events read but not yet final (all deliveries done). Past this the
-    /// consumer pauses; it resumes at three quarters. This bounds memory.
+    /// consumer pauses; it resumes at three quarters.
     pub max_events_in_flight: usize,
+    /// Bytes of records and deliveries held in memory (and request bodies
+    /// in flight). Past this the consumer pauses; it resumes at three
+    /// quarters. The source's only back-pressure: no endpoint makes it wait.
+    pub memory_budget: bytesize::ByteSize,
+    /// A fresh delivery queued longer than this in its endpoint's inbox
+    /// means the endpoint does not keep up: its queue and what follows go
+    /// to the spill topic until its backlog is drained.
+    #[serde(with = "humantime_serde")]
+    pub spill_after: Duration,
+    /// Consumers open at once to bring endpoints' backlogs back from Kafka.
+    pub backlog_readers: usize,
+    /// Records one partition may hold behind one that is not final before
+    /// that partition is paused.
+    pub max_pending_per_partition: usize,
     /// Records larger than this go to the dead-letter topic.
     pub max_event_bytes: usize,
     #[serde(with = "humantime_serde")]
@@ -160,6 +178,10 @@ impl Default for PipelineConfig {
     fn default() -> Self {
         PipelineConfig {
             max_events_in_flight: 10_000,
+            memory_budget: bytesize::ByteSize::mib(128),
+            spill_after: Duration::from_secs(2),
+            backlog_readers: 16,
+            max_pending_per_partition: 1_000_000,
             max_event_bytes: 1 << 20,
             commit_interval: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(25),
@@ -198,7 +220,9 @@ pub struct EndpointConfig {
     pub circuit_breaker: BreakerConfig,
     #[serde(default)]
     pub retry: RetryConfig,
-    /// Deliveries waiting for this endpoint in memory; beyond, they are parked.
+    /// Deliveries waiting for this endpoint in memory at most (its share of
+    /// `pipeline.memory_budget` may stop it sooner); beyond, its backlog
+    /// waits in the spill topic.
     #[serde(default = "default_queue_capacity")]
     pub queue_capacity: usize,
     /// The transport's own keys (`url` and `secret` for http, `topic` for
@@ -247,7 +271,7 @@ impl Default for EndpointConfig {
 }
 
 fn default_queue_capacity() -> usize {
-    1000
+    10_000
 }
 
 /// `humantime_serde` for a list of durations.
@@ -541,6 +565,7 @@ impl Config {
         for (key, name) in [
             ("kafka.dead_letter_topic", &k.dead_letter_topic),
             ("kafka.retry_topic", &k.retry_topic),
+            ("kafka.spill_topic", &k.spill_topic),
         ] {
             if let Err(e) = check_topic_name(name) {
                 problems.push(Problem::new(key, e));
@@ -550,6 +575,16 @@ impl Config {
                     format!("`{name}` is also a source topic"),
                 ));
             }
+        }
+        let tiers = crate::park::Tiers::new(&k.retry_topic, &k.retry_tiers, &k.spill_topic);
+        if k.spill_topic == k.dead_letter_topic || tiers.topics().any(|t| t == k.spill_topic) {
+            problems.push(Problem::new(
+                "kafka.spill_topic",
+                format!(
+                    "`{}` is already the dead-letter topic or a retry topic",
+                    k.spill_topic
+                ),
+            ));
         }
         if let Some(b) = &k.brokers {
             if b.trim().is_empty() {
@@ -588,6 +623,30 @@ impl Config {
                 "must be at least 4",
             ));
         }
+        if p.memory_budget.as_u64() < 1 << 20 {
+            problems.push(Problem::new(
+                "pipeline.memory_budget",
+                "must be at least 1MiB",
+            ));
+        }
+        if p.spill_after.is_zero() || p.spill_after > Duration::from_secs(600) {
+            problems.push(Problem::new(
+                "pipeline.spill_after",
+                "must be between 1ms and 10m",
+            ));
+        }
+        if !(1..=1024).contains(&p.backlog_readers) {
+            problems.push(Problem::new(
+                "pipeline.backlog_readers",
+                "must be between 1 and 1024",
+            ));
+        }
+        if p.max_pending_per_partition < 1000 {
+            problems.push(Problem::new(
+                "pipeline.max_pending_per_partition",
+                "must be at least 1000",
+            ));
+        }
         if p.max_event_bytes < 64 {
             problems.push(Problem::new(
                 "pipeline.max_event_bytes",
@@ -612,7 +671,7 @@ impl Config {
                 "at least one delay tier is needed",
             ));
         }
-        for topic in crate::park::Tiers::new(&k.retry_topic, &k.retry_tiers).topics() {
+        for topic in tiers.topics() {
             if let Err(e) = check_topic_name(topic) {
                 problems.push(Problem::new(
                     "kafka.retry_tiers",

@@ -7,8 +7,11 @@
 //! up to `half_open_probes` sends go through; if that many succeed it closes,
 //! any failure opens it again.
 //!
-//! Only transient failures count (timeouts, connection errors, 408, 429,
-//! 5xx): a 400 says the payload was refused, not that the endpoint is unwell.
+//! Only transient failures count (timeouts, connection errors, 408, 5xx
+//! without Retry-After): a 400 says the payload was refused, not that the
+//! endpoint is unwell, and a 429 (or a 503 with Retry-After) is the receiver
+//! asking us to slow down, which the lane does instead (see
+//! [`Breaker::record_neutral`]).
 
 use std::time::{Duration, Instant};
 
@@ -187,6 +190,23 @@ impl Breaker {
         (self.state.gauge() != before.gauge()).then_some(self.state)
     }
 
+    /// A send finished with an answer that says nothing about health (the
+    /// receiver asked us to slow down: 429, or 503 with Retry-After). It
+    /// neither counts toward opening nor closes a half-open breaker; a
+    /// half-open probe slot is given back, so another probe can go.
+    pub fn record_neutral(&mut self) {
+        if let State::HalfOpen {
+            in_flight,
+            succeeded,
+        } = self.state
+        {
+            self.state = State::HalfOpen {
+                in_flight: in_flight.saturating_sub(1),
+                succeeded,
+            };
+        }
+    }
+
     fn open(&mut self, now: Instant) {
         self.state = State::Open {
             until: now + self.config.open_for,
@@ -284,6 +304,29 @@ mod tests {
         assert!(
             matches!(b.record(false, later), Some(State::Open { until }) if until == later + Duration::from_secs(5))
         );
+    }
+
+    #[test]
+    fn throttle_answers_never_open_it_and_give_probes_back() {
+        let t0 = Instant::now();
+        let mut b = Breaker::new(config(), t0);
+        for _ in 0..100 {
+            b.record_neutral();
+        }
+        assert_eq!(b.state(), State::Closed, "429s are not failures");
+        for _ in 0..4 {
+            b.record(false, t0);
+        }
+        let later = t0 + Duration::from_secs(5);
+        assert_eq!(b.admit(later), Admit::Yes);
+        assert_eq!(b.admit(later), Admit::Yes);
+        assert!(matches!(b.admit(later), Admit::No(_)));
+        // A probe answered 429: its slot comes back, the breaker stays half-open.
+        b.record_neutral();
+        assert!(matches!(b.state(), State::HalfOpen { .. }));
+        assert_eq!(b.admit(later), Admit::Yes);
+        assert_eq!(b.record(true, later), None);
+        assert_eq!(b.record(true, later), Some(State::Closed));
     }
 
     #[test]

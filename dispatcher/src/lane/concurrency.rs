@@ -32,8 +32,12 @@ pub struct Concurrency {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Signal {
     Ok,
-    /// The endpoint pushed back (429, 503, timeout, connection error).
+    /// The endpoint failed in a way that suggests load (503, a timeout, a
+    /// connection error).
     Overload,
+    /// The endpoint asked us to slow down (429, or 503 with Retry-After):
+    /// obeyed in fixed mode too, then earned back.
+    Throttled,
     /// A failure that says nothing about load (a 400, say).
     Neutral,
 }
@@ -63,13 +67,22 @@ impl Concurrency {
     /// Feed back one finished send. `in_flight` is the count before it ended.
     pub fn record(&mut self, signal: Signal, latency: Duration, in_flight: usize, now: Instant) {
         if !self.adaptive {
+            // A fixed cap still yields to a receiver that asks for less, and
+            // grows back to the cap, one step per round trip, once it stops.
+            match signal {
+                Signal::Throttled => self.decrease(latency.as_secs_f64(), now),
+                Signal::Ok if self.limit < self.max as f64 => {
+                    self.limit = (self.limit + 1.0 / self.limit).min(self.max as f64);
+                }
+                _ => {}
+            }
             return;
         }
         let secs = latency.as_secs_f64();
         let baseline = *self.baseline.get_or_insert(secs);
         let slow = secs > baseline * LATENCY_OVERLOAD && secs > 0.001;
         match signal {
-            Signal::Overload => self.decrease(secs, now),
+            Signal::Overload | Signal::Throttled => self.decrease(secs, now),
             Signal::Ok if slow => self.decrease(secs, now),
             Signal::Ok => {
                 self.baseline = Some(baseline + EWMA * (secs - baseline));
@@ -102,11 +115,18 @@ mod tests {
     const FAST: Duration = Duration::from_millis(10);
 
     #[test]
-    fn fixed_mode_never_moves() {
+    fn fixed_mode_ignores_failures_but_yields_to_throttling() {
         let mut c = Concurrency::new(32, false);
-        let t = Instant::now();
+        let mut t = Instant::now();
         c.record(Signal::Overload, FAST, 32, t);
-        assert_eq!(c.limit(), 32);
+        assert_eq!(c.limit(), 32, "failures are the breaker's business");
+        c.record(Signal::Throttled, FAST, 32, t);
+        assert_eq!(c.limit(), 24, "a 429 lowers even a fixed cap");
+        for _ in 0..1000 {
+            t += FAST;
+            c.record(Signal::Ok, FAST, 24, t);
+        }
+        assert_eq!(c.limit(), 32, "and it grows back to the cap");
     }
 
     #[test]

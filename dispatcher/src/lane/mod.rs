@@ -1,53 +1,61 @@
-//! One endpoint's lane: its queue, rate limit, concurrency limit, circuit
+//! One endpoint's lane: its inbox, rate limit, concurrency limit, circuit
 //! breaker and retries — everything that makes an endpoint an isolated,
 //! well-behaved consumer of its own deliveries.
 //!
 //! Every endpoint has its own lane task, so a slow, throttled or dead
-//! endpoint only ever waits on itself. Nothing here blocks the source: jobs
-//! are offered with `try_send`, and a full queue sends the delivery to a
-//! retry topic instead (see [`crate::park`]). A delivery leaves the lane
-//! *final* for its source record — delivered, dead-lettered, or durably
-//! parked — and only then releases its share of the record's [`Ticket`].
+//! endpoint only ever waits on itself. Nothing upstream waits on a lane:
+//! its [`Inbox`] refuses what it has no room for, and the refused work stays
+//! in Kafka (fresh deliveries are spilled by the source, see
+//! [`crate::spill`]; returned ones stay under their endpoint's hold, see
+//! [`crate::offsets`]). A lane that cannot keep up therefore turns into a
+//! backlog in Kafka, drained at the lane's own pace, and never into a wait
+//! for anyone else.
 //!
-//! The order of checks before a send: paused or disabled (park or
-//! dead-letter), not yet due (wait), already delivered (drop), in-flight
-//! limit and rate limit (wait here), circuit breaker (park while open).
+//! A delivery leaves the lane *final* for its source record — delivered,
+//! dead-lettered, or durably parked — and only then releases its share of
+//! the record's [`Ticket`]. Deliveries the lane gives back without a send
+//! are dropped: their tickets put them back where they came from.
+//!
+//! The order of checks before a send: disabled (dead-letter), expired
+//! (dead-letter), not yet due (wait), already delivered (drop), the rate
+//! limit (before anything leaves the queue), the in-flight limit, the
+//! circuit breaker. While the endpoint is paused or its breaker is open the
+//! lane accepts nothing: it asks the source to spill what it has queued,
+//! gives returned deliveries back, and parks (once) the retries whose wait
+//! ends meanwhile. When it can send again, its backlog comes back by itself.
 
 mod breaker;
 mod concurrency;
+mod inbox;
 mod retry;
 
 pub use breaker::{BreakerConfig, State as BreakerState};
 pub use concurrency::Concurrency;
+pub use inbox::{Evictions, Inbox, Shares};
 pub use retry::{RetryConfig, MAX_RETRY_AFTER};
 
 use std::collections::VecDeque;
 use std::num::NonZeroU32;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::stream::{FuturesUnordered, StreamExt};
+use futures::FutureExt;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use serde::Deserialize;
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{watch, Notify};
 use tokio_util::time::DelayQueue;
 use transports::{
     model::format_rfc3339_ms, BoxFuture, Delivery, DeliveryId, Event, Outcome, Transport,
 };
 
-use crate::dlq::{Attempt, DeadLetter, DeadLetters};
+use crate::dlq::{Attempt, DeadLetter, DeadLetters, WriteError};
 use crate::metrics::EndpointMetrics;
-use crate::offsets::Ticket;
+use crate::offsets::{Budget, Ticket};
 use crate::park::{Parker, RetryState};
 use breaker::{Admit, Breaker};
-
-/// How long the source waits for a place in a full lane queue before it
-/// takes the endpoint for slower than the rest and parks its deliveries.
-pub const CONGESTION_WAIT: Duration = Duration::from_millis(250);
-
-/// Longest wait of a delivery parked again and again without an attempt.
-const MAX_IDLE_PARK: Duration = Duration::from_secs(600);
 use concurrency::Signal;
 
 /// `rate_limit:` of an endpoint: a global limit, shared out over replicas.
@@ -63,8 +71,8 @@ pub struct RateLimitConfig {
 /// restart or rebalance does not send again what this replica delivered.
 pub type Dedup = moka::sync::Cache<DeliveryId, ()>;
 
-/// One event for one endpoint; `parked` is set when it comes back from a
-/// retry topic with its delivery id and history.
+/// One event for one endpoint; `parked` is set when it comes back from an
+/// internal topic with its delivery id and history.
 pub struct Job {
     pub event: Arc<Event>,
     pub ticket: Arc<Ticket>,
@@ -86,7 +94,8 @@ impl Control {
     pub fn disabled(&self) -> bool {
         self.disabled.load(Ordering::Acquire)
     }
-    /// Pause: deliveries are parked until resumed.
+    /// Pause: nothing is sent until resumed; the endpoint's deliveries wait
+    /// in Kafka.
     pub fn pause(&self) {
         self.paused.store(true, Ordering::Release);
         self.changed.notify_one();
@@ -102,71 +111,21 @@ impl Control {
     }
 }
 
-/// The router's and the parked-record reader's handle on a lane.
+/// The source's and the readers' handle on a lane.
 #[derive(Clone)]
 pub struct LaneHandle {
     pub endpoint_id: Arc<str>,
+    /// The lane's index: how holds and spill marks name it.
+    pub index: usize,
     pub control: Arc<Control>,
-    fresh: mpsc::Sender<Job>,
-    returned: mpsc::Sender<Job>,
-    queue_depth: prometheus::IntGauge,
-    /// Set when the queue stayed full for a whole [`CONGESTION_WAIT`].
-    congested: Arc<AtomicBool>,
-    /// For deliveries the source parks or dead-letters on the lane's behalf.
-    pub parked: prometheus::IntCounter,
-    pub dead_lettered: prometheus::IntCounter,
-}
-
-impl LaneHandle {
-    /// Queue a fresh job. A full queue usually only means the endpoint is
-    /// busy like every other one (a backlog draining): then this waits, up
-    /// to [`CONGESTION_WAIT`], for a place, which is back-pressure on the
-    /// source. If no place frees up in that time the endpoint is slower than
-    /// the rest: the lane is marked congested and the job is given back to
-    /// be parked, and so is every further one until the queue has drained to
-    /// half, so one slow endpoint never holds the source for more than that.
-    pub async fn offer(&self, job: Job) -> Result<(), Job> {
-        let job = match self.fresh.try_send(job) {
-            Ok(()) => {
-                self.queue_depth.inc();
-                return Ok(());
-            }
-            Err(mpsc::error::TrySendError::Closed(job)) => return Err(job),
-            Err(mpsc::error::TrySendError::Full(job)) => job,
-        };
-        if self.congested.load(Ordering::Acquire) {
-            if self.fresh.capacity() * 2 < self.fresh.max_capacity() {
-                return Err(job);
-            }
-            self.congested.store(false, Ordering::Release);
-        }
-        match tokio::time::timeout(CONGESTION_WAIT, self.fresh.reserve()).await {
-            Ok(Ok(permit)) => {
-                permit.send(job);
-                self.queue_depth.inc();
-                Ok(())
-            }
-            Ok(Err(_)) => Err(job),
-            Err(_) => {
-                tracing::debug!(endpoint = %self.endpoint_id, "lane congested; parking its new deliveries");
-                self.congested.store(true, Ordering::Release);
-                Err(job)
-            }
-        }
-    }
-
-    /// Hand back a parked job that is due; `Err` when the lane cannot take
-    /// it now (the caller parks it again).
-    pub fn give_back(&self, job: Job) -> Result<(), Job> {
-        self.returned.try_send(job).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(j) | mpsc::error::TrySendError::Closed(j) => j,
-        })
-    }
+    pub inbox: Arc<Inbox>,
+    pub metrics: EndpointMetrics,
 }
 
 /// Everything a lane is configured with.
 pub struct LaneSettings {
     pub endpoint_id: Arc<str>,
+    pub index: usize,
     pub transport: Arc<dyn Transport>,
     pub retry: RetryConfig,
     pub breaker: BreakerConfig,
@@ -176,8 +135,12 @@ pub struct LaneSettings {
     pub queue_capacity: usize,
     /// Waits up to this long are kept in memory; longer ones are parked.
     pub in_memory_max: Duration,
-    /// How long a paused endpoint's deliveries are parked before they look again.
+    /// How long a paused endpoint's retries wait in the retry topics before
+    /// they look again.
     pub paused_recheck: Duration,
+    /// A fresh delivery queued longer than this means the lane does not keep
+    /// up: what it has queued, and what follows, is spilled.
+    pub spill_after: Duration,
     pub paused: bool,
 }
 
@@ -189,21 +152,30 @@ pub struct LaneDeps {
     /// This replica's share of every rate limit.
     pub share: watch::Receiver<f64>,
     pub metrics: EndpointMetrics,
+    /// Sends in flight hold their request body: charged while they run.
+    pub budget: Arc<Budget>,
+    /// Where the lane asks the source to spill its queue.
+    pub evictions: Arc<Evictions>,
+    /// How much of the memory budget each lane may queue.
+    pub shares: Arc<Shares>,
 }
 
-/// A delivery between attempts.
+/// A delivery between attempts. Its body is built per send, so a queued or
+/// waiting delivery costs a few pointers, not a copy of the event.
 struct Item {
-    delivery: Delivery,
+    event: Arc<Event>,
+    id: DeliveryId,
     ticket: Arc<Ticket>,
     state: RetryState,
 }
 
-/// A finished send, to act on. Parking and dead-letter work finish with
-/// `None`: nothing more to do.
+/// A finished piece of the lane's work: a send, to act on, or a park or
+/// dead-letter write (`None`).
 struct Sent {
     item: Item,
     outcome: Outcome,
     took: Duration,
+    charged: usize,
 }
 
 type Done = Option<Sent>;
@@ -212,37 +184,51 @@ struct Lane {
     s: LaneSettings,
     d: LaneDeps,
     control: Arc<Control>,
+    inbox: Arc<Inbox>,
     breaker: Breaker,
     concurrency: Concurrency,
     limiter: Option<DefaultDirectRateLimiter>,
-    /// Sends in flight (parking and dead-letter writes are not sends).
+    /// Sends in flight.
     sends: usize,
-    /// Deliveries ready to go: waits that ended and parked ones handed back.
+    /// Park and dead-letter writes in flight.
+    writes: usize,
+    /// In-memory retries whose wait ended.
     ready: VecDeque<Item>,
     /// Deliveries waiting in memory for their next attempt.
     waiting: DelayQueue<Item>,
-    /// Until when a rate limit holds sends back.
+    /// Until when a rate limit or a receiver's throttle holds sends back.
     blocked_until: Option<tokio::time::Instant>,
     picks: u64,
 }
 
-/// Start a lane task; it ends once both queues are closed and drained.
+/// Park and dead-letter writes one lane may have in flight: beyond this it
+/// takes no more work until some finish, so a dead endpoint's dead letters
+/// cannot pile up in memory.
+const MAX_WRITES: usize = 64;
+
+/// Start a lane task; it ends once its inbox is closed and everything it
+/// holds is final.
 pub fn spawn(settings: LaneSettings, deps: LaneDeps) -> (LaneHandle, tokio::task::JoinHandle<()>) {
-    let (fresh_tx, fresh_rx) = mpsc::channel(settings.queue_capacity.max(1));
-    let (returned_tx, returned_rx) = mpsc::channel(settings.queue_capacity.max(1));
+    // Returned deliveries queued: enough to keep every send busy twice over.
+    let returned_cap = (settings.max_in_flight * 2).max(16);
+    let inbox = Arc::new(Inbox::new(
+        settings.queue_capacity,
+        returned_cap,
+        settings.index,
+        deps.evictions.clone(),
+        deps.shares.clone(),
+    ));
     let control = Arc::new(Control::default());
     if settings.paused {
         control.paused.store(true, Ordering::Release);
+        inbox.set_accepting(false);
     }
     let handle = LaneHandle {
         endpoint_id: settings.endpoint_id.clone(),
+        index: settings.index,
         control: control.clone(),
-        fresh: fresh_tx,
-        returned: returned_tx,
-        queue_depth: deps.metrics.queue_depth.clone(),
-        congested: Arc::new(AtomicBool::new(false)),
-        parked: deps.metrics.parked.clone(),
-        dead_lettered: deps.metrics.dead_lettered.clone(),
+        inbox: inbox.clone(),
+        metrics: deps.metrics.clone(),
     };
     let share = *deps.share.borrow();
     let lane = Lane {
@@ -252,7 +238,9 @@ pub fn spawn(settings: LaneSettings, deps: LaneDeps) -> (LaneHandle, tokio::task
         s: settings,
         d: deps,
         control,
+        inbox,
         sends: 0,
+        writes: 0,
         ready: VecDeque::new(),
         waiting: DelayQueue::new(),
         blocked_until: None,
@@ -263,7 +251,7 @@ pub fn spawn(settings: LaneSettings, deps: LaneDeps) -> (LaneHandle, tokio::task
         .concurrency_limit
         .set(lane.concurrency.limit() as i64);
     lane.d.metrics.paused.set(lane.control.paused() as i64);
-    (handle, tokio::spawn(lane.run(fresh_rx, returned_rx)))
+    (handle, tokio::spawn(lane.run()))
 }
 
 /// A limiter for this replica's share of `config`.
@@ -280,23 +268,49 @@ fn limiter(config: &RateLimitConfig, share: f64) -> DefaultDirectRateLimiter {
     RateLimiter::direct(quota)
 }
 
+/// Where the next delivery comes from.
+enum Pick {
+    Ready,
+    Inbox { prefer_returned: bool },
+}
+
 impl Lane {
-    async fn run(mut self, mut fresh: mpsc::Receiver<Job>, mut returned: mpsc::Receiver<Job>) {
+    async fn run(mut self) {
         let mut work: FuturesUnordered<BoxFuture<'static, Done>> = FuturesUnordered::new();
-        let (mut fresh_open, mut returned_open, mut share_open) = (true, true, true);
+        let mut share_open = true;
         let control = self.control.clone();
+        let inbox = self.inbox.clone();
         loop {
-            self.pump(&mut fresh, &mut work);
-            if !fresh_open
-                && !returned_open
+            let now = Instant::now();
+            self.refresh_accepting(now, &mut work);
+            self.pump(&mut work);
+            self.d.metrics.queue_depth.set(inbox.len() as i64);
+            self.d.metrics.spilling.set(inbox.is_spilling() as i64);
+            if inbox.is_closed()
+                && inbox.is_empty()
                 && work.is_empty()
                 && self.waiting.is_empty()
                 && self.ready.is_empty()
             {
                 break;
             }
-            let can_take = self.ready.is_empty() && self.blocked_until.is_none() && self.has_room();
+            let can_take = self.blocked_until.is_none()
+                && self.sends < self.concurrency.limit()
+                && self.writes < MAX_WRITES;
             let blocked = self.blocked_until;
+            // When the breaker may half-open: then the lane accepts again.
+            let reopen = match self.breaker.peek(now) {
+                Admit::No(wait) => Some(tokio::time::Instant::now() + wait),
+                Admit::Yes => None,
+            };
+            // When the oldest fresh delivery will have waited too long. Only
+            // while the memory budget is not under pressure: when it is, all
+            // lanes wait alike, and that is back-pressure, not lagging (the
+            // shares sort out which lane is slower than the rest).
+            let too_old = inbox
+                .oldest_fresh(now)
+                .filter(|_| !inbox.evict_requested() && self.d.budget.pressure() < 0.5)
+                .map(|age| tokio::time::Instant::now() + self.s.spill_after.saturating_sub(age));
             tokio::select! {
                 biased;
                 _ = control.changed.notified() => {
@@ -307,27 +321,15 @@ impl Lane {
                 Some(expired) = self.waiting.next(), if !self.waiting.is_empty() => {
                     self.ready.push_back(expired.into_inner());
                 }
-                _ = tokio::time::sleep_until(blocked.unwrap_or_else(tokio::time::Instant::now)), if blocked.is_some() => {
-                    self.blocked_until = None;
+                _ = sleep_until(blocked), if blocked.is_some() => self.blocked_until = None,
+                _ = sleep_until(reopen), if reopen.is_some() => {}
+                _ = sleep_until(too_old), if too_old.is_some() => {
+                    if inbox.oldest_fresh(Instant::now()).is_some_and(|a| a >= self.s.spill_after) {
+                        tracing::debug!(endpoint = %self.s.endpoint_id, "lane does not keep up; spilling its queue");
+                        inbox.request_eviction();
+                    }
                 }
-                // Bounded like the fresh queue: when `ready` is full, handed-
-                // back deliveries stay in the channel, and once that is full
-                // too the source parks them again.
-                job = returned.recv(), if returned_open && self.ready.len() < self.s.queue_capacity => match job {
-                    Some(job) => {
-                        let item = self.item(job);
-                        self.ready.push_back(item);
-                    }
-                    None => returned_open = false,
-                },
-                job = fresh.recv(), if fresh_open && can_take => match job {
-                    Some(job) => {
-                        self.d.metrics.queue_depth.dec();
-                        let item = self.item(job);
-                        self.ready.push_back(item);
-                    }
-                    None => fresh_open = false,
-                },
+                _ = inbox.notified(), if can_take => {}
                 changed = self.d.share.changed(), if share_open => match changed {
                     Ok(()) => {
                         let share = *self.d.share.borrow_and_update();
@@ -341,109 +343,114 @@ impl Lane {
         }
     }
 
+    /// The lane accepts work while it can send: not paused, breaker not
+    /// open. When it stops, what it queued goes back to Kafka.
+    fn refresh_accepting(
+        &mut self,
+        now: Instant,
+        work: &mut FuturesUnordered<BoxFuture<'static, Done>>,
+    ) {
+        let can_send = !self.control.paused() && matches!(self.breaker.peek(now), Admit::Yes);
+        let was = self.inbox.is_accepting();
+        if can_send == was {
+            if !can_send {
+                self.park_ready(work);
+            }
+            return;
+        }
+        self.inbox.set_accepting(can_send);
+        if can_send {
+            return;
+        }
+        // Fresh deliveries go to the spill topic (the source writes them, in
+        // order); returned ones are dropped, which puts them back under
+        // their holds: nothing is written twice.
+        self.inbox.request_eviction();
+        drop(self.inbox.take_returned());
+        self.park_ready(work);
+    }
+
+    /// Retries whose wait ended while the lane cannot send: park them, once.
+    fn park_ready(&mut self, work: &mut FuturesUnordered<BoxFuture<'static, Done>>) {
+        while self.writes < MAX_WRITES {
+            let Some(item) = self.ready.pop_front() else {
+                return;
+            };
+            let (wait, reason) = match self.breaker.peek(Instant::now()) {
+                Admit::No(wait) => (wait, "breaker_open"),
+                Admit::Yes => (self.s.paused_recheck, "paused"),
+            };
+            self.push_write(work, self.park(item, wait, reason));
+        }
+    }
+
+    fn push_write(
+        &mut self,
+        work: &mut FuturesUnordered<BoxFuture<'static, Done>>,
+        write: BoxFuture<'static, Done>,
+    ) {
+        self.writes += 1;
+        work.push(write);
+    }
+
     fn item(&self, job: Job) -> Item {
         match job.parked {
             Some(parked) => {
                 let (id, state) = *parked;
-                let mut delivery = Delivery::new(job.event, self.s.endpoint_id.clone());
-                delivery.id = id;
-                delivery.attempt = state.attempts + 1;
                 Item {
-                    delivery,
+                    event: job.event,
+                    id,
                     ticket: job.ticket,
                     state,
                 }
             }
             None => Item {
-                delivery: Delivery::new(job.event, self.s.endpoint_id.clone()),
+                id: DeliveryId::derive(&job.event, &self.s.endpoint_id),
+                event: job.event,
                 ticket: job.ticket,
                 state: RetryState::default(),
             },
         }
     }
 
-    fn has_room(&self) -> bool {
-        self.sends < self.concurrency.limit()
-    }
-
-    /// The next delivery to consider. Retries and fresh deliveries take
-    /// turns, fresh ones three times out of four, so a wave of old retries
-    /// cannot starve new events (nor the reverse).
-    fn next(&mut self, fresh: &mut mpsc::Receiver<Job>) -> Option<Item> {
+    /// Where the next delivery comes from, if any is waiting. Old work
+    /// (retries whose wait ended, deliveries back from Kafka) gets one turn
+    /// in four, so neither old nor new work starves the other.
+    fn pick(&mut self) -> Option<Pick> {
         self.picks += 1;
-        let prefer_ready = self.picks % 4 == 0;
-        if prefer_ready {
-            if let Some(item) = self.ready.pop_front() {
-                return Some(item);
-            }
-        }
-        // Take a fresh one only when it can be sent now: one taken and put
-        // back would leave the fresh queue looking roomier than it is, and
-        // the congestion check would never see it full.
-        let fresh_job = if self.has_room() {
-            fresh.try_recv().ok()
-        } else {
-            None
-        };
-        match fresh_job.ok_or(()) {
-            Ok(job) => {
-                self.d.metrics.queue_depth.dec();
-                Some(self.item(job))
-            }
-            Err(_) => self.ready.pop_front(),
+        let old_first = self.picks % 4 == 0;
+        let inbox_has = !self.inbox.is_empty();
+        match (old_first, self.ready.is_empty(), inbox_has) {
+            (true, false, _) => Some(Pick::Ready),
+            (_, _, true) => Some(Pick::Inbox {
+                prefer_returned: old_first,
+            }),
+            (_, false, false) => Some(Pick::Ready),
+            (_, true, false) => None,
         }
     }
 
-    /// Start every delivery that may start now.
-    fn pump(
-        &mut self,
-        fresh: &mut mpsc::Receiver<Job>,
-        work: &mut FuturesUnordered<BoxFuture<'static, Done>>,
-    ) {
-        while self.blocked_until.is_none() {
-            let Some(mut item) = self.next(fresh) else {
+    /// Start every send that may start now.
+    fn pump(&mut self, work: &mut FuturesUnordered<BoxFuture<'static, Done>>) {
+        while self.blocked_until.is_none()
+            && self.sends < self.concurrency.limit()
+            && self.writes < MAX_WRITES
+        {
+            if !self.inbox.is_accepting() {
+                // Paused or breaker open: nothing is taken (retries that
+                // come due are parked by refresh_accepting). At shutdown
+                // what is still queued is let go: its records are read
+                // again after the restart.
+                if self.inbox.is_closed() {
+                    drop(self.inbox.drain_all());
+                }
+                return;
+            }
+            let Some(pick) = self.pick() else {
                 return;
             };
-            let now_ms = chrono::Utc::now().timestamp_millis();
-
-            if self.control.disabled() {
-                work.push(self.dead_letter(
-                    item,
-                    "endpoint_disabled",
-                    "the endpoint answered 410 Gone and is disabled".into(),
-                ));
-                continue;
-            }
-            if self.control.paused() {
-                let base = self.s.paused_recheck;
-                work.push(self.park_idle(item, base, "paused", now_ms));
-                continue;
-            }
-            if item.state.not_before_ms > now_ms {
-                // Came back from the longest tier before its time.
-                let wait = Duration::from_millis((item.state.not_before_ms - now_ms) as u64);
-                if wait <= self.s.in_memory_max {
-                    self.waiting.insert(item, wait);
-                } else {
-                    work.push(self.park(item, wait, "not_due"));
-                }
-                continue;
-            }
-            if self.d.dedup.contains_key(&item.delivery.id) {
-                self.d.metrics.deduplicated.inc();
-                item.ticket.finish_one();
-                continue;
-            }
-            // An open breaker parks before anything else is spent on the
-            // delivery (a rate-limit token, an in-flight place).
-            if let Admit::No(wait) = self.breaker.peek(Instant::now()) {
-                work.push(self.park_idle(item, wait, "breaker_open", now_ms));
-                continue;
-            }
-            if !self.has_room() {
-                self.ready.push_front(item);
-                return;
-            }
+            // The rate limit is checked before anything leaves the queue,
+            // so a limited lane holds no more than its queue.
             if let Some(limiter) = &self.limiter {
                 if let Err(not_until) = limiter.check() {
                     let wait = not_until.wait_time_from(governor::clock::Clock::now(
@@ -451,34 +458,116 @@ impl Lane {
                     ));
                     self.d.metrics.rate_limit_waits.inc();
                     self.blocked_until = Some(tokio::time::Instant::now() + wait);
-                    self.ready.push_front(item);
                     return;
                 }
             }
-            let before = self.breaker.state().gauge();
-            let admit = self.breaker.admit(Instant::now());
-            if self.breaker.state().gauge() != before {
-                self.breaker_changed(self.breaker.state());
-            }
-            if let Admit::No(wait) = admit {
-                work.push(self.park_idle(item, wait, "breaker_open", now_ms));
+            let item = match pick {
+                Pick::Ready => self.ready.pop_front(),
+                Pick::Inbox { prefer_returned } => {
+                    self.inbox.pop(prefer_returned).map(|job| self.item(job))
+                }
+            };
+            let Some(item) = item else {
                 continue;
-            }
-            item.state.idle_parks = 0;
-            item.state.first_attempt_ms.get_or_insert(now_ms);
-            item.delivery.attempt = item.state.attempts + 1;
-            self.sends += 1;
-            self.d.metrics.in_flight.inc();
-            let transport = self.s.transport.clone();
-            work.push(Box::pin(async move {
-                let started = Instant::now();
-                let outcome = transport.send(&item.delivery).await;
-                Some(Sent {
-                    item,
-                    outcome,
-                    took: started.elapsed(),
-                })
-            }));
+            };
+            self.start(item, work);
+        }
+    }
+
+    /// Check one delivery and send it, or decide what else becomes of it.
+    fn start(&mut self, mut item: Item, work: &mut FuturesUnordered<BoxFuture<'static, Done>>) {
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        if self.control.disabled() {
+            let write = self.dead_letter(
+                item,
+                "endpoint_disabled",
+                "the endpoint answered 410 Gone and is disabled".into(),
+            );
+            self.push_write(work, write);
+            return;
+        }
+        let first = *item.state.first_attempt_ms.get_or_insert(now_ms);
+        if Duration::from_millis((now_ms - first).max(0) as u64) >= self.s.retry.max_age {
+            let write = self.dead_letter(
+                item,
+                "expired",
+                "still undelivered after retry.max_age".into(),
+            );
+            self.push_write(work, write);
+            return;
+        }
+        if item.state.not_before_ms > now_ms {
+            // Came back from the longest tier before its time.
+            let wait = Duration::from_millis((item.state.not_before_ms - now_ms) as u64);
+            self.wait_or_park(item, wait, "not_due", work);
+            return;
+        }
+        if self.d.dedup.contains_key(&item.id) {
+            self.d.metrics.deduplicated.inc();
+            item.ticket.finish_one();
+            return;
+        }
+        let before = self.breaker.state().gauge();
+        let admit = self.breaker.admit(Instant::now());
+        if self.breaker.state().gauge() != before {
+            self.breaker_changed(self.breaker.state());
+        }
+        if let Admit::No(wait) = admit {
+            // Half-open and its probes are out: their answers decide.
+            self.ready.push_front(item);
+            self.blocked_until = Some(tokio::time::Instant::now() + wait);
+            return;
+        }
+        item.state.idle_parks = 0;
+        let delivery = Delivery {
+            event: item.event.clone(),
+            endpoint_id: self.s.endpoint_id.clone(),
+            id: item.id,
+            body: item.event.envelope(&self.s.endpoint_id),
+            attempt: item.state.attempts + 1,
+        };
+        let charged = delivery.body.len();
+        self.d.budget.charge(0, charged);
+        self.sends += 1;
+        self.d.metrics.in_flight.inc();
+        let transport = self.s.transport.clone();
+        work.push(Box::pin(async move {
+            let started = Instant::now();
+            // A transport must not panic; if one does, the delivery is a
+            // failed attempt like any other and the lane lives on.
+            let outcome = AssertUnwindSafe(transport.send(&delivery))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|panic| Outcome::Retry {
+                    status: None,
+                    reason: format!("the transport panicked: {}", panic_text(&panic)),
+                    retry_after: None,
+                });
+            Some(Sent {
+                item,
+                outcome,
+                took: started.elapsed(),
+                charged,
+            })
+        }));
+    }
+
+    /// Keep a delivery in memory for a short wait, or park it for a long one.
+    fn wait_or_park(
+        &mut self,
+        item: Item,
+        wait: Duration,
+        reason: &'static str,
+        work: &mut FuturesUnordered<BoxFuture<'static, Done>>,
+    ) {
+        // In-memory waits are bounded: beyond a few per in-flight place they
+        // go to the retry topic too.
+        if wait <= self.s.in_memory_max && self.waiting.len() < self.s.max_in_flight * 4 {
+            self.d.metrics.retried.inc();
+            self.waiting.insert(item, wait);
+        } else {
+            let write = self.park(item, wait, reason);
+            self.push_write(work, write);
         }
     }
 
@@ -488,10 +577,13 @@ impl Lane {
             mut item,
             outcome,
             took,
+            charged,
         }) = done
         else {
+            self.writes -= 1;
             return;
         };
+        self.d.budget.release(0, charged);
         let in_flight_before = self.sends;
         self.sends -= 1;
         self.d.metrics.in_flight.dec();
@@ -500,18 +592,28 @@ impl Lane {
         let now_ms = chrono::Utc::now().timestamp_millis();
         item.state.attempts += 1;
 
-        let (healthy, signal) = match &outcome {
-            Outcome::Delivered { .. } => (true, Signal::Ok),
-            Outcome::Retry { .. } => (false, Signal::Overload),
+        let signal = match &outcome {
+            Outcome::Delivered { .. } => Some((true, Signal::Ok)),
+            Outcome::Retry { .. } => Some((false, Signal::Overload)),
             // The endpoint answered, and clearly: not a sign of ill health.
-            Outcome::Permanent { .. } | Outcome::Rejected { .. } => (true, Signal::Neutral),
-            // It is up and asking for a pause: slow down, but it is not failing.
-            Outcome::Throttled { .. } => (true, Signal::Overload),
+            Outcome::Permanent { .. } | Outcome::Rejected { .. } => Some((true, Signal::Neutral)),
+            // It is up and asking us to slow down: the lane does, and the
+            // breaker does not count it either way.
+            Outcome::Throttled { .. } => None,
         };
-        if let Some(state) = self.breaker.record(healthy, now) {
-            self.breaker_changed(state);
+        match signal {
+            Some((healthy, signal)) => {
+                if let Some(state) = self.breaker.record(healthy, now) {
+                    self.breaker_changed(state);
+                }
+                self.concurrency.record(signal, took, in_flight_before, now);
+            }
+            None => {
+                self.breaker.record_neutral();
+                self.concurrency
+                    .record(Signal::Throttled, took, in_flight_before, now);
+            }
         }
-        self.concurrency.record(signal, took, in_flight_before, now);
         self.d
             .metrics
             .concurrency_limit
@@ -521,12 +623,12 @@ impl Lane {
             Outcome::Delivered { .. } => {
                 self.d.metrics.attempt_delivered.inc();
                 self.d.metrics.delivered.inc();
-                let age_ms = now_ms - item.delivery.event.timestamp_ms();
+                let age_ms = now_ms - item.event.timestamp_ms();
                 self.d
                     .metrics
                     .event_age
                     .observe(age_ms.max(0) as f64 / 1000.0);
-                self.d.dedup.insert(item.delivery.id, ());
+                self.d.dedup.insert(item.id, ());
                 item.ticket.finish_one();
             }
             Outcome::Retry {
@@ -540,30 +642,22 @@ impl Lane {
                 let age = Duration::from_millis(
                     (now_ms - item.state.first_attempt_ms.unwrap_or(now_ms)).max(0) as u64,
                 );
-                let next = self.s.retry.next_wait(item.state.attempts, retry_after);
-                match next {
+                match self.s.retry.next_wait(item.state.attempts, retry_after) {
                     _ if age >= self.s.retry.max_age => {
-                        work.push(self.dead_letter(item, "expired", reason));
+                        let write = self.dead_letter(item, "expired", reason);
+                        self.push_write(work, write);
                     }
                     None => {
                         tracing::warn!(
-                            endpoint = %self.s.endpoint_id, delivery_id = %item.delivery.id,
+                            endpoint = %self.s.endpoint_id, delivery_id = %item.id,
                             attempts = item.state.attempts, error = %reason, "retries exhausted; dead-lettering"
                         );
-                        work.push(self.dead_letter(item, "retries_exhausted", reason));
+                        let write = self.dead_letter(item, "retries_exhausted", reason);
+                        self.push_write(work, write);
                     }
                     Some(wait) => {
                         item.state.not_before_ms = now_ms + wait.as_millis() as i64;
-                        // In-memory waits are bounded: beyond a few per
-                        // in-flight place they go to the retry topic too.
-                        if wait <= self.s.in_memory_max
-                            && self.waiting.len() < self.s.max_in_flight * 4
-                        {
-                            self.d.metrics.retried.inc();
-                            self.waiting.insert(item, wait);
-                        } else {
-                            work.push(self.park(item, wait, "retry"));
-                        }
+                        self.wait_or_park(item, wait, "retry", work);
                     }
                 }
             }
@@ -573,23 +667,28 @@ impl Lane {
                 retry_after,
             } => {
                 // Not a failed attempt: the receiver only asked us to wait.
+                // The whole endpoint waits, not just this delivery.
                 self.d.metrics.attempt_retry.inc();
+                self.d.metrics.throttled.inc();
                 item.state.attempts -= 1;
                 item.state
                     .push(attempt(now_ms, took, status, "throttled", &reason));
                 let wait = retry_after.min(MAX_RETRY_AFTER);
+                let until = tokio::time::Instant::now() + wait;
+                if self.blocked_until.is_none_or(|b| b < until) {
+                    self.blocked_until = Some(until);
+                }
                 let first = item.state.first_attempt_ms.unwrap_or(now_ms);
                 if Duration::from_millis((now_ms - first).max(0) as u64) >= self.s.retry.max_age {
-                    work.push(self.dead_letter(item, "expired", reason));
+                    let write = self.dead_letter(item, "expired", reason);
+                    self.push_write(work, write);
                     return;
                 }
-                item.state.not_before_ms = now_ms + wait.as_millis() as i64;
-                if wait <= self.s.in_memory_max && self.waiting.len() < self.s.max_in_flight * 4 {
-                    self.d.metrics.retried.inc();
-                    self.waiting.insert(item, wait);
-                } else {
-                    work.push(self.park(item, wait, "throttled"));
-                }
+                item.state.not_before_ms = item
+                    .state
+                    .not_before_ms
+                    .max(now_ms + wait.as_millis() as i64);
+                self.wait_or_park(item, wait, "throttled", work);
             }
             Outcome::Rejected {
                 status,
@@ -600,10 +699,11 @@ impl Lane {
                 item.state
                     .push(attempt(now_ms, took, status, "rejected", &reason));
                 tracing::warn!(
-                    endpoint = %self.s.endpoint_id, delivery_id = %item.delivery.id, error = %reason,
+                    endpoint = %self.s.endpoint_id, delivery_id = %item.id, error = %reason,
                     "payload rejected by the receiver; dead-lettering with what was sent"
                 );
-                work.push(self.dead_letter_with(item, "rejected_payload", reason, Some(sent)));
+                let write = self.dead_letter_with(item, "rejected_payload", reason, Some(sent));
+                self.push_write(work, write);
             }
             Outcome::Permanent {
                 status,
@@ -613,7 +713,7 @@ impl Lane {
                 self.d.metrics.attempt_permanent.inc();
                 item.state
                     .push(attempt(now_ms, took, status, "permanent", &reason));
-                if disable_endpoint {
+                let write = if disable_endpoint {
                     if !self.control.disabled() {
                         tracing::error!(
                             endpoint = %self.s.endpoint_id, error = %reason,
@@ -623,41 +723,29 @@ impl Lane {
                     }
                     self.control.disable();
                     self.d.metrics.disabled.set(1);
-                    work.push(self.dead_letter(item, "endpoint_gone", reason));
+                    self.dead_letter(item, "endpoint_gone", reason)
                 } else {
                     tracing::warn!(
-                        endpoint = %self.s.endpoint_id, delivery_id = %item.delivery.id, error = %reason,
+                        endpoint = %self.s.endpoint_id, delivery_id = %item.id, error = %reason,
                         "permanent failure; dead-lettering"
                     );
-                    work.push(self.dead_letter(item, "permanent_failure", reason));
-                }
+                    self.dead_letter(item, "permanent_failure", reason)
+                };
+                self.push_write(work, write);
             }
         }
     }
 
-    /// Park a delivery that was not attempted (breaker open, endpoint
-    /// paused): each time in a row it waits twice as long, up to
-    /// [`MAX_IDLE_PARK`], and it expires after `retry.max_age` like any other.
-    fn park_idle(
-        &self,
-        mut item: Item,
-        base: Duration,
-        reason: &'static str,
-        now_ms: i64,
-    ) -> BoxFuture<'static, Done> {
-        let first = *item.state.first_attempt_ms.get_or_insert(now_ms);
-        if Duration::from_millis((now_ms - first).max(0) as u64) >= self.s.retry.max_age {
-            return self.dead_letter(
-                item,
-                "expired",
-                format!("still undelivered after retry.max_age ({reason})"),
-            );
+    /// The delivery as the park and dead-letter writers see it (no body:
+    /// they carry the event's own bytes).
+    fn bare(&self, item: &Item) -> Delivery {
+        Delivery {
+            event: item.event.clone(),
+            endpoint_id: self.s.endpoint_id.clone(),
+            id: item.id,
+            body: bytes::Bytes::new(),
+            attempt: item.state.attempts + 1,
         }
-        let grown = base
-            .saturating_mul(1 << item.state.idle_parks.min(16))
-            .min(MAX_IDLE_PARK);
-        item.state.idle_parks = item.state.idle_parks.saturating_add(1);
-        self.park(item, grown.max(base.min(MAX_IDLE_PARK)), reason)
     }
 
     fn park(&self, item: Item, wait: Duration, reason: &'static str) -> BoxFuture<'static, Done> {
@@ -665,27 +753,32 @@ impl Lane {
         let counter = self.d.metrics.parked.clone();
         let dead_letters = self.d.dead_letters.clone();
         let dead_lettered = self.d.metrics.dead_lettered.clone();
+        let delivery = self.bare(&item);
         Box::pin(async move {
             let mut state = item.state;
             let now_ms = chrono::Utc::now().timestamp_millis();
             state.not_before_ms = state.not_before_ms.max(now_ms + wait.as_millis() as i64);
-            match parker.park(&item.delivery, &state, wait, reason).await {
+            match parker.park(&delivery, &state, wait, reason).await {
                 Ok(()) => counter.inc(),
-                Err(e) => {
-                    // The retry topic refuses it as too large: dead-letter
+                Err(WriteError::Refused(e)) => {
+                    // The retry topic refuses it (too large): dead-letter
                     // rather than lose it.
-                    tracing::error!(delivery_id = %item.delivery.id, error = %e, "cannot park; dead-lettering");
+                    tracing::error!(delivery_id = %delivery.id, error = %e, "cannot park; dead-lettering");
                     let error = format!("the retry topic refused the record: {e}");
                     let letter = DeadLetter::failed_delivery(
-                        &item.delivery,
+                        &delivery,
                         "unparkable",
                         &error,
                         &state.history,
                         None,
                     );
-                    dead_letters.write(letter).await;
+                    if dead_letters.write(letter).await.is_err() {
+                        return None;
+                    }
                     dead_lettered.inc();
                 }
+                // Stopping: left unfinished, read again after the restart.
+                Err(WriteError::Fatal(_)) => return None,
             }
             item.ticket.finish_one();
             None
@@ -711,17 +804,19 @@ impl Lane {
     ) -> BoxFuture<'static, Done> {
         let dead_letters = self.d.dead_letters.clone();
         let counter = self.d.metrics.dead_lettered.clone();
+        let delivery = self.bare(&item);
         Box::pin(async move {
             let letter = DeadLetter::failed_delivery(
-                &item.delivery,
+                &delivery,
                 code,
                 &error,
                 &item.state.history,
                 sent.as_deref(),
             );
-            dead_letters.write(letter).await;
-            counter.inc();
-            item.ticket.finish_one();
+            if dead_letters.write(letter).await.is_ok() {
+                counter.inc();
+                item.ticket.finish_one();
+            }
             None
         })
     }
@@ -736,13 +831,30 @@ impl Lane {
         match state {
             BreakerState::Open { .. } => tracing::warn!(
                 endpoint = %self.s.endpoint_id, open_for_s = self.s.breaker.open_for.as_secs_f64(),
-                "circuit breaker opened: deliveries are parked until it half-opens"
+                "circuit breaker opened: the endpoint's deliveries wait in Kafka until it half-opens"
             ),
             _ => {
                 tracing::info!(endpoint = %self.s.endpoint_id, state = state.name(), "circuit breaker changed state")
             }
         }
     }
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
+    let text = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into());
+    // A panic message may quote anything: keep it to a line's worth.
+    text.chars().take(200).collect()
 }
 
 fn attempt(

@@ -1,7 +1,8 @@
 //! The consumer's context: what happens at rebalances.
 //!
 //! On revoke, the final positions of the partitions being taken away are
-//! committed synchronously before the new owner can start, so hand-over
+//! committed synchronously before the new owner can start (all of them,
+//! moved or not: an earlier commit may have failed), so hand-over
 //! re-reads as little as possible and never skips anything. On assign, each
 //! partition starts a fresh watermark, and is paused at once if the source is
 //! under back-pressure.
@@ -20,6 +21,8 @@ pub struct SourceContext {
     pub paused: Arc<AtomicBool>,
     pub ready: Arc<AtomicBool>,
     pub metrics: Arc<Metrics>,
+    /// Tells the source loop to drop what it holds for partitions it lost.
+    pub rebalanced: Arc<AtomicBool>,
 }
 
 impl ClientContext for SourceContext {
@@ -50,6 +53,7 @@ impl ConsumerContext for SourceContext {
                 let finals = self
                     .tracker
                     .revoke(list.elements().iter().map(|e| (e.topic(), e.partition())));
+                self.rebalanced.store(true, Ordering::Release);
                 tracing::info!(partitions = list.count(), "partitions revoked");
                 // Their lag is the new owner's to report now.
                 for e in list.elements() {
@@ -79,6 +83,7 @@ impl ConsumerContext for SourceContext {
                 self.metrics.rebalances.with_label_values(&["assign"]).inc();
                 self.tracker
                     .assign(list.elements().iter().map(|e| (e.topic(), e.partition())));
+                self.rebalanced.store(true, Ordering::Release);
                 tracing::info!(partitions = list.count(), "partitions assigned");
             }
             Rebalance::Error(e) => {

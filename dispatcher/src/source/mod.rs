@@ -1,44 +1,53 @@
 //! The Kafka source: reads records, decodes and routes them, hands each
-//! delivery to its endpoint's lane, reads parked deliveries back from the
-//! retry topics when they are due, and commits the watermark.
+//! delivery to its endpoint's lane (or spills it when the lane does not keep
+//! up), reads the internal topics back, and commits the watermark.
 //!
-//! Back-pressure: when the records in flight reach
-//! `pipeline.max_events_in_flight` every assigned partition is paused, and
-//! resumed at three quarters of it. The loop keeps polling while paused, so
-//! group membership and rebalances are served and memory does not grow.
-//! The source never waits long on one endpoint: a lane whose queue stays
-//! full is congested, and its deliveries are parked instead (see
-//! [`LaneHandle::offer`]).
+//! The source never waits on one endpoint. Its only back-pressure is the
+//! memory [`Budget`](crate::offsets::Budget): when the records and
+//! deliveries held in memory reach `pipeline.memory_budget` (or
+//! `pipeline.max_events_in_flight` records) every assigned partition is
+//! paused, and resumed at three quarters. The loop keeps polling while
+//! paused, so group membership and rebalances are served. A lane with no
+//! room refuses a delivery at once, and the delivery is spilled (see
+//! [`crate::spill`]).
 //!
-//! Retry-topic partitions are FIFO by due time (see [`crate::park`]): a
-//! record read before it is due is held, alone, and its partition paused
-//! until then.
+//! Internal-topic partitions (retry tiers and the spill topic) are FIFO by
+//! due time (see [`crate::park`]): a record read before it is due is held,
+//! and its partition paused until then. A due record whose endpoint has no
+//! room stays in Kafka under that endpoint's hold, and the source reads on
+//! (see [`crate::backlog`]).
 
+mod commit;
 mod context;
 
+pub use commit::{commit_now, Committer};
 pub use context::SourceContext;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::StreamExt;
 use prometheus::IntCounter;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::TopicPartitionList;
 use tokio::sync::watch;
 use tokio_util::time::DelayQueue;
-use transports::{Delivery, Event, SourceRef};
+use transports::{Event, SourceRef};
 
 use crate::dlq::{DeadLetter, DeadLetters};
-use crate::lane::{Job, LaneHandle};
+use crate::fatal::Fatal;
+use crate::kafka::{classify, Severity};
+use crate::lane::{Evictions, Job, LaneHandle, MAX_RETRY_AFTER};
 use crate::metrics::Metrics;
-use crate::offsets::{OffsetTracker, Ticket};
-use crate::park::{self, Parker, RetryState};
+use crate::offsets::{OffsetTracker, PartitionOffsets, Ticket};
+use crate::park::{self, Tiers};
 use crate::route::Router;
+use crate::spill::Spill;
 
 pub type SourceConsumer = StreamConsumer<SourceContext>;
 
@@ -48,12 +57,19 @@ pub struct Source {
     pub router: Router,
     pub lanes: Vec<LaneHandle>,
     pub dead_letters: Arc<DeadLetters>,
-    pub parker: Arc<Parker>,
+    pub spill: Spill,
+    pub tiers: Arc<Tiers>,
+    pub evictions: Arc<Evictions>,
     pub metrics: Arc<Metrics>,
+    pub fatal: Arc<Fatal>,
     pub paused: Arc<AtomicBool>,
-    pub max_in_flight: usize,
+    /// Set by the consumer context at every rebalance.
+    pub rebalanced: Arc<AtomicBool>,
     pub max_event_bytes: usize,
     pub commit_interval: Duration,
+    /// Entries one partition's window may hold before that partition is
+    /// paused (records read behind one that is not final yet).
+    pub max_pending_per_partition: usize,
 }
 
 /// Per-topic counters, resolved once per topic rather than per record.
@@ -71,80 +87,145 @@ struct Held {
     due_ms: i64,
 }
 
-/// Per retry partition, the records read before their time, in order. It is
-/// one record but for the few a pause lets through before it takes effect.
-type HeldRecords = HashMap<PartitionKey, std::collections::VecDeque<Held>>;
+/// Per internal-topic partition, the records read before their time, in
+/// order: one record but for the few a pause lets through before it takes
+/// effect. Each list remembers the partition state it was read under.
+type HeldRecords = HashMap<PartitionKey, (Arc<PartitionOffsets>, VecDeque<Held>)>;
 
 type PartitionKey = (Arc<str>, i32);
 
-/// Longest a held parked record waits for its due time (a day: far beyond
-/// the longest retry tier).
-const MAX_HOLD_MS: i64 = 24 * 3600 * 1000;
+/// How far a parked record's due time may lie beyond its tier's delay
+/// (clock skew between replicas): anything later is a damaged or foreign
+/// writer's, and is brought back within bounds rather than trusted.
+const MAX_CLOCK_SKEW_MS: i64 = 5 * 60 * 1000;
+
+/// How long a consumer error that should be transient (a topic that seems
+/// gone) may last before it counts as fatal.
+const PERSISTENT_ERROR: Duration = Duration::from_secs(30);
 
 impl Source {
-    /// Run until `shutdown` turns true. Returns with the lanes' handles
-    /// dropped, so the lanes drain and end.
+    /// Run until `shutdown` turns true. Returns with the lanes' inboxes
+    /// closed, so the lanes finish what they hold and end.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
-        let high = self.max_in_flight;
-        let low = high * 3 / 4;
+        let mut committer = Committer::default();
         let mut commit_tick = tokio::time::interval(self.commit_interval);
         commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut counters: Vec<TopicCounters> = Vec::new();
         let mut targets: Vec<usize> = Vec::new();
         let mut held: HeldRecords = HashMap::new();
         let mut due: DelayQueue<PartitionKey> = DelayQueue::new();
+        let mut overfull: HashSet<PartitionKey> = HashSet::new();
+        let mut failing_since: Option<Instant> = None;
         let lane_index: HashMap<Arc<str>, usize> = self
             .lanes
             .iter()
             .enumerate()
             .map(|(i, l)| (l.endpoint_id.clone(), i))
             .collect();
-        // A local handle: received messages borrow it, not `self`.
+        // Local handles: received messages borrow the consumer, not `self`.
         let consumer = self.consumer.clone();
+        let evictions = self.evictions.clone();
+        let budget = self.tracker.budget().clone();
 
         loop {
-            let in_flight = self.tracker.in_flight().get();
-            self.metrics.events_in_flight.set(in_flight as i64);
+            if self.rebalanced.swap(false, Ordering::AcqRel) {
+                self.after_rebalance(&mut held, &mut overfull);
+            }
+            self.metrics.events_in_flight.set(budget.records() as i64);
+            self.metrics.memory_used.set(budget.bytes() as i64);
             self.metrics
                 .parked_held
-                .set(held.values().map(|q| q.len()).sum::<usize>() as i64);
+                .set(held.values().map(|(_, q)| q.len()).sum::<usize>() as i64);
             let paused = self.paused.load(Ordering::Acquire);
-            if !paused && in_flight >= high {
-                self.set_paused(true, &held);
-            } else if paused && in_flight <= low {
-                self.set_paused(false, &held);
+            if !paused && budget.full() {
+                self.set_paused(true, &held, &overfull);
+            } else if paused && budget.low() {
+                self.set_paused(false, &held, &overfull);
             }
             let paused = self.paused.load(Ordering::Acquire);
 
             tokio::select! {
                 biased;
                 _ = shutdown.changed() => break,
-                _ = self.tracker.in_flight().drained(), if paused => {}
+                _ = budget.drained(), if paused => {}
+                done = self.spill.next_finished() => self.spill.finish(done, &self.lanes),
+                _ = evictions.requested() => {
+                    for lane in evictions.take() {
+                        self.evict(lane).await;
+                    }
+                }
                 Some(expired) = due.next(), if !due.is_empty() => {
                     let key = expired.into_inner();
-                    self.release_due(key, &mut held, &mut due, paused);
+                    self.release_due(key, &mut held, &mut due, paused, &overfull);
                 }
-                _ = commit_tick.tick() => self.commit(CommitMode::Async),
+                committed = committer.finished() => committer.record(committed, &self.tracker, &self.metrics),
+                _ = commit_tick.tick() => {
+                    committer.start(&self.consumer, &self.tracker);
+                    self.check_pending(&mut overfull, &held);
+                }
                 // Polled while paused too: that serves rebalances and keeps
                 // the group membership; paused partitions yield nothing.
                 msg = consumer.recv() => match msg {
                     Ok(msg) => {
+                        failing_since = None;
                         let c = topic_counters(&mut counters, &self.metrics, msg.topic());
                         c.consumed.inc();
-                        if self.parker.tiers().delay_of(msg.topic()).is_some() {
-                            self.handle_parked(&msg, &lane_index, &mut held, &mut due);
+                        if let Some(delay) = self.tiers.delay_of(msg.topic()) {
+                            self.handle_internal(&msg, delay, &lane_index, &mut held, &mut due);
                         } else {
                             self.handle(&msg, c, &mut targets).await;
                         }
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e, "consumer error");
+                        if self.consumer_error(&e, &mut failing_since) {
+                            break;
+                        }
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
                 },
             }
         }
-        self.lanes.clear();
+        // What the source still holds goes back: the next owner reads it.
+        drop(held);
+        for lane in &self.lanes {
+            lane.inbox.close();
+        }
+    }
+
+    /// A consumer error: log it, and report it as fatal when no retry can
+    /// fix it. Returns true when the source must stop.
+    fn consumer_error(&self, e: &KafkaError, failing_since: &mut Option<Instant>) -> bool {
+        let fatal_now = match classify(e) {
+            Severity::Fatal => {
+                use rdkafka::types::RDKafkaErrorCode as C;
+                if matches!(
+                    e.rdkafka_error_code(),
+                    Some(C::UnknownTopicOrPartition | C::UnknownTopic)
+                ) {
+                    // Also seen briefly while a new topic propagates: only
+                    // an error that lasts is fatal.
+                    let since = *failing_since.get_or_insert_with(Instant::now);
+                    since.elapsed() >= PERSISTENT_ERROR
+                } else {
+                    true
+                }
+            }
+            _ => false,
+        };
+        if fatal_now {
+            let detail = self
+                .consumer
+                .client()
+                .fatal_error()
+                .map(|(code, text)| format!(" ({code:?}: {text})"))
+                .unwrap_or_default();
+            self.fatal.trip(format!(
+                "the Kafka consumer failed for good: {e}{detail} (check kafka.topics, the internal topics and the consumer's authorizations)"
+            ));
+            return true;
+        }
+        tracing::warn!(error = %e, "consumer error");
+        false
     }
 
     async fn handle(
@@ -169,7 +250,7 @@ impl Source {
                 event.traceparent = header(msg, "traceparent").map(Bytes::copy_from_slice);
                 targets.clear();
                 self.router.route(&event, |i| targets.push(i));
-                let ticket = Ticket::issue(partition, msg.offset(), targets.len());
+                let ticket = Ticket::issue(partition, msg.offset(), targets.len(), payload.len());
                 if targets.is_empty() {
                     counters.unrouted.inc();
                     return;
@@ -177,14 +258,15 @@ impl Source {
                 counters.routed.inc();
                 let event = Arc::new(event);
                 for &i in targets.iter() {
-                    let job = Job {
-                        event: event.clone(),
-                        ticket: ticket.clone(),
-                        parked: None,
-                    };
-                    if let Err(job) = self.lanes[i].offer(job).await {
-                        self.park_now(i, job, "queue_full");
-                    }
+                    self.deliver(
+                        i,
+                        Job {
+                            event: event.clone(),
+                            ticket: ticket.clone(),
+                            parked: None,
+                        },
+                    )
+                    .await;
                 }
             }
             Err(error) => {
@@ -208,11 +290,46 @@ impl Source {
         }
     }
 
-    /// A record from a retry topic: hand it to its lane when due, or hold it
-    /// (and pause its partition) until then.
-    fn handle_parked(
+    /// Queue a fresh delivery in its lane, or spill it (after what the lane
+    /// still had queued, when it asked for that: so the backlog keeps the
+    /// source's order).
+    async fn deliver(&mut self, i: usize, job: Job) {
+        let lane = &self.lanes[i];
+        if lane.inbox.evict_requested() {
+            self.evict(i).await;
+        }
+        let lane = &self.lanes[i];
+        if lane.inbox.is_spilling()
+            && self
+                .spill
+                .may_stop(lane, &self.tracker, self.tiers.spill_topic())
+        {
+            tracing::debug!(endpoint = %lane.endpoint_id, "backlog drained; lane takes fresh deliveries again");
+            lane.inbox.stop_spilling();
+        }
+        if let Err(job) = lane.inbox.offer(job) {
+            self.evict(i).await;
+            self.spill.write(&self.lanes, i, job).await;
+        }
+    }
+
+    /// Spill what lane `i` still has queued, in order, before anything newer.
+    async fn evict(&mut self, i: usize) {
+        let Some(jobs) = self.lanes[i].inbox.take_evicted() else {
+            return;
+        };
+        for job in jobs {
+            self.spill.write(&self.lanes, i, job).await;
+        }
+    }
+
+    /// A record from an internal topic: hand it to its lane when due (or
+    /// leave it under the endpoint's hold), or hold it, and pause its
+    /// partition, until then.
+    fn handle_internal(
         &mut self,
         msg: &BorrowedMessage<'_>,
+        delay: Duration,
         lane_index: &HashMap<Arc<str>, usize>,
         held: &mut HeldRecords,
         due: &mut DelayQueue<PartitionKey>,
@@ -220,7 +337,7 @@ impl Source {
         let Some((partition, source)) = self.owned(msg) else {
             return;
         };
-        let parked = match park::parse(msg, self.max_event_bytes) {
+        let mut parked = match park::parse(msg, self.max_event_bytes) {
             Ok(p) => p,
             Err(error) => {
                 tracing::error!(topic = msg.topic(), offset = msg.offset(), %error, "damaged parked record; dead-lettering");
@@ -234,35 +351,68 @@ impl Source {
             self.dead_letter_unusable(msg, partition, &source, "unknown_endpoint", &error);
             return;
         };
-        let ticket = Ticket::issue(partition, msg.offset(), 1);
-        let job = Job {
-            event: Arc::new(parked.event),
-            ticket,
-            parked: Some(Box::new((parked.delivery_id, parked.state))),
-        };
-        let wait_ms = parked.due_ms - chrono::Utc::now().timestamp_millis();
+        let now = chrono::Utc::now().timestamp_millis();
+        let (due_ms, not_before_ms) =
+            bound_times(parked.due_ms, parked.state.not_before_ms, delay, now);
+        if due_ms != parked.due_ms {
+            tracing::warn!(
+                topic = msg.topic(),
+                offset = msg.offset(),
+                due_ms = parked.due_ms,
+                "parked record due too far ahead; brought back to its tier's delay"
+            );
+        }
+        parked.due_ms = due_ms;
+        parked.state.not_before_ms = not_before_ms;
+
+        let payload_len = msg.payload_len();
+        let timestamp = msg.timestamp().to_millis().unwrap_or(now);
+        let parked_state = Some(Box::new((parked.delivery_id, parked.state)));
+        let wait_ms = parked.due_ms - now;
         if wait_ms <= 0 {
-            self.give_back(lane, job);
+            let Some(ticket) = partition.read_internal(msg.offset(), lane, payload_len, timestamp)
+            else {
+                // Its endpoint has a backlog here already: its reader
+                // brings it back in turn.
+                return;
+            };
+            let job = Job {
+                event: Arc::new(parked.event),
+                ticket,
+                parked: parked_state,
+            };
+            // No room: dropping the job leaves it under the endpoint's hold.
+            if let Err(job) = self.lanes[lane].inbox.give_back(job) {
+                drop(job);
+            }
             return;
         }
+        let ticket = Ticket::issue_internal(
+            partition.clone(),
+            msg.offset(),
+            lane,
+            payload_len,
+            timestamp,
+            true,
+        );
         let key: PartitionKey = (source.topic.clone(), source.partition);
         let entry = Held {
             lane,
-            job,
+            job: Job {
+                event: Arc::new(parked.event),
+                ticket,
+                parked: parked_state,
+            },
             due_ms: parked.due_ms,
         };
-        if let Some(queue) = held.get_mut(&key) {
-            let current = queue.front().is_some_and(|h| {
-                Arc::ptr_eq(h.job.ticket.partition(), entry.job.ticket.partition())
-            });
-            if current {
+        if let Some((p, queue)) = held.get_mut(&key) {
+            if Arc::ptr_eq(p, &partition) {
                 // Read after the pause was asked for: it waits behind the head.
                 queue.push_back(entry);
                 return;
             }
             // Held under an earlier assignment of this partition: those
-            // records are the new owner's to read again (they are not
-            // committed); start afresh with this one.
+            // records are the new owner's to read again.
             held.remove(&key);
         }
         let mut list = TopicPartitionList::new();
@@ -270,37 +420,33 @@ impl Source {
         if let Err(e) = self.consumer.pause(&list) {
             tracing::warn!(error = %e, topic = msg.topic(), "could not pause a retry partition");
         }
-        // park::parse bounds due times; the clamp keeps the timer wheel safe
-        // whatever happens to the clock.
-        due.insert(
-            key.clone(),
-            Duration::from_millis(wait_ms.min(MAX_HOLD_MS) as u64),
-        );
-        held.insert(key, std::collections::VecDeque::from([entry]));
+        due.insert(key.clone(), Duration::from_millis(wait_ms as u64));
+        held.insert(key, (partition, VecDeque::from([entry])));
     }
 
-    /// A retry partition's head record is due: hand over every due record
-    /// it holds, and let the partition go on once none is left waiting.
+    /// An internal partition's head record is due: hand over every due
+    /// record it holds, and let the partition go on once none is left.
     fn release_due(
         &self,
         key: PartitionKey,
         held: &mut HeldRecords,
         due: &mut DelayQueue<PartitionKey>,
         globally_paused: bool,
+        overfull: &HashSet<PartitionKey>,
     ) {
-        let Some(queue) = held.get_mut(&key) else {
+        let Some((partition, queue)) = held.get_mut(&key) else {
             return;
         };
         let now_ms = chrono::Utc::now().timestamp_millis();
+        let current = self.tracker.is_current(partition);
         while queue.front().is_some_and(|h| h.due_ms <= now_ms) {
             let Some(h) = queue.pop_front() else { break };
-            // Revoked (and maybe re-assigned) since: the new owner reads it again.
-            let still_ours = self
-                .tracker
-                .partition(&key.0, key.1)
-                .is_some_and(|p| Arc::ptr_eq(&p, h.job.ticket.partition()));
-            if still_ours {
-                self.give_back(h.lane, h.job);
+            // Revoked (and maybe re-assigned) since: dropped, the new owner
+            // reads it again.
+            if current && !partition.has_open_hold(h.lane) {
+                if let Err(job) = self.lanes[h.lane].inbox.give_back(h.job) {
+                    drop(job);
+                }
             }
         }
         if let Some(next) = queue.front() {
@@ -310,8 +456,9 @@ impl Source {
             );
             return;
         }
+        partition.release_undecided();
         held.remove(&key);
-        if !globally_paused && self.tracker.partition(&key.0, key.1).is_some() {
+        if current && !globally_paused && !overfull.contains(&key) {
             let mut list = TopicPartitionList::new();
             list.add_partition(&key.0, key.1);
             if let Err(e) = self.consumer.resume(&list) {
@@ -320,57 +467,50 @@ impl Source {
         }
     }
 
-    fn give_back(&self, lane: usize, job: Job) {
-        if let Err(job) = self.lanes[lane].give_back(job) {
-            self.park_now(lane, job, "queue_full");
-        }
+    /// After a rebalance: forget what is held for partitions no longer
+    /// ours (their records are the new owner's, their tickets give their
+    /// memory back), and set every assigned partition to the state it
+    /// should have (librdkafka keeps pauses across re-assignment).
+    fn after_rebalance(&self, held: &mut HeldRecords, overfull: &mut HashSet<PartitionKey>) {
+        held.retain(|_, (p, _)| self.tracker.is_current(p));
+        overfull.retain(|(t, p)| self.tracker.partition(t, *p).is_some());
+        let paused = self.paused.load(Ordering::Acquire);
+        self.set_paused(paused, held, overfull);
     }
 
-    /// Park a delivery straight from the source (its lane cannot take it).
-    fn park_now(&self, lane: usize, job: Job, reason: &'static str) {
-        let parker = self.parker.clone();
-        let dead_letters = self.dead_letters.clone();
-        let handle = self.lanes[lane].clone();
-        // Bounded like every record: it holds its in-flight place until the
-        // parked copy is acknowledged.
-        tokio::spawn(async move {
-            let (delivery, state) = match job.parked {
-                Some(p) => {
-                    let (id, state) = *p;
-                    let mut d = Delivery::new(job.event, handle.endpoint_id.clone());
-                    d.id = id;
-                    (d, state)
-                }
-                None => (
-                    Delivery::new(job.event, handle.endpoint_id.clone()),
-                    RetryState::default(),
-                ),
-            };
-            // The shortest tier: a full queue is a short-lived condition.
-            match parker.park(&delivery, &state, Duration::ZERO, reason).await {
-                Ok(()) => handle.parked.inc(),
-                Err(e) => {
-                    let error = format!("the retry topic refused the record: {e}");
-                    let letter = DeadLetter::failed_delivery(
-                        &delivery,
-                        "unparkable",
-                        &error,
-                        &state.history,
-                        None,
-                    );
-                    dead_letters.write(letter).await;
-                    handle.dead_lettered.inc();
-                }
+    /// Pause partitions whose windows grew past the cap (one record stuck
+    /// unfinished while later ones complete); resume them at half.
+    fn check_pending(&self, overfull: &mut HashSet<PartitionKey>, held: &HeldRecords) {
+        let cap = self.max_pending_per_partition;
+        let mut pause = TopicPartitionList::new();
+        let mut resume = TopicPartitionList::new();
+        for (topic, partition, _, pending) in self.tracker.watermarks() {
+            let key = (topic.clone(), partition);
+            if pending > cap && overfull.insert(key.clone()) {
+                tracing::warn!(topic = %topic, partition, pending, "partition window over its cap; pausing the partition");
+                pause.add_partition(&topic, partition);
+            } else if pending <= cap / 2
+                && overfull.remove(&key)
+                && !held.contains_key(&key)
+                && !self.paused.load(Ordering::Acquire)
+            {
+                resume.add_partition(&topic, partition);
             }
-            job.ticket.finish_one();
-        });
+        }
+        if pause.count() > 0 {
+            let _ = self.consumer.pause(&pause);
+        }
+        if resume.count() > 0 {
+            let _ = self.consumer.resume(&resume);
+        }
+        self.metrics.partitions_over_cap.set(overfull.len() as i64);
     }
 
-    /// A retry-topic record that cannot be used: dead-letter it whole.
+    /// An internal-topic record that cannot be used: dead-letter it whole.
     fn dead_letter_unusable(
         &self,
         msg: &BorrowedMessage<'_>,
-        partition: Arc<crate::offsets::PartitionOffsets>,
+        partition: Arc<PartitionOffsets>,
         source: &SourceRef,
         reason: &'static str,
         error: &str,
@@ -390,23 +530,23 @@ impl Source {
 
     fn dead_letter_record(
         &self,
-        partition: Arc<crate::offsets::PartitionOffsets>,
+        partition: Arc<PartitionOffsets>,
         offset: i64,
         letter: DeadLetter,
     ) {
-        let ticket = Ticket::issue(partition, offset, 1);
+        let ticket = Ticket::issue(partition, offset, 1, letter.len());
         let dead_letters = self.dead_letters.clone();
+        // Bounded: the ticket holds its record's place in the budget until
+        // the dead letter is acknowledged.
         tokio::spawn(async move {
-            dead_letters.write(letter).await;
-            ticket.finish_one();
+            if dead_letters.write(letter).await.is_ok() {
+                ticket.finish_one();
+            }
         });
     }
 
     /// The partition's offsets and the record's origin, if the partition is ours.
-    fn owned(
-        &self,
-        msg: &BorrowedMessage<'_>,
-    ) -> Option<(Arc<crate::offsets::PartitionOffsets>, SourceRef)> {
+    fn owned(&self, msg: &BorrowedMessage<'_>) -> Option<(Arc<PartitionOffsets>, SourceRef)> {
         let Some(partition) = self.tracker.partition(msg.topic(), msg.partition()) else {
             // A record of a partition we no longer own: its new owner reads it.
             tracing::debug!(
@@ -424,9 +564,9 @@ impl Source {
         Some((partition, source))
     }
 
-    /// Pause or resume every assigned partition; held retry partitions stay
-    /// paused until their record is due.
-    fn set_paused(&self, pause: bool, held: &HeldRecords) {
+    /// Pause or resume every assigned partition; held and over-full ones
+    /// stay paused either way.
+    fn set_paused(&self, pause: bool, held: &HeldRecords, overfull: &HashSet<PartitionKey>) {
         self.paused.store(pause, Ordering::Release);
         self.metrics.source_paused.set(pause as i64);
         let assignment = match self.consumer.assignment() {
@@ -437,17 +577,22 @@ impl Source {
             }
         };
         let result = if pause {
-            tracing::debug!("in-flight limit reached; pausing the source");
+            tracing::debug!("memory budget reached; pausing the source");
             self.consumer.pause(&assignment)
         } else {
-            tracing::debug!("in-flight below low water; resuming the source");
-            let holding: HashSet<(&str, i32)> =
-                held.keys().map(|(t, p)| (t.as_ref(), *p)).collect();
+            tracing::debug!("memory budget below low water; resuming the source");
             let mut list = TopicPartitionList::new();
+            let mut keep = TopicPartitionList::new();
             for e in assignment.elements() {
-                if !holding.contains(&(e.topic(), e.partition())) {
+                let key = (Arc::<str>::from(e.topic()), e.partition());
+                if held.contains_key(&key) || overfull.contains(&key) {
+                    keep.add_partition(e.topic(), e.partition());
+                } else {
                     list.add_partition(e.topic(), e.partition());
                 }
+            }
+            if keep.count() > 0 {
+                let _ = self.consumer.pause(&keep);
             }
             self.consumer.resume(&list)
         };
@@ -455,36 +600,15 @@ impl Source {
             tracing::warn!(error = %e, pause, "pause/resume failed");
         }
     }
-
-    /// Commit every watermark that moved.
-    pub fn commit(&self, mode: CommitMode) {
-        commit(&self.consumer, &self.tracker, &self.metrics, mode);
-    }
 }
 
-/// Commit every watermark that moved since the last commit.
-pub fn commit(
-    consumer: &SourceConsumer,
-    tracker: &OffsetTracker,
-    metrics: &Metrics,
-    mode: CommitMode,
-) {
-    let moved = tracker.take_commits();
-    if moved.is_empty() {
-        return;
-    }
-    match consumer.commit(&context::to_list(&moved), mode) {
-        Ok(()) => {
-            metrics.commits.with_label_values(&["ok"]).inc();
-            context::record_committed(metrics, &moved);
-        }
-        Err(e) => {
-            // Harmless but for duplicates: a later commit carries the same
-            // or a higher watermark.
-            metrics.commits.with_label_values(&["error"]).inc();
-            tracing::warn!(error = %e, "offset commit failed");
-        }
-    }
+/// A parked record's due and not-before times, brought within what its
+/// tier's delay and the longest Retry-After can mean (plus clock skew): a
+/// skewed clock or a bad writer must not hold a partition for long.
+fn bound_times(due_ms: i64, not_before_ms: i64, delay: Duration, now: i64) -> (i64, i64) {
+    let latest_due = now + delay.as_millis() as i64 + MAX_CLOCK_SKEW_MS;
+    let latest_not_before = now + MAX_RETRY_AFTER.as_millis() as i64 + MAX_CLOCK_SKEW_MS;
+    (due_ms.min(latest_due), not_before_ms.min(latest_not_before))
 }
 
 fn topic_counters<'a>(
@@ -527,4 +651,28 @@ fn original_headers(msg: &BorrowedMessage<'_>) -> Vec<(String, Vec<u8>)> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parked_times_are_bounded_by_the_tier_and_the_longest_retry_after() {
+        let now = 1_800_000_000_000;
+        let day = 86_400_000;
+        let tier = Duration::from_secs(5);
+        // On time: unchanged.
+        assert_eq!(
+            bound_times(now + 5_000, now + 3_000, tier, now),
+            (now + 5_000, now + 3_000)
+        );
+        // 30 days ahead in the 5 s tier: due within the tier and the skew.
+        let (due, not_before) = bound_times(now + 30 * day, now + 30 * day, tier, now);
+        assert_eq!(due, now + 5_000 + MAX_CLOCK_SKEW_MS);
+        assert_eq!(
+            not_before,
+            now + MAX_RETRY_AFTER.as_millis() as i64 + MAX_CLOCK_SKEW_MS
+        );
+    }
 }

@@ -14,6 +14,11 @@ use serde_json::value::RawValue;
 /// The retry topics of the test config's `kafka.retry_tiers`.
 pub const RETRY_TOPICS: &[&str] = &["dispatcher.retry.500ms", "dispatcher.retry.2s"];
 
+/// The spill topic (the default `kafka.spill_topic`) and its partitions in
+/// the tests' brokers.
+pub const SPILL_TOPIC: &str = "dispatcher.spill";
+pub const SPILL_PARTITIONS: i32 = 4;
+
 /// An embedded Kafka with the test config's topics, `events` with `partitions`.
 pub fn embedded_kafka(partitions: i32) -> dispatcher::embedded::EmbeddedKafka {
     let kafka =
@@ -22,6 +27,9 @@ pub fn embedded_kafka(partitions: i32) -> dispatcher::embedded::EmbeddedKafka {
     for tier in RETRY_TOPICS {
         kafka.create_topic(tier, 2).expect("retry topic");
     }
+    kafka
+        .create_topic(SPILL_TOPIC, SPILL_PARTITIONS)
+        .expect("spill topic");
     kafka
 }
 

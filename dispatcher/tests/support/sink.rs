@@ -24,6 +24,11 @@ pub enum Behaviour {
     Hang,
     /// 429 with `Retry-After: secs` to the first `times` requests, then 200.
     Throttle { times: usize, secs: u64 },
+    /// 429 with `Retry-After: secs` to the first attempt of every delivery
+    /// id, 200 to later ones.
+    ThrottleFirst { secs: u64 },
+    /// 200 after this many milliseconds: healthy, but slow.
+    Delay { ms: u64 },
 }
 
 #[derive(Debug, Clone)]
@@ -31,6 +36,8 @@ pub struct Received {
     pub path: String,
     pub headers: HeaderMap,
     pub body: Bytes,
+    /// When it arrived.
+    pub at: std::time::Instant,
 }
 
 impl Received {
@@ -49,6 +56,8 @@ pub struct Sink {
     behaviour: Arc<Mutex<Behaviour>>,
     attempts: Arc<std::sync::atomic::AtomicUsize>,
     arrivals: Arc<Mutex<Vec<std::time::Instant>>>,
+    /// When each delivery id was first attempted.
+    first_attempts: Arc<Mutex<std::collections::HashMap<String, std::time::Instant>>>,
 }
 
 impl Sink {
@@ -60,6 +69,7 @@ impl Sink {
             behaviour: Arc::new(Mutex::new(behaviour)),
             attempts: Default::default(),
             arrivals: Default::default(),
+            first_attempts: Default::default(),
         };
         let s = sink.clone();
         tokio::spawn(async move {
@@ -98,6 +108,15 @@ impl Sink {
         self.attempts.load(std::sync::atomic::Ordering::SeqCst)
     }
 
+    /// When each delivery id was first attempted.
+    pub fn first_attempt(&self, delivery_id: &str) -> Option<std::time::Instant> {
+        self.first_attempts
+            .lock()
+            .unwrap()
+            .get(delivery_id)
+            .copied()
+    }
+
     /// When each request arrived, whatever the answer.
     pub fn arrivals(&self) -> Vec<std::time::Instant> {
         self.arrivals.lock().unwrap().clone()
@@ -111,9 +130,22 @@ impl Sink {
             .lock()
             .unwrap()
             .push(std::time::Instant::now());
+        let at = std::time::Instant::now();
         let behaviour = *self.behaviour.lock().unwrap();
         let path = req.uri().path().to_owned();
         let headers = req.headers().clone();
+        let first = match headers
+            .get("x-webhook-delivery-id")
+            .and_then(|v| v.to_str().ok())
+        {
+            Some(id) => {
+                let mut seen = self.first_attempts.lock().unwrap();
+                let first = !seen.contains_key(id);
+                seen.entry(id.to_owned()).or_insert(at);
+                first
+            }
+            None => true,
+        };
         let body = req
             .into_body()
             .collect()
@@ -128,6 +160,15 @@ impl Sink {
                 429
             }
             Behaviour::Throttle { .. } => 200,
+            Behaviour::ThrottleFirst { secs } if first => {
+                retry_after = Some(secs);
+                429
+            }
+            Behaviour::ThrottleFirst { .. } => 200,
+            Behaviour::Delay { ms } => {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                200
+            }
             Behaviour::Status(s) => s,
             Behaviour::Hang => {
                 tokio::time::sleep(Duration::from_secs(3600)).await;
@@ -139,6 +180,7 @@ impl Sink {
                 path,
                 headers,
                 body,
+                at: std::time::Instant::now(),
             });
         }
         let mut r = Response::new(Full::new(Bytes::from_static(b"{\"received\":true}")));

@@ -515,12 +515,23 @@ fn classify_response(
             reason,
             disable_endpoint: true,
         },
-        408 | 429 | 500..=599 => Outcome::Retry {
+        // A request to slow down, not a failure (Standard Webhooks: honour
+        // Retry-After on 429, 502, 503 and 504): the endpoint waits as a
+        // whole, no attempt is spent, the breaker does not count it.
+        429 => Outcome::Throttled {
             status: Some(code),
             reason,
-            retry_after: headers
-                .get(header::RETRY_AFTER)
-                .and_then(|v| parse_retry_after(v, now)),
+            retry_after: retry_after(headers, now).unwrap_or(DEFAULT_THROTTLE_WAIT),
+        },
+        502..=504 if retry_after(headers, now).is_some() => Outcome::Throttled {
+            status: Some(code),
+            reason,
+            retry_after: retry_after(headers, now).unwrap_or(DEFAULT_THROTTLE_WAIT),
+        },
+        408 | 500..=599 => Outcome::Retry {
+            status: Some(code),
+            reason,
+            retry_after: retry_after(headers, now),
         },
         400..=499 => Outcome::Permanent {
             status: Some(code),
@@ -549,6 +560,17 @@ fn status_reason(status: StatusCode, body: &str) -> String {
         reason.push_str(&excerpt);
     }
     reason
+}
+
+/// How long a 429 without `Retry-After` makes the endpoint wait. Short: the
+/// lane also lowers its concurrency on every such answer, which is what
+/// finds the receiver's pace.
+pub const DEFAULT_THROTTLE_WAIT: Duration = Duration::from_secs(1);
+
+fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+    headers
+        .get(header::RETRY_AFTER)
+        .and_then(|v| parse_retry_after(v, now))
 }
 
 /// `Retry-After` as delta-seconds or an HTTP-date (RFC 9110 §10.2.3). A date

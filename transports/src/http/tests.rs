@@ -267,7 +267,7 @@ fn classifies_statuses() {
             "{code}"
         );
     }
-    for code in [408, 429, 500, 502, 503, 504, 599] {
+    for code in [408, 500, 502, 503, 504, 599] {
         assert!(
             matches!(
                 cls(code, &none),
@@ -279,6 +279,25 @@ fn classifies_statuses() {
             "{code}"
         );
     }
+    // Asked to slow down: a throttle, never a failure.
+    assert!(matches!(
+        cls(429, &none),
+        Outcome::Throttled { retry_after, .. } if retry_after == DEFAULT_THROTTLE_WAIT
+    ));
+    let after = headers(&[("retry-after", "7")]);
+    for code in [429, 502, 503, 504] {
+        assert!(
+            matches!(
+                cls(code, &after),
+                Outcome::Throttled { retry_after, .. } if retry_after == Duration::from_secs(7)
+            ),
+            "{code}"
+        );
+    }
+    assert!(
+        matches!(cls(500, &after), Outcome::Retry { retry_after: Some(d), .. } if d == Duration::from_secs(7)),
+        "a 500 with Retry-After is a failure that names its earliest retry"
+    );
     for code in [100, 199, 600, 999] {
         assert!(matches!(cls(code, &none), Outcome::Retry { .. }), "{code}");
     }
@@ -301,8 +320,10 @@ fn classifies_statuses() {
 
 #[test]
 fn retry_after_forms() {
+    // A 500 keeps Retry-After as the floor of its retry (a 429 or 503 with
+    // it throttles instead: see above).
     let after = |v: &'static str| match classify_response(
-        StatusCode::TOO_MANY_REQUESTS,
+        StatusCode::INTERNAL_SERVER_ERROR,
         &headers(&[("retry-after", v)]),
         "",
         now(),

@@ -1,0 +1,319 @@
+//! Backlog readers: one per endpoint that has work waiting in Kafka under a
+//! hold (spilled deliveries, or retries that came due while it had no
+//! room), bringing that work back at the endpoint's own pace.
+//!
+//! The main consumer reads every internal-topic partition once, in order,
+//! and never waits: a record whose endpoint has no room is left under that
+//! endpoint's hold (see [`crate::offsets`]). Each endpoint with holds gets
+//! a reader of its own, with a consumer of its own (no group: it only
+//! reads, from the holds' cursors), which hands the endpoint's records to
+//! its lane whenever the lane has room, skipping everyone else's. So two
+//! lagging endpoints that share a partition each drain at their own speed:
+//! neither waits for the other, and the faster one is not held to the
+//! pace of the slower. The price is reading the partition once more per
+//! lagging endpoint; `docs/architecture.md` weighs this against the
+//! alternatives.
+//!
+//! Readers are started when an endpoint's first hold opens and end when its
+//! holds are gone. Their consumers are opened only while there is room to
+//! fill, at most `pipeline.backlog_readers` at a time.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+
+use crate::kafka::header_str;
+use crate::lane::{Job, LaneHandle};
+use crate::offsets::{OffsetTracker, PartitionOffsets, ReaderStep, Ticket};
+use crate::park;
+
+/// How often a reader looks again at its holds without being woken.
+const REFRESH: Duration = Duration::from_millis(250);
+/// How long a reader keeps its consumer open without room to fill.
+const IDLE_CLOSE: Duration = Duration::from_secs(5);
+
+/// What every reader shares.
+pub struct Backlogs {
+    pub lanes: Vec<LaneHandle>,
+    pub tracker: Arc<OffsetTracker>,
+    /// A consumer configuration without a group: readers only read.
+    pub consumer: ClientConfig,
+    pub max_event_bytes: usize,
+    /// Bounds the readers' open consumers.
+    pub permits: Arc<Semaphore>,
+}
+
+impl Backlogs {
+    /// Start a reader for each lane whose first hold opens, until shutdown;
+    /// keep the backlog gauges current meanwhile.
+    pub async fn run(
+        self,
+        mut started: mpsc::UnboundedReceiver<usize>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let this = Arc::new(self);
+        let mut readers = JoinSet::new();
+        let mut gauges = tokio::time::interval(Duration::from_secs(1));
+        let mut shown: Vec<usize> = Vec::new();
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            tokio::select! {
+                _ = shutdown.changed() => {}
+                lane = started.recv() => match lane {
+                    Some(lane) if lane < this.lanes.len() => {
+                        readers.spawn(this.clone().read(lane, shutdown.clone()));
+                    }
+                    Some(_) => {}
+                    None => break,
+                },
+                Some(ended) = readers.join_next(), if !readers.is_empty() => {
+                    if let Err(e) = ended {
+                        if e.is_panic() {
+                            tracing::error!(error = %e, "a backlog reader panicked");
+                        }
+                    }
+                }
+                _ = gauges.tick() => shown = this.update_gauges(shown),
+            }
+        }
+        readers.shutdown().await;
+    }
+
+    /// Backlog size and age per endpoint with holds; zero for those that
+    /// had some at the last update and have none now.
+    fn update_gauges(&self, before: Vec<usize>) -> Vec<usize> {
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        let lanes = self.tracker.holds().lanes();
+        for &lane in before.iter().filter(|l| !lanes.contains(l)) {
+            if let Some(h) = self.lanes.get(lane) {
+                h.metrics.backlog.set(0);
+                h.metrics.backlog_age.set(0.0);
+            }
+        }
+        for &lane in &lanes {
+            let Some(h) = self.lanes.get(lane) else {
+                continue;
+            };
+            let (mut waiting, mut oldest) = (0u64, None::<i64>);
+            for p in self.tracker.holds().partitions(lane) {
+                if let Some((n, o)) = p.backlog(lane) {
+                    waiting += n;
+                    oldest = match (oldest, o) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    };
+                }
+            }
+            h.metrics.backlog.set(waiting as i64);
+            h.metrics
+                .backlog_age
+                .set(oldest.map_or(0.0, |o| (now_ms - o).max(0) as f64 / 1000.0));
+        }
+        lanes
+    }
+
+    /// One endpoint's reader: until its holds are gone.
+    async fn read(self: Arc<Self>, lane: usize, mut shutdown: watch::Receiver<bool>) {
+        let handle = &self.lanes[lane];
+        let waker = self.tracker.holds().waker(lane);
+        let mut reader: Option<Reader> = None;
+        let mut holds: Vec<Arc<PartitionOffsets>> = Vec::new();
+        let mut refresh_at = Instant::now();
+        let mut no_room_since: Option<Instant> = None;
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            if Instant::now() >= refresh_at {
+                holds = self.tracker.holds().take(lane, &self.tracker);
+                refresh_at = Instant::now() + REFRESH;
+                if holds.is_empty() {
+                    // The index forgot the lane with its last hold: the next
+                    // hold starts a new reader.
+                    return;
+                }
+            }
+            if !handle.inbox.has_room() {
+                let since = *no_room_since.get_or_insert_with(Instant::now);
+                if reader.is_some() && since.elapsed() >= IDLE_CLOSE {
+                    // Give the consumer (and its permit) up while the lane
+                    // is busy or cannot send; reopened when room comes.
+                    reader = None;
+                }
+                tokio::select! {
+                    _ = handle.inbox.room() => {}
+                    _ = waker.notified() => refresh_at = Instant::now(),
+                    _ = tokio::time::sleep(REFRESH) => {}
+                    _ = shutdown.changed() => {}
+                }
+                continue;
+            }
+            no_room_since = None;
+            if reader.is_none() {
+                let permit = tokio::select! {
+                    p = self.permits.clone().acquire_owned() => match p {
+                        Ok(p) => p,
+                        Err(_) => return,
+                    },
+                    _ = shutdown.changed() => continue,
+                };
+                match self.consumer.create::<StreamConsumer>() {
+                    Ok(consumer) => {
+                        reader = Some(Reader {
+                            consumer,
+                            assigned: HashMap::new(),
+                            _permit: permit,
+                        })
+                    }
+                    Err(e) => {
+                        tracing::warn!(endpoint = %handle.endpoint_id, error = %e, "cannot create a backlog reader; trying again");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                }
+            }
+            let Some(Reader {
+                consumer, assigned, ..
+            }) = reader.as_mut()
+            else {
+                continue;
+            };
+            if let Err(e) = sync(consumer, assigned, lane, &holds) {
+                tracing::warn!(endpoint = %handle.endpoint_id, error = %e, "backlog reader assignment failed; reopening");
+                reader = None;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+            let msg = tokio::select! {
+                m = tokio::time::timeout(REFRESH, consumer.recv()) => m,
+                _ = waker.notified() => { refresh_at = Instant::now(); continue }
+                _ = shutdown.changed() => continue,
+            };
+            match msg {
+                Ok(Ok(msg)) => {
+                    if let Some(stopped) = self.take(lane, handle, assigned, &msg) {
+                        assigned.remove(&stopped);
+                        refresh_at = Instant::now();
+                    }
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(endpoint = %handle.endpoint_id, error = %e, "backlog reader error");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                // Nothing to read right now: look at the holds again.
+                Err(_) => refresh_at = Instant::now(),
+            }
+        }
+    }
+
+    /// Act on one record; returns the partition to stop reading, if any.
+    fn take(
+        &self,
+        lane: usize,
+        handle: &LaneHandle,
+        assigned: &mut Assigned,
+        msg: &BorrowedMessage<'_>,
+    ) -> Option<(Arc<str>, i32)> {
+        let key = assigned
+            .keys()
+            .find(|(t, p)| t.as_ref() == msg.topic() && *p == msg.partition())
+            .cloned()?;
+        let (partition, next) = assigned.get_mut(&key)?;
+        let offset = msg.offset();
+        *next = offset + 1;
+        let own = header_str(msg, "park.endpoint_id") == Some(handle.endpoint_id.as_ref());
+        match partition.reader_step(lane, offset, own) {
+            ReaderStep::Stop => return Some(key),
+            ReaderStep::Skip => return None,
+            ReaderStep::Rewind => {
+                // Read again from the cursor: the next sync assigns there.
+                *next = i64::MAX;
+                return None;
+            }
+            ReaderStep::Take => {}
+        }
+        let payload_len = msg.payload_len();
+        let ts = msg.timestamp().to_millis().unwrap_or(0);
+        let ticket = Ticket::issue_held(partition.clone(), offset, lane, payload_len, ts);
+        let parked = match park::parse(msg, self.max_event_bytes) {
+            Ok(p) => p,
+            Err(_) => {
+                // Damaged: the main reader dead-lettered it when it read it.
+                ticket.finish_one();
+                return None;
+            }
+        };
+        let job = Job {
+            event: Arc::new(parked.event),
+            ticket,
+            parked: Some(Box::new((parked.delivery_id, parked.state))),
+        };
+        match handle.inbox.give_back(job) {
+            Ok(()) => {
+                handle.metrics.backlog_drained.inc();
+                partition.reader_progress(lane, ts);
+            }
+            // No room after all: dropping it puts it back under the hold,
+            // and the cursor with it.
+            Err(job) => drop(job),
+        }
+        None
+    }
+}
+
+/// Partitions a reader reads, with the next offset expected from each.
+type Assigned = HashMap<(Arc<str>, i32), (Arc<PartitionOffsets>, i64)>;
+
+/// A reader's consumer and what it reads.
+struct Reader {
+    consumer: StreamConsumer,
+    assigned: Assigned,
+    _permit: OwnedSemaphorePermit,
+}
+
+/// Read exactly the open holds, each from its cursor: assign again when a
+/// hold came or went, or a cursor moved back (a record given back).
+fn sync(
+    consumer: &StreamConsumer,
+    assigned: &mut Assigned,
+    lane: usize,
+    holds: &[Arc<PartitionOffsets>],
+) -> rdkafka::error::KafkaResult<()> {
+    let mut want: HashMap<(Arc<str>, i32), (Arc<PartitionOffsets>, i64)> = HashMap::new();
+    for p in holds {
+        if let Some(pos) = p.reader_position(lane) {
+            let key = (p.topic.clone(), p.partition);
+            // Reading on from where the consumer is, unless the cursor
+            // moved back behind it.
+            let next = match assigned.get(&key) {
+                Some((q, next)) if Arc::ptr_eq(q, p) && *next <= pos => *next,
+                _ => pos,
+            };
+            want.insert(key, (p.clone(), next));
+        }
+    }
+    let unchanged = want.len() == assigned.len()
+        && want.iter().all(|(k, (p, pos))| {
+            assigned
+                .get(k)
+                .is_some_and(|(q, next)| Arc::ptr_eq(p, q) && next == pos)
+        });
+    if unchanged {
+        return Ok(());
+    }
+    let mut list = TopicPartitionList::new();
+    for ((topic, partition), (_, pos)) in &want {
+        list.add_partition_offset(topic, *partition, Offset::Offset(*pos))?;
+    }
+    consumer.assign(&list)?;
+    *assigned = want;
+    Ok(())
+}

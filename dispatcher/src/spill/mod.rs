@@ -1,0 +1,272 @@
+//! Spilling: a lane that cannot keep up has its fresh deliveries written to
+//! the spill topic (`kafka.spill_topic`), once and in order, so the source
+//! commits past them and never waits on that endpoint.
+//!
+//! A lane asks for it (its inbox is full, its oldest queued delivery waited
+//! longer than `pipeline.spill_after`, the memory budget is crowded, or it
+//! cannot send at all). From then on every fresh delivery for it goes to
+//! the spill topic, and what it still had queued goes first, all written
+//! from the source task, so the spilled backlog keeps the source's order.
+//! Records are keyed by endpoint and source partition: what an endpoint
+//! spills from one source partition lies, in order, in one spill partition. They come back through the consumer like parked retries, with
+//! no delay; when the lane has no room the endpoint's hold keeps its place
+//! (see [`crate::offsets`] and [`crate::backlog`]).
+//!
+//! The lane stops spilling once everything this replica spilled for it has
+//! come back, so a fresh delivery never overtakes a spilled one. (When the
+//! spill partition is another replica's, this replica cannot see that and
+//! stops as soon as the lane has room: order then holds per replica.)
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::stream::{FuturesUnordered, StreamExt};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use transports::{BoxFuture, Delivery, DeliveryId};
+
+use crate::dlq::{DeadLetter, DeadLetters};
+use crate::fatal::Fatal;
+use crate::kafka::{classify, Severity};
+use crate::lane::{Job, LaneHandle};
+use crate::offsets::OffsetTracker;
+use crate::park::Parker;
+
+/// What this replica spilled for one lane.
+#[derive(Debug, Default, Clone)]
+struct Mark {
+    /// Writes not yet acknowledged.
+    in_flight: usize,
+    /// The newest acknowledged record per spill partition written to
+    /// (partition, offset); as many entries as spill partitions at most.
+    last: Vec<(i32, i64)>,
+}
+
+enum Finished {
+    Spilled {
+        lane: usize,
+        job: Job,
+        id: DeliveryId,
+        result: Result<(i32, i64), KafkaError>,
+    },
+    /// A write that failed transiently, to be queued again after a pause.
+    Again {
+        lane: usize,
+        job: Job,
+        id: DeliveryId,
+    },
+    DeadLettered,
+}
+
+/// The source's spill writer.
+pub struct Spill {
+    parker: Arc<Parker>,
+    dead_letters: Arc<DeadLetters>,
+    fatal: Arc<Fatal>,
+    marks: Vec<Mark>,
+    writes: FuturesUnordered<BoxFuture<'static, Finished>>,
+}
+
+impl Spill {
+    pub fn new(
+        parker: Arc<Parker>,
+        dead_letters: Arc<DeadLetters>,
+        fatal: Arc<Fatal>,
+        lanes: usize,
+    ) -> Spill {
+        Spill {
+            parker,
+            dead_letters,
+            fatal,
+            marks: vec![Mark::default(); lanes],
+            writes: FuturesUnordered::new(),
+        }
+    }
+
+    /// Writes not yet acknowledged (each holds its record's memory).
+    pub fn in_flight(&self) -> usize {
+        self.writes.len()
+    }
+
+    /// Spill `job` for `lanes[lane]`. When librdkafka's queue is full this
+    /// waits for earlier writes to finish: Kafka as a whole is behind then,
+    /// which is back-pressure on everything, not one endpoint's doing.
+    pub async fn write(&mut self, lanes: &[LaneHandle], lane: usize, job: Job) {
+        let id = match &job.parked {
+            Some(p) => p.0,
+            None => DeliveryId::derive(&job.event, &lanes[lane].endpoint_id),
+        };
+        let mut job = Some(job);
+        while let Some(j) = job.take() {
+            match self.enqueue(&lanes[lane], j, id) {
+                Ok(()) => return,
+                Err(j) => {
+                    job = Some(j);
+                    match self.writes.next().await {
+                        Some(done) => self.handle(done, lanes),
+                        None => tokio::time::sleep(Duration::from_millis(10)).await,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Hand one record to librdkafka; `Err` gives the job back when its
+    /// queue is full.
+    fn enqueue(&mut self, lane: &LaneHandle, job: Job, id: DeliveryId) -> Result<(), Job> {
+        let state = job.parked.as_ref().map(|p| p.1.clone()).unwrap_or_default();
+        let index = lane.index;
+        let result = self.parker.spill(&lane.endpoint_id, id, &job.event, &state);
+        let delivery = match result {
+            Ok(delivery) => Some(delivery),
+            Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)) => return Err(job),
+            Err(e) => {
+                self.marks[index].in_flight += 1;
+                self.writes.push(Box::pin(async move {
+                    Finished::Spilled {
+                        lane: index,
+                        job,
+                        id,
+                        result: Err(e),
+                    }
+                }));
+                return Ok(());
+            }
+        };
+        self.marks[index].in_flight += 1;
+        self.writes.push(Box::pin(async move {
+            let result = match delivery {
+                Some(d) => match d.await {
+                    Ok(Ok(d)) => Ok((d.partition, d.offset)),
+                    Ok(Err((e, _))) => Err(e),
+                    Err(_) => Err(KafkaError::Canceled),
+                },
+                None => Err(KafkaError::Canceled),
+            };
+            Finished::Spilled {
+                lane: index,
+                job,
+                id,
+                result,
+            }
+        }));
+        Ok(())
+    }
+
+    /// Resolves when a write finished; pass the result to [`Spill::finish`].
+    /// Pending forever while nothing is being written.
+    pub async fn next_finished(&mut self) -> FinishedWrite {
+        match self.writes.next().await {
+            Some(done) => FinishedWrite(done),
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Act on a finished write.
+    pub fn finish(&mut self, done: FinishedWrite, lanes: &[LaneHandle]) {
+        self.handle(done.0, lanes);
+    }
+
+    fn handle(&mut self, done: Finished, lanes: &[LaneHandle]) {
+        let (lane, job, id, result) = match done {
+            Finished::Spilled {
+                lane,
+                job,
+                id,
+                result,
+            } => (lane, job, id, result),
+            Finished::Again { lane, job, id } => {
+                self.marks[lane].in_flight = self.marks[lane].in_flight.saturating_sub(1);
+                if let Err(job) = self.enqueue(&lanes[lane], job, id) {
+                    self.again(lane, job, id);
+                }
+                return;
+            }
+            Finished::DeadLettered => return,
+        };
+        let handle = &lanes[lane];
+        let mark = &mut self.marks[lane];
+        mark.in_flight = mark.in_flight.saturating_sub(1);
+        match result {
+            Ok((partition, offset)) => {
+                match mark.last.iter_mut().find(|(p, _)| *p == partition) {
+                    Some((_, o)) => *o = (*o).max(offset),
+                    None => mark.last.push((partition, offset)),
+                }
+                handle.metrics.spilled.inc();
+                job.ticket.finish_one();
+            }
+            Err(e) => match classify(&e) {
+                Severity::Transient => {
+                    handle.metrics.spill_write_errors.inc();
+                    tracing::warn!(endpoint = %handle.endpoint_id, error = %e, "spill write failed; retrying");
+                    self.again(lane, job, id);
+                }
+                Severity::Permanent => {
+                    // The spill topic refuses this record (too large for
+                    // it): dead-letter it rather than lose it.
+                    tracing::error!(endpoint = %handle.endpoint_id, delivery_id = %id, error = %e, "cannot spill; dead-lettering");
+                    let dead_letters = self.dead_letters.clone();
+                    let counter = handle.metrics.dead_lettered.clone();
+                    let delivery = Delivery {
+                        event: job.event.clone(),
+                        endpoint_id: handle.endpoint_id.clone(),
+                        id,
+                        body: bytes::Bytes::new(),
+                        attempt: 1,
+                    };
+                    self.writes.push(Box::pin(async move {
+                        let error = format!("the spill topic refused the record: {e}");
+                        let history = job.parked.as_ref().map(|p| p.1.history.clone());
+                        let letter = DeadLetter::failed_delivery(
+                            &delivery,
+                            "unparkable",
+                            &error,
+                            history.as_deref().unwrap_or_default(),
+                            None,
+                        );
+                        if dead_letters.write(letter).await.is_ok() {
+                            counter.inc();
+                            job.ticket.finish_one();
+                        }
+                        Finished::DeadLettered
+                    }));
+                }
+                Severity::Fatal => {
+                    // The job is dropped unfinished: its record is read
+                    // again after the restart.
+                    self.fatal.trip(format!(
+                        "writing to the spill topic failed for good: {e} (check that kafka.spill_topic exists and that the dispatcher may write to it)"
+                    ));
+                }
+            },
+        }
+    }
+
+    /// Queue `job` again after a short pause (counted as in flight).
+    fn again(&mut self, lane: usize, job: Job, id: DeliveryId) {
+        self.marks[lane].in_flight += 1;
+        self.writes.push(Box::pin(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            Finished::Again { lane, job, id }
+        }));
+    }
+
+    /// Whether `lane` may take fresh deliveries in memory again: nothing of
+    /// its spilled backlog that this replica wrote is still out there.
+    pub fn may_stop(&self, lane: &LaneHandle, tracker: &OffsetTracker, spill_topic: &str) -> bool {
+        let mark = &self.marks[lane.index];
+        if mark.in_flight > 0 || lane.inbox.evict_requested() || !lane.inbox.has_room() {
+            return false;
+        }
+        mark.last.iter().all(|&(partition, offset)| {
+            match tracker.partition(spill_topic, partition) {
+                Some(p) => p.passed(offset) && !p.has_open_hold(lane.index),
+                // Another replica drains it: this one cannot tell.
+                None => true,
+            }
+        })
+    }
+}
+
+/// A finished spill write, for [`Spill::finish`].
+pub struct FinishedWrite(Finished);

@@ -1,0 +1,240 @@
+//! No endpoint can slow another: endpoints that cannot keep up (slow but
+//! healthy, rate-limited) have their backlog moved to Kafka and drained at
+//! their own pace, while the others go on as if they were alone. On the
+//! embedded Kafka (librdkafka's mock cluster); `broker_e2e.rs` runs the
+//! same shape against a real broker.
+
+mod support;
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::{Duration, Instant};
+
+use dispatcher::seed::SeedEvents;
+use support::kafka::produce;
+use support::sink::{Behaviour, Sink};
+use support::{assert_one_id_per_event, config, raw_data, start, wait_until};
+
+fn events(seed: u64, n: usize) -> Vec<Vec<u8>> {
+    let mut seeds = SeedEvents::new(seed);
+    (0..n)
+        .map(|_| seeds.next_event(chrono::Utc::now().timestamp_millis()).2)
+        .collect()
+}
+
+/// The distinct events a sink received on `path`.
+fn delivered(sink: &Sink, path: &str) -> BTreeSet<String> {
+    sink.received()
+        .iter()
+        .filter(|r| r.path == path)
+        .map(|r| raw_data(&r.body))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_and_a_rate_limited_endpoint_do_not_slow_the_fast_ones() {
+    support::init_logging();
+    let kafka = support::embedded_kafka(4);
+    let fast = Sink::start(Behaviour::Ok).await;
+    // 100 ms per answer, two at a time: 20 deliveries/s at best.
+    let slow = Sink::start(Behaviour::Delay { ms: 100 }).await;
+    let limited = Sink::start(Behaviour::Ok).await;
+    let mut endpoints = String::new();
+    for i in 0..4 {
+        endpoints += &format!(
+            "  - id: fast-{i}\n    url: \"{}\"\n    events: [\"*\"]\n",
+            fast.url(&format!("/f{i}"))
+        );
+    }
+    endpoints += &format!(
+        "  - id: slow\n    url: \"{}\"\n    events: [\"*\"]\n    max_in_flight: 2\n",
+        slow.url("/slow")
+    );
+    endpoints += &format!(
+        "  - id: limited\n    url: \"{}\"\n    events: [\"*\"]\n    rate_limit: {{ per_second: 20 }}\n",
+        limited.url("/limited")
+    );
+    let running = start(config(kafka.bootstrap(), "isolation", "", &endpoints)).await;
+
+    const N: usize = 400;
+    let values = events(41, N);
+    let produced: BTreeSet<String> = values.iter().map(|v| raw_data(v)).collect();
+    produce(kafka.bootstrap(), "events", &values).await;
+    let started = Instant::now();
+
+    wait_until(
+        Duration::from_secs(60),
+        "every fast endpoint got every event",
+        || (0..4).all(|i| delivered(&fast, &format!("/f{i}")) == produced),
+    )
+    .await;
+    let fast_done = started.elapsed();
+    // The slow endpoint needs N / 20 = 20 s for its share, the limited one
+    // as long: the fast ones must not wait for either.
+    assert!(
+        fast_done < Duration::from_secs(8),
+        "the fast endpoints took {fast_done:?}, as if they waited for the slow ones"
+    );
+    assert!(
+        slow.count() < N && limited.count() < N,
+        "the slow ones cannot be done yet ({} and {} of {N})",
+        slow.count(),
+        limited.count()
+    );
+    wait_until(
+        Duration::from_secs(120),
+        "the slow and the limited endpoints got every event, later",
+        || delivered(&slow, "/slow") == produced && delivered(&limited, "/limited") == produced,
+    )
+    .await;
+    for sink in [&fast, &slow, &limited] {
+        assert_one_id_per_event(sink);
+    }
+    // Their backlogs waited in Kafka (they lagged for longer than
+    // pipeline.spill_after), each delivery written there once.
+    let m = running.metrics.clone();
+    let spilled = |ep: &str| m.spilled.with_label_values(&[ep]).get() as usize;
+    assert!(spilled("slow") > 0 && spilled("limited") > 0);
+    assert!(
+        spilled("slow") <= N && spilled("limited") <= N,
+        "a spilled delivery is written once: {} and {} writes for {N} events",
+        spilled("slow"),
+        spilled("limited")
+    );
+    running.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_lagging_endpoints_on_one_spill_partition_each_drain_at_their_own_pace() {
+    support::init_logging();
+    // One spill partition: both backlogs share it.
+    let kafka =
+        dispatcher::embedded::EmbeddedKafka::start(&["events", "dispatcher.dlq"], 2).unwrap();
+    for tier in support::RETRY_TOPICS {
+        kafka.create_topic(tier, 1).unwrap();
+    }
+    kafka.create_topic(support::SPILL_TOPIC, 1).unwrap();
+    // About 10 deliveries/s and 1 delivery/s.
+    let quick = Sink::start(Behaviour::Delay { ms: 100 }).await;
+    let crawl = Sink::start(Behaviour::Delay { ms: 1000 }).await;
+    let endpoints = format!(
+        "  - id: quick\n    url: \"{}\"\n    events: [\"*\"]\n    max_in_flight: 1\n    queue_capacity: 4\n\
+         \x20 - id: crawl\n    url: \"{}\"\n    events: [\"*\"]\n    max_in_flight: 1\n    queue_capacity: 4\n",
+        quick.url("/q"),
+        crawl.url("/c")
+    );
+    let running = start(config(
+        kafka.bootstrap(),
+        "shared-spill",
+        "  spill_after: 200ms\n",
+        &endpoints,
+    ))
+    .await;
+
+    const N: usize = 40;
+    let values = events(42, N);
+    let produced: BTreeSet<String> = values.iter().map(|v| raw_data(v)).collect();
+    produce(kafka.bootstrap(), "events", &values).await;
+    let started = Instant::now();
+    wait_until(
+        Duration::from_secs(60),
+        "the quicker endpoint drained its backlog",
+        || delivered(&quick, "/q") == produced,
+    )
+    .await;
+    let quick_done = started.elapsed();
+    // At its own pace that is about 4 s; at the crawler's, 40 s.
+    assert!(
+        quick_done < Duration::from_secs(15),
+        "the quicker endpoint took {quick_done:?}: held to the slower one's pace"
+    );
+    assert!(
+        crawl.count() < N / 2,
+        "the crawler cannot have had more than ~{} s worth yet ({} delivered)",
+        quick_done.as_secs(),
+        crawl.count()
+    );
+    let m = running.metrics.clone();
+    assert!(m.spilled.with_label_values(&["quick"]).get() > 0);
+    assert!(m.spilled.with_label_values(&["crawl"]).get() > 0);
+
+    // The crawler recovers its pace: everything arrives, under its ids.
+    crawl.set(Behaviour::Ok);
+    wait_until(
+        Duration::from_secs(60),
+        "the crawler's backlog arrives",
+        || delivered(&crawl, "/c") == produced,
+    )
+    .await;
+    assert_one_id_per_event(&quick);
+    assert_one_id_per_event(&crawl);
+    running.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limited_backlog_holds_little_memory_and_starves_nothing() {
+    support::init_logging();
+    let kafka = support::embedded_kafka(1);
+    let sink = Sink::start(Behaviour::Ok).await;
+    let endpoints = format!(
+        "  - id: limited\n    url: \"{}\"\n    events: [\"*\"]\n    rate_limit: {{ per_second: 100, burst: 5 }}\n    queue_capacity: 20\n",
+        sink.url("/")
+    );
+    let running = start(config(
+        kafka.bootstrap(),
+        "limited-backlog",
+        "  spill_after: 200ms\n",
+        &endpoints,
+    ))
+    .await;
+
+    const N: usize = 2000;
+    let values = events(43, N);
+    let order: HashMap<String, usize> = values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| (raw_data(v), i))
+        .collect();
+    produce(kafka.bootstrap(), "events", &values).await;
+
+    let m = running.metrics.clone();
+    let started = Instant::now();
+    let mut peak = 0i64;
+    wait_until(
+        Duration::from_secs(90),
+        "the whole backlog delivered",
+        || {
+            // Past the first second (records read and not yet spilled), what
+            // is held is the lane's share, not the backlog.
+            if started.elapsed() > Duration::from_secs(1) {
+                peak = peak.max(m.memory_used.get());
+            }
+            sink.count() >= N
+        },
+    )
+    .await;
+    // 2,000 events of ~600 B would be ~2 MB held; the lane's inbox holds 20
+    // and the rest waits in Kafka.
+    assert!(
+        peak < 512 * 1024,
+        "memory held peaked at {peak} bytes: the backlog was held in memory"
+    );
+    // One partition, so the source order is the order of `values`. No
+    // delivery waits behind far newer ones: each arrives within the lane's
+    // inbox and refill window of its place.
+    let arrivals: Vec<usize> = sink
+        .received()
+        .iter()
+        .map(|r| order[&raw_data(&r.body)])
+        .collect();
+    let worst = arrivals
+        .iter()
+        .enumerate()
+        .map(|(rank, &i)| i.abs_diff(rank))
+        .max()
+        .unwrap();
+    assert!(
+        worst <= 20 + 32 + 8,
+        "a delivery arrived {worst} places from its turn: the oldest were starved"
+    );
+    running.shutdown().await.unwrap();
+}
