@@ -85,6 +85,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
 /// transport without any change to the dispatcher.
 pub async fn start_with(config: Config, registry: &Registry) -> anyhow::Result<Running> {
     let metrics = Arc::new(Metrics::new());
+    metrics.init_series(&config);
     let k = &config.kafka;
 
     let tiers = Arc::new(Tiers::new(&k.retry_topic, &k.retry_tiers, &k.spill_topic));

@@ -11,6 +11,37 @@ use prometheus::{
 };
 use prometheus::{Gauge, GaugeVec};
 
+use crate::config::Config;
+use crate::park::Tiers;
+
+/// Every `outcome` of `dispatcher_deliveries_total`.
+pub const DELIVERY_OUTCOMES: &[&str] = &[
+    "delivered",
+    "dead_lettered",
+    "retried",
+    "parked",
+    "deduplicated",
+];
+/// Every `result` of `dispatcher_delivery_attempts_total`.
+pub const ATTEMPT_RESULTS: &[&str] = &["delivered", "retry", "permanent"];
+/// Every `reason` of `dispatcher_parked_total` that a running dispatcher
+/// writes (`replay` is the replay command's, in its own process).
+pub const PARK_REASONS: &[&str] = &["retry", "throttled", "breaker_open", "paused", "not_due"];
+/// Every `to` of `dispatcher_endpoint_breaker_transitions_total`.
+pub const BREAKER_STATES: &[&str] = &["open", "half_open", "closed"];
+/// Every `reason` of `dispatcher_dead_letters_total{stage="delivery"}`.
+pub const DELIVERY_DEAD_LETTER_REASONS: &[&str] = &[
+    "retries_exhausted",
+    "expired",
+    "permanent_failure",
+    "endpoint_gone",
+    "endpoint_disabled",
+    "rejected_payload",
+    "unparkable",
+];
+/// Every `reason` of `dispatcher_dead_letters_total{stage="park"}`.
+pub const PARK_DEAD_LETTER_REASONS: &[&str] = &["damaged", "unknown_endpoint"];
+
 pub struct Metrics {
     pub registry: Registry,
     pub events_consumed: IntCounterVec,
@@ -194,7 +225,7 @@ impl Metrics {
             parked: counter(
                 &r,
                 "dispatcher_parked_total",
-                "Deliveries written to a retry topic to wait there (retry, throttled, breaker_open, queue_full, paused, not_due, replay).",
+                "Deliveries written to a retry topic to wait there (retry, throttled, breaker_open, paused, not_due, replay).",
                 &["endpoint", "reason"],
             ),
             park_write_errors: IntCounter::new(
@@ -417,6 +448,85 @@ impl Metrics {
         }
     }
 
+    /// Create every series whose label values the config determines, at
+    /// zero: each enabled endpoint's per-endpoint counters with every
+    /// outcome and reason, each source topic's event counters with every
+    /// decode failure, every dead-letter stage and reason, the commit and
+    /// rebalance results.
+    ///
+    /// A labelled series otherwise appears only when first incremented, and
+    /// `rate()` and `increase()` need a sample before the change: the first
+    /// dead letter or invalid record of each kind would go unseen by the
+    /// dashboards and the alerts. Only creates: values already set stay.
+    pub fn init_series(&self, config: &Config) {
+        let touch = |vec: &IntCounterVec, labels: &[&str]| {
+            vec.with_label_values(labels);
+        };
+        for ep in config.endpoints.iter().filter(|e| e.enabled) {
+            let (id, transport) = (ep.id.as_str(), ep.transport.as_str());
+            for outcome in DELIVERY_OUTCOMES {
+                touch(&self.deliveries, &[id, transport, outcome]);
+            }
+            for result in ATTEMPT_RESULTS {
+                touch(&self.attempts, &[id, transport, result]);
+            }
+            for reason in PARK_REASONS {
+                touch(&self.parked, &[id, reason]);
+            }
+            for to in BREAKER_STATES {
+                touch(&self.breaker_transitions, &[id, to]);
+            }
+            touch(&self.rate_limit_waits, &[id]);
+            touch(&self.spilled, &[id]);
+            touch(&self.backlog_drained, &[id]);
+            touch(&self.throttled, &[id]);
+            self.backlog_age.with_label_values(&[id]);
+            // Gauges whose zero is the truth until the lane says otherwise.
+            for gauge in [
+                &self.queue_depth,
+                &self.in_flight,
+                &self.breaker_state,
+                &self.endpoint_paused,
+                &self.endpoint_disabled,
+                &self.backlog,
+                &self.endpoint_spilling,
+            ] {
+                gauge.with_label_values(&[id]);
+            }
+            self.attempt_duration.with_label_values(&[id, transport]);
+            self.event_age.with_label_values(&[transport]);
+        }
+        let k = &config.kafka;
+        for topic in &k.topics {
+            touch(&self.events_consumed, &[topic]);
+            touch(&self.events_routed, &[topic]);
+            touch(&self.events_unrouted, &[topic]);
+            for reason in transports::EventError::CODES {
+                touch(&self.events_invalid, &[topic, reason]);
+            }
+        }
+        for topic in Tiers::new(&k.retry_topic, &k.retry_tiers, &k.spill_topic).internal_topics() {
+            touch(&self.events_consumed, &[topic]);
+        }
+        for reason in transports::EventError::CODES {
+            touch(&self.dead_letters, &["decode", reason]);
+        }
+        for reason in DELIVERY_DEAD_LETTER_REASONS {
+            touch(&self.dead_letters, &["delivery", reason]);
+        }
+        for reason in PARK_DEAD_LETTER_REASONS {
+            touch(&self.dead_letters, &["park", reason]);
+        }
+        for result in ["ok", "error"] {
+            touch(&self.commits, &[result]);
+        }
+        // Not `assign`: its first increment is the DispatcherNotReady
+        // alert's sign that the consumer joined its group.
+        for kind in ["revoke", "error"] {
+            touch(&self.rebalances, &[kind]);
+        }
+    }
+
     /// The text exposition of every metric.
     pub fn render(&self) -> String {
         prometheus::TextEncoder::new()
@@ -452,4 +562,67 @@ pub struct EndpointMetrics {
     pub backlog_drained: IntCounter,
     pub spilling: IntGauge,
     pub throttled: IntCounter,
+}
+
+#[cfg(test)]
+mod series_tests {
+    use super::*;
+
+    fn config() -> Config {
+        let yaml = r#"
+kafka:
+  brokers: "127.0.0.1:9092"
+  topics: [events, orders]
+endpoints:
+  - id: acme
+    url: "https://hooks.acme.example/in"
+    events: ["*"]
+  - id: off
+    url: "https://hooks.off.example/in"
+    events: ["*"]
+    enabled: false
+"#;
+        Config::from_yaml(yaml, &|_| None).expect("valid config")
+    }
+
+    fn has(text: &str, series: &str) -> bool {
+        text.lines().any(|l| l == format!("{series} 0"))
+    }
+
+    #[test]
+    fn known_label_sets_are_exported_at_zero() {
+        let m = Metrics::new();
+        m.init_series(&config());
+        let text = m.render();
+        for series in [
+            r#"dispatcher_deliveries_total{endpoint="acme",outcome="dead_lettered",transport="http"}"#,
+            r#"dispatcher_delivery_attempts_total{endpoint="acme",result="permanent",transport="http"}"#,
+            r#"dispatcher_parked_total{endpoint="acme",reason="breaker_open"}"#,
+            r#"dispatcher_endpoint_breaker_transitions_total{endpoint="acme",to="open"}"#,
+            r#"dispatcher_events_invalid_total{reason="not_json",topic="orders"}"#,
+            r#"dispatcher_events_consumed_total{topic="dispatcher.retry.4h"}"#,
+            r#"dispatcher_dead_letters_total{reason="invalid_field",stage="decode"}"#,
+            r#"dispatcher_dead_letters_total{reason="retries_exhausted",stage="delivery"}"#,
+            r#"dispatcher_dead_letters_total{reason="unknown_endpoint",stage="park"}"#,
+            r#"dispatcher_offset_commits_total{result="error"}"#,
+            r#"dispatcher_rebalances_total{kind="revoke"}"#,
+        ] {
+            assert!(has(&text, series), "{series} not at 0 in:\n{text}");
+        }
+        // A disabled endpoint has no series; `assign` appears only once the
+        // consumer joined its group (DispatcherNotReady relies on it).
+        assert!(!text.contains(r#"endpoint="off""#), "{text}");
+        assert!(!text.contains(r#"kind="assign""#), "{text}");
+    }
+
+    #[test]
+    fn values_already_there_are_kept() {
+        let m = Metrics::new();
+        let ep = m.endpoint("acme", "http");
+        ep.paused.set(1);
+        ep.dead_lettered.inc();
+        m.init_series(&config());
+        assert_eq!(ep.paused.get(), 1);
+        assert_eq!(ep.dead_lettered.get(), 1);
+    }
 }

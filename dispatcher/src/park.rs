@@ -18,8 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use rdkafka::message::{BorrowedMessage, Message};
-use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use transports::{Delivery, DeliveryId, Event, SourceRef};
 
@@ -293,8 +292,9 @@ fn record_headers(
     headers
 }
 
-/// Read a parked delivery; `Err` says why the record is not one.
-pub fn parse(msg: &BorrowedMessage<'_>, max_event_bytes: usize) -> Result<Parked, String> {
+/// Read a parked delivery; `Err` says why the record is not one. Any
+/// message will do (the property tests build their own).
+pub fn parse<M: Message>(msg: &M, max_event_bytes: usize) -> Result<Parked, String> {
     let header = |name: &str| header_str(msg, name);
     let need = |name: &str| header(name).ok_or_else(|| format!("header {name} is missing"));
     let num = |name: &str| -> Result<i64, String> {

@@ -9,7 +9,12 @@
 //! delivery id, which receivers can drop.
 //!
 //! Records that failed to *decode* are not replayable (they would fail the
-//! same way) and are only counted.
+//! same way) and are only counted, as are damaged parked records. A parked
+//! delivery dead-lettered because its endpoint was no longer configured
+//! (`unknown_endpoint`) is a delivery all the same: its `park.*` headers
+//! say which, and it is replayed once its endpoint is configured again.
+//! Replay sends nothing to an endpoint the config lacks (or has disabled):
+//! the dispatchers would only dead-letter it again.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -22,6 +27,7 @@ use rdkafka::message::Message;
 use rdkafka::producer::FutureProducer;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde::Serialize;
+use std::collections::HashSet;
 use transports::{Delivery, DeliveryId, Event, SourceRef};
 
 use crate::config::Config;
@@ -60,8 +66,12 @@ pub struct ReplaySummary {
     pub replayed: u64,
     /// Refused by the retry topic (too large): still only in the dead-letter topic.
     pub failed: u64,
-    /// Dead letters of records, not deliveries (decode or park stage): not replayable.
+    /// Dead letters of records, not deliveries (decode failures, damaged
+    /// parked records), or whose value no longer decodes: not replayable.
     pub undecodable: u64,
+    /// Matched, but for an endpoint the config does not have (or has
+    /// disabled): left in the dead-letter topic until it is configured.
+    pub not_configured: u64,
     pub by_endpoint: HashMap<String, u64>,
     pub dry_run: bool,
 }
@@ -73,6 +83,14 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<ReplaySummary> {
         anyhow!("replay needs brokers: the config has no kafka.brokers (an embedded Kafka lives inside its dispatcher); pass --brokers")
     })?;
     let since_ms = args.since.as_deref().map(parse_since).transpose()?;
+    // Only these can take a delivery: the dispatchers dead-letter one for
+    // any other endpoint at once (`unknown_endpoint`).
+    let configured: HashSet<&str> = config
+        .endpoints
+        .iter()
+        .filter(|e| e.enabled)
+        .map(|e| e.id.as_str())
+        .collect();
     if let Some(ep) = &args.endpoint {
         if !config.endpoints.iter().any(|e| &e.id == ep) {
             bail!(
@@ -162,70 +180,57 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<ReplaySummary> {
             }
         }
         summary.scanned += 1;
-        let header = |name: &str| kafka::header_str(&msg, name);
-        if header("dlq.stage") != Some("delivery") {
-            summary.undecodable += 1;
-            continue;
-        }
-        let endpoint = header("dlq.endpoint_id").unwrap_or_default().to_owned();
-        let event_type = header("dlq.event_type").unwrap_or_default();
-        let failed_at_ms = header("dlq.failed_at")
-            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-            .map(|t| t.timestamp_millis())
-            .unwrap_or(0);
-        if args.endpoint.as_ref().is_some_and(|e| *e != endpoint)
-            || args.event.as_deref().is_some_and(|e| e != event_type)
-            || since_ms.is_some_and(|s| failed_at_ms < s)
+        let letter = match read_dead_letter(&msg, config.pipeline.max_event_bytes) {
+            Ok(letter) => letter,
+            Err(NotReplayable::Record) => {
+                summary.undecodable += 1;
+                continue;
+            }
+            Err(NotReplayable::Damaged(why)) => {
+                tracing::warn!(
+                    partition = msg.partition(),
+                    offset = msg.offset(),
+                    error = %why,
+                    "dead letter not replayable"
+                );
+                summary.undecodable += 1;
+                continue;
+            }
+        };
+        if args
+            .endpoint
+            .as_ref()
+            .is_some_and(|e| *e != letter.endpoint_id)
+            || args
+                .event
+                .as_deref()
+                .is_some_and(|e| e != letter.event.event_type())
+            || since_ms.is_some_and(|s| letter.failed_at_ms.unwrap_or(0) < s)
         {
             continue;
         }
         summary.matched += 1;
-        *summary.by_endpoint.entry(endpoint.clone()).or_default() += 1;
+        if !configured.contains(letter.endpoint_id.as_str()) {
+            summary.not_configured += 1;
+            continue;
+        }
+        *summary
+            .by_endpoint
+            .entry(letter.endpoint_id.clone())
+            .or_default() += 1;
         if args.dry_run {
             continue;
         }
-        let Some(id) = header("dlq.delivery_id").and_then(DeliveryId::parse) else {
-            tracing::warn!(
-                offset = msg.offset(),
-                "dead letter without a delivery id; skipped"
-            );
-            continue;
-        };
-        let source = SourceRef {
-            topic: header("dlq.source.topic").unwrap_or_default().into(),
-            partition: header("dlq.source.partition")
-                .and_then(|p| p.parse().ok())
-                .unwrap_or(0),
-            offset: header("dlq.source.offset")
-                .and_then(|p| p.parse().ok())
-                .unwrap_or(0),
-        };
-        let event_ms = header("dlq.event_ms").and_then(|t| t.parse().ok());
-        let payload = Bytes::copy_from_slice(msg.payload().unwrap_or_default());
-        let mut event = match Event::decode(
-            payload,
-            source,
-            event_ms,
-            config.pipeline.max_event_bytes,
-        ) {
-            Ok(e) => e,
-            Err(e) => {
-                tracing::warn!(offset = msg.offset(), error = %e, "dead letter's value does not decode; skipped");
-                continue;
-            }
-        };
-        event.traceparent = header("traceparent").map(|t| Bytes::copy_from_slice(t.as_bytes()));
-        let history: Vec<Attempt> = header("dlq.attempts")
-            .and_then(|h| serde_json::from_str(h).ok())
-            .unwrap_or_default();
-        let mut delivery = Delivery::new(Arc::new(event), endpoint.as_str().into());
+        let id = letter.delivery_id;
+        let mut delivery =
+            Delivery::new(Arc::new(letter.event), letter.endpoint_id.as_str().into());
         delivery.id = id;
         let state = RetryState {
             attempts: 0,
             first_attempt_ms: None,
             not_before_ms: 0,
             idle_parks: 0,
-            history,
+            history: letter.history,
         };
         match parker
             .park(&delivery, &state, Duration::ZERO, "replay")
@@ -246,6 +251,82 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<ReplaySummary> {
     Ok(summary)
 }
 
+/// A dead letter that can be put back on its way: one delivery.
+#[derive(Debug)]
+pub struct ReplayableLetter {
+    pub endpoint_id: String,
+    pub delivery_id: DeliveryId,
+    /// The event, decoded again from the dead letter's value.
+    pub event: Event,
+    /// The attempts made before it was dead-lettered.
+    pub history: Vec<Attempt>,
+    /// `dlq.failed_at`, when present and readable (ms since the epoch).
+    pub failed_at_ms: Option<i64>,
+}
+
+/// Why a dead letter is not replayed.
+#[derive(Debug, PartialEq, Eq)]
+pub enum NotReplayable {
+    /// A record that never became a delivery: a decode failure, or a
+    /// damaged parked record.
+    Record,
+    /// A delivery's dead letter whose headers or value cannot be used; says why.
+    Damaged(String),
+}
+
+/// Read a dead letter's headers and value: the delivery it holds, if any.
+///
+/// Stage `delivery` letters carry the delivery in `dlq.*` headers. A parked
+/// delivery dead-lettered as `unknown_endpoint` keeps the `park.*` headers
+/// it was parked with, which say the same.
+pub fn read_dead_letter<M: Message>(
+    msg: &M,
+    max_event_bytes: usize,
+) -> Result<ReplayableLetter, NotReplayable> {
+    let header = |name: &str| kafka::header_str(msg, name);
+    // The names of the delivery's own headers, by stage.
+    let (prefix, history_header) = match (header("dlq.stage"), header("dlq.reason")) {
+        (Some("delivery"), _) => ("dlq", "dlq.attempts"),
+        (Some("park"), Some("unknown_endpoint")) => ("park", "park.history"),
+        _ => return Err(NotReplayable::Record),
+    };
+    let named = |field: &str| header(&format!("{prefix}.{field}"));
+    let need = |field: &str| {
+        named(field).ok_or_else(|| NotReplayable::Damaged(format!("no {prefix}.{field} header")))
+    };
+    let endpoint_id = need("endpoint_id")?.to_owned();
+    let delivery_id = DeliveryId::parse(need("delivery_id")?).ok_or_else(|| {
+        NotReplayable::Damaged(format!("{prefix}.delivery_id is not a delivery id"))
+    })?;
+    let source = SourceRef {
+        topic: named("source.topic").unwrap_or_default().into(),
+        partition: named("source.partition")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0),
+        offset: named("source.offset")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0),
+    };
+    let event_ms = named("event_ms").and_then(|t| t.parse().ok());
+    let payload = Bytes::copy_from_slice(msg.payload().unwrap_or_default());
+    let mut event = Event::decode(payload, source, event_ms, max_event_bytes)
+        .map_err(|e| NotReplayable::Damaged(format!("the value does not decode: {e}")))?;
+    event.traceparent = header("traceparent").map(|t| Bytes::copy_from_slice(t.as_bytes()));
+    let history = header(history_header)
+        .and_then(|h| serde_json::from_str(h).ok())
+        .unwrap_or_default();
+    let failed_at_ms = header("dlq.failed_at")
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.timestamp_millis());
+    Ok(ReplayableLetter {
+        endpoint_id,
+        delivery_id,
+        event,
+        history,
+        failed_at_ms,
+    })
+}
+
 /// `--since`: an RFC 3339 time, or a duration meaning that long ago.
 fn parse_since(text: &str) -> anyhow::Result<i64> {
     if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
@@ -259,6 +340,126 @@ fn parse_since(text: &str) -> anyhow::Result<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
+    use rdkafka::Timestamp;
+
+    const ID: &str = "6b1f3c52-9e0d-5a8b-9347-2d61c50e7f18";
+    const EVENT: &[u8] = br#"{"event":"contact.created","data":{"name":"Ann"}}"#;
+
+    fn letter(headers: &[(&str, &str)], value: &[u8]) -> OwnedMessage {
+        let headers = headers.iter().fold(OwnedHeaders::new(), |h, (k, v)| {
+            h.insert(Header {
+                key: k,
+                value: Some(v.as_bytes()),
+            })
+        });
+        OwnedMessage::new(
+            Some(value.to_vec()),
+            None,
+            "dispatcher.dlq".into(),
+            Timestamp::NotAvailable,
+            0,
+            7,
+            Some(headers),
+        )
+    }
+
+    #[test]
+    fn delivery_dead_letters_are_read_from_their_dlq_headers() {
+        let msg = letter(
+            &[
+                ("dlq.stage", "delivery"),
+                ("dlq.reason", "retries_exhausted"),
+                ("dlq.source.topic", "events"),
+                ("dlq.source.partition", "3"),
+                ("dlq.source.offset", "42"),
+                ("dlq.failed_at", "2026-05-16T12:00:00.000Z"),
+                ("dlq.endpoint_id", "acme"),
+                ("dlq.delivery_id", ID),
+                ("dlq.event_ms", "1778932000000"),
+                (
+                    "dlq.attempts",
+                    r#"[{"at":"2026-05-16T11:59:00.000Z","duration_ms":3,"status":503,"result":"retry"}]"#,
+                ),
+            ],
+            EVENT,
+        );
+        let l = read_dead_letter(&msg, 1 << 20).unwrap();
+        assert_eq!(l.endpoint_id, "acme");
+        assert_eq!(l.delivery_id.to_string(), ID);
+        assert_eq!(l.event.event_type(), "contact.created");
+        assert_eq!(l.event.timestamp_ms(), 1_778_932_000_000);
+        assert_eq!(&*l.event.source.topic, "events");
+        assert_eq!((l.event.source.partition, l.event.source.offset), (3, 42));
+        assert_eq!(l.history.len(), 1);
+        assert_eq!(l.failed_at_ms, Some(1_778_932_800_000));
+    }
+
+    #[test]
+    fn unknown_endpoint_dead_letters_are_read_from_their_park_headers() {
+        let msg = letter(
+            &[
+                ("dlq.stage", "park"),
+                ("dlq.reason", "unknown_endpoint"),
+                ("dlq.source.topic", "dispatcher.retry.5s"),
+                ("dlq.failed_at", "2026-05-16T12:00:00.000Z"),
+                ("park.endpoint_id", "gone"),
+                ("park.delivery_id", ID),
+                ("park.event_ms", "1778932000000"),
+                ("park.source.topic", "events"),
+                ("park.source.partition", "1"),
+                ("park.source.offset", "9"),
+                ("park.history", "[]"),
+            ],
+            EVENT,
+        );
+        let l = read_dead_letter(&msg, 1 << 20).unwrap();
+        assert_eq!(l.endpoint_id, "gone");
+        assert_eq!(l.delivery_id.to_string(), ID);
+        // The original record, not the retry topic, as with any delivery.
+        assert_eq!(&*l.event.source.topic, "events");
+        assert_eq!((l.event.source.partition, l.event.source.offset), (1, 9));
+    }
+
+    #[test]
+    fn records_and_damaged_letters_are_not_replayable() {
+        for (stage, reason) in [("decode", "not_json"), ("park", "damaged"), ("", "")] {
+            let msg = letter(
+                &[
+                    ("dlq.stage", stage),
+                    ("dlq.reason", reason),
+                    ("park.endpoint_id", "ep"),
+                    ("park.delivery_id", ID),
+                ],
+                EVENT,
+            );
+            assert_eq!(
+                read_dead_letter(&msg, 1 << 20).unwrap_err(),
+                NotReplayable::Record,
+                "{stage}/{reason}"
+            );
+        }
+        let no_id = letter(
+            &[("dlq.stage", "delivery"), ("dlq.endpoint_id", "acme")],
+            EVENT,
+        );
+        assert!(matches!(
+            read_dead_letter(&no_id, 1 << 20),
+            Err(NotReplayable::Damaged(why)) if why.contains("dlq.delivery_id")
+        ));
+        let cut = letter(
+            &[
+                ("dlq.stage", "delivery"),
+                ("dlq.endpoint_id", "acme"),
+                ("dlq.delivery_id", ID),
+            ],
+            &EVENT[..20],
+        );
+        assert!(matches!(
+            read_dead_letter(&cut, 1 << 20),
+            Err(NotReplayable::Damaged(why)) if why.contains("decode")
+        ));
+    }
 
     #[test]
     fn since_takes_times_and_durations() {

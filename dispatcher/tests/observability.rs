@@ -797,7 +797,8 @@ async fn metrics_add_up_and_cover_the_dashboard_and_alerts() {
         "one end-to-end age per delivered delivery"
     );
 
-    // Bounded labels: only configured, enabled endpoints; only the topic.
+    // Bounded labels: only configured, enabled endpoints; only the
+    // configured topics (the retry topics' counters exist from the start).
     let endpoint_labels: BTreeSet<&str> = end
         .samples
         .iter()
@@ -809,7 +810,9 @@ async fn metrics_add_up_and_cover_the_dashboard_and_alerts() {
         .iter()
         .filter_map(|s| s.labels.get("topic").map(String::as_str))
         .collect();
-    assert_eq!(topic_labels, BTreeSet::from(["events"]));
+    let mut topics = BTreeSet::from(["events"]);
+    topics.extend(support::RETRY_TOPICS);
+    assert_eq!(topic_labels, topics);
 
     // The rest of the pipeline's state.
     assert_eq!(end.sum("dispatcher_events_in_flight", &[]), 0.0);
@@ -943,5 +946,89 @@ fn the_query_parser_finds_names_labels_and_groupings() {
     assert_eq!(
         check_expr(&s, "t", "sum by (y) (dispatcher_b_total{z=\"1\"})", true).len(),
         2
+    );
+}
+
+/// Before the first event, every series whose labels the config decides is
+/// there at zero, so that `increase()` sees the first dead letter, invalid
+/// record or parked delivery of each kind (alerts and dashboards otherwise
+/// miss it: a series born at 1 has no earlier sample to rise from).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn labelled_series_are_at_zero_before_the_first_event() {
+    support::init_logging();
+    let kafka = support::embedded_kafka(2);
+    let endpoints = r#"
+  - id: crm
+    url: "http://127.0.0.1:9/hook"
+    events: ["*"]
+  - id: off
+    url: "http://127.0.0.1:9/hook"
+    events: ["*"]
+    enabled: false
+"#;
+    let running = start(config(kafka.bootstrap(), "zero-series", "", endpoints)).await;
+    let s = scrape(running.admin_addr).await;
+    running.shutdown().await.unwrap();
+    assert_eq!(s.sum("dispatcher_events_consumed_total", &[]), 0.0);
+    let zero = |name: &str, labels: &[(&str, &str)]| {
+        let found = s.samples.iter().any(|x| {
+            x.name == name
+                && x.value == 0.0
+                && labels
+                    .iter()
+                    .all(|(k, v)| x.labels.get(*k).map(String::as_str) == Some(*v))
+        });
+        assert!(found, "no {name}{labels:?} at 0 in:\n{}", s.text);
+    };
+    for outcome in ["delivered", "dead_lettered", "retried", "parked"] {
+        zero(
+            "dispatcher_deliveries_total",
+            &[
+                ("endpoint", "crm"),
+                ("transport", "http"),
+                ("outcome", outcome),
+            ],
+        );
+    }
+    for reason in ["retry", "throttled", "breaker_open", "paused"] {
+        zero(
+            "dispatcher_parked_total",
+            &[("endpoint", "crm"), ("reason", reason)],
+        );
+    }
+    zero(
+        "dispatcher_endpoint_breaker_transitions_total",
+        &[("endpoint", "crm"), ("to", "open")],
+    );
+    for reason in transports::EventError::CODES {
+        zero(
+            "dispatcher_events_invalid_total",
+            &[("topic", "events"), ("reason", reason)],
+        );
+        zero(
+            "dispatcher_dead_letters_total",
+            &[("stage", "decode"), ("reason", reason)],
+        );
+    }
+    for reason in ["retries_exhausted", "expired", "permanent_failure"] {
+        zero(
+            "dispatcher_dead_letters_total",
+            &[("stage", "delivery"), ("reason", reason)],
+        );
+    }
+    zero(
+        "dispatcher_dead_letters_total",
+        &[("stage", "park"), ("reason", "unknown_endpoint")],
+    );
+    zero(
+        "dispatcher_events_consumed_total",
+        &[("topic", "dispatcher.retry.2s")],
+    );
+    zero("dispatcher_offset_commits_total", &[("result", "error")]);
+    zero("dispatcher_rebalances_total", &[("kind", "revoke")]);
+    assert!(
+        !s.text.contains(r#"endpoint="off""#),
+        "a disabled endpoint has no series:\n{}",
+        s.text
     );
 }

@@ -4,7 +4,9 @@
 //!
 //! This module owns finding the binary, writing each child's config,
 //! starting, killing and restarting children, and stopping them at the end.
-//! Each child's log goes to a file in the run's work directory.
+//! Each child's log goes to a file in the run's work directory. On request
+//! it keeps a Prometheus target list of the children's metrics addresses
+//! current, so a real Prometheus can scrape a run.
 
 use std::fs::File;
 use std::net::SocketAddr;
@@ -169,17 +171,22 @@ pub struct Fleet {
     ended_cpu: Duration,
     kills: u64,
     starts: u64,
+    /// Where to keep the Prometheus target list, if anywhere.
+    targets: Option<PathBuf>,
 }
 
 impl Fleet {
     /// Start `processes` children of `binary` with `config` (each gets its
-    /// own admin port), logs and configs in `dir`.
+    /// own admin port), logs and configs in `dir`. With `targets`, the
+    /// children's admin addresses are written there as a Prometheus
+    /// `file_sd_configs` list (see [`Fleet::write_targets`]).
     pub fn start(
         binary: &Path,
         dir: &Path,
         config: Value,
         processes: usize,
         log_filter: &str,
+        targets: Option<&Path>,
     ) -> anyhow::Result<Fleet> {
         let mut fleet = Fleet {
             binary: binary.to_owned(),
@@ -190,12 +197,41 @@ impl Fleet {
             ended_cpu: Duration::ZERO,
             kills: 0,
             starts: 0,
+            targets: targets.map(Path::to_owned),
         };
         for i in 0..processes {
             let m = fleet.spawn(i)?;
             fleet.members.push(m);
         }
+        fleet.write_targets()?;
         Ok(fleet)
+    }
+
+    /// Write the children's metrics addresses (their admin ports) to the
+    /// target list, one target per child labelled `pod="dispatcher-<i>"`,
+    /// replacing the file in one rename so that Prometheus never reads half
+    /// of it. A restarted child has a new port: the list follows it.
+    fn write_targets(&self) -> anyhow::Result<()> {
+        let Some(path) = &self.targets else {
+            return Ok(());
+        };
+        let list: Vec<serde_json::Value> = self
+            .members
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                serde_json::json!({
+                    "targets": [m.admin.to_string()],
+                    "labels": {"pod": format!("dispatcher-{i}")},
+                })
+            })
+            .collect();
+        let mut partial = path.clone().into_os_string();
+        partial.push(".partial");
+        std::fs::write(&partial, serde_json::to_vec_pretty(&list)?)
+            .with_context(|| format!("writing {}", Path::new(&partial).display()))?;
+        std::fs::rename(&partial, path).with_context(|| format!("writing {}", path.display()))?;
+        Ok(())
     }
 
     fn spawn(&mut self, index: usize) -> anyhow::Result<Member> {
@@ -293,7 +329,7 @@ impl Fleet {
         self.kills += 1;
         let m = self.spawn(index)?;
         self.members[index] = m;
-        Ok(())
+        self.write_targets()
     }
 
     /// Fail when a child exited on its own, quoting its log.

@@ -135,6 +135,10 @@ struct RunArgs {
     /// Where dispatcher configs and logs go (default: a new temporary directory).
     #[arg(long)]
     work_dir: Option<PathBuf>,
+    /// Keep a Prometheus file_sd target list of the dispatchers' metrics
+    /// addresses in FILE (for `file_sd_configs`), current across restarts.
+    #[arg(long, value_name = "FILE")]
+    prometheus_targets: Option<PathBuf>,
     /// No progress lines.
     #[arg(long)]
     quiet: bool,
@@ -234,6 +238,7 @@ async fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         brokers: a.brokers,
         work_dir: a.work_dir,
         progress: !a.quiet,
+        prometheus_targets: a.prometheus_targets,
     };
     let r = loadtest::run::run(&scenario, &opts).await?;
     if a.json {

@@ -53,6 +53,9 @@ pub struct RunOptions {
     pub work_dir: Option<PathBuf>,
     /// A progress line on stderr every second.
     pub progress: bool,
+    /// Keep a Prometheus `file_sd_configs` target list of the dispatchers'
+    /// metrics addresses in this file, for a Prometheus watching the run.
+    pub prometheus_targets: Option<PathBuf>,
 }
 
 /// What the monitor task and the phases share.
@@ -650,6 +653,7 @@ async fn drive(
         config,
         scenario.dispatcher.processes,
         &scenario.dispatcher.log,
+        opts.prometheus_targets.as_deref(),
     )?;
     *lock(&live.fleet) = Some(fleet);
     let _ = live.epoch.set(started);

@@ -28,6 +28,7 @@ fn options(name: &str) -> RunOptions {
         brokers: None,
         work_dir: Some(work_dir),
         progress: false,
+        prometheus_targets: None,
     }
 }
 

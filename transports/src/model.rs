@@ -34,6 +34,18 @@ pub enum EventError {
 }
 
 impl EventError {
+    /// Every [`EventError::code`], so that metrics can show each at zero
+    /// before the first record fails with it.
+    pub const CODES: &'static [&'static str] = &[
+        "empty",
+        "oversized",
+        "not_utf8",
+        "not_json",
+        "missing_field",
+        "wrong_type",
+        "invalid_field",
+    ];
+
     /// A bounded label for metrics and the dead-letter `reason` header.
     pub fn code(&self) -> &'static str {
         match self {
@@ -409,6 +421,40 @@ fn now_ms() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn codes_lists_every_code() {
+        let every = [
+            EventError::Empty,
+            EventError::Oversized { size: 2, limit: 1 },
+            EventError::NotUtf8(String::new()),
+            EventError::NotJson(String::new()),
+            EventError::MissingField("data"),
+            EventError::WrongType {
+                field: "data",
+                detail: String::new(),
+            },
+            EventError::Invalid {
+                field: "id",
+                detail: String::new(),
+            },
+        ];
+        // A new variant must be added above (the match makes it fail to
+        // compile until it is) and to CODES.
+        for e in &every {
+            match e {
+                EventError::Empty
+                | EventError::Oversized { .. }
+                | EventError::NotUtf8(_)
+                | EventError::NotJson(_)
+                | EventError::MissingField(_)
+                | EventError::WrongType { .. }
+                | EventError::Invalid { .. } => {}
+            }
+        }
+        let codes: Vec<&str> = every.iter().map(EventError::code).collect();
+        assert_eq!(codes, EventError::CODES);
+    }
 
     fn src() -> SourceRef {
         SourceRef {

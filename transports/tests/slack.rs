@@ -32,6 +32,9 @@ use transports::{Delivery, Outcome, Registry, Transport};
 /// one a second, less a little for scheduling on a busy machine.
 const MIN_GAP: Duration = Duration::from_millis(950);
 
+/// How long `/services/laggy/...` takes to answer, whatever it answers.
+const LAG: Duration = Duration::from_millis(200);
+
 /// One request the fake saw.
 #[derive(Debug, Clone)]
 struct Seen {
@@ -41,8 +44,9 @@ struct Seen {
     body: Bytes,
 }
 
-/// A fake Slack: `/services/ok/...` paths accept (paced), other paths
-/// answer the error their name says. Stops when dropped.
+/// A fake Slack: `/services/ok/...` paths accept (paced), `/services/laggy/...`
+/// too but answer only after [`LAG`], other paths answer the error their
+/// name says. Stops when dropped.
 struct FakeSlack {
     addr: SocketAddr,
     seen: Arc<Mutex<Vec<Seen>>>,
@@ -151,14 +155,22 @@ async fn answer(
     if slack_limits::check(&message).is_err() {
         return (400, "invalid_blocks", None);
     }
-    let mut last = last_accepted.lock().unwrap();
-    match last.get(path) {
-        Some(prev) if at.duration_since(*prev) < MIN_GAP => (429, "rate_limited", Some("1")),
-        _ => {
-            last.insert(path.to_owned(), at);
-            (200, "ok", None)
+    let decided = {
+        let mut last = last_accepted.lock().unwrap();
+        match last.get(path) {
+            Some(prev) if at.duration_since(*prev) < MIN_GAP => (429, "rate_limited", Some("1")),
+            _ => {
+                last.insert(path.to_owned(), at);
+                (200, "ok", None)
+            }
         }
+    };
+    if kind == "laggy" {
+        // Slack's answers take a while to come back; a 429's Retry-After
+        // then starts later than the refused message.
+        tokio::time::sleep(LAG).await;
     }
+    decided
 }
 
 fn slack(ctx: &Ctx, settings: Value) -> Arc<dyn Transport> {
@@ -302,6 +314,49 @@ async fn a_429_is_throttled_with_retry_after_and_closes_the_url() {
         before.elapsed() >= Duration::from_millis(800),
         "{:?}",
         before.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn after_a_429_the_pace_starts_afresh_so_429s_stay_rare() {
+    // Slack answers after a while, so the gate reopens a little after the
+    // refused message's slot plus Retry-After. A send that then took a slot
+    // banked before the 429 would go out less than a period after the one
+    // before it, be refused too, and so on: about every other message.
+    let fake = FakeSlack::start().await;
+    let ctx = Ctx::new("", true);
+    let t = slack(
+        &ctx,
+        json!({"url": fake.url("/services/laggy/B03/lag-token")}),
+    );
+    const N: usize = 12;
+    let deliveries: Vec<Delivery> = (0..N)
+        .map(|i| seed::delivery(seed::event("message.sent", 100 + i as u64), "ops"))
+        .collect();
+    let throttled = AtomicUsize::new(0);
+    let outcomes = join_all(deliveries.iter().map(|d| drive(&*t, d, &throttled))).await;
+    for (i, o) in outcomes.iter().enumerate() {
+        assert_eq!(*o, Outcome::Delivered { status: Some(200) }, "delivery {i}");
+    }
+    let mut seen = fake.seen();
+    seen.sort_by_key(|s| s.at);
+    let refused = seen.iter().filter(|s| s.status == 429).count();
+    let timeline: Vec<String> = seen
+        .iter()
+        .map(|s| {
+            format!(
+                "{}ms {}",
+                s.at.duration_since(seen[0].at).as_millis(),
+                s.status
+            )
+        })
+        .collect();
+    // The burst after a quiet spell may meet one refusal; after it, the
+    // transport keeps Slack's pace itself.
+    assert!(
+        refused <= 2,
+        "{refused} of {} posts answered 429: {timeline:?}",
+        seen.len()
     );
 }
 

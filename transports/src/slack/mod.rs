@@ -9,7 +9,7 @@
 //! | Slack answers | outcome |
 //! |---|---|
 //! | 2xx | delivered |
-//! | 429 | throttled: wait `Retry-After` (1 s when absent) without spending an attempt; the URL's gate closes meanwhile |
+//! | 429 | throttled: wait `Retry-After` (1 s when absent) without spending an attempt; the URL's gate closes meanwhile, then restarts its pace |
 //! | 400 (`invalid_payload`, `invalid_blocks`, ...), 413 | rejected: dead-lettered with the rendered message |
 //! | 403 (`invalid_token`, `action_prohibited`, ...), 404 (`channel_not_found`, `no_service`, ...), 410 (`channel_is_archived`) | permanent, **endpoint disabled** |
 //! | other 4xx, 3xx (not followed) | permanent |

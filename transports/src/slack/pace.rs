@@ -11,6 +11,15 @@
 //! token bucket), so concurrent sends to one channel go out in the order
 //! they were issued; and when Slack answers 429 it closes for `Retry-After`,
 //! so the other senders to that URL wait too instead of collecting 429s.
+//!
+//! A 429 also restarts the pace. The refused message spent a slot that Slack
+//! did not count, and the gate reopens later than that slot plus
+//! `Retry-After` (Slack's answer takes a while to arrive). Were the next
+//! sends to take the slots already scheduled, the second one after the
+//! reopening would go out less than a period after the first, be refused in
+//! turn, and so on: every other message. So the first send after a 429
+//! waits until the whole burst is available and takes all of it, which puts
+//! the send after it a full period later.
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -35,8 +44,16 @@ pub struct Gate {
     turn: tokio::sync::Mutex<()>,
     /// Sends waiting for their turn or a token, for a Retry-After estimate.
     waiting: AtomicUsize,
-    /// Closed until then by a 429 from Slack.
-    closed_until: Mutex<Option<Instant>>,
+    /// What a 429 from Slack left behind.
+    closed: Mutex<Closed>,
+}
+
+#[derive(Default)]
+struct Closed {
+    /// Nobody sends before then.
+    until: Option<Instant>,
+    /// The next send restarts the pace (takes the whole burst).
+    restart: bool,
 }
 
 /// A send that could not get a slot before its deadline: try again after
@@ -55,7 +72,7 @@ impl Gate {
             limiter: RateLimiter::direct(quota),
             turn: tokio::sync::Mutex::new(()),
             waiting: AtomicUsize::new(0),
-            closed_until: Mutex::new(None),
+            closed: Mutex::default(),
         }
     }
 
@@ -70,7 +87,7 @@ impl Gate {
             let now = Instant::now();
             let wait = match self.closed_for(now) {
                 Some(wait) => wait,
-                None => match self.limiter.check() {
+                None => match self.take_slot() {
                     Ok(()) => return Ok(()),
                     Err(not_until) => not_until.wait_time_from(DefaultClock::default().now()),
                 },
@@ -82,18 +99,39 @@ impl Gate {
         }
     }
 
-    /// Slack said 429: nobody sends to this URL for `pause`.
+    /// One send's token; after a 429, the whole burst (see the module's
+    /// documentation). Only the holder of the turn calls this.
+    fn take_slot(&self) -> Result<(), governor::NotUntil<<DefaultClock as Clock>::Instant>> {
+        let mut closed = self.closed.lock().unwrap_or_else(|p| p.into_inner());
+        if !closed.restart {
+            return self.limiter.check();
+        }
+        let burst = NonZeroU32::new(BURST).unwrap_or(NonZeroU32::MIN);
+        // The whole burst always fits the quota: the fallback cannot happen.
+        let taken = self
+            .limiter
+            .check_n(burst)
+            .unwrap_or_else(|_| self.limiter.check());
+        if taken.is_ok() {
+            closed.restart = false;
+        }
+        taken
+    }
+
+    /// Slack said 429: nobody sends to this URL for `pause`, and the pace
+    /// starts afresh after it.
     pub fn close_for(&self, pause: Duration) {
         let until = Instant::now() + pause;
-        let mut closed = self.closed_until.lock().unwrap_or_else(|p| p.into_inner());
-        if closed.is_none_or(|t| t < until) {
-            *closed = Some(until);
+        let mut closed = self.closed.lock().unwrap_or_else(|p| p.into_inner());
+        if closed.until.is_none_or(|t| t < until) {
+            closed.until = Some(until);
         }
+        closed.restart = true;
     }
 
     fn closed_for(&self, now: Instant) -> Option<Duration> {
-        let closed = self.closed_until.lock().unwrap_or_else(|p| p.into_inner());
-        closed.filter(|t| *t > now).map(|t| t - now)
+        let closed = self.closed.lock().unwrap_or_else(|p| p.into_inner());
+        closed.until.filter(|t| *t > now).map(|t| t - now)
     }
 
     /// The wait to suggest: at least the known wait, and a period for each
