@@ -8,6 +8,7 @@
 //! [`offsets`] keeping the commit watermark honest throughout.
 
 pub mod admin;
+pub mod api;
 pub mod app;
 pub mod config;
 pub mod demo;

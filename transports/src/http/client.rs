@@ -20,6 +20,7 @@ use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::{Client, ResponseFuture};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use ipnet::IpNet;
 use rustls::pki_types::CertificateDer;
 use rustls::{ClientConfig, RootCertStore};
 
@@ -31,10 +32,16 @@ type Connector = HttpsConnector<HttpConnector<GuardedResolver>>;
 /// Settings of the shared client; see [`HttpClientOptions::default`].
 #[derive(Clone)]
 pub struct HttpClientOptions {
-    /// Allow endpoints on loopback, private, link-local, CGNAT and other
-    /// non-public addresses. Cloud metadata addresses stay refused.
+    /// Allow endpoints on every non-public address but link-local and
+    /// metadata ones (deprecated: list networks in `allowed_networks`).
     /// Off by default: endpoint URLs come from customers.
     pub allow_private_networks: bool,
+    /// Non-public networks endpoints may be on (`10.20.0.0/16`). Link-local
+    /// and metadata addresses stay refused whatever is listed.
+    pub allowed_networks: Vec<IpNet>,
+    /// Let secrets (`X-Webhook-Secret`, OAuth2 tokens) go over plain
+    /// `http://`: for development receivers only.
+    pub allow_plaintext_secrets: bool,
     /// Bound on establishing one TCP connection (per address tried).
     pub connect_timeout: Duration,
     /// How long an idle pooled connection is kept.
@@ -54,6 +61,8 @@ impl Default for HttpClientOptions {
     fn default() -> Self {
         HttpClientOptions {
             allow_private_networks: false,
+            allowed_networks: Vec::new(),
+            allow_plaintext_secrets: false,
             connect_timeout: Duration::from_secs(5),
             pool_idle_timeout: Duration::from_secs(90),
             pool_max_idle_per_host: 32,
@@ -68,6 +77,8 @@ impl fmt::Debug for HttpClientOptions {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("HttpClientOptions")
             .field("allow_private_networks", &self.allow_private_networks)
+            .field("allowed_networks", &self.allowed_networks)
+            .field("allow_plaintext_secrets", &self.allow_plaintext_secrets)
             .field("connect_timeout", &self.connect_timeout)
             .field("pool_idle_timeout", &self.pool_idle_timeout)
             .field("pool_max_idle_per_host", &self.pool_max_idle_per_host)
@@ -96,17 +107,21 @@ pub enum HttpClientError {
 pub struct HttpClient {
     inner: Client<Connector, Full<Bytes>>,
     policy: AddressPolicy,
+    allow_private_networks: bool,
+    allow_plaintext_secrets: bool,
 }
 
 impl HttpClient {
     /// Build the client: TLS roots, connector and pool.
     pub fn new(options: HttpClientOptions) -> Result<HttpClient, HttpClientError> {
-        let policy = AddressPolicy {
-            allow_private_networks: options.allow_private_networks,
+        let policy = if options.allow_private_networks {
+            AddressPolicy::allowing_all()
+        } else {
+            AddressPolicy::allowing(options.allowed_networks.iter().copied())
         };
         let tls = tls_config(&options)?;
 
-        let mut http = HttpConnector::new_with_resolver(GuardedResolver::new(policy));
+        let mut http = HttpConnector::new_with_resolver(GuardedResolver::new(policy.clone()));
         // The TLS layer above handles `https`; this layer must let it through.
         http.enforce_http(false);
         http.set_connect_timeout(Some(options.connect_timeout));
@@ -128,16 +143,27 @@ impl HttpClient {
             .timer(TokioTimer::new())
             .build(https);
 
-        Ok(HttpClient { inner, policy })
+        Ok(HttpClient {
+            inner,
+            policy,
+            allow_private_networks: options.allow_private_networks,
+            allow_plaintext_secrets: options.allow_plaintext_secrets,
+        })
     }
 
-    /// Whether endpoints on non-public addresses may be reached.
+    /// Whether the deprecated switch that opens every non-public address is on.
     pub fn allow_private_networks(&self) -> bool {
-        self.policy.allow_private_networks
+        self.allow_private_networks
     }
 
-    pub(crate) fn policy(&self) -> AddressPolicy {
-        self.policy
+    /// Whether secrets may be sent over plain `http://` (development only).
+    pub fn allow_plaintext_secrets(&self) -> bool {
+        self.allow_plaintext_secrets
+    }
+
+    /// Which addresses may be reached.
+    pub fn policy(&self) -> &AddressPolicy {
+        &self.policy
     }
 
     pub(crate) fn request(&self, request: http::Request<Full<Bytes>>) -> ResponseFuture {

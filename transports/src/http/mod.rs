@@ -20,7 +20,7 @@
 //! | `User-Agent` | `webhook-dispatcher/<version>` |
 //! | `X-Webhook-Event` | the event type |
 //! | `X-Webhook-Delivery-Id` | the stable delivery id |
-//! | `X-Webhook-Secret` | the first secret, verbatim, when `send_secret_header` |
+//! | `X-Webhook-Secret` | `shared_secret`, or the first secret when `send_secret_header` and it is not a `whsec_` signing key |
 //! | `webhook-id`, `webhook-timestamp`, `webhook-signature` | Standard Webhooks, when a `whsec_` secret exists |
 //! | `traceparent` | the event's W3C trace context, when it has one |
 //! | configured `headers` | verbatim |
@@ -105,8 +105,12 @@ pub struct HttpEndpointConfig {
     /// `X-Webhook-Secret` carries.
     pub secrets: Vec<String>,
     /// Send the first secret verbatim as `X-Webhook-Secret`, as the seeds'
-    /// receivers check it.
+    /// receivers check it. Refused when that secret is a `whsec_` signing
+    /// key: anyone who sees the header could then forge signatures.
     pub send_secret_header: bool,
+    /// A shared secret for `X-Webhook-Secret`, separate from the signing
+    /// keys: what to use when a receiver checks both.
+    pub shared_secret: Option<String>,
     /// Bound on one whole exchange: connect, send, response, body.
     pub timeout: Duration,
     /// Static extra headers, sent verbatim on every request.
@@ -119,6 +123,7 @@ impl Default for HttpEndpointConfig {
             url: String::new(),
             secrets: Vec::new(),
             send_secret_header: false,
+            shared_secret: None,
             timeout: DEFAULT_TIMEOUT,
             headers: Vec::new(),
         }
@@ -136,6 +141,10 @@ impl fmt::Debug for HttpEndpointConfig {
                 &format_args!("[{} redacted]", self.secrets.len()),
             )
             .field("send_secret_header", &self.send_secret_header)
+            .field(
+                "shared_secret",
+                &self.shared_secret.as_ref().map(|_| "[redacted]"),
+            )
             .field("timeout", &self.timeout)
             .field("headers", &header_names)
             .finish()
@@ -216,23 +225,65 @@ impl HttpTransport {
             ),
             (header::USER_AGENT, HeaderValue::from_static(USER_AGENT)),
         ];
-        if config.send_secret_header {
-            if let Some(first) = config.secrets.first() {
-                let mut value = HeaderValue::from_str(first).map_err(|_| {
-                    HttpConfigError::new(
-                        "secrets[0]",
-                        "cannot be sent as X-Webhook-Secret: contains characters not allowed in a header",
-                    )
-                })?;
-                // Keeps it out of HTTP/2 header compression tables and Debug output.
-                value.set_sensitive(true);
-                fixed.push((X_WEBHOOK_SECRET.clone(), value));
+        let header_secret = match (&config.shared_secret, config.send_secret_header) {
+            (Some(shared), _) => {
+                if shared.is_empty() {
+                    return Err(HttpConfigError::new("shared_secret", "is empty"));
+                }
+                if shared.starts_with(SECRET_PREFIX) {
+                    return Err(HttpConfigError::new(
+                        "shared_secret",
+                        "is a whsec_ signing key: sent in a header, it would let anyone who sees \
+                         the header forge signatures; use a separate value",
+                    ));
+                }
+                redactions.push(shared.as_str().into());
+                Some(("shared_secret", shared.as_str()))
             }
+            (None, true) => match config.secrets.first() {
+                Some(first) if first.starts_with(SECRET_PREFIX) => {
+                    return Err(HttpConfigError::new(
+                        "send_secret_header",
+                        "would send the whsec_ signing key itself in X-Webhook-Secret, letting \
+                         anyone who sees the header forge signatures; set `shared_secret` to a \
+                         separate value for the header instead",
+                    ))
+                }
+                Some(first) => Some(("secrets[0]", first.as_str())),
+                None => None,
+            },
+            (None, false) => None,
+        };
+        if let Some((field, secret)) = header_secret {
+            if uri.scheme() == Some(&Scheme::HTTP) && !client.allow_plaintext_secrets() {
+                return Err(HttpConfigError::new(
+                    "url",
+                    "is plain http://, which would send X-Webhook-Secret in clear: use https:// \
+                     (http.allow_plaintext_secrets is for development receivers)",
+                ));
+            }
+            let mut value = HeaderValue::from_str(secret).map_err(|_| {
+                HttpConfigError::new(
+                    field,
+                    "cannot be sent as X-Webhook-Secret: contains characters not allowed in a header",
+                )
+            })?;
+            // Keeps it out of HTTP/2 header compression tables and Debug output.
+            value.set_sensitive(true);
+            fixed.push((X_WEBHOOK_SECRET.clone(), value));
         }
         for (name, value) in &config.headers {
             fixed.push(validate_header(name, value)?);
+            // Configured values are credentials often enough (Authorization,
+            // API keys) that a receiver echoing one back must not put it in
+            // a log or a dead letter. The credential after a scheme
+            // (`Bearer <token>`) is redacted on its own too, since echoes
+            // often quote only the token.
+            redactions.extend(header_redactions(value));
         }
 
+        // Longest first, so a value is not left half-scrubbed by a part of it.
+        redactions.sort_by_key(|r| std::cmp::Reverse(r.len()));
         Ok(HttpTransport {
             client,
             uri,
@@ -380,6 +431,25 @@ impl fmt::Debug for HttpTransport {
             .field("signing_keys", &self.signer.as_ref().map_or(0, Signer::len))
             .finish_non_exhaustive()
     }
+}
+
+/// What of a configured header value to scrub from failure reasons. Very
+/// short values (`1`, `on`) are left alone: scrubbing them would mangle
+/// every reason while hiding nothing worth hiding.
+fn header_redactions(value: &str) -> Vec<Box<str>> {
+    const MIN: usize = 4;
+    let mut out = Vec::new();
+    let value = value.trim();
+    if value.len() >= MIN {
+        out.push(value.into());
+    }
+    if let Some((_, credential)) = value.split_once(' ') {
+        let credential = credential.trim();
+        if credential.len() >= MIN {
+            out.push(credential.into());
+        }
+    }
+    out
 }
 
 /// Parse and check the endpoint URL. Literal IP hosts are checked here
