@@ -226,6 +226,12 @@ pub struct HttpSettings {
     pub shared_secret: Option<String>,
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
+    /// The endpoint's own TLS (private CA, client certificate).
+    #[serde(default)]
+    pub tls: Option<crate::http::EndpointTls>,
+    /// OAuth2 client credentials.
+    #[serde(default)]
+    pub oauth2: Option<crate::http::OAuth2Settings>,
 }
 
 impl fmt::Debug for HttpSettings {
@@ -243,6 +249,8 @@ impl fmt::Debug for HttpSettings {
                 &self.shared_secret.as_ref().map(|_| "[redacted]"),
             )
             .field("headers", &self.headers.keys().collect::<Vec<_>>())
+            .field("tls", &self.tls)
+            .field("oauth2", &self.oauth2)
             .finish()
     }
 }
@@ -257,6 +265,8 @@ impl HttpSettings {
             shared_secret: self.shared_secret,
             timeout,
             headers: self.headers.into_iter().collect(),
+            tls: self.tls,
+            oauth2: self.oauth2,
         }
     }
 }

@@ -230,7 +230,7 @@ fn endpoint(url: String, secrets: &[&str]) -> HttpEndpointConfig {
         send_secret_header: false,
         shared_secret: Some(SHARED.into()),
         timeout: Duration::from_secs(5),
-        headers: Vec::new(),
+        ..HttpEndpointConfig::default()
     }
 }
 

@@ -10,8 +10,9 @@
 //! Redirects are never followed: hyper's client does not, and nothing here
 //! adds it, so a 3xx reaches the transport as a plain response.
 
+use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -25,9 +26,14 @@ use rustls::pki_types::CertificateDer;
 use rustls::{ClientConfig, RootCertStore};
 
 use super::ssrf::{AddressPolicy, GuardedResolver};
+use super::tls::EndpointTls;
+use super::HttpConfigError;
 
 /// The connector stack: TCP (with the guarded resolver), then TLS for https.
 type Connector = HttpsConnector<HttpConnector<GuardedResolver>>;
+
+/// One connection pool with its TLS configuration.
+type Pool = Client<Connector, Full<Bytes>>;
 
 /// Settings of the shared client; see [`HttpClientOptions::default`].
 #[derive(Clone)]
@@ -103,12 +109,27 @@ pub enum HttpClientError {
 }
 
 /// One shared, cheaply clonable HTTP(S) client for all HTTP endpoints.
+///
+/// Endpoints with their own TLS (a private CA, a client certificate) use
+/// [`HttpClient::for_tls`]: a client with the same settings and SSRF guard
+/// but its own connection pool, one per distinct identity.
 #[derive(Clone)]
 pub struct HttpClient {
     inner: Client<Connector, Full<Bytes>>,
     policy: AddressPolicy,
     allow_private_networks: bool,
     allow_plaintext_secrets: bool,
+    shared: Arc<Shared>,
+}
+
+/// What the clients derived from one [`HttpClient::new`] share.
+struct Shared {
+    options: HttpClientOptions,
+    /// The roots of the default TLS configuration.
+    roots: RootCertStore,
+    /// Derived clients by identity digest: endpoints with the same identity
+    /// share a pool, endpoints with different ones never do.
+    by_identity: Mutex<HashMap<[u8; 32], Pool>>,
 }
 
 impl HttpClient {
@@ -119,35 +140,49 @@ impl HttpClient {
         } else {
             AddressPolicy::allowing(options.allowed_networks.iter().copied())
         };
-        let tls = tls_config(&options)?;
-
-        let mut http = HttpConnector::new_with_resolver(GuardedResolver::new(policy.clone()));
-        // The TLS layer above handles `https`; this layer must let it through.
-        http.enforce_http(false);
-        http.set_connect_timeout(Some(options.connect_timeout));
-        http.set_nodelay(true);
-        http.set_keepalive(options.tcp_keepalive);
-
-        let https = HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            // Sets ALPN to h2 + http/1.1; plain http stays on HTTP/1.1.
-            .enable_http2()
-            .wrap_connector(http);
-
-        let inner = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(options.pool_idle_timeout)
-            .pool_max_idle_per_host(options.pool_max_idle_per_host)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .build(https);
-
+        let roots = root_store(&options)?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let tls = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(HttpClientError::Tls)?
+            .with_root_certificates(roots.clone())
+            .with_no_client_auth();
+        let inner = build_client(&options, &policy, tls);
         Ok(HttpClient {
             inner,
-            policy,
             allow_private_networks: options.allow_private_networks,
             allow_plaintext_secrets: options.allow_plaintext_secrets,
+            policy,
+            shared: Arc::new(Shared {
+                options,
+                roots,
+                by_identity: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    /// This client with an endpoint's own TLS: its CA instead of the
+    /// default roots, its client certificate. Same address policy, timeouts
+    /// and pool settings; a pool of its own per identity.
+    pub fn for_tls(&self, tls: &EndpointTls) -> Result<HttpClient, HttpConfigError> {
+        let key = tls.identity();
+        let mut cache = self
+            .shared
+            .by_identity
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let inner = match cache.get(&key) {
+            Some(inner) => inner.clone(),
+            None => {
+                let config = tls.client_config(&self.shared.roots)?;
+                let inner = build_client(&self.shared.options, &self.policy, config);
+                cache.insert(key, inner.clone());
+                inner
+            }
+        };
+        Ok(HttpClient {
+            inner,
+            ..self.clone()
         })
     }
 
@@ -171,6 +206,35 @@ impl HttpClient {
     }
 }
 
+/// The connector stack and pool around one TLS configuration.
+fn build_client(
+    options: &HttpClientOptions,
+    policy: &AddressPolicy,
+    tls: ClientConfig,
+) -> Client<Connector, Full<Bytes>> {
+    let mut http = HttpConnector::new_with_resolver(GuardedResolver::new(policy.clone()));
+    // The TLS layer above handles `https`; this layer must let it through.
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(options.connect_timeout));
+    http.set_nodelay(true);
+    http.set_keepalive(options.tcp_keepalive);
+
+    let https = HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        // Sets ALPN to h2 + http/1.1; plain http stays on HTTP/1.1.
+        .enable_http2()
+        .wrap_connector(http);
+
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(options.pool_idle_timeout)
+        .pool_max_idle_per_host(options.pool_max_idle_per_host)
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .build(https)
+}
+
 impl fmt::Debug for HttpClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("HttpClient")
@@ -179,9 +243,10 @@ impl fmt::Debug for HttpClient {
     }
 }
 
-/// rustls client configuration with the `ring` provider chosen explicitly,
-/// so the process-wide default provider (if any) does not matter.
-fn tls_config(options: &HttpClientOptions) -> Result<ClientConfig, HttpClientError> {
+/// The default trusted roots: the system's (when asked) and the extra ones.
+/// The rustls configurations built on them use the `ring` provider chosen
+/// explicitly, so the process-wide default provider (if any) does not matter.
+fn root_store(options: &HttpClientOptions) -> Result<RootCertStore, HttpClientError> {
     let mut roots = RootCertStore::empty();
     if options.native_roots {
         let loaded = rustls_native_certs::load_native_certs();
@@ -203,11 +268,5 @@ fn tls_config(options: &HttpClientOptions) -> Result<ClientConfig, HttpClientErr
         // with a certificate error that names the cause.
         tracing::warn!("no trusted root certificates: https endpoints cannot be verified");
     }
-
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    Ok(ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(HttpClientError::Tls)?
-        .with_root_certificates(roots)
-        .with_no_client_auth())
+    Ok(roots)
 }

@@ -24,12 +24,17 @@
 //! | `webhook-id`, `webhook-timestamp`, `webhook-signature` | Standard Webhooks, when a `whsec_` secret exists |
 //! | `traceparent` | the event's W3C trace context, when it has one |
 //! | configured `headers` | verbatim |
+//! | `Authorization` | `Bearer <token>` from the endpoint's OAuth2 token URL, when `oauth2` is set |
 
 pub mod client;
+pub mod oauth2;
 pub mod signing;
 pub mod ssrf;
+pub mod tls;
 
 pub use client::{HttpClient, HttpClientError, HttpClientOptions};
+pub use oauth2::{AuthMethod, OAuth2Settings};
+pub use tls::EndpointTls;
 
 use std::error::Error as StdError;
 use std::fmt;
@@ -115,6 +120,10 @@ pub struct HttpEndpointConfig {
     pub timeout: Duration,
     /// Static extra headers, sent verbatim on every request.
     pub headers: Vec<(String, String)>,
+    /// The endpoint's own TLS: a private CA, a client certificate (mTLS).
+    pub tls: Option<EndpointTls>,
+    /// OAuth2 client credentials: a bearer token on every request.
+    pub oauth2: Option<OAuth2Settings>,
 }
 
 impl Default for HttpEndpointConfig {
@@ -126,6 +135,8 @@ impl Default for HttpEndpointConfig {
             shared_secret: None,
             timeout: DEFAULT_TIMEOUT,
             headers: Vec::new(),
+            tls: None,
+            oauth2: None,
         }
     }
 }
@@ -147,6 +158,8 @@ impl fmt::Debug for HttpEndpointConfig {
             )
             .field("timeout", &self.timeout)
             .field("headers", &header_names)
+            .field("tls", &self.tls)
+            .field("oauth2", &self.oauth2)
             .finish()
     }
 }
@@ -182,6 +195,8 @@ pub struct HttpTransport {
     /// Secret texts scrubbed from every failure reason (a receiver may echo
     /// a header back in its error body).
     redactions: Box<[Box<str>]>,
+    /// The endpoint's token source, with `oauth2`.
+    oauth2: Option<oauth2::OAuth2>,
 }
 
 impl HttpTransport {
@@ -282,6 +297,40 @@ impl HttpTransport {
             redactions.extend(header_redactions(value));
         }
 
+        let oauth2 = match config.oauth2 {
+            None => None,
+            Some(settings) => {
+                if config
+                    .headers
+                    .iter()
+                    .any(|(n, _)| n.eq_ignore_ascii_case("authorization"))
+                {
+                    return Err(HttpConfigError::new(
+                        "headers.Authorization",
+                        "is set by oauth2: configure one or the other",
+                    ));
+                }
+                if uri.scheme() == Some(&Scheme::HTTP) && !client.allow_plaintext_secrets() {
+                    return Err(HttpConfigError::new(
+                        "url",
+                        "is plain http://, which would send the OAuth2 token in clear: use https:// \
+                         (http.allow_plaintext_secrets is for development receivers)",
+                    ));
+                }
+                // The token server is not the receiver: it gets the shared
+                // client's TLS, not the endpoint's private CA.
+                Some(oauth2::OAuth2::new(settings, client.clone())?)
+            }
+        };
+        let client = match &config.tls {
+            Some(tls) => {
+                if uri.scheme() != Some(&Scheme::HTTPS) {
+                    return Err(HttpConfigError::new("tls", "is for https:// URLs only"));
+                }
+                client.for_tls(tls)?
+            }
+            None => client,
+        };
         // Longest first, so a value is not left half-scrubbed by a part of it.
         redactions.sort_by_key(|r| std::cmp::Reverse(r.len()));
         Ok(HttpTransport {
@@ -291,6 +340,7 @@ impl HttpTransport {
             fixed_headers: fixed.into_boxed_slice(),
             signer,
             redactions: redactions.into_boxed_slice(),
+            oauth2,
         })
     }
 
@@ -349,18 +399,53 @@ impl HttpTransport {
     }
 
     async fn send_once(&self, delivery: &Delivery) -> Outcome {
-        let request = match self.build_request(delivery) {
-            Ok(request) => request,
-            Err(reason) => {
-                return Outcome::Permanent {
-                    status: None,
-                    reason: reason.to_owned(),
-                    disable_endpoint: false,
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        // With OAuth2, a 401 may only mean the token was revoked or expired
+        // early: one more try with a fresh token, never more.
+        let mut refreshed = false;
+        loop {
+            let mut request = match self.build_request(delivery) {
+                Ok(request) => request,
+                Err(reason) => {
+                    return Outcome::Permanent {
+                        status: None,
+                        reason: reason.to_owned(),
+                        disable_endpoint: false,
+                    }
+                }
+            };
+            let bearer = match &self.oauth2 {
+                None => None,
+                Some(oauth2) => match oauth2.token(deadline).await {
+                    Ok(bearer) => {
+                        request
+                            .headers_mut()
+                            .insert(header::AUTHORIZATION, bearer.header().clone());
+                        Some(bearer)
+                    }
+                    Err(outcome) => return self.scrub(outcome),
+                },
+            };
+            let outcome = self.exchange(request, deadline).await;
+            if let (Some(oauth2), Some(bearer)) = (&self.oauth2, &bearer) {
+                if outcome.status() == Some(401) {
+                    oauth2.reject(bearer);
+                    if !refreshed {
+                        refreshed = true;
+                        continue;
+                    }
                 }
             }
-        };
+            return outcome;
+        }
+    }
 
-        let deadline = tokio::time::Instant::now() + self.timeout;
+    /// One request and its classified answer, by `deadline`.
+    async fn exchange(
+        &self,
+        request: Request<Full<Bytes>>,
+        deadline: tokio::time::Instant,
+    ) -> Outcome {
         let response = match tokio::time::timeout_at(deadline, self.client.request(request)).await {
             Ok(Ok(response)) => response,
             Ok(Err(error)) => return self.scrub(request_error(&error)),
@@ -404,7 +489,15 @@ impl HttpTransport {
                 out = out.replace(&**secret, "[redacted]");
             }
         }
-        out
+        match &self.oauth2 {
+            Some(oauth2) => oauth2.redact(&out),
+            None => out,
+        }
+    }
+
+    /// Token requests made for this endpoint (OAuth2), for tests.
+    pub fn oauth2_fetches(&self) -> Option<u64> {
+        self.oauth2.as_ref().map(|o| o.fetches())
     }
 
     /// Remove secrets from an outcome's reason, whatever put them there.
