@@ -27,8 +27,9 @@ pub struct Limits {
     /// A request's headers must have arrived this soon after the client
     /// started sending them.
     pub header_read_timeout: Duration,
-    /// A connection is closed this long after it was accepted, busy or not:
-    /// what bounds a client that trickles a body or idles on keep-alive.
+    /// A connection is closed this long after it was accepted (a request
+    /// under way gets a few more seconds): what bounds a client that
+    /// trickles a body or idles on keep-alive.
     pub max_connection_age: Duration,
 }
 
@@ -41,6 +42,9 @@ impl Default for Limits {
         }
     }
 }
+
+/// How long a connection past its age may finish the request under way.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
 /// The client's address, as an extension of every request.
 #[derive(Debug, Clone, Copy)]
@@ -100,11 +104,21 @@ pub async fn serve<S, B>(
                 .header_read_timeout(limits.header_read_timeout)
                 .max_buf_size(64 * 1024);
             let connection = builder.serve_connection(TokioIo::new(stream), service);
-            match tokio::time::timeout(limits.max_connection_age, connection).await {
-                Ok(Ok(())) | Err(_) => {}
-                Ok(Err(e)) => {
-                    tracing::debug!(listener = name, %peer, error = %e, "connection ended with an error")
+            tokio::pin!(connection);
+            let result = tokio::select! {
+                result = connection.as_mut() => result,
+                _ = tokio::time::sleep(limits.max_connection_age) => {
+                    // Let a request under way finish (a scrape in progress
+                    // at the wrong moment), but not for long.
+                    connection.as_mut().graceful_shutdown();
+                    match tokio::time::timeout(CLOSE_GRACE, connection).await {
+                        Ok(result) => result,
+                        Err(_) => Ok(()),
+                    }
                 }
+            };
+            if let Err(e) = result {
+                tracing::debug!(listener = name, %peer, error = %e, "connection ended with an error");
             }
         });
     }

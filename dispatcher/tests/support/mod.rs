@@ -215,7 +215,12 @@ impl Child {
         let config = dir.join(format!("{name}.yaml"));
         std::fs::write(
             &config,
-            config_text.replace("listen: \"127.0.0.1:0\"", &format!("listen: \"{admin}\"")),
+            // The first `listen` is admin's (the API's stays on port 0).
+            config_text.replacen(
+                "listen: \"127.0.0.1:0\"",
+                &format!("listen: \"{admin}\""),
+                1,
+            ),
         )
         .unwrap();
         let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();

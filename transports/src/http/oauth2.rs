@@ -37,6 +37,9 @@ const DEFAULT_LIFETIME: Duration = Duration::from_secs(300);
 const MAX_REFRESH_AHEAD: Duration = Duration::from_secs(60);
 /// Most of a token response read.
 const RESPONSE_LIMIT: usize = 64 * 1024;
+/// After a failed refresh, how long the still-valid token is used before
+/// the next try: the token server is not asked again on every send.
+const REFRESH_RETRY: Duration = Duration::from_secs(10);
 
 /// `oauth2:` of an HTTP endpoint.
 #[derive(Clone, Deserialize, PartialEq, Eq)]
@@ -230,11 +233,20 @@ impl OAuth2 {
                 *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(token.clone());
                 Ok(Bearer(token))
             }
-            // Refreshing ahead failed, but the token still works: use it.
+            // Refreshing ahead failed, but the token still works: use it,
+            // and try again a little later rather than on every send.
             Err(outcome) => match held.filter(|t| Instant::now() < t.expires_at) {
                 Some(t) => {
                     tracing::warn!(reason = %reason_of(&outcome), "OAuth2 token refresh failed; using the current token until it expires");
-                    Ok(Bearer(t))
+                    let postponed = Arc::new(Token {
+                        header: t.header.clone(),
+                        secret: t.secret.clone(),
+                        refresh_at: (Instant::now() + REFRESH_RETRY).min(t.expires_at),
+                        expires_at: t.expires_at,
+                    });
+                    *self.current.lock().unwrap_or_else(|p| p.into_inner()) =
+                        Some(postponed.clone());
+                    Ok(Bearer(postponed))
                 }
                 None => Err(outcome),
             },
@@ -251,7 +263,12 @@ impl OAuth2 {
 
     /// Scrub the client secret and the current token from `text`.
     pub fn redact(&self, text: &str) -> String {
-        let mut out = text.replace(&*self.client_secret, "[redacted]");
+        // A very short secret would mangle every reason while hiding little.
+        let mut out = if self.client_secret.len() >= 4 {
+            text.replace(&*self.client_secret, "[redacted]")
+        } else {
+            text.to_owned()
+        };
         if let Some(t) = self.current() {
             out = out.replace(&*t.secret, "[redacted]");
         }
