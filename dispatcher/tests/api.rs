@@ -265,7 +265,7 @@ async fn connections_beyond_the_cap_are_closed() {
 
     drop(held);
     let mut answered = false;
-    for _ in 0..50 {
+    for _ in 0..250 {
         if send(addr, "GET /healthz HTTP/1.1\r\nhost: 127.0.0.1")
             .await
             .0

@@ -452,7 +452,6 @@ async fn tls_settings_errors_name_the_key_without_quoting_pem() {
 struct TokenServer {
     addr: SocketAddr,
     issued: Arc<AtomicU64>,
-    lifetime_s: Arc<AtomicU64>,
     forms: Arc<Mutex<Vec<String>>>,
     task: JoinHandle<()>,
 }
@@ -532,7 +531,6 @@ impl TokenServer {
         TokenServer {
             addr,
             issued,
-            lifetime_s: lifetime,
             forms,
             task,
         }
@@ -616,9 +614,9 @@ async fn oauth2_tokens_are_cached_then_refreshed_when_they_expire() {
         .iter()
         .all(|s| s.authorization.as_deref() == Some("Bearer tok-1")));
 
-    // A token that lives one second is refreshed ahead of its expiry.
-    let short = TokenServer::start(1).await;
-    short.lifetime_s.store(1, Ordering::SeqCst);
+    // A token that lives two seconds is used until it is about to expire
+    // (refreshed at 1.5 s), then replaced.
+    let short = TokenServer::start(2).await;
     let transport =
         HttpTransport::new(oauth_endpoint(server.url(), short.settings()), client()).unwrap();
     assert!(matches!(
@@ -630,7 +628,7 @@ async fn oauth2_tokens_are_cached_then_refreshed_when_they_expire() {
         Outcome::Delivered { .. }
     ));
     assert_eq!(short.issued(), 1);
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
     assert!(matches!(
         transport.send(&delivery()).await,
         Outcome::Delivered { .. }
