@@ -114,7 +114,7 @@ pub fn config(bootstrap: &str, sink: &Sink, ids: &[String], max_in_flight: usize
     config.kafka.topics = vec![SOURCE_TOPIC.to_owned()];
     config.kafka.group_id = "fanout-vs-bare".to_owned();
     config.admin.listen = SocketAddr::from(([127, 0, 0, 1], 0));
-    config.http.allow_private_networks = true;
+    config.http.allowed_networks = vec!["127.0.0.0/8".into()];
     config.endpoints = ids
         .iter()
         .map(|id| EndpointConfig {

@@ -23,6 +23,7 @@ use transports::http::{HttpClient, HttpClientOptions};
 use transports::{Registry, Transport};
 
 use crate::admin::{self, AdminState};
+use crate::api::{self, ApiState};
 use crate::backlog::Backlogs;
 use crate::config::Config;
 use crate::dlq::DeadLetters;
@@ -44,6 +45,8 @@ pub struct Running {
     /// The brokers in use (the embedded one's address when none was configured).
     pub bootstrap: String,
     pub admin_addr: SocketAddr,
+    /// The management API's address, when it is on (a token is configured).
+    pub api_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     failed: watch::Receiver<bool>,
     task: JoinHandle<anyhow::Result<()>>,
@@ -115,6 +118,23 @@ pub async fn start_with(config: Config, registry: &Registry) -> anyhow::Result<R
 
     let listener = admin::bind(config.admin.listen).await?;
     let admin_addr = listener.local_addr()?;
+    let api_tokens = config.api.load_tokens().map_err(|p| {
+        anyhow!(
+            "api: {}",
+            p.iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+                .join("; ")
+        )
+    })?;
+    let api_listener = match api_tokens.is_empty() {
+        true => None,
+        false => Some(api::bind(config.api.listen).await?),
+    };
+    let api_addr = api_listener.as_ref().map(|l| l.local_addr()).transpose()?;
+    if config.http.allow_private_networks {
+        tracing::warn!("http.allow_private_networks is deprecated: list the networks endpoints may reach in http.allowed_networks");
+    }
 
     let producer: FutureProducer = kafka::producer(k, &bootstrap, config.pipeline.max_event_bytes)
         .create()
@@ -157,9 +177,8 @@ pub async fn start_with(config: Config, registry: &Registry) -> anyhow::Result<R
         .sum::<usize>()
         .max(1);
     let client = HttpClient::new(HttpClientOptions {
-        allow_private_networks: config.http.allow_private_networks,
         pool_max_idle_per_host: idle_cap,
-        ..Default::default()
+        ..config.http.client_options()
     })
     .context("building the HTTP client")?;
 
@@ -269,15 +288,24 @@ pub async fn start_with(config: Config, registry: &Registry) -> anyhow::Result<R
             metrics: metrics.clone(),
             ready: ready.clone(),
             live: live.clone(),
-            endpoints: Arc::new(
-                lanes
-                    .iter()
-                    .map(|l| (l.endpoint_id.clone(), l.control.clone()))
-                    .collect(),
-            ),
         },
-        admin_stop_rx,
+        admin_stop_rx.clone(),
     ));
+    let api_task = api_listener.map(|listener| {
+        let endpoints = Arc::new(
+            lanes
+                .iter()
+                .map(|l| (l.endpoint_id.clone(), l.control.clone()))
+                .collect(),
+        );
+        let state = ApiState::new(endpoints, &api_tokens, &config.api.allowed_hosts);
+        tokio::spawn(api::serve(
+            listener,
+            state,
+            api::server::Limits::default(),
+            admin_stop_rx,
+        ))
+    });
 
     let backlogs = Backlogs {
         lanes: lanes.clone(),
@@ -378,6 +406,9 @@ pub async fn start_with(config: Config, registry: &Registry) -> anyhow::Result<R
         consumer.unsubscribe();
         let _ = admin_stop.send(true);
         let _ = admin_task.await;
+        if let Some(api_task) = api_task {
+            let _ = api_task.await;
+        }
         failure.map_or(Ok(()), Err)
     });
 
@@ -386,6 +417,7 @@ pub async fn start_with(config: Config, registry: &Registry) -> anyhow::Result<R
         ready,
         bootstrap,
         admin_addr,
+        api_addr,
         shutdown: shutdown_tx,
         failed: failed_rx,
         task,

@@ -149,7 +149,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
 
     let mut receivers = Vec::new();
     let mut config = Config::default();
-    config.http.allow_private_networks = true;
+    // The receivers are on this machine.
+    config.http.allowed_networks = vec!["127.0.0.0/8".into()];
     config.admin.listen = SocketAddr::from(([127, 0, 0, 1], 0));
     config.kafka.embedded_partitions = 12;
     for (id, events, behaviour, filter) in specs {

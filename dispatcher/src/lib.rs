@@ -12,6 +12,7 @@
 //! fixes.
 
 pub mod admin;
+pub mod api;
 pub mod app;
 pub mod backlog;
 pub mod config;

@@ -108,6 +108,7 @@ async fn run(path: &Path) -> anyhow::Result<()> {
     tracing::info!(
         bootstrap = %running.bootstrap,
         admin = %running.admin_addr,
+        api = %running.api_addr.map_or_else(|| "off (no api.tokens)".to_owned(), |a| a.to_string()),
         "dispatcher running"
     );
     tokio::select! {

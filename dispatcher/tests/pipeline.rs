@@ -45,7 +45,7 @@ async fn every_seed_event_type_reaches_exactly_its_subscribers() {
   - id: conversations
     url: "{}"
     secret: "{SECRET_B}"
-    send_secret_header: true
+    shared_secret: a-shared-value-for-the-header
     events: ["conversation.*"]
 "#,
         all.url("/hook"),
@@ -176,7 +176,11 @@ async fn every_seed_event_type_reaches_exactly_its_subscribers() {
             );
             verify_signature(secret, r);
             if *endpoint == "conversations" {
-                assert_eq!(r.header("x-webhook-secret"), Some(SECRET_B));
+                assert_eq!(
+                    r.header("x-webhook-secret"),
+                    Some("a-shared-value-for-the-header"),
+                    "the shared secret, never the signing key"
+                );
             } else {
                 assert_eq!(
                     r.header("x-webhook-secret"),

@@ -10,9 +10,7 @@ use std::time::Duration;
 use dispatcher::seed::SeedEvents;
 use support::kafka::{committed_total, header, produce, read_all};
 use support::sink::{Behaviour, Sink};
-use support::{
-    admin, config, config_yaml, raw_data, start, verify_signature, wait_until, SECRET_A,
-};
+use support::{api, config, config_yaml, raw_data, start, verify_signature, wait_until, SECRET_A};
 
 fn events(seed: u64, event_type: &str, n: usize) -> Vec<Vec<u8>> {
     let mut s = SeedEvents::new(seed);
@@ -164,7 +162,7 @@ async fn retry_after_is_waited_out_410_disables_and_400_dead_letters_at_once() {
         assert_eq!(attempts.len(), 1);
         assert_eq!(attempts[0]["status"], 400);
     }
-    let (status, body) = admin(running.admin_addr, "GET", "/endpoints").await;
+    let (status, body) = api(&running, "GET", "/endpoints").await;
     assert_eq!(status, 200);
     let list: serde_json::Value = serde_json::from_str(&body).unwrap();
     let gone_state = list["endpoints"]
@@ -174,6 +172,15 @@ async fn retry_after_is_waited_out_410_disables_and_400_dead_letters_at_once() {
         .find(|e| e["id"] == "gone")
         .unwrap();
     assert_eq!(gone_state["disabled"], true);
+    // A plain resume does not undo the receiver's 410; an explicit one does.
+    let (status, body) = api(&running, "POST", "/endpoints/gone/resume").await;
+    assert_eq!(status, 409, "{body}");
+    let (status, body) = api(&running, "GET", "/endpoints/gone").await;
+    assert_eq!(
+        (status, body.contains(r#""disabled":true"#)),
+        (200, true),
+        "{body}"
+    );
     assert_eq!(
         running
             .metrics
@@ -240,7 +247,7 @@ async fn a_long_outage_moves_the_backlog_to_retry_topics_and_it_all_arrives_late
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pause_and_resume_through_the_admin_api() {
+async fn pause_and_resume_through_the_management_api() {
     support::init_logging();
     let kafka = support::embedded_kafka(2);
     let sink = Sink::start(Behaviour::Ok).await;
@@ -271,14 +278,14 @@ async fn pause_and_resume_through_the_admin_api() {
         "each waits in the spill topic, written once"
     );
 
-    let (status, body) = admin(running.admin_addr, "POST", "/endpoints/ep/resume").await;
+    let (status, body) = api(&running, "POST", "/endpoints/ep/resume").await;
     assert_eq!(status, 200, "{body}");
     wait_until(Duration::from_secs(30), "delivered after resume", || {
         sink.count() == 10
     })
     .await;
 
-    let (status, _) = admin(running.admin_addr, "POST", "/endpoints/ep/pause").await;
+    let (status, _) = api(&running, "POST", "/endpoints/ep/pause").await;
     assert_eq!(status, 200);
     produce(
         kafka.bootstrap(),
@@ -298,12 +305,7 @@ async fn pause_and_resume_through_the_admin_api() {
         15,
         "nothing was written twice"
     );
-    assert_eq!(
-        admin(running.admin_addr, "POST", "/endpoints/nope/pause")
-            .await
-            .0,
-        404
-    );
+    assert_eq!(api(&running, "POST", "/endpoints/nope/pause").await.0, 404);
     running.shutdown().await.unwrap();
 }
 

@@ -472,7 +472,7 @@ kafka:
     session.timeout.ms: 6000
     heartbeat.interval.ms: 500
 http:
-  allow_private_networks: true
+  allowed_networks: ["127.0.0.0/8"]
 pipeline:
   # A run's stop should not wait the production default of 25 s.
   shutdown_grace: 5s

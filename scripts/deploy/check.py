@@ -143,7 +143,11 @@ def check_manifests(name: str, values: dict[str, Any], docs: list[dict[str, Any]
 
     # Probes on the admin port.
     port = merged["metrics"]["port"]
-    assert container["ports"] == [{"name": "metrics", "containerPort": port, "protocol": "TCP"}]
+    api = merged["api"]
+    expected_ports = [{"name": "metrics", "containerPort": port, "protocol": "TCP"}]
+    if api["enabled"]:
+        expected_ports.append({"name": "api", "containerPort": api["port"], "protocol": "TCP"})
+    assert container["ports"] == expected_ports
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
 
@@ -168,6 +172,38 @@ def check_manifests(name: str, values: dict[str, Any], docs: list[dict[str, Any]
     cm = config_maps[volumes["config"]["configMap"]["name"]]
     config = yaml.safe_load(cm["data"]["dispatcher.yaml"])
     assert config["admin"]["listen"] == f"0.0.0.0:{port}"
+
+    # The management API: off unless asked for; then on loopback (reached by
+    # port-forward) unless told otherwise, its token from a Secret.
+    env_by_name = {e["name"]: e for e in container.get("env", [])}
+    if api["enabled"]:
+        host = "127.0.0.1" if api["loopbackOnly"] else "0.0.0.0"
+        assert config["api"]["listen"] == f"{host}:{api['port']}", config["api"]
+        assert config["api"]["tokens"] == ["${DISPATCHER_API_TOKEN}"]
+        ref = env_by_name["DISPATCHER_API_TOKEN"]["valueFrom"]["secretKeyRef"]
+        assert ref == {"name": api["tokenSecret"]["name"], "key": api["tokenSecret"]["key"]}, ref
+    else:
+        assert "api" not in config and "DISPATCHER_API_TOKEN" not in env_by_name
+
+    # The NetworkPolicy: on by default; the metrics port open, the API port
+    # only to the listed peers, egress never to link-local or metadata.
+    policies = by_kind(docs, "NetworkPolicy")
+    assert bool(policies) == merged["networkPolicy"]["enabled"]
+    if policies:
+        (np,) = policies
+        assert np["spec"]["podSelector"]["matchLabels"].items() <= dep["spec"]["template"]["metadata"]["labels"].items()
+        ingress = np["spec"]["ingress"]
+        ports = [p["port"] for rule in ingress for p in rule["ports"]]
+        api_open = api["enabled"] and not api["loopbackOnly"] and bool(merged["networkPolicy"]["api"]["from"])
+        assert ports == (["metrics", "api"] if api_open else ["metrics"]), ports
+        for rule in ingress:
+            if rule["ports"][0]["port"] == "api":
+                assert rule.get("from"), "the API port is never open to every peer"
+        if merged["networkPolicy"]["egress"]["enabled"]:
+            blocks = [t["ipBlock"] for rule in np["spec"]["egress"] for t in rule.get("to", [])]
+            refused = {c for b in blocks for c in b.get("except", [])}
+            for cidr in ("169.254.0.0/16", "fe80::/10", "fd00:ec2::254/128", "fd20:ce::254/128", "192.0.0.192/32"):
+                assert cidr in refused, f"egress allows {cidr}"
     assert container["args"][-2:] == ["--config", "/etc/dispatcher/dispatcher.yaml"]
     from_secrets = {
         e["name"] for e in container.get("env", []) if "secretKeyRef" in e.get("valueFrom", {})
@@ -280,7 +316,12 @@ def check_dispatcher_validate(name: str, docs: list[dict[str, Any]], binary: str
         if "value" in e:
             env[e["name"]] = e["value"]
         elif "secretKeyRef" in e.get("valueFrom", {}):
-            env[e["name"]] = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw" if "SECRET" in e["name"] else "stand-in"
+            if "SECRET" in e["name"]:
+                env[e["name"]] = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+            elif "TOKEN" in e["name"]:
+                env[e["name"]] = "stand-in-token-0123456789abcdef0123456789abcdef"
+            else:
+                env[e["name"]] = "stand-in"
         else:
             env[e["name"]] = "stand-in"
     r = run([binary, "validate", "--config", str(path)], env=env)
@@ -318,6 +359,16 @@ REFUSED: list[tuple[str, dict[str, Any], str]] = [
         "a ${VAR} that no secretEnv provides",
         {"config": {"endpoints": [{"id": "a", "url": "https://a.example/", "events": ["*"], "secret": "${MISSING_SECRET}"}]}},
         "MISSING_SECRET",
+    ),
+    (
+        "the management API without a token Secret",
+        {"api": {"enabled": True}},
+        "tokenSecret",
+    ),
+    (
+        "a config.api written by hand",
+        {"config": {"api": {"listen": "0.0.0.0:9465"}}},
+        "api",
     ),
     (
         "HPA and KEDA together",

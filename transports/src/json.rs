@@ -12,8 +12,14 @@ use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
 /// The raw value at `path` (one key per level) inside the JSON object
-/// `json`; `None` when a level is missing or not an object, or the JSON is
-/// not valid.
+/// `json`; `None` when a level is missing or not an object, the JSON is not
+/// valid, or a level has the wanted key twice.
+///
+/// Parsers disagree on duplicate keys (serde_json's map keeps the last,
+/// this visitor saw the first, JavaScript keeps the last): a producer
+/// could make a tenant filter read one value while the receiver reads
+/// another. A duplicated key therefore finds nothing, so a filter on it
+/// fails closed: it matches no endpoint.
 pub fn find<'a, S: AsRef<str>>(json: &'a [u8], path: &[S]) -> Option<&'a RawValue> {
     let mut current = json;
     let mut found = None;
@@ -47,7 +53,10 @@ impl<'de> Visitor<'de> for FindKey<'_> {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut found = None;
         while let Some(key) = map.next_key::<Cow<'de, str>>()? {
-            if found.is_none() && key == self.0 {
+            if key == self.0 {
+                if found.is_some() {
+                    return Err(serde::de::Error::custom("duplicate key"));
+                }
                 found = Some(map.next_value::<&'de RawValue>()?);
             } else {
                 map.next_value::<IgnoredAny>()?;
@@ -73,5 +82,21 @@ mod tests {
         assert!(find(json, &["b", "zz"]).is_none());
         assert!(find(json, &["a", "x"]).is_none(), "arrays are not objects");
         assert!(find(b"not json", &["a"]).is_none());
+    }
+
+    /// Finding 8 of the security review: `{"acct":"A","acct":"B"}` read as
+    /// `A` here and as `B` by most receivers. Now it reads as nothing, at
+    /// any level, also when spelt with an escape.
+    #[test]
+    fn a_duplicated_key_finds_nothing() {
+        assert!(find(br#"{"acct":"A","acct":"B"}"#, &["acct"]).is_none());
+        assert!(find(br#"{"acct":"A","acc\u0074":"B"}"#, &["acct"]).is_none());
+        assert!(find(br#"{"o":{"acct":"A","acct":"B"}}"#, &["o", "acct"]).is_none());
+        assert!(find(br#"{"o":{"acct":"A"},"o":{"acct":"B"}}"#, &["o", "acct"]).is_none());
+        // Duplicates of other keys do not matter to this lookup.
+        assert_eq!(
+            find(br#"{"x":1,"x":2,"acct":"A"}"#, &["acct"]).map(|r| r.get()),
+            Some(r#""A""#)
+        );
     }
 }

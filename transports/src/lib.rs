@@ -9,6 +9,7 @@
 //! dead-letter, commit); a transport only turns one delivery into one send
 //! and says how it went.
 
+pub mod de;
 pub mod http;
 pub mod json;
 pub mod kafka;

@@ -135,7 +135,8 @@ impl Event {
             return Err(EventError::Invalid {
                 field: "event",
                 detail: format!(
-                    "{name:?} is not an event type (1 to {MAX_EVENT_TYPE_LEN} of A-Z a-z 0-9 . _ - :)"
+                    "{} is not an event type (1 to {MAX_EVENT_TYPE_LEN} of A-Z a-z 0-9 . _ - :)",
+                    quote_excerpt(name)
                 ),
             });
         }
@@ -171,7 +172,10 @@ impl Event {
                     let parsed = chrono::DateTime::parse_from_rfc3339(&text[range.clone()])
                         .map_err(|e| EventError::Invalid {
                             field: "timestamp",
-                            detail: format!("{:?} is not RFC 3339: {e}", &text[range.clone()]),
+                            detail: format!(
+                                "{} is not RFC 3339: {e}",
+                                quote_excerpt(&text[range.clone()])
+                            ),
                         })?;
                     (payload.slice(range), parsed.timestamp_millis())
                 }
@@ -336,6 +340,21 @@ impl Delivery {
             body,
             attempt: 1,
         }
+    }
+}
+
+/// Longest part of a producer's value quoted in an error. The error goes to
+/// a log line and a dead-letter header: quoting a whole 1 MiB field would
+/// let one record multiply its size through both.
+const QUOTED_CHARS: usize = 64;
+
+/// `"value"` escaped, cut to [`QUOTED_CHARS`] characters with its full
+/// length noted when longer.
+fn quote_excerpt(value: &str) -> String {
+    let mut chars = value.char_indices();
+    match chars.nth(QUOTED_CHARS) {
+        None => format!("{value:?}"),
+        Some((cut, _)) => format!("{:?}… ({} bytes)", &value[..cut], value.len()),
     }
 }
 
@@ -557,6 +576,49 @@ mod tests {
         let err = Event::decode(Bytes::from(big), src(), None, 1024).unwrap_err();
         assert_eq!(err.code(), "oversized");
         assert!(err.to_string().contains("1024"));
+    }
+
+    /// Finding 7 of the security review: an invalid event type or timestamp
+    /// was quoted whole in the error that goes to a log line and to the
+    /// dead letter's `dlq.error` header: 1 MiB in, 2 MiB or more out.
+    #[test]
+    fn huge_invalid_fields_are_quoted_short() {
+        let huge = "x ".repeat(512 * 1024);
+        for raw in [
+            format!(r#"{{"event":"{huge}","data":{{}}}}"#),
+            format!(r#"{{"event":"a.b","timestamp":"{huge}","data":{{}}}}"#),
+        ] {
+            assert!(raw.len() > 1 << 20);
+            let err = Event::decode(Bytes::from(raw), src(), None, 2 << 20).unwrap_err();
+            assert_eq!(err.code(), "invalid_field");
+            let text = err.to_string();
+            assert!(text.len() < 300, "{} bytes: {}", text.len(), &text[..300]);
+            assert!(text.contains("1048576 bytes"), "{text}");
+        }
+        assert_eq!(quote_excerpt("a\"b"), r#""a\"b""#);
+        assert_eq!(
+            quote_excerpt(&"é".repeat(70))
+                .chars()
+                .filter(|c| *c == 'é')
+                .count(),
+            64
+        );
+    }
+
+    /// Finding 8: serde refuses a second `event`, `data`, `id` or
+    /// `timestamp`, so a producer cannot show the router one event type and
+    /// receivers (which read the last key) another.
+    #[test]
+    fn duplicate_top_level_fields_are_refused() {
+        for raw in [
+            r#"{"event":"a.b","event":"c.d","data":{}}"#,
+            r#"{"event":"a.b","data":{"t":"x"},"data":{"t":"y"}}"#,
+            r#"{"event":"a.b","id":"1","id":"2","data":{}}"#,
+        ] {
+            let err = decode(raw).unwrap_err();
+            assert_eq!(err.code(), "not_json", "{raw}");
+            assert!(err.to_string().contains("duplicate field"), "{err}");
+        }
     }
 
     #[test]

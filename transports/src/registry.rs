@@ -66,6 +66,8 @@ pub struct BuildContext<'a> {
     pub kafka_options: &'a BTreeMap<String, String>,
     /// `http.allow_private_networks`: a development and test deployment.
     pub allow_private_networks: bool,
+    /// What a Kafka endpoint may not write to or connect to.
+    pub kafka_guard: crate::kafka::KafkaGuard<'a>,
 }
 
 impl fmt::Debug for BuildContext<'_> {
@@ -80,6 +82,7 @@ impl fmt::Debug for BuildContext<'_> {
                 &self.kafka_options.keys().collect::<Vec<_>>(),
             )
             .field("allow_private_networks", &self.allow_private_networks)
+            .field("kafka_guard", &self.kafka_guard)
             .finish_non_exhaustive()
     }
 }
@@ -186,9 +189,8 @@ pub fn parse_settings<T: DeserializeOwned>(
             "transport settings must be a mapping of keys to values",
         ));
     }
-    serde_path_to_error::deserialize::<_, T>(settings).map_err(|error| {
-        let path = error.path().to_string();
-        let reason = error.inner().to_string();
+    crate::de::from_value::<T>(settings.clone()).map_err(|(path, error)| {
+        let reason = error.to_string();
         let mut field = if path == "." { String::new() } else { path };
         // serde reports a missing field at the level of the object that
         // should hold it; name the key itself, which is what the user must
@@ -219,8 +221,17 @@ pub struct HttpSettings {
     pub secrets: Vec<String>,
     #[serde(default)]
     pub send_secret_header: bool,
+    /// The value of `X-Webhook-Secret`, apart from the signing keys.
+    #[serde(default)]
+    pub shared_secret: Option<String>,
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
+    /// The endpoint's own TLS (private CA, client certificate).
+    #[serde(default)]
+    pub tls: Option<crate::http::EndpointTls>,
+    /// OAuth2 client credentials.
+    #[serde(default)]
+    pub oauth2: Option<crate::http::OAuth2Settings>,
 }
 
 impl fmt::Debug for HttpSettings {
@@ -233,7 +244,13 @@ impl fmt::Debug for HttpSettings {
                 &format_args!("[{} redacted]", self.secrets.len()),
             )
             .field("send_secret_header", &self.send_secret_header)
+            .field(
+                "shared_secret",
+                &self.shared_secret.as_ref().map(|_| "[redacted]"),
+            )
             .field("headers", &self.headers.keys().collect::<Vec<_>>())
+            .field("tls", &self.tls)
+            .field("oauth2", &self.oauth2)
             .finish()
     }
 }
@@ -245,8 +262,11 @@ impl HttpSettings {
             url: self.url,
             secrets: self.secret.into_iter().chain(self.secrets).collect(),
             send_secret_header: self.send_secret_header,
+            shared_secret: self.shared_secret,
             timeout,
             headers: self.headers.into_iter().collect(),
+            tls: self.tls,
+            oauth2: self.oauth2,
         }
     }
 }
@@ -310,6 +330,7 @@ mod tests {
             kafka_bootstrap: "127.0.0.1:1",
             kafka_options: &options,
             allow_private_networks: false,
+            kafka_guard: Default::default(),
         };
         f(&ctx)
     }
@@ -342,7 +363,7 @@ mod tests {
                 "url": "https://hooks.example.com/in",
                 "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
                 "secrets": ["plain-old"],
-                "send_secret_header": true,
+                "shared_secret": "a-shared-value",
                 "headers": {"Authorization": "Bearer x"},
             });
             let t = HttpFactory.build(&settings, ctx).unwrap();

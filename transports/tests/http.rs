@@ -24,6 +24,8 @@ use transports::{Delivery, Event, Outcome, SourceRef, Transport};
 
 const SECRET_A: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const SECRET_B: &str = "whsec_c2Vjb25kLWtleS1ieXRlcy0xMjM0NTY3ODkw";
+/// What `X-Webhook-Secret` carries: never a signing key.
+const SHARED: &str = "shared-secret-for-the-header";
 const TRACEPARENT: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
 
 /// What the server saw of one request.
@@ -207,6 +209,8 @@ fn client_with(
 ) -> HttpClient {
     HttpClient::new(HttpClientOptions {
         allow_private_networks,
+        // These receivers are plain http on 127.0.0.1.
+        allow_plaintext_secrets: true,
         native_roots: false,
         extra_roots,
         connect_timeout: Duration::from_secs(2),
@@ -223,9 +227,10 @@ fn endpoint(url: String, secrets: &[&str]) -> HttpEndpointConfig {
     HttpEndpointConfig {
         url,
         secrets: secrets.iter().map(|s| s.to_string()).collect(),
-        send_secret_header: true,
+        send_secret_header: false,
+        shared_secret: Some(SHARED.into()),
         timeout: Duration::from_secs(5),
-        headers: Vec::new(),
+        ..HttpEndpointConfig::default()
     }
 }
 
@@ -294,7 +299,7 @@ async fn delivers_with_every_header_and_the_exact_body() {
     );
     assert_eq!(header(req, "x-webhook-event"), Some("message.received"));
     assert_eq!(header(req, "x-webhook-delivery-id"), Some(id.as_str()));
-    assert_eq!(header(req, "x-webhook-secret"), Some(SECRET_A));
+    assert_eq!(header(req, "x-webhook-secret"), Some(SHARED));
     assert_eq!(header(req, "webhook-id"), Some(id.as_str()));
     assert!(header(req, "webhook-timestamp").is_some());
     assert!(header(req, "webhook-signature").is_some_and(|s| s.starts_with("v1,")));
@@ -323,15 +328,15 @@ async fn rotation_signs_with_both_secrets_and_each_verifies() {
     assert_eq!(signature.split(' ').count(), 2, "{signature}");
     verify(SECRET_A, req).expect("new secret verifies");
     verify(SECRET_B, req).expect("old secret verifies");
-    // The first secret is the one sent verbatim.
-    assert_eq!(header(req, "x-webhook-secret"), Some(SECRET_A));
+    // The shared secret, not a signing key, is the one sent verbatim.
+    assert_eq!(header(req, "x-webhook-secret"), Some(SHARED));
 }
 
 #[tokio::test]
 async fn secret_header_is_absent_when_disabled() {
     let server = Server::http(|_| respond(200, &[], "")).await;
     let mut config = endpoint(server.url("/"), &[SECRET_A]);
-    config.send_secret_header = false;
+    config.shared_secret = None;
 
     assert!(matches!(
         transport(config).send(&delivery()).await,
@@ -376,8 +381,43 @@ async fn echoed_secrets_are_redacted_from_reasons() {
         panic!("{outcome:?}")
     };
     assert_eq!(status, Some(401));
-    assert!(!reason.contains(&SECRET_A[6..]), "{reason}");
+    assert!(!reason.contains(SHARED), "{reason}");
     assert!(reason.contains("[redacted]"), "{reason}");
+}
+
+/// Finding 6 of the security review: a receiver whose 401 body echoes the
+/// configured `Authorization` header put the token in the failure reason,
+/// and so in log lines and the dead letter's `dlq.error` and `dlq.attempts`.
+#[tokio::test]
+async fn echoed_configured_headers_are_redacted_from_reasons() {
+    let server = Server::http(|req| {
+        let auth = req.headers["authorization"].to_str().unwrap_or_default().to_owned();
+        let key = req.headers["x-api-key"].to_str().unwrap_or_default().to_owned();
+        let token = auth.split(' ').nth(1).unwrap_or_default().to_owned();
+        respond(
+            401,
+            &[],
+            &format!("{{\"error\":\"bad credentials\",\"got\":\"{auth}\",\"token\":\"{token}\",\"key\":\"{key}\"}}"),
+        )
+    })
+    .await;
+    let mut config = endpoint(server.url("/"), &[]);
+    config.headers = vec![
+        (
+            "Authorization".into(),
+            "Bearer eyJhbGciOi.topsecret-token".into(),
+        ),
+        ("X-Api-Key".into(), "ak_live_0123456789".into()),
+    ];
+    let outcome = transport(config).send(&delivery()).await;
+    let Outcome::Permanent { status, reason, .. } = outcome else {
+        panic!("{outcome:?}")
+    };
+    assert_eq!(status, Some(401));
+    assert!(reason.contains("bad credentials"), "{reason}");
+    for secret in ["topsecret-token", "eyJhbGciOi", "ak_live_0123456789"] {
+        assert!(!reason.contains(secret), "{secret} in {reason}");
+    }
 }
 
 #[tokio::test]

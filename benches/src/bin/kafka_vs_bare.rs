@@ -298,6 +298,7 @@ async fn run(args: Args) -> anyhow::Result<Report> {
         kafka_bootstrap: &bootstrap,
         kafka_options: &options,
         allow_private_networks: false,
+        kafka_guard: Default::default(),
     };
     let registry = Registry::builtin();
     let factory = registry.get("kafka").context("kafka is built in")?;

@@ -1,7 +1,10 @@
-//! The admin HTTP server: `/metrics`, `/healthz`, `/readyz`.
+//! The admin HTTP server: `/metrics`, `/healthz`, `/readyz`, read-only.
 //!
 //! Kept apart from delivery: it has its own listener and task, so a scrape
 //! never waits on the pipeline and the pipeline never waits on a scrape.
+//! What changes the dispatcher (pause, resume) is on the authenticated
+//! management API (`crate::api`), never here: this port is for Prometheus
+//! and the kubelet, which have no token.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -13,11 +16,10 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::lane::Control;
+use crate::api::server::{self, Limits};
 use crate::metrics::Metrics;
 
 #[derive(Clone)]
@@ -27,8 +29,6 @@ pub struct AdminState {
     pub ready: Arc<AtomicBool>,
     /// Cleared when shutdown starts, so readiness drops at once.
     pub live: Arc<AtomicBool>,
-    /// Each endpoint's pause and disable switches.
-    pub endpoints: Arc<Vec<(Arc<str>, Arc<Control>)>>,
 }
 
 /// Bind the admin listener (early, so a bad address fails at start-up).
@@ -39,35 +39,31 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
 }
 
 /// Serve until `shutdown` turns true.
-pub async fn serve(listener: TcpListener, state: AdminState, mut shutdown: watch::Receiver<bool>) {
-    loop {
-        let (stream, _) = tokio::select! {
-            _ = shutdown.changed() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "admin accept failed");
-                    continue;
-                }
-            },
-        };
-        let state = state.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |req| {
-                let state = state.clone();
-                async move { Ok::<_, Infallible>(route(&state, req)) }
-            });
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    }
+pub async fn serve(listener: TcpListener, state: AdminState, shutdown: watch::Receiver<bool>) {
+    serve_with(listener, state, Limits::default(), shutdown).await
+}
+
+/// [`serve`] with other limits (tests use short ones).
+pub async fn serve_with(
+    listener: TcpListener,
+    state: AdminState,
+    limits: Limits,
+    shutdown: watch::Receiver<bool>,
+) {
+    let service = service_fn(move |req: Request<Incoming>| {
+        let response = route(&state, req);
+        async move { Ok::<_, Infallible>(response) }
+    });
+    server::serve(listener, service, limits, "admin", shutdown).await;
 }
 
 fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let path = req.uri().path();
-    if let Some(rest) = path.strip_prefix("/endpoints") {
-        return endpoints(state, req.method(), rest);
+    if path == "/endpoints" || path.starts_with("/endpoints/") {
+        return text(
+            StatusCode::NOT_FOUND,
+            "the endpoint API moved to the management listener (api.listen, with a token)\n",
+        );
     }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n");
@@ -92,56 +88,6 @@ fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
             "not found: try /metrics, /healthz, /readyz\n",
         ),
     }
-}
-
-/// `GET /endpoints`: every endpoint's switches, as JSON.
-/// `POST /endpoints/{id}/pause` and `POST /endpoints/{id}/resume` flip them
-/// (resume also re-enables an endpoint a 410 disabled).
-fn endpoints(state: &AdminState, method: &Method, rest: &str) -> Response<Full<Bytes>> {
-    if rest.is_empty() || rest == "/" {
-        if method != Method::GET {
-            return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n");
-        }
-        let list: Vec<serde_json::Value> = state
-            .endpoints
-            .iter()
-            .map(|(id, c)| serde_json::json!({ "id": &**id, "paused": c.paused(), "disabled": c.disabled() }))
-            .collect();
-        return json(StatusCode::OK, serde_json::json!({ "endpoints": list }));
-    }
-    let mut parts = rest.trim_start_matches('/').splitn(2, '/');
-    let (Some(id), Some(action)) = (parts.next(), parts.next()) else {
-        return text(
-            StatusCode::NOT_FOUND,
-            "try POST /endpoints/{id}/pause or /resume\n",
-        );
-    };
-    if method != Method::POST {
-        return text(StatusCode::METHOD_NOT_ALLOWED, "POST only\n");
-    }
-    let Some((id, control)) = state.endpoints.iter().find(|(e, _)| &**e == id) else {
-        return text(StatusCode::NOT_FOUND, "no such endpoint\n");
-    };
-    match action {
-        "pause" => control.pause(),
-        "resume" => control.resume(),
-        _ => return text(StatusCode::NOT_FOUND, "the actions are pause and resume\n"),
-    }
-    tracing::warn!(endpoint = %id, action, "endpoint switched through the admin API");
-    json(
-        StatusCode::OK,
-        serde_json::json!({ "id": &**id, "paused": control.paused(), "disabled": control.disabled() }),
-    )
-}
-
-fn json(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json"),
-    );
-    r
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {

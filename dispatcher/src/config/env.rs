@@ -1,9 +1,11 @@
 //! `${VAR}` interpolation over the parsed YAML tree.
 //!
 //! Interpolating string scalars after parsing (rather than the raw text
-//! before) means a variable's value can never inject YAML structure. A scalar
-//! that is exactly one `${VAR}` is re-read as YAML so `max_in_flight:
-//! ${INFLIGHT}` still yields a number.
+//! before) means a variable's value can never inject YAML structure. The
+//! result is always a string, byte for byte the variable's text: the field
+//! it fills gives it its type when the config is read (`transports::de`),
+//! so `max_in_flight: ${INFLIGHT}` is a number while `secret: ${S}` stays
+//! text even when `S` reads like one (`1e5` is not `100000.0`).
 
 use serde_yaml_ng::Value;
 
@@ -20,13 +22,7 @@ pub fn interpolate(
 ) {
     match value {
         Value::String(s) if s.contains('$') => match expand(s, lookup) {
-            Ok(Expanded { text, whole_var }) => {
-                *value = if whole_var {
-                    retype(text)
-                } else {
-                    Value::String(text)
-                };
-            }
+            Ok(text) => *value = Value::String(text),
             Err(msg) => problems.push(Problem::new(path, msg)),
         },
         Value::Sequence(items) => {
@@ -52,38 +48,9 @@ pub fn interpolate(
     }
 }
 
-/// A whole-variable value becomes a number or boolean when it is written
-/// exactly like one (`32`, `2.5`, `true`); anything else stays the string it
-/// is, byte for byte. Re-reading it as general YAML would turn an empty value
-/// into "absent" (silently starting the embedded broker for an empty
-/// `${KAFKA_BROKERS}`), `0x1F` into 31, and cut a password at ` #`.
-fn retype(text: String) -> Value {
-    if text == "true" || text == "false" {
-        return Value::Bool(text == "true");
-    }
-    let numeric = !text.is_empty()
-        && text
-            .bytes()
-            .all(|b| b.is_ascii_digit() || matches!(b, b'-' | b'+' | b'.' | b'e' | b'E'))
-        && text.bytes().any(|b| b.is_ascii_digit());
-    if numeric {
-        if let Ok(Value::Number(n)) = serde_yaml_ng::from_str::<Value>(&text) {
-            return Value::Number(n);
-        }
-    }
-    Value::String(text)
-}
-
-struct Expanded {
-    text: String,
-    /// The whole scalar was a single `${...}`.
-    whole_var: bool,
-}
-
-fn expand(input: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<Expanded, String> {
+fn expand(input: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
     let mut out = String::with_capacity(input.len());
     let mut rest = input;
-    let mut vars = 0;
     while let Some(pos) = rest.find('$') {
         out.push_str(&rest[..pos]);
         let after = &rest[pos..];
@@ -93,7 +60,7 @@ fn expand(input: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<Expand
         } else if let Some(tail) = after.strip_prefix("${") {
             let end = tail
                 .find('}')
-                .ok_or_else(|| format!("unterminated `${{` in {input:?}"))?;
+                .ok_or_else(|| "unterminated `${` (write `$${` for a literal `${`)".to_owned())?;
             let spec = &tail[..end];
             let (name, default) = match spec.split_once(":-") {
                 Some((n, d)) => (n, Some(d)),
@@ -112,7 +79,6 @@ fn expand(input: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<Expand
                     return Err(format!("environment variable {name} is not set (write ${{{name}:-default}} for a default)"))
                 }
             }
-            vars += 1;
             rest = &tail[end + 1..];
         } else {
             out.push('$');
@@ -120,14 +86,7 @@ fn expand(input: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<Expand
         }
     }
     out.push_str(rest);
-    let whole_var = vars == 1
-        && input.starts_with("${")
-        && input.ends_with('}')
-        && input.matches("${").count() == 1;
-    Ok(Expanded {
-        text: out,
-        whole_var,
-    })
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -151,11 +110,15 @@ mod tests {
     }
 
     #[test]
-    fn substitutes_and_types_whole_values() {
+    fn substitutes_text_and_never_retypes() {
         let (v, p) = run("a: ${HOST}\nb: ${N}\nc: 'x-${N}-y'\nd: ${MISSING:-fallback}\ne: 'cost $5 and $${HOST}'\n");
         assert!(p.is_empty(), "{p:?}");
         assert_eq!(v["a"], Value::String("kafka:9092".into()));
-        assert_eq!(v["b"], Value::Number(32.into()));
+        assert_eq!(
+            v["b"],
+            Value::String("32".into()),
+            "the field it fills types it"
+        );
         assert_eq!(v["c"], Value::String("x-32-y".into()));
         assert_eq!(v["d"], Value::String("fallback".into()));
         assert_eq!(v["e"], Value::String("cost $5 and ${HOST}".into()));
@@ -172,7 +135,7 @@ mod tests {
     }
 
     #[test]
-    fn whole_values_keep_their_text_unless_plainly_numbers_or_booleans() {
+    fn whole_values_keep_their_text() {
         fn env(name: &str) -> Option<String> {
             match name {
                 "EMPTY" => Some(String::new()),
@@ -182,11 +145,13 @@ mod tests {
                 "TILDE" => Some("~".into()),
                 "YES" => Some("true".into()),
                 "RATIO" => Some("0.7".into()),
+                "EXP" => Some("1e5".into()),
+                "BIG" => Some("1234567890123".into()),
                 _ => None,
             }
         }
         let mut v: Value = serde_yaml_ng::from_str(
-            "a: ${EMPTY}\nb: ${HEX}\nc: ${PASS}\nd: ${QUOTED}\ne: ${TILDE}\nf: ${YES}\ng: ${RATIO}\nh: ${EMPTY:-fallback}\n",
+            "a: ${EMPTY}\nb: ${HEX}\nc: ${PASS}\nd: ${QUOTED}\ne: ${TILDE}\nf: ${YES}\ng: ${RATIO}\nh: ${EMPTY:-fallback}\ni: ${EXP}\nj: ${BIG}\n",
         )
         .unwrap();
         let mut p = Vec::new();
@@ -201,8 +166,10 @@ mod tests {
         assert_eq!(v["c"], Value::String("s3cret #1".into()));
         assert_eq!(v["d"], Value::String("'q'".into()));
         assert_eq!(v["e"], Value::String("~".into()));
-        assert_eq!(v["f"], Value::Bool(true));
-        assert_eq!(v["g"], serde_yaml_ng::from_str::<Value>("0.7").unwrap());
+        assert_eq!(v["f"], Value::String("true".into()));
+        assert_eq!(v["g"], Value::String("0.7".into()));
+        assert_eq!(v["i"], Value::String("1e5".into()), "never 100000.0");
+        assert_eq!(v["j"], Value::String("1234567890123".into()));
         assert_eq!(
             v["h"],
             Value::String("fallback".into()),

@@ -27,12 +27,14 @@ use crate::route::{EventPattern, Filter};
 pub struct Config {
     pub kafka: KafkaConfig,
     pub admin: AdminConfig,
+    /// The management API (pause, resume): off unless a token is configured.
+    pub api: crate::api::ApiConfig,
     pub http: HttpConfig,
     pub pipeline: PipelineConfig,
     pub endpoints: Vec<EndpointConfig>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KafkaConfig {
     /// Bootstrap servers; when absent an embedded broker is started.
@@ -52,6 +54,9 @@ pub struct KafkaConfig {
     pub spill_topic: String,
     /// Partitions per topic created in the embedded broker.
     pub embedded_partitions: i32,
+    /// `host:port` of brokers a Kafka endpoint may name in its `brokers`
+    /// (`*.domain:port` for a domain). Empty: none may.
+    pub allowed_endpoint_brokers: Vec<String>,
 }
 
 impl Default for KafkaConfig {
@@ -68,7 +73,25 @@ impl Default for KafkaConfig {
                 .to_vec(),
             spill_topic: "dispatcher.spill".into(),
             embedded_partitions: 6,
+            allowed_endpoint_brokers: Vec::new(),
         }
+    }
+}
+
+impl fmt::Debug for KafkaConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Option values may be credentials (sasl.password): names only.
+        f.debug_struct("KafkaConfig")
+            .field("brokers", &self.brokers)
+            .field("group_id", &self.group_id)
+            .field("topics", &self.topics)
+            .field("options", &self.options.keys().collect::<Vec<_>>())
+            .field("dead_letter_topic", &self.dead_letter_topic)
+            .field("retry_topic", &self.retry_topic)
+            .field("retry_tiers", &self.retry_tiers)
+            .field("embedded_partitions", &self.embedded_partitions)
+            .field("allowed_endpoint_brokers", &self.allowed_endpoint_brokers)
+            .finish()
     }
 }
 
@@ -108,8 +131,44 @@ impl Default for AdminConfig {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
-    /// Allow endpoints on loopback, private and link-local addresses.
+    /// Deprecated alias: allow every non-public address but link-local and
+    /// metadata ones. Prefer `allowed_networks`.
     pub allow_private_networks: bool,
+    /// Non-public networks (CIDR) endpoints may be on.
+    pub allowed_networks: Vec<String>,
+    /// Development only: let secrets (X-Webhook-Secret, OAuth2) go over
+    /// plain http://.
+    pub allow_plaintext_secrets: bool,
+}
+
+impl HttpConfig {
+    /// `allowed_networks`, parsed (entries that do not parse were reported
+    /// by validation and are left out).
+    pub fn networks(&self) -> Vec<ipnet::IpNet> {
+        self.allowed_networks
+            .iter()
+            .filter_map(|n| parse_network(n).ok())
+            .collect()
+    }
+
+    /// The shared HTTP client's address and secret settings.
+    pub fn client_options(&self) -> transports::http::HttpClientOptions {
+        transports::http::HttpClientOptions {
+            allow_private_networks: self.allow_private_networks,
+            allowed_networks: self.networks(),
+            allow_plaintext_secrets: self.allow_plaintext_secrets,
+            ..Default::default()
+        }
+    }
+}
+
+/// A CIDR (`10.20.0.0/16`) or a single address (`10.20.0.5`).
+fn parse_network(text: &str) -> Result<ipnet::IpNet, String> {
+    let text = text.trim();
+    text.parse::<ipnet::IpNet>()
+        .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map(|n| n.trunc())
+        .map_err(|_| format!("`{text}` is not a network (write a CIDR such as 10.20.0.0/16)"))
 }
 
 /// Tuning of the pipeline as a whole.
@@ -192,7 +251,7 @@ impl Default for PipelineConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EndpointConfig {
     pub id: String,
@@ -230,6 +289,25 @@ pub struct EndpointConfig {
     /// transport's factory, which names any key it does not know.
     #[serde(skip)]
     pub settings: serde_json::Map<String, serde_json::Value>,
+}
+
+impl fmt::Debug for EndpointConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The transport's keys hold secrets (secret, headers, a Slack URL):
+        // their names only.
+        f.debug_struct("EndpointConfig")
+            .field("id", &self.id)
+            .field("transport", &self.transport)
+            .field("events", &self.events)
+            .field("filter", &self.filter)
+            .field("timeout", &self.timeout)
+            .field("max_in_flight", &self.max_in_flight)
+            .field("enabled", &self.enabled)
+            .field("paused", &self.paused)
+            .field("queue_capacity", &self.queue_capacity)
+            .field("settings", &self.settings.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
 }
 
 /// The endpoint keys every transport shares; all others are the transport's.
@@ -284,8 +362,12 @@ pub(crate) mod duration_list {
         texts
             .iter()
             .map(|t| {
-                humantime::parse_duration(t)
-                    .map_err(|e| serde::de::Error::custom(format!("{t:?}: {e}")))
+                humantime::parse_duration(t).map_err(|_| {
+                    serde::de::Error::invalid_value(
+                        serde::de::Unexpected::Str(t),
+                        &"a duration such as 500ms, 30s or 2m",
+                    )
+                })
             })
             .collect()
     }
@@ -503,6 +585,7 @@ impl Config {
         let mut config = Config {
             kafka: section(&mut map, "kafka", &mut problems),
             admin: section(&mut map, "admin", &mut problems),
+            api: section(&mut map, "api", &mut problems),
             http: section(&mut map, "http", &mut problems),
             pipeline: section(&mut map, "pipeline", &mut problems),
             endpoints: Vec::new(),
@@ -536,7 +619,7 @@ impl Config {
                 .unwrap_or_else(|| format!("{key:?}"));
             problems.push(Problem::new(
                 key,
-                "unknown key (expected one of kafka, admin, http, pipeline, endpoints)",
+                "unknown key (expected one of kafka, admin, api, http, pipeline, endpoints)",
             ));
         }
 
@@ -612,9 +695,33 @@ impl Config {
                     path,
                     "set kafka.brokers / kafka.group_id instead",
                 )),
+                name if transports::kafka::NEVER_ALLOWED_OPTIONS.contains(&name) => {
+                    problems.push(Problem::new(
+                        path,
+                        "is refused: setting it makes librdkafka load code or run a command",
+                    ))
+                }
                 _ => {}
             }
         }
+
+        for (i, broker) in k.allowed_endpoint_brokers.iter().enumerate() {
+            let ok = broker
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+            if !ok {
+                problems.push(Problem::new(
+                    format!("kafka.allowed_endpoint_brokers[{i}]"),
+                    "write host:port (or *.domain:port)",
+                ));
+            }
+        }
+        for (i, network) in self.http.allowed_networks.iter().enumerate() {
+            if let Err(e) = parse_network(network) {
+                problems.push(Problem::new(format!("http.allowed_networks[{i}]"), e));
+            }
+        }
+        self.api.check(problems);
 
         let p = &self.pipeline;
         if p.max_events_in_flight < 4 {
@@ -787,11 +894,10 @@ impl Config {
                 Some(factory) => {
                     let client = http_client.get_or_insert_with(|| {
                         transports::http::HttpClient::new(transports::http::HttpClientOptions {
-                            allow_private_networks: self.http.allow_private_networks,
                             // Validation sends nothing, and loading the
                             // system's roots costs milliseconds per config.
                             native_roots: false,
-                            ..Default::default()
+                            ..self.http.client_options()
                         })
                         .map_err(|e| e.to_string())
                     });
@@ -832,6 +938,13 @@ impl Config {
             kafka_bootstrap: self.kafka.brokers.as_deref().unwrap_or("127.0.0.1:9092"),
             kafka_options,
             allow_private_networks: self.http.allow_private_networks,
+            kafka_guard: transports::kafka::KafkaGuard {
+                source_topics: &self.kafka.topics,
+                dead_letter_topic: &self.kafka.dead_letter_topic,
+                retry_topic: &self.kafka.retry_topic,
+                other_topics: std::slice::from_ref(&self.kafka.spill_topic),
+                allowed_brokers: &self.kafka.allowed_endpoint_brokers,
+            },
         }
     }
 }
@@ -858,18 +971,26 @@ fn section<T: DeserializeOwned + Default>(
     }
 }
 
-/// Deserialize `value`, turning the first error into a problem at its full path.
+/// Deserialize `value`, turning the first error into a problem at its full
+/// path. Values take the type of the field they fill and errors never quote
+/// a value (see `transports::de`): a config holds secrets.
 fn parse<T: DeserializeOwned>(value: Value, base: &str, problems: &mut Vec<Problem>) -> Option<T> {
-    match serde_path_to_error::deserialize::<_, T>(value) {
-        Ok(v) => Some(v),
+    let json = match serde_json::to_value(&value) {
+        Ok(json) => json,
         Err(e) => {
-            let inner = e.path().to_string();
+            problems.push(Problem::new(base, format!("not representable: {e}")));
+            return None;
+        }
+    };
+    match transports::de::from_value::<T>(json) {
+        Ok(v) => Some(v),
+        Err((inner, error)) => {
             let path = match inner.as_str() {
                 "." | "" => base.to_owned(),
                 p if p.starts_with('[') => format!("{base}{p}"),
                 p => format!("{base}.{p}"),
             };
-            problems.push(Problem::new(path, e.into_inner().to_string()));
+            problems.push(Problem::new(path, error.to_string()));
             None
         }
     }

@@ -21,7 +21,7 @@ const GOOD_ENDPOINT: &str = r#"
     transport: http
     url: "https://hooks.acme.example/whatsapp"
     secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
-    send_secret_header: true
+    shared_secret: "a-separate-shared-value"
     events: ["message.*", "contact.created"]
     filter: { "data.whatsapp_account_id": "acct-1" }
     timeout: 10s
@@ -51,7 +51,7 @@ endpoints:{GOOD_ENDPOINT}"#
     let ep = &c.endpoints[0];
     assert_eq!(ep.timeout, Duration::from_secs(10));
     assert!(ep.enabled);
-    assert_eq!(ep.settings["send_secret_header"], serde_json::json!(true));
+    assert_eq!(ep.settings["shared_secret"], "a-separate-shared-value");
     assert_eq!(ep.settings["url"], "https://hooks.acme.example/whatsapp");
     assert_eq!(c.pipeline.max_events_in_flight, 10_000);
 }
@@ -142,7 +142,7 @@ fn type_errors_name_the_nested_key() {
     let p = problems("endpoints:\n  - id: a\n    url: https://a.example/\n    events: [\"*\"]\n    max_in_flight: lots\n");
     assert!(at(&p, "endpoints[0].max_in_flight")
         .message
-        .contains("invalid type"));
+        .contains("invalid value: a string"));
     let p = problems("kafka:\n  topics: events\nendpoints:\n  - {id: a, url: 'https://a.example/', events: ['*']}\n");
     assert!(at(&p, "kafka.topics")
         .message
@@ -159,6 +159,8 @@ fn private_addresses_are_refused_unless_allowed() {
     );
     let allowed = format!("http:\n  allow_private_networks: true\n{ep}");
     assert!(Config::from_yaml(&allowed, &no_env).is_ok());
+    let listed = format!("http:\n  allowed_networks: [127.0.0.0/8]\n{ep}");
+    assert!(Config::from_yaml(&listed, &no_env).is_ok());
 }
 
 #[test]
@@ -229,4 +231,157 @@ fn empty_endpoint_lists_and_secrets_are_refused() {
             .contains("must not be empty"),
         "an empty variable never means the embedded broker"
     );
+}
+
+/// Finding 3 of the security review: a secret that reads as a number was
+/// turned into one by interpolation, and serde's type error then printed it.
+#[test]
+fn interpolated_secrets_keep_their_text_and_errors_never_quote_values() {
+    let env = |name: &str| match name {
+        "NUMERIC" => Some("1234567890123".to_owned()),
+        "EXP" => Some("1e5".to_owned()),
+        "AUTH" => Some("Bearer topsecret".to_owned()),
+        "INFLIGHT" => Some("8".to_owned()),
+        _ => None,
+    };
+    let ok = "endpoints:\n  - id: a\n    url: https://a.example/\n    events: ['*']\n    secret: ${NUMERIC}\n    secrets: ['${EXP}']\n    headers: {Authorization: '${AUTH}'}\n    max_in_flight: ${INFLIGHT}\n";
+    let c = Config::from_yaml(ok, &env).unwrap();
+    let ep = &c.endpoints[0];
+    assert_eq!(ep.settings["secret"], "1234567890123");
+    assert_eq!(ep.settings["secrets"][0], "1e5", "not 100000.0");
+    assert_eq!(ep.max_in_flight, 8, "a number field still reads a number");
+
+    // The same values where they do not fit: the error names the kind only.
+    let bad = "endpoints:\n  - id: a\n    url: https://a.example/\n    events: ['*']\n    secret: 1234567890123\n  - id: b\n    url: https://b.example/\n    events: ['*']\n    enabled: ${AUTH}\n  - id: c\n    url: https://c.example/\n    events: ['*']\n    headers: ${AUTH}\n";
+    let p = Config::from_yaml(bad, &env).unwrap_err();
+    let text = format!("{p:?}");
+    assert!(!text.contains("1234567890123"), "{text}");
+    assert!(!text.contains("topsecret"), "{text}");
+    assert!(
+        at(&p, "endpoints[0].secret").message.contains("a number"),
+        "{p:?}"
+    );
+    assert!(
+        at(&p, "endpoints[1].enabled").message.contains("a string"),
+        "{p:?}"
+    );
+    assert!(
+        at(&p, "endpoints[2].headers")
+            .message
+            .contains("a string, expected a map"),
+        "{p:?}"
+    );
+}
+
+/// Finding 7 of the security review: `Debug` of the config must not print
+/// secrets (a `{config:?}` in a log line would leak every one of them).
+#[test]
+fn debug_output_of_the_config_shows_no_secret() {
+    let yaml = format!(
+        "kafka:\n  options: {{ sasl.password: hunter2-kafka }}\napi:\n  tokens: ['{}']\nendpoints:{GOOD_ENDPOINT}  - id: k\n    url: https://k.example/\n    events: ['*']\n    headers: {{ Authorization: 'Bearer tok-tok-tok' }}\n",
+        "t".repeat(40)
+    );
+    let c = Config::from_yaml(&yaml, &no_env).unwrap();
+    let text = format!("{c:?}");
+    for secret in [
+        "hunter2",
+        "MfKQ9r8",
+        "a-separate-shared",
+        "tok-tok",
+        "tttttttt",
+    ] {
+        assert!(!text.contains(secret), "{secret} in {text}");
+    }
+    assert!(
+        text.contains("sasl.password") && text.contains("acme-crm"),
+        "{text}"
+    );
+}
+
+/// Finding 2: the dispatcher's own topics cannot be an endpoint's target,
+/// and `kafka.options` refuses what loads code.
+#[test]
+fn kafka_endpoints_cannot_feed_the_pipeline_and_options_cannot_load_code() {
+    let p = problems(
+        "kafka:\n  topics: [events]\n  options: { plugin.library.paths: /tmp/evil.so, sasl.kerberos.kinit.cmd: 'touch /tmp/x' }\nendpoints:\n  - { id: loop, transport: kafka, topic: events, events: ['*'] }\n  - { id: dlq, transport: kafka, topic: dispatcher.dlq, events: ['*'] }\n  - { id: retry, transport: kafka, topic: dispatcher.retry.5s, events: ['*'] }\n  - { id: far, transport: kafka, topic: t, brokers: 'evil.example:9092', events: ['*'] }\n  - { id: spill, transport: kafka, topic: dispatcher.spill, events: ['*'] }\n",
+    );
+    assert!(
+        at(&p, "endpoints[0].topic")
+            .message
+            .contains("source topic"),
+        "{p:?}"
+    );
+    assert!(
+        at(&p, "endpoints[1].topic").message.contains("dead-letter"),
+        "{p:?}"
+    );
+    assert!(
+        at(&p, "endpoints[2].topic").message.contains("retry"),
+        "{p:?}"
+    );
+    assert!(
+        at(&p, "endpoints[3].brokers")
+            .message
+            .contains("allowed_endpoint_brokers"),
+        "{p:?}"
+    );
+    assert!(
+        at(&p, "endpoints[4].topic").message.contains("own topics"),
+        "the spill topic: {p:?}"
+    );
+    assert!(
+        at(&p, "kafka.options.plugin.library.paths")
+            .message
+            .contains("load code"),
+        "{p:?}"
+    );
+    assert!(
+        at(&p, "kafka.options.sasl.kerberos.kinit.cmd")
+            .message
+            .contains("load code"),
+        "{p:?}"
+    );
+    let allowed = "kafka:\n  allowed_endpoint_brokers: ['analytics-kafka.example:9093']\nendpoints:\n  - { id: far, transport: kafka, topic: t, brokers: 'analytics-kafka.example:9093', events: ['*'] }\n";
+    Config::from_yaml(allowed, &no_env).unwrap();
+}
+
+/// Finding 5: `http.allowed_networks` opens exactly its networks; the old
+/// boolean is an alias of "everything but link-local and metadata".
+#[test]
+fn allowed_networks_are_checked_and_metadata_stays_refused() {
+    let ep = |url: &str| format!("endpoints:\n  - id: e\n    url: {url}\n    events: ['*']\n");
+    let with = |net: &str, url: &str| format!("http:\n  allowed_networks: [{net}]\n{}", ep(url));
+    Config::from_yaml(&with("10.20.0.0/16", "http://10.20.1.2/hook"), &no_env).unwrap();
+    Config::from_yaml(&with("10.20.1.2", "http://10.20.1.2/hook"), &no_env).unwrap();
+    assert!(at(
+        &problems(&with("10.20.0.0/16", "http://10.21.0.1/")),
+        "endpoints[0].url"
+    )
+    .message
+    .contains("private"));
+    assert!(at(
+        &problems(&with("not-a-net", "https://a.example/")),
+        "http.allowed_networks[0]"
+    )
+    .message
+    .contains("CIDR"));
+    for url in [
+        "http://169.254.169.254/",
+        "http://192.0.0.192/",
+        "http://[fd20:ce::254]/",
+        "http://169.254.170.23/",
+        "http://[fd00:ec2::23]/",
+        "http://169.254.0.23/",
+    ] {
+        let all = format!(
+            "http:\n  allow_private_networks: true\n  allowed_networks: ['0.0.0.0/0', '::/0']\n{}",
+            ep(url)
+        );
+        assert!(
+            at(&problems(&all), "endpoints[0].url")
+                .message
+                .contains("not allowed"),
+            "{url}"
+        );
+    }
 }

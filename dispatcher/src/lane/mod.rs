@@ -717,7 +717,7 @@ impl Lane {
                     if !self.control.disabled() {
                         tracing::error!(
                             endpoint = %self.s.endpoint_id, error = %reason,
-                            "ENDPOINT DISABLED: it said it wants no more deliveries (HTTP 410, or Slack's channel_not_found, channel_is_archived, no_service, 403); its deliveries are dead-lettered until it is resumed (POST /endpoints/{}/resume)",
+                            "ENDPOINT DISABLED: it said it wants no more deliveries (HTTP 410, or Slack's channel_not_found, channel_is_archived, no_service, 403); its deliveries are dead-lettered until it is enabled again (POST /endpoints/{}/resume?clear_disabled=true on the management API)",
                             self.s.endpoint_id
                         );
                     }

@@ -139,6 +139,24 @@ mod tests {
         assert!(!both.matches(&event(r#"{"channel":"whatsapp","is_ai":false}"#)));
     }
 
+    /// Finding 8 of the security review: with a duplicated tenant key the
+    /// filter read the first value while receivers read the last, so a
+    /// producer could route one tenant's event to another. Now neither
+    /// tenant's filter matches: the record fails closed.
+    #[test]
+    fn a_duplicated_filtered_key_matches_no_tenant() {
+        let a = filter(&[("data.whatsapp_account_id", one("acct-A"))]);
+        let b = filter(&[("data.whatsapp_account_id", one("acct-B"))]);
+        let forged = event(r#"{"whatsapp_account_id":"acct-A","whatsapp_account_id":"acct-B"}"#);
+        assert!(!a.matches(&forged));
+        assert!(!b.matches(&forged));
+        let nested = filter(&[("data.owner.id", one("acct-A"))]);
+        assert!(!nested.matches(&event(r#"{"owner":{"id":"acct-A","id":"acct-B"}}"#)));
+        assert!(a.matches(&event(
+            r#"{"whatsapp_account_id":"acct-A","other":1,"other":2}"#
+        )));
+    }
+
     #[test]
     fn refuses_bad_keys() {
         for key in ["whatsapp_account_id", "data.", "data..x", "event"] {

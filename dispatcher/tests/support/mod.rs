@@ -74,8 +74,12 @@ kafka:
     statistics.interval.ms: 500
 admin:
   listen: "127.0.0.1:0"
+api:
+  listen: "127.0.0.1:0"
+  tokens: ["{API_TOKEN}"]
 http:
-  allow_private_networks: true
+  allowed_networks: ["127.0.0.0/8"]
+  allow_plaintext_secrets: true
 pipeline:
   commit_interval: 100ms
   in_memory_retry_max: 1s
@@ -121,6 +125,44 @@ pub fn verify_signature(secret: &str, r: &sink::Received) {
         .expect("secret")
         .verify(&r.body, &r.headers)
         .unwrap_or_else(|e| panic!("signature rejected by the standardwebhooks crate: {e:?}"));
+}
+
+/// The management API token of [`config_yaml`].
+pub const API_TOKEN: &str = "test-token-0123456789abcdef0123456789abcdef";
+
+/// One authenticated request to the management API: (status, body).
+pub async fn api(running: &Running, method: &str, path: &str) -> (u16, String) {
+    let addr = running.api_addr.expect("the management API is on");
+    raw_request(
+        addr,
+        &format!(
+            "{method} {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nx-dispatcher-api: 1\r\nauthorization: Bearer {API_TOKEN}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+        ),
+    )
+    .await
+}
+
+/// Send `request` as it is and read the answer until the server closes:
+/// (status, body).
+pub async fn raw_request(addr: std::net::SocketAddr, request: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("server reachable");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .to_owned();
+    (status, body)
 }
 
 /// One plain HTTP/1.1 request to the admin server: (status, body).
@@ -181,7 +223,12 @@ impl Child {
         let config = dir.join(format!("{name}.yaml"));
         std::fs::write(
             &config,
-            config_text.replace("listen: \"127.0.0.1:0\"", &format!("listen: \"{admin}\"")),
+            // The first `listen` is admin's (the API's stays on port 0).
+            config_text.replacen(
+                "listen: \"127.0.0.1:0\"",
+                &format!("listen: \"{admin}\""),
+                1,
+            ),
         )
         .unwrap();
         let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();

@@ -65,6 +65,11 @@ with admin.listen set to the pod's admin port. Fails on literal secrets.
 {{- define "dispatcher.config" -}}
 {{- $config := deepCopy .Values.config }}
 {{- $_ := set $config "admin" (dict "listen" (printf "0.0.0.0:%d" (int .Values.metrics.port))) }}
+{{- if .Values.api.enabled }}
+{{- $api := dict "listen" (printf "%s:%d" (ternary "127.0.0.1" "0.0.0.0" .Values.api.loopbackOnly) (int .Values.api.port)) "tokens" (list "${DISPATCHER_API_TOKEN}") }}
+{{- with .Values.api.allowedHosts }}{{ $_ := set $api "allowed_hosts" . }}{{ end }}
+{{- $_ := set $config "api" $api }}
+{{- end }}
 {{- $text := toYaml $config }}
 {{- if contains "whsec_" $text }}
 {{- fail "config: a literal whsec_ signing secret is in the config; put it in a Secret, list it in secretEnv and write ${NAME} in the config" }}

@@ -3,6 +3,15 @@ Checks across values that the schema cannot express. Included by the
 Deployment, so every render runs them.
 */}}
 {{- define "dispatcher.validate" -}}
+{{- if and .Values.api.enabled (not .Values.api.tokenSecret.name) }}
+{{- fail "api.enabled needs api.tokenSecret.name: the Secret (and key) holding the management API's bearer token" }}
+{{- end }}
+{{- if hasKey .Values.config "api" }}
+{{- fail "config.api is set by the chart: use the api values (api.enabled, api.tokenSecret, api.allowedHosts)" }}
+{{- end }}
+{{- if and .Values.api.enabled (eq (int .Values.api.port) (int .Values.metrics.port)) }}
+{{- fail "api.port must differ from metrics.port" }}
+{{- end }}
 {{- if and .Values.autoscaling.enabled .Values.keda.enabled }}
 {{- fail "autoscaling.enabled and keda.enabled are exclusive: KEDA creates its own HorizontalPodAutoscaler" }}
 {{- end }}

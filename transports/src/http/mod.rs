@@ -20,16 +20,21 @@
 //! | `User-Agent` | `webhook-dispatcher/<version>` |
 //! | `X-Webhook-Event` | the event type |
 //! | `X-Webhook-Delivery-Id` | the stable delivery id |
-//! | `X-Webhook-Secret` | the first secret, verbatim, when `send_secret_header` |
+//! | `X-Webhook-Secret` | `shared_secret`, or the first secret when `send_secret_header` and it is not a `whsec_` signing key |
 //! | `webhook-id`, `webhook-timestamp`, `webhook-signature` | Standard Webhooks, when a `whsec_` secret exists |
 //! | `traceparent` | the event's W3C trace context, when it has one |
 //! | configured `headers` | verbatim |
+//! | `Authorization` | `Bearer <token>` from the endpoint's OAuth2 token URL, when `oauth2` is set |
 
 pub mod client;
+pub mod oauth2;
 pub mod signing;
 pub mod ssrf;
+pub mod tls;
 
 pub use client::{HttpClient, HttpClientError, HttpClientOptions};
+pub use oauth2::{AuthMethod, OAuth2Settings};
+pub use tls::EndpointTls;
 
 use std::error::Error as StdError;
 use std::fmt;
@@ -105,12 +110,20 @@ pub struct HttpEndpointConfig {
     /// `X-Webhook-Secret` carries.
     pub secrets: Vec<String>,
     /// Send the first secret verbatim as `X-Webhook-Secret`, as the seeds'
-    /// receivers check it.
+    /// receivers check it. Refused when that secret is a `whsec_` signing
+    /// key: anyone who sees the header could then forge signatures.
     pub send_secret_header: bool,
+    /// A shared secret for `X-Webhook-Secret`, separate from the signing
+    /// keys: what to use when a receiver checks both.
+    pub shared_secret: Option<String>,
     /// Bound on one whole exchange: connect, send, response, body.
     pub timeout: Duration,
     /// Static extra headers, sent verbatim on every request.
     pub headers: Vec<(String, String)>,
+    /// The endpoint's own TLS: a private CA, a client certificate (mTLS).
+    pub tls: Option<EndpointTls>,
+    /// OAuth2 client credentials: a bearer token on every request.
+    pub oauth2: Option<OAuth2Settings>,
 }
 
 impl Default for HttpEndpointConfig {
@@ -119,8 +132,11 @@ impl Default for HttpEndpointConfig {
             url: String::new(),
             secrets: Vec::new(),
             send_secret_header: false,
+            shared_secret: None,
             timeout: DEFAULT_TIMEOUT,
             headers: Vec::new(),
+            tls: None,
+            oauth2: None,
         }
     }
 }
@@ -136,8 +152,14 @@ impl fmt::Debug for HttpEndpointConfig {
                 &format_args!("[{} redacted]", self.secrets.len()),
             )
             .field("send_secret_header", &self.send_secret_header)
+            .field(
+                "shared_secret",
+                &self.shared_secret.as_ref().map(|_| "[redacted]"),
+            )
             .field("timeout", &self.timeout)
             .field("headers", &header_names)
+            .field("tls", &self.tls)
+            .field("oauth2", &self.oauth2)
             .finish()
     }
 }
@@ -173,6 +195,8 @@ pub struct HttpTransport {
     /// Secret texts scrubbed from every failure reason (a receiver may echo
     /// a header back in its error body).
     redactions: Box<[Box<str>]>,
+    /// The endpoint's token source, with `oauth2`.
+    oauth2: Option<oauth2::OAuth2>,
 }
 
 impl HttpTransport {
@@ -216,23 +240,99 @@ impl HttpTransport {
             ),
             (header::USER_AGENT, HeaderValue::from_static(USER_AGENT)),
         ];
-        if config.send_secret_header {
-            if let Some(first) = config.secrets.first() {
-                let mut value = HeaderValue::from_str(first).map_err(|_| {
-                    HttpConfigError::new(
-                        "secrets[0]",
-                        "cannot be sent as X-Webhook-Secret: contains characters not allowed in a header",
-                    )
-                })?;
-                // Keeps it out of HTTP/2 header compression tables and Debug output.
-                value.set_sensitive(true);
-                fixed.push((X_WEBHOOK_SECRET.clone(), value));
+        let header_secret = match (&config.shared_secret, config.send_secret_header) {
+            (Some(shared), _) => {
+                if shared.is_empty() {
+                    return Err(HttpConfigError::new("shared_secret", "is empty"));
+                }
+                if shared.starts_with(SECRET_PREFIX) {
+                    return Err(HttpConfigError::new(
+                        "shared_secret",
+                        "is a whsec_ signing key: sent in a header, it would let anyone who sees \
+                         the header forge signatures; use a separate value",
+                    ));
+                }
+                redactions.push(shared.as_str().into());
+                Some(("shared_secret", shared.as_str()))
             }
+            (None, true) => match config.secrets.first() {
+                Some(first) if first.starts_with(SECRET_PREFIX) => {
+                    return Err(HttpConfigError::new(
+                        "send_secret_header",
+                        "would send the whsec_ signing key itself in X-Webhook-Secret, letting \
+                         anyone who sees the header forge signatures; set `shared_secret` to a \
+                         separate value for the header instead",
+                    ))
+                }
+                Some(first) => Some(("secrets[0]", first.as_str())),
+                None => None,
+            },
+            (None, false) => None,
+        };
+        if let Some((field, secret)) = header_secret {
+            if uri.scheme() == Some(&Scheme::HTTP) && !client.allow_plaintext_secrets() {
+                return Err(HttpConfigError::new(
+                    "url",
+                    "is plain http://, which would send X-Webhook-Secret in clear: use https:// \
+                     (http.allow_plaintext_secrets is for development receivers)",
+                ));
+            }
+            let mut value = HeaderValue::from_str(secret).map_err(|_| {
+                HttpConfigError::new(
+                    field,
+                    "cannot be sent as X-Webhook-Secret: contains characters not allowed in a header",
+                )
+            })?;
+            // Keeps it out of HTTP/2 header compression tables and Debug output.
+            value.set_sensitive(true);
+            fixed.push((X_WEBHOOK_SECRET.clone(), value));
         }
         for (name, value) in &config.headers {
             fixed.push(validate_header(name, value)?);
+            // Configured values are credentials often enough (Authorization,
+            // API keys) that a receiver echoing one back must not put it in
+            // a log or a dead letter. The credential after a scheme
+            // (`Bearer <token>`) is redacted on its own too, since echoes
+            // often quote only the token.
+            redactions.extend(header_redactions(value));
         }
 
+        let oauth2 = match config.oauth2 {
+            None => None,
+            Some(settings) => {
+                if config
+                    .headers
+                    .iter()
+                    .any(|(n, _)| n.eq_ignore_ascii_case("authorization"))
+                {
+                    return Err(HttpConfigError::new(
+                        "headers.Authorization",
+                        "is set by oauth2: configure one or the other",
+                    ));
+                }
+                if uri.scheme() == Some(&Scheme::HTTP) && !client.allow_plaintext_secrets() {
+                    return Err(HttpConfigError::new(
+                        "url",
+                        "is plain http://, which would send the OAuth2 token in clear: use https:// \
+                         (http.allow_plaintext_secrets is for development receivers)",
+                    ));
+                }
+                // The token server is not the receiver: it gets the shared
+                // client's TLS, not the endpoint's private CA.
+                Some(oauth2::OAuth2::new(settings, client.clone())?)
+            }
+        };
+        let client = match &config.tls {
+            Some(tls) => {
+                if uri.scheme() != Some(&Scheme::HTTPS) {
+                    return Err(HttpConfigError::new("tls", "is for https:// URLs only"));
+                }
+                client.for_tls(tls)?
+            }
+            None => client,
+        };
+        // Longest first, so a value is not left half-scrubbed by a part of it.
+        redactions.sort_by_key(|r| std::cmp::Reverse(r.len()));
         Ok(HttpTransport {
             client,
             uri,
@@ -240,6 +340,7 @@ impl HttpTransport {
             fixed_headers: fixed.into_boxed_slice(),
             signer,
             redactions: redactions.into_boxed_slice(),
+            oauth2,
         })
     }
 
@@ -298,18 +399,53 @@ impl HttpTransport {
     }
 
     async fn send_once(&self, delivery: &Delivery) -> Outcome {
-        let request = match self.build_request(delivery) {
-            Ok(request) => request,
-            Err(reason) => {
-                return Outcome::Permanent {
-                    status: None,
-                    reason: reason.to_owned(),
-                    disable_endpoint: false,
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        // With OAuth2, a 401 may only mean the token was revoked or expired
+        // early: one more try with a fresh token, never more.
+        let mut refreshed = false;
+        loop {
+            let mut request = match self.build_request(delivery) {
+                Ok(request) => request,
+                Err(reason) => {
+                    return Outcome::Permanent {
+                        status: None,
+                        reason: reason.to_owned(),
+                        disable_endpoint: false,
+                    }
+                }
+            };
+            let bearer = match &self.oauth2 {
+                None => None,
+                Some(oauth2) => match oauth2.token(deadline).await {
+                    Ok(bearer) => {
+                        request
+                            .headers_mut()
+                            .insert(header::AUTHORIZATION, bearer.header().clone());
+                        Some(bearer)
+                    }
+                    Err(outcome) => return self.scrub(outcome),
+                },
+            };
+            let outcome = self.exchange(request, deadline).await;
+            if let (Some(oauth2), Some(bearer)) = (&self.oauth2, &bearer) {
+                if outcome.status() == Some(401) {
+                    oauth2.reject(bearer);
+                    if !refreshed {
+                        refreshed = true;
+                        continue;
+                    }
                 }
             }
-        };
+            return outcome;
+        }
+    }
 
-        let deadline = tokio::time::Instant::now() + self.timeout;
+    /// One request and its classified answer, by `deadline`.
+    async fn exchange(
+        &self,
+        request: Request<Full<Bytes>>,
+        deadline: tokio::time::Instant,
+    ) -> Outcome {
         let response = match tokio::time::timeout_at(deadline, self.client.request(request)).await {
             Ok(Ok(response)) => response,
             Ok(Err(error)) => return self.scrub(request_error(&error)),
@@ -353,7 +489,15 @@ impl HttpTransport {
                 out = out.replace(&**secret, "[redacted]");
             }
         }
-        out
+        match &self.oauth2 {
+            Some(oauth2) => oauth2.redact(&out),
+            None => out,
+        }
+    }
+
+    /// Token requests made for this endpoint (OAuth2), for tests.
+    pub fn oauth2_fetches(&self) -> Option<u64> {
+        self.oauth2.as_ref().map(|o| o.fetches())
     }
 
     /// Remove secrets from an outcome's reason, whatever put them there.
@@ -380,6 +524,25 @@ impl fmt::Debug for HttpTransport {
             .field("signing_keys", &self.signer.as_ref().map_or(0, Signer::len))
             .finish_non_exhaustive()
     }
+}
+
+/// What of a configured header value to scrub from failure reasons. Very
+/// short values (`1`, `on`) are left alone: scrubbing them would mangle
+/// every reason while hiding nothing worth hiding.
+fn header_redactions(value: &str) -> Vec<Box<str>> {
+    const MIN: usize = 4;
+    let mut out = Vec::new();
+    let value = value.trim();
+    if value.len() >= MIN {
+        out.push(value.into());
+    }
+    if let Some((_, credential)) = value.split_once(' ') {
+        let credential = credential.trim();
+        if credential.len() >= MIN {
+            out.push(credential.into());
+        }
+    }
+    out
 }
 
 /// Parse and check the endpoint URL. Literal IP hosts are checked here

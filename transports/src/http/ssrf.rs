@@ -7,8 +7,9 @@
 //! - [`classify`]: whether one IP address is a public unicast address, or why
 //!   it is refused (loopback, private, metadata service, ...), including IPv6
 //!   forms that carry an IPv4 address inside them;
-//! - [`AddressPolicy`]: that classification plus the deployment's choice to
-//!   allow private networks;
+//! - [`AddressPolicy`]: that classification plus the deployment's allowlist
+//!   of networks (`http.allowed_networks`), which can open non-public
+//!   ranges but never link-local or metadata addresses;
 //! - [`GuardedResolver`]: the DNS resolver that the HTTP connector uses. It
 //!   checks every address a name resolves to and refuses the name if any is
 //!   refused, and it hands the connector exactly the addresses it checked, so
@@ -24,7 +25,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use std::sync::Arc;
+
 use hyper_util::client::legacy::connect::dns::Name;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 /// Why an address may not be the target of a webhook.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -85,14 +89,29 @@ pub enum Ipv6Embedding {
 
 impl Refusal {
     /// True when the refusal is about a cloud metadata service, directly or
-    /// inside an IPv6 form. Such addresses stay refused even when private
-    /// networks are allowed.
+    /// inside an IPv6 form.
     pub fn is_cloud_metadata(&self) -> bool {
         match self {
             Refusal::CloudMetadata => true,
             Refusal::Embedded { inner, .. } => {
                 classify(IpAddr::V4(*inner)) == Err(Refusal::CloudMetadata)
             }
+            _ => false,
+        }
+    }
+
+    /// True for what no allowlist can open: metadata services and the whole
+    /// link-local ranges, directly or inside an IPv6 form. Clouds keep adding
+    /// credential services on link-local addresses (EKS Pod Identity on
+    /// 169.254.170.23, Tencent's on 169.254.0.23) and a webhook has no
+    /// business there, so the range is closed rather than a list chased.
+    pub fn is_always_refused(&self) -> bool {
+        match self {
+            Refusal::CloudMetadata | Refusal::LinkLocal => true,
+            Refusal::Embedded { inner, .. } => matches!(
+                classify(IpAddr::V4(*inner)),
+                Err(Refusal::CloudMetadata | Refusal::LinkLocal)
+            ),
             _ => false,
         }
     }
@@ -171,11 +190,14 @@ const fn in_v6(addr: u128, net: u128, len: u32) -> bool {
 
 /// Metadata endpoints first: they lie inside wider ranges (link-local,
 /// CGNAT, IETF assignments) or in public space, and deserve the clearer reason.
-const METADATA_V4: [[u8; 4]; 4] = [
+const METADATA_V4: [[u8; 4]; 7] = [
     [169, 254, 169, 254], // AWS, GCP, Azure, OpenStack, DigitalOcean, ...
     [169, 254, 170, 2],   // AWS ECS task metadata
+    [169, 254, 170, 23],  // AWS EKS Pod Identity agent
+    [169, 254, 0, 23],    // Tencent Cloud
     [168, 63, 129, 16],   // Azure WireServer (a public address)
     [100, 100, 100, 200], // Alibaba Cloud
+    [192, 0, 0, 192],     // Oracle Cloud (OCI)
 ];
 
 /// IPv4 ranges that are not public unicast, from the IANA special-purpose
@@ -216,8 +238,10 @@ fn classify_v4(ip: Ipv4Addr) -> Result<(), Refusal> {
     }
 }
 
-const METADATA_V6: [u128; 1] = [
+const METADATA_V6: [u128; 3] = [
     0xfd00_0ec2_0000_0000_0000_0000_0000_0254, // AWS IMDS over IPv6
+    0xfd00_0ec2_0000_0000_0000_0000_0000_0023, // AWS EKS Pod Identity over IPv6
+    0xfd20_00ce_0000_0000_0000_0000_0000_0254, // GCP metadata over IPv6
 ];
 
 /// IPv6 ranges refused outright (the IPv4-carrying forms are handled first).
@@ -334,19 +358,59 @@ fn embedded_v4(bits: u128) -> Option<(Ipv6Embedding, Ipv4Addr)> {
     }
 }
 
-/// The deployment's address policy: [`classify`] plus an opt-out for
-/// private networks (for in-cluster receivers and tests).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The deployment's address policy: [`classify`], widened by an allowlist
+/// of networks (for in-cluster receivers and tests). Metadata and
+/// link-local addresses stay refused whatever the allowlist says.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct AddressPolicy {
-    /// Allow every address except cloud metadata services.
-    pub allow_private_networks: bool,
+    allowed: Arc<[IpNet]>,
 }
 
 impl AddressPolicy {
+    /// Only public unicast addresses.
+    pub fn public_only() -> AddressPolicy {
+        AddressPolicy::default()
+    }
+
+    /// Public addresses and those inside `networks`.
+    pub fn allowing(networks: impl IntoIterator<Item = IpNet>) -> AddressPolicy {
+        AddressPolicy {
+            allowed: networks.into_iter().collect(),
+        }
+    }
+
+    /// Every address that is not always refused: what the deprecated
+    /// `http.allow_private_networks: true` means.
+    pub fn allowing_all() -> AddressPolicy {
+        AddressPolicy::allowing([
+            IpNet::V4(Ipv4Net::new(Ipv4Addr::UNSPECIFIED, 0).expect("valid prefix")),
+            IpNet::V6(Ipv6Net::new(Ipv6Addr::UNSPECIFIED, 0).expect("valid prefix")),
+        ])
+    }
+
+    /// The networks this policy opens beyond public addresses.
+    pub fn allowed_networks(&self) -> &[IpNet] {
+        &self.allowed
+    }
+
     pub fn check(&self, ip: IpAddr) -> Result<(), Refusal> {
-        match classify(ip) {
-            Err(why) if self.allow_private_networks && !why.is_cloud_metadata() => Ok(()),
-            other => other,
+        let why = match classify(ip) {
+            Ok(()) => return Ok(()),
+            Err(why) => why,
+        };
+        if why.is_always_refused() {
+            return Err(why);
+        }
+        // An IPv6 form carrying an IPv4 address reaches that address, so it
+        // is what the allowlist must contain.
+        let target = match why {
+            Refusal::Embedded { inner, .. } => IpAddr::V4(inner),
+            _ => ip,
+        };
+        if self.allowed.iter().any(|net| net.contains(&target)) {
+            Ok(())
+        } else {
+            Err(why)
         }
     }
 }
@@ -372,7 +436,7 @@ pub fn literal_host(host: &str) -> Option<IpAddr> {
 
 /// Check a URI host that is an IP literal; hostnames pass (the resolver
 /// checks them when they are resolved).
-pub fn check_literal_host(host: &str, policy: AddressPolicy) -> Result<(), RefusedAddress> {
+pub fn check_literal_host(host: &str, policy: &AddressPolicy) -> Result<(), RefusedAddress> {
     match literal_host(host) {
         Some(addr) => policy.check(addr).map_err(|reason| RefusedAddress {
             host: host.to_owned(),
@@ -407,7 +471,7 @@ pub enum ResolveError {
 /// hyper-util's `GaiResolver` does). Refusing the whole name rather than
 /// filtering its addresses means a name that mixes public and private
 /// addresses fails loudly instead of working by chance.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct GuardedResolver {
     policy: AddressPolicy,
 }
@@ -455,7 +519,7 @@ impl tower_service::Service<Name> for GuardedResolver {
     }
 
     fn call(&mut self, name: Name) -> Self::Future {
-        let resolver = *self;
+        let resolver = self.clone();
         Box::pin(async move { resolver.resolve(name.as_str()).await.map(Vec::into_iter) })
     }
 }
@@ -537,7 +601,9 @@ mod tests {
             ("169.254.170.2", CloudMetadata),
             ("168.63.129.16", CloudMetadata),
             ("100.100.100.200", CloudMetadata),
-            ("192.0.0.192", Reserved),
+            ("192.0.0.192", CloudMetadata),
+            ("169.254.170.23", CloudMetadata),
+            ("169.254.0.23", CloudMetadata),
             ("192.0.0.8", Reserved),
             ("192.88.99.1", Reserved),
             ("192.0.2.1", Documentation),
@@ -635,21 +701,73 @@ mod tests {
 
     #[test]
     fn allowing_private_networks_still_refuses_metadata() {
-        let open = AddressPolicy {
-            allow_private_networks: true,
-        };
-        let closed = AddressPolicy {
-            allow_private_networks: false,
-        };
+        let open = AddressPolicy::allowing_all();
+        let closed = AddressPolicy::public_only();
         for ip in ["127.0.0.1", "10.0.0.1", "::1", "fd00::1", "100.64.0.1"] {
             assert_eq!(open.check(ip.parse().unwrap()), Ok(()), "{ip}");
             assert!(closed.check(ip.parse().unwrap()).is_err(), "{ip}");
         }
-        for ip in ["169.254.169.254", "::ffff:169.254.169.254", "fd00:ec2::254"] {
-            let why = open.check(ip.parse().unwrap()).unwrap_err();
-            assert!(why.is_cloud_metadata(), "{ip}");
-        }
         assert_eq!(closed.check(v4("1.1.1.1")), Ok(()));
+    }
+
+    /// Finding 5 of the security review: with private networks allowed,
+    /// these metadata and credential services were reachable. Every one, and
+    /// the IPv6 forms that carry the IPv4 ones, stays refused under the
+    /// widest policy there is.
+    #[test]
+    fn every_metadata_and_link_local_address_is_refused_whatever_is_allowed() {
+        let everything = AddressPolicy::allowing_all();
+        let listed = AddressPolicy::allowing(
+            [
+                "169.254.0.0/16",
+                "192.0.0.0/24",
+                "fd00::/8",
+                "fd20::/16",
+                "fe80::/10",
+                "168.63.0.0/16",
+                "100.64.0.0/10",
+            ]
+            .map(|n| n.parse::<IpNet>().unwrap()),
+        );
+        let addresses = [
+            "169.254.169.254", // AWS, GCP, Azure, OpenStack
+            "169.254.170.2",   // ECS task metadata
+            "169.254.170.23",  // EKS Pod Identity
+            "169.254.0.23",    // Tencent Cloud
+            "168.63.129.16",   // Azure WireServer
+            "100.100.100.200", // Alibaba Cloud
+            "192.0.0.192",     // Oracle Cloud
+            "fd00:ec2::254",   // AWS IMDS over IPv6
+            "fd00:ec2::23",    // EKS Pod Identity over IPv6
+            "fd20:ce::254",    // GCP over IPv6
+            "169.254.1.1",     // any link-local
+            "fe80::1",
+            "::ffff:169.254.169.254",
+            "::ffff:169.254.170.23",
+            "64:ff9b::a9fe:a9fe",
+            "2002:a9fe:aa17::1",
+            "::ffff:192.0.0.192",
+        ];
+        for ip in addresses {
+            let addr: IpAddr = ip.parse().unwrap();
+            for policy in [&everything, &listed] {
+                let why = policy.check(addr).expect_err(ip);
+                assert!(why.is_always_refused(), "{ip}: {why}");
+            }
+        }
+    }
+
+    #[test]
+    fn an_allowlist_opens_exactly_its_networks() {
+        let policy = AddressPolicy::allowing(
+            ["10.20.0.0/16", "fd12::/16"].map(|n| n.parse::<IpNet>().unwrap()),
+        );
+        assert_eq!(policy.check(v4("10.20.3.4")), Ok(()));
+        assert_eq!(policy.check("::ffff:10.20.3.4".parse().unwrap()), Ok(()));
+        assert_eq!(policy.check("fd12::5".parse().unwrap()), Ok(()));
+        assert_eq!(policy.check(v4("10.21.0.1")), Err(Refusal::Private));
+        assert_eq!(policy.check(v4("127.0.0.1")), Err(Refusal::Loopback));
+        assert_eq!(policy.check(v4("8.8.8.8")), Ok(()));
     }
 
     #[test]
@@ -662,20 +780,16 @@ mod tests {
         assert_eq!(literal_host("127.1"), None);
         assert_eq!(literal_host("2130706433"), None);
 
-        let closed = AddressPolicy {
-            allow_private_networks: false,
-        };
-        let err = check_literal_host("[::1]", closed).unwrap_err();
+        let closed = AddressPolicy::public_only();
+        let err = check_literal_host("[::1]", &closed).unwrap_err();
         assert_eq!(err.reason, Refusal::Loopback);
-        assert!(check_literal_host("example.com", closed).is_ok());
-        assert!(check_literal_host("8.8.8.8", closed).is_ok());
+        assert!(check_literal_host("example.com", &closed).is_ok());
+        assert!(check_literal_host("8.8.8.8", &closed).is_ok());
     }
 
     #[tokio::test]
     async fn resolver_refuses_names_with_refused_addresses() {
-        let closed = GuardedResolver::new(AddressPolicy {
-            allow_private_networks: false,
-        });
+        let closed = GuardedResolver::new(AddressPolicy::public_only());
         let err = closed.resolve("localhost").await.unwrap_err();
         assert!(
             matches!(&err, ResolveError::Refused(r) if r.reason == Refusal::Loopback),
@@ -688,9 +802,7 @@ mod tests {
         let ok = closed.resolve("8.8.8.8").await.unwrap();
         assert_eq!(ok, vec![SocketAddr::new(v4("8.8.8.8"), 0)]);
 
-        let open = GuardedResolver::new(AddressPolicy {
-            allow_private_networks: true,
-        });
+        let open = GuardedResolver::new(AddressPolicy::allowing_all());
         assert!(!open.resolve("localhost").await.unwrap().is_empty());
         assert!(open.resolve("169.254.169.254").await.is_err());
     }
@@ -698,9 +810,7 @@ mod tests {
     #[tokio::test]
     async fn resolver_is_a_tower_service() {
         use tower_service::Service;
-        let mut resolver = GuardedResolver::new(AddressPolicy {
-            allow_private_networks: false,
-        });
+        let mut resolver = GuardedResolver::new(AddressPolicy::public_only());
         let name: Name = "127.0.0.1".parse().unwrap();
         assert!(resolver.call(name).await.is_err());
         let name: Name = "1.1.1.1".parse().unwrap();

@@ -155,6 +155,8 @@ fn timeout_must_be_positive_and_bounded() {
 fn request_carries_the_wire_format() {
     let mut cfg = config("https://hooks.example.com/in");
     cfg.secrets = vec![SECRET.into()];
+    cfg.send_secret_header = false;
+    cfg.shared_secret = Some("shared-for-the-header".into());
     cfg.headers = vec![("Authorization".into(), "Bearer t0ken".into())];
     let transport = build(cfg).unwrap();
     let mut d = delivery();
@@ -178,7 +180,7 @@ fn request_carries_the_wire_format() {
     assert_eq!(get("x-webhook-event"), "message.sent");
     assert_eq!(get("x-webhook-delivery-id"), d.id.to_string());
     assert_eq!(get("webhook-id"), d.id.to_string());
-    assert_eq!(get("x-webhook-secret"), SECRET);
+    assert_eq!(get("x-webhook-secret"), "shared-for-the-header");
     assert!(h["x-webhook-secret"].is_sensitive());
     assert_eq!(get("authorization"), "Bearer t0ken");
     assert_eq!(
@@ -377,6 +379,7 @@ fn reasons_carry_a_sanitised_excerpt() {
 fn reasons_never_carry_secrets() {
     let mut cfg = config("https://hooks.example.com/");
     cfg.secrets = vec![SECRET.into(), "plain-token-123".into()];
+    cfg.send_secret_header = false;
     let transport = build(cfg).unwrap();
     let echoed =
         format!("you sent {SECRET} and plain-token-123 and MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw");
@@ -425,4 +428,70 @@ fn error_chain_reads_once() {
         "refused",
     ));
     assert_eq!(error_chain(&err), "outer: refused");
+}
+
+/// Finding 4 of the security review: `send_secret_header` put the `whsec_`
+/// signing key itself in a header, over plain http too. Anyone who saw it
+/// (a proxy log) could forge signatures.
+#[test]
+fn the_signing_key_is_never_sent_as_a_header() {
+    let mut cfg = config("https://hooks.example.com/in");
+    cfg.secrets = vec![SECRET.into()];
+    let err = build(cfg.clone()).unwrap_err();
+    assert_eq!(err.field, "send_secret_header");
+    assert!(err.reason.contains("shared_secret"), "{err}");
+    assert!(!err.reason.contains("MfKQ"), "{err}");
+
+    cfg.shared_secret = Some(SECRET.into());
+    let err = build(cfg.clone()).unwrap_err();
+    assert_eq!(err.field, "shared_secret");
+
+    // A separate shared secret is fine, and signing goes on with the key.
+    cfg.send_secret_header = false;
+    cfg.shared_secret = Some("a-separate-value".into());
+    let request = build(cfg).unwrap().build_request(&delivery()).unwrap();
+    assert_eq!(request.headers()["x-webhook-secret"], "a-separate-value");
+    assert!(request.headers().contains_key("webhook-signature"));
+}
+
+#[test]
+fn secrets_are_refused_over_plain_http_unless_allowed() {
+    let mut cfg = config("http://8.8.8.8/in");
+    cfg.secrets = vec!["plain-shared-secret".into()];
+    let err = build(cfg.clone()).unwrap_err();
+    assert_eq!(err.field, "url");
+    assert!(err.reason.contains("https://"), "{err}");
+    // Signatures alone are fine over http: they do not reveal the key.
+    let mut signed = config("http://8.8.8.8/in");
+    signed.send_secret_header = false;
+    signed.secrets = vec![SECRET.into()];
+    assert!(build(signed).is_ok());
+    let dev = HttpClient::new(HttpClientOptions {
+        allow_plaintext_secrets: true,
+        native_roots: false,
+        ..HttpClientOptions::default()
+    })
+    .unwrap();
+    assert!(HttpTransport::new(cfg, dev).is_ok());
+}
+
+/// Finding 6: configured header values are scrubbed from failure reasons
+/// like secrets are (the exchange itself is tested in `tests/http.rs`).
+#[test]
+fn configured_header_values_are_redacted() {
+    let mut cfg = config("https://hooks.example.com/in");
+    cfg.send_secret_header = false;
+    cfg.headers = vec![
+        ("Authorization".into(), "Bearer s3cr3t-t0ken".into()),
+        ("X-Api-Key".into(), "k-123456".into()),
+        ("X-Flag".into(), "1".into()),
+    ];
+    let t = build(cfg).unwrap();
+    let text = t.redact("echo: Bearer s3cr3t-t0ken / token s3cr3t-t0ken / key k-123456 / flag 1");
+    assert!(!text.contains("s3cr3t"), "{text}");
+    assert!(!text.contains("k-123456"), "{text}");
+    assert!(
+        text.contains("flag 1"),
+        "short values are left alone: {text}"
+    );
 }

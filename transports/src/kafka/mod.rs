@@ -60,7 +60,8 @@ pub const DEFAULT_OPTIONS: &[(&str, &str)] = &[
 /// Longest topic name Kafka accepts.
 const MAX_TOPIC_LEN: usize = 249;
 
-/// `options` the transport sets itself or cannot work with.
+/// `options` the transport sets itself or cannot work with, with a better
+/// reason than "not allowed".
 const REFUSED_OPTIONS: &[(&str, &str)] = &[
     ("bootstrap.servers", "set `brokers` instead"),
     ("metadata.broker.list", "set `brokers` instead"),
@@ -69,6 +70,160 @@ const REFUSED_OPTIONS: &[(&str, &str)] = &[
         "transactions are not supported: each delivery is acknowledged on its own",
     ),
 ];
+
+/// The producer properties an endpoint may set: tuning, and the
+/// credentials of another cluster given inline. Everything else is refused,
+/// because librdkafka properties reach far beyond producing: some load code
+/// (`plugin.library.paths` is `dlopen()`ed as soon as it is set, so even
+/// `dispatcher validate` would run it; `ssl.engine.location`), some run a
+/// command (`sasl.kerberos.kinit.cmd`), some read local files
+/// (`ssl.*.location`) or fetch URLs (`sasl.oauthbearer.token.endpoint.url`),
+/// and some turn a guard off (`enable.ssl.certificate.verification`).
+pub const ENDPOINT_OPTIONS: &[&str] = &[
+    "acks",
+    "request.required.acks",
+    "enable.idempotence",
+    "compression.type",
+    "compression.codec",
+    "compression.level",
+    "linger.ms",
+    "queue.buffering.max.ms",
+    "batch.size",
+    "batch.num.messages",
+    "message.timeout.ms",
+    "delivery.timeout.ms",
+    "request.timeout.ms",
+    "max.in.flight.requests.per.connection",
+    "max.in.flight",
+    "message.send.max.retries",
+    "retries",
+    "retry.backoff.ms",
+    "retry.backoff.max.ms",
+    "queue.buffering.max.messages",
+    "queue.buffering.max.kbytes",
+    "message.max.bytes",
+    "partitioner",
+    "sticky.partitioning.linger.ms",
+    "security.protocol",
+    "sasl.mechanism",
+    "sasl.mechanisms",
+    "sasl.username",
+    "sasl.password",
+    "ssl.ca.pem",
+    "ssl.certificate.pem",
+    "ssl.key.pem",
+    "ssl.key.password",
+    "ssl.endpoint.identification.algorithm",
+    "enable.ssl.certificate.verification",
+];
+
+/// Allowed options that only some values of are safe: (name, allowed
+/// values, compared without case, why).
+const RESTRICTED_VALUES: &[(&str, &[&str], &str)] = &[
+    (
+        "enable.ssl.certificate.verification",
+        &["true"],
+        "may only be true: an endpoint cannot turn certificate checks off",
+    ),
+    (
+        "ssl.endpoint.identification.algorithm",
+        &["https"],
+        "may only be https: an endpoint cannot turn host name checks off",
+    ),
+    (
+        "sasl.mechanism",
+        &["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"],
+        "may be PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (GSSAPI runs a kinit command, OAUTHBEARER fetches URLs)",
+    ),
+    (
+        "sasl.mechanisms",
+        &["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"],
+        "may be PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (GSSAPI runs a kinit command, OAUTHBEARER fetches URLs)",
+    ),
+];
+
+/// librdkafka properties the dispatcher refuses in its own `kafka.options`
+/// too, because setting them runs code or a command: no deployment needs
+/// them, and `dispatcher validate` of an untrusted file must stay harmless.
+pub const NEVER_ALLOWED_OPTIONS: &[&str] = &[
+    "plugin.library.paths",
+    "ssl.engine.location",
+    "sasl.kerberos.kinit.cmd",
+];
+
+/// What a Kafka endpoint may not write to or connect to: the dispatcher's
+/// own topics (a delivery produced to the source topic would be read and
+/// delivered again, forever; one produced to the dead-letter or a retry
+/// topic would be taken for the dispatcher's own), and brokers the operator
+/// did not list. Empty (the default), it guards nothing but Kafka's
+/// internal `__` topics.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct KafkaGuard<'a> {
+    /// The source topics.
+    pub source_topics: &'a [String],
+    /// The dead-letter topic.
+    pub dead_letter_topic: &'a str,
+    /// The retry topics' base name: every `<retry_topic>.<anything>` is refused.
+    pub retry_topic: &'a str,
+    /// Further reserved topics (an endpoint store, ...).
+    pub other_topics: &'a [String],
+    /// `host:port` entries an endpoint's `brokers` may name; `*.domain:port`
+    /// matches any host under `domain`. Empty: no endpoint may name brokers.
+    pub allowed_brokers: &'a [String],
+}
+
+impl KafkaGuard<'_> {
+    /// Why `topic` may not be produced to, if it may not.
+    pub fn refuse_topic(&self, topic: &str) -> Option<String> {
+        if topic.starts_with("__") {
+            return Some("is a Kafka internal topic".into());
+        }
+        if self.source_topics.iter().any(|t| t == topic) {
+            return Some(
+                "is a source topic of the dispatcher: every delivery would be read and delivered again, without end"
+                    .into(),
+            );
+        }
+        if !self.dead_letter_topic.is_empty() && topic == self.dead_letter_topic {
+            return Some("is the dispatcher's dead-letter topic".into());
+        }
+        if !self.retry_topic.is_empty()
+            && (topic == self.retry_topic
+                || topic
+                    .strip_prefix(self.retry_topic)
+                    .is_some_and(|rest| rest.starts_with('.')))
+        {
+            return Some("is one of the dispatcher's retry topics".into());
+        }
+        if self.other_topics.iter().any(|t| t == topic) {
+            return Some("is one of the dispatcher's own topics".into());
+        }
+        None
+    }
+
+    /// Whether the operator allowed `broker` (`host:port`).
+    pub fn allows_broker(&self, broker: &str) -> bool {
+        let Some((host, port)) = broker.rsplit_once(':') else {
+            return false;
+        };
+        let host = host.to_ascii_lowercase();
+        self.allowed_brokers.iter().any(|entry| {
+            let Some((pattern, allowed_port)) = entry.rsplit_once(':') else {
+                return false;
+            };
+            if allowed_port != port {
+                return false;
+            }
+            let pattern = pattern.to_ascii_lowercase();
+            match pattern.strip_prefix("*.") {
+                Some(domain) => host
+                    .strip_suffix(domain)
+                    .is_some_and(|sub| sub.len() > 1 && sub.ends_with('.')),
+                None => host == pattern,
+            }
+        })
+    }
+}
 
 /// librdkafka's aliases, alias first: a user's alias replaces our default
 /// under the canonical name (two spellings in one config would be applied
@@ -93,8 +248,10 @@ fn canonical(name: &str) -> &str {
 /// endpoint on the same cluster inherits: what it takes to reach and
 /// authenticate to that cluster, not how the dispatcher tunes its clients.
 const INHERITED_PREFIXES: &[&str] = &["security.", "sasl.", "ssl.", "ssl_", "socket."];
+/// (`enable.ssl.certificate.verification` is not inherited: an endpoint's
+/// producer always checks certificates, whatever the dispatcher's own
+/// clients were told.)
 const INHERITED_NAMES: &[&str] = &[
-    "enable.ssl.certificate.verification",
     "client.dns.lookup",
     "broker.address.family",
     "api.version.request",
@@ -220,6 +377,9 @@ fn prepare(
 ) -> Result<Prepared, SettingsError> {
     let s: KafkaSettings = parse_settings(settings)?;
     check_topic(&s.topic).map_err(|reason| SettingsError::new("topic", reason))?;
+    if let Some(why) = ctx.kafka_guard.refuse_topic(&s.topic) {
+        return Err(SettingsError::new("topic", format!("`{}` {why}", s.topic)));
+    }
     let key = s
         .key
         .as_deref()
@@ -251,6 +411,25 @@ fn prepare(
                     "list at least one `host:port`, without empty entries",
                 ));
             }
+            // librdkafka resolves and connects by itself, out of reach of
+            // the HTTP transport's address checks: so the operator names
+            // the clusters endpoints may reach, and nothing else goes.
+            for (i, broker) in list.iter().enumerate() {
+                if !ctx.kafka_guard.allows_broker(broker) {
+                    let field = match s.brokers.as_ref() {
+                        Some(Brokers(l)) if l.len() > 1 => format!("brokers[{i}]"),
+                        _ => "brokers".to_owned(),
+                    };
+                    return Err(SettingsError::new(
+                        field,
+                        if ctx.kafka_guard.allowed_brokers.is_empty() {
+                            "endpoints may not name brokers: the operator lists the clusters they may reach in kafka.allowed_endpoint_brokers".to_owned()
+                        } else {
+                            format!("`{broker}` is not in kafka.allowed_endpoint_brokers")
+                        },
+                    ));
+                }
+            }
             config.set("bootstrap.servers", list.join(","));
         }
         None => {
@@ -275,6 +454,19 @@ fn prepare(
         let field = || format!("options.{name}");
         if let Some((_, why)) = REFUSED_OPTIONS.iter().find(|(n, _)| n == name) {
             return Err(SettingsError::new(field(), *why));
+        }
+        if !ENDPOINT_OPTIONS.contains(&name.as_str()) {
+            return Err(SettingsError::new(
+                field(),
+                "is not an option an endpoint may set: tuning (acks, compression.type, linger.ms, \
+                 batch.size, ...) and inline credentials of another cluster (security.protocol, \
+                 sasl.*, ssl.*.pem) are; see docs/transports.md",
+            ));
+        }
+        if let Some((_, allowed, why)) = RESTRICTED_VALUES.iter().find(|(n, _, _)| n == name) {
+            if !allowed.iter().any(|a| a.eq_ignore_ascii_case(value.trim())) {
+                return Err(SettingsError::new(field(), *why));
+            }
         }
         let key = canonical(name);
         if let Some(other) = written.insert(key, name) {
@@ -628,9 +820,25 @@ mod tests {
             kafka_bootstrap: "127.0.0.1:9092",
             kafka_options: &options,
             allow_private_networks: false,
+            kafka_guard: KafkaGuard {
+                source_topics: &SOURCE,
+                dead_letter_topic: "dispatcher.dlq",
+                retry_topic: "dispatcher.retry",
+                other_topics: &[],
+                allowed_brokers: &ALLOWED,
+            },
         };
         f(&ctx)
     }
+
+    static SOURCE: [String; 0] = [];
+    static ALLOWED: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
+        vec![
+            "b1:9092".into(),
+            "b2:9092".into(),
+            "*.kafka.example:9093".into(),
+        ]
+    });
 
     fn prepared(settings: serde_json::Value) -> Result<Prepared, SettingsError> {
         with_ctx(&[("sasl.password", "pw"), ("linger.ms", "50")], |ctx| {
@@ -710,7 +918,7 @@ mod tests {
             (
                 json!({"topic": "t", "options": {"no.such.property": 1}}),
                 "options.no.such.property",
-                "No such configuration property",
+                "not an option an endpoint may set",
             ),
             (
                 json!({"topic": "t", "options": {"compression.type": "brotli"}}),
@@ -765,6 +973,158 @@ mod tests {
         // Without idempotence, other acks are fine.
         prepared(json!({"topic": "t", "options": {"acks": 1, "enable.idempotence": false}}))
             .unwrap();
+    }
+
+    /// Finding 2 of the security review: `plugin.library.paths` was handed
+    /// to librdkafka, which `dlopen()`s it as soon as it is set, so even
+    /// `dispatcher validate` of an untrusted config ran code. The marker
+    /// library below would be loaded by librdkafka if the option got through;
+    /// the refusal must come before librdkafka sees the option.
+    #[test]
+    fn code_loading_and_guard_lowering_options_are_refused() {
+        let marker = std::env::temp_dir().join(format!("no-such-plugin-{}.so", std::process::id()));
+        let cases = [
+            (
+                "plugin.library.paths",
+                marker.display().to_string(),
+                "not an option",
+            ),
+            (
+                "ssl.engine.location",
+                "/tmp/engine.so".into(),
+                "not an option",
+            ),
+            (
+                "sasl.kerberos.kinit.cmd",
+                "touch /tmp/pwned".into(),
+                "not an option",
+            ),
+            ("ssl.ca.location", "/etc/shadow".into(), "not an option"),
+            (
+                "ssl.key.location",
+                "/var/run/secrets/key".into(),
+                "not an option",
+            ),
+            (
+                "sasl.oauthbearer.token.endpoint.url",
+                "http://169.254.169.254/".into(),
+                "not an option",
+            ),
+            (
+                "enable.ssl.certificate.verification",
+                "false".into(),
+                "may only be true",
+            ),
+            (
+                "ssl.endpoint.identification.algorithm",
+                "none".into(),
+                "may only be https",
+            ),
+            ("sasl.mechanisms", "GSSAPI".into(), "PLAIN"),
+            ("client.id", "spoofed".into(), "not an option"),
+        ];
+        for (name, value, words) in cases {
+            let err = prepared(json!({"topic": "t", "options": {name: value}}))
+                .map(drop)
+                .unwrap_err();
+            assert_eq!(err.field, format!("options.{name}"));
+            assert!(err.reason.contains(words), "{name}: {err}");
+            assert!(
+                !err.reason.to_lowercase().contains("plugin"),
+                "refused before librdkafka tried to load it: {err}"
+            );
+        }
+        // Inline credentials of another cluster are fine.
+        prepared(json!({"topic": "t", "brokers": "b1:9092", "options": {
+            "security.protocol": "SASL_SSL", "sasl.mechanisms": "SCRAM-SHA-512",
+            "sasl.username": "u", "sasl.password": "p", "enable.ssl.certificate.verification": true,
+        }}))
+        .unwrap();
+    }
+
+    /// Finding 2: an endpoint producing to the source topic makes an
+    /// endless feedback loop; to the dead-letter or retry topics, it forges
+    /// the dispatcher's own records.
+    #[test]
+    fn the_dispatchers_own_topics_are_refused() {
+        let source = vec!["events".to_owned(), "events.eu".to_owned()];
+        let http = HttpClient::new(HttpClientOptions {
+            native_roots: false,
+            ..HttpClientOptions::default()
+        })
+        .unwrap();
+        let options = BTreeMap::new();
+        let ctx = BuildContext {
+            endpoint_id: "loop",
+            timeout: Duration::from_secs(10),
+            http: &http,
+            kafka_bootstrap: "127.0.0.1:9092",
+            kafka_options: &options,
+            allow_private_networks: false,
+            kafka_guard: KafkaGuard {
+                source_topics: &source,
+                dead_letter_topic: "dispatcher.dlq",
+                retry_topic: "dispatcher.retry",
+                other_topics: &[],
+                allowed_brokers: &[],
+            },
+        };
+        for (topic, words) in [
+            ("events", "source topic"),
+            ("events.eu", "source topic"),
+            ("dispatcher.dlq", "dead-letter"),
+            ("dispatcher.retry.5s", "retry"),
+            ("dispatcher.retry.4h", "retry"),
+            ("dispatcher.retry.any", "retry"),
+            ("__consumer_offsets", "internal"),
+        ] {
+            let err = KafkaFactory
+                .validate(&json!({"topic": topic}), &ctx)
+                .unwrap_err();
+            assert_eq!(err.field, "topic");
+            assert!(err.reason.contains(words), "{topic}: {err}");
+        }
+        KafkaFactory
+            .validate(&json!({"topic": "crm.events"}), &ctx)
+            .unwrap();
+        KafkaFactory
+            .validate(&json!({"topic": "dispatcher.retryx"}), &ctx)
+            .unwrap();
+        // Other brokers: none unless the operator lists them.
+        let err = KafkaFactory
+            .validate(&json!({"topic": "t", "brokers": "10.0.0.5:9092"}), &ctx)
+            .unwrap_err();
+        assert_eq!(err.field, "brokers");
+        assert!(err.reason.contains("allowed_endpoint_brokers"), "{err}");
+    }
+
+    #[test]
+    fn brokers_must_be_on_the_operators_list() {
+        for ok in [
+            "b1:9092",
+            "B2:9092",
+            "k1.kafka.example:9093",
+            "a.b.kafka.example:9093",
+        ] {
+            prepared(json!({"topic": "t", "brokers": ok})).unwrap();
+        }
+        for bad in [
+            "b1:9093",
+            "b3:9092",
+            "kafka.example:9093",
+            "evilkafka.example:9093",
+            "169.254.169.254:80",
+            "b1",
+        ] {
+            let err = prepared(json!({"topic": "t", "brokers": bad}))
+                .map(drop)
+                .unwrap_err();
+            assert_eq!(err.field, "brokers", "{bad}");
+        }
+        let err = prepared(json!({"topic": "t", "brokers": ["b1:9092", "evil:9092"]}))
+            .map(drop)
+            .unwrap_err();
+        assert_eq!(err.field, "brokers[1]");
     }
 
     #[test]

@@ -421,6 +421,7 @@ mod tests {
             kafka_bootstrap: "",
             kafka_options: &options,
             allow_private_networks: allow_private,
+            kafka_guard: Default::default(),
         };
         f(&ctx)
     }

@@ -47,6 +47,7 @@ impl Ctx {
             kafka_bootstrap: &self.kafka_bootstrap,
             kafka_options: &self.kafka_options,
             allow_private_networks: self.allow_private_networks,
+            kafka_guard: Default::default(),
         }
     }
 }
