@@ -798,7 +798,7 @@ async fn metrics_add_up_and_cover_the_dashboard_and_alerts() {
     );
 
     // Bounded labels: only configured, enabled endpoints; only the
-    // configured topics (the retry topics' counters exist from the start).
+    // configured topics (the internal topics' counters exist from the start).
     let endpoint_labels: BTreeSet<&str> = end
         .samples
         .iter()
@@ -810,7 +810,7 @@ async fn metrics_add_up_and_cover_the_dashboard_and_alerts() {
         .iter()
         .filter_map(|s| s.labels.get("topic").map(String::as_str))
         .collect();
-    let mut topics = BTreeSet::from(["events"]);
+    let mut topics = BTreeSet::from(["events", support::SPILL_TOPIC]);
     topics.extend(support::RETRY_TOPICS);
     assert_eq!(topic_labels, topics);
 
