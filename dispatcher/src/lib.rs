@@ -31,3 +31,4 @@ pub mod route;
 pub use transports::seed;
 pub mod source;
 pub mod spill;
+pub mod store;

@@ -407,6 +407,13 @@ fn edit_distance(a: &str, b: &str) -> usize {
 /// Split one endpoint's mapping into the shared keys (parsed here) and the
 /// transport's own (kept for its factory).
 fn parse_endpoint(item: Value, path: &str, problems: &mut Vec<Problem>) -> Option<EndpointConfig> {
+    let key_path = |key: &str| {
+        if path.is_empty() {
+            key.to_owned()
+        } else {
+            format!("{path}.{key}")
+        }
+    };
     let Value::Mapping(map) = item else {
         problems.push(Problem::new(
             path,
@@ -425,7 +432,7 @@ fn parse_endpoint(item: Value, path: &str, problems: &mut Vec<Problem>) -> Optio
             Some(meant) => {
                 let key = k.as_str().unwrap_or_default();
                 problems.push(Problem::new(
-                    format!("{path}.{key}"),
+                    key_path(key),
                     format!("unknown key (did you mean `{meant}`?)"),
                 ));
                 false
@@ -444,7 +451,7 @@ fn parse_endpoint(item: Value, path: &str, problems: &mut Vec<Problem>) -> Optio
                 endpoint.settings.insert(key, json);
             }
             Err(e) => problems.push(Problem::new(
-                format!("{path}.{key}"),
+                key_path(&key),
                 format!("not representable: {e}"),
             )),
         }
@@ -802,122 +809,164 @@ impl Config {
         let mut seen = HashSet::new();
         let mut http_client = None;
         for (ep, &i) in self.endpoints.iter().zip(positions) {
-            let at = |key: &str| format!("endpoints[{i}].{key}");
+            let base = format!("endpoints[{i}].");
             if let Err(e) = check_endpoint_id(&ep.id) {
-                problems.push(Problem::new(at("id"), e));
+                problems.push(Problem::new(format!("{base}id"), e));
             } else if !seen.insert(ep.id.as_str()) {
                 problems.push(Problem::new(
-                    at("id"),
+                    format!("{base}id"),
                     format!("`{}` is used by another endpoint", ep.id),
                 ));
             }
-            if ep.events.is_empty() {
+            self.check_endpoint(ep, &base, registry, &mut http_client, problems);
+        }
+    }
+
+    /// Checks of one endpoint that need more than its values' types; its
+    /// problems' paths start with `base` (`endpoints[3].`, or nothing).
+    fn check_endpoint(
+        &self,
+        ep: &EndpointConfig,
+        base: &str,
+        registry: &Registry,
+        http_client: &mut Option<Result<transports::http::HttpClient, String>>,
+        problems: &mut Vec<Problem>,
+    ) {
+        let at = |key: &str| format!("{base}{key}");
+        if ep.events.is_empty() {
+            problems.push(Problem::new(
+                at("events"),
+                "subscribe to at least one event type (\"*\" for all)",
+            ));
+        }
+        for (j, pat) in ep.events.iter().enumerate() {
+            if let Err(e) = EventPattern::parse(pat) {
+                problems.push(Problem::new(format!("{base}events[{j}]"), e));
+            }
+        }
+        if let Err((key, e)) = Filter::parse(&ep.filter) {
+            problems.push(Problem::new(format!("{base}filter.{key}"), e));
+        }
+        if ep.timeout.is_zero() || ep.timeout > Duration::from_secs(300) {
+            problems.push(Problem::new(at("timeout"), "must be between 1ms and 5m"));
+        }
+        if !(1..=10_000).contains(&ep.max_in_flight) {
+            problems.push(Problem::new(
+                at("max_in_flight"),
+                "must be between 1 and 10000",
+            ));
+        }
+        if !(1..=1_000_000).contains(&ep.queue_capacity) {
+            problems.push(Problem::new(
+                at("queue_capacity"),
+                "must be between 1 and 1000000",
+            ));
+        }
+        if let Some(r) = &ep.rate_limit {
+            if !(r.per_second > 0.0 && r.per_second.is_finite()) {
                 problems.push(Problem::new(
-                    at("events"),
-                    "subscribe to at least one event type (\"*\" for all)",
+                    at("rate_limit.per_second"),
+                    "must be more than zero",
                 ));
             }
-            for (j, pat) in ep.events.iter().enumerate() {
-                if let Err(e) = EventPattern::parse(pat) {
-                    problems.push(Problem::new(format!("endpoints[{i}].events[{j}]"), e));
-                }
+            if r.burst == Some(0) {
+                problems.push(Problem::new(at("rate_limit.burst"), "must be at least 1"));
             }
-            if let Err((key, e)) = Filter::parse(&ep.filter) {
-                problems.push(Problem::new(format!("endpoints[{i}].filter.{key}"), e));
-            }
-            if ep.timeout.is_zero() || ep.timeout > Duration::from_secs(300) {
-                problems.push(Problem::new(at("timeout"), "must be between 1ms and 5m"));
-            }
-            if !(1..=10_000).contains(&ep.max_in_flight) {
-                problems.push(Problem::new(
-                    at("max_in_flight"),
-                    "must be between 1 and 10000",
-                ));
-            }
-            if !(1..=1_000_000).contains(&ep.queue_capacity) {
-                problems.push(Problem::new(
-                    at("queue_capacity"),
-                    "must be between 1 and 1000000",
-                ));
-            }
-            if let Some(r) = &ep.rate_limit {
-                if !(r.per_second > 0.0 && r.per_second.is_finite()) {
-                    problems.push(Problem::new(
-                        at("rate_limit.per_second"),
-                        "must be more than zero",
-                    ));
-                }
-                if r.burst == Some(0) {
-                    problems.push(Problem::new(at("rate_limit.burst"), "must be at least 1"));
-                }
-            }
-            let b = &ep.circuit_breaker;
-            if !(b.failure_ratio > 0.0 && b.failure_ratio <= 1.0) {
-                problems.push(Problem::new(
-                    at("circuit_breaker.failure_ratio"),
-                    "must be in (0, 1]",
-                ));
-            }
-            if b.min_requests == 0 || b.half_open_probes == 0 {
-                problems.push(Problem::new(
-                    at("circuit_breaker"),
-                    "min_requests and half_open_probes must be at least 1",
-                ));
-            }
-            if b.window.is_zero() || b.open_for.is_zero() {
-                problems.push(Problem::new(
-                    at("circuit_breaker"),
-                    "window and open_for must be longer than zero",
-                ));
-            }
-            if ep.retry.schedule.iter().any(|d| d.is_zero()) {
-                problems.push(Problem::new(
-                    at("retry.schedule"),
-                    "every wait must be longer than zero",
-                ));
-            }
-            if ep.retry.max_age.is_zero() {
-                problems.push(Problem::new(
-                    at("retry.max_age"),
-                    "must be longer than zero",
-                ));
-            }
-            match registry.get(&ep.transport) {
-                None => problems.push(Problem::new(
-                    at("transport"),
-                    format!(
-                        "unknown transport `{}` (known: {})",
-                        ep.transport,
-                        registry.names().join(", ")
-                    ),
-                )),
-                Some(factory) => {
-                    let client = http_client.get_or_insert_with(|| {
-                        transports::http::HttpClient::new(transports::http::HttpClientOptions {
-                            // Validation sends nothing, and loading the
-                            // system's roots costs milliseconds per config.
-                            native_roots: false,
-                            ..self.http.client_options()
-                        })
-                        .map_err(|e| e.to_string())
-                    });
-                    match client {
-                        Ok(client) => {
-                            let options = self.kafka.option_strings();
-                            let ctx = self.build_context(&ep.id, ep.timeout, client, &options);
-                            if let Err(e) = factory.validate(&ep.settings_value(), &ctx) {
-                                let path = if e.field.is_empty() {
-                                    format!("endpoints[{i}]")
-                                } else {
-                                    at(&e.field)
-                                };
-                                problems.push(Problem::new(path, e.reason));
-                            }
+        }
+        let b = &ep.circuit_breaker;
+        if !(b.failure_ratio > 0.0 && b.failure_ratio <= 1.0) {
+            problems.push(Problem::new(
+                at("circuit_breaker.failure_ratio"),
+                "must be in (0, 1]",
+            ));
+        }
+        if b.min_requests == 0 || b.half_open_probes == 0 {
+            problems.push(Problem::new(
+                at("circuit_breaker"),
+                "min_requests and half_open_probes must be at least 1",
+            ));
+        }
+        if b.window.is_zero() || b.open_for.is_zero() {
+            problems.push(Problem::new(
+                at("circuit_breaker"),
+                "window and open_for must be longer than zero",
+            ));
+        }
+        if ep.retry.schedule.iter().any(|d| d.is_zero()) {
+            problems.push(Problem::new(
+                at("retry.schedule"),
+                "every wait must be longer than zero",
+            ));
+        }
+        if ep.retry.max_age.is_zero() {
+            problems.push(Problem::new(
+                at("retry.max_age"),
+                "must be longer than zero",
+            ));
+        }
+        match registry.get(&ep.transport) {
+            None => problems.push(Problem::new(
+                at("transport"),
+                format!(
+                    "unknown transport `{}` (known: {})",
+                    ep.transport,
+                    registry.names().join(", ")
+                ),
+            )),
+            Some(factory) => {
+                let client = http_client.get_or_insert_with(|| {
+                    transports::http::HttpClient::new(transports::http::HttpClientOptions {
+                        // Validation sends nothing, and loading the
+                        // system's roots costs milliseconds per config.
+                        native_roots: false,
+                        ..self.http.client_options()
+                    })
+                    .map_err(|e| e.to_string())
+                });
+                match client {
+                    Ok(client) => {
+                        let options = self.kafka.option_strings();
+                        let ctx = self.build_context(&ep.id, ep.timeout, client, &options);
+                        if let Err(e) = factory.validate(&ep.settings_value(), &ctx) {
+                            let path = if e.field.is_empty() {
+                                base.trim_end_matches('.').to_owned()
+                            } else {
+                                at(&e.field)
+                            };
+                            problems.push(Problem::new(path, e.reason));
                         }
-                        Err(e) => problems.push(Problem::new("http", e.clone())),
                     }
+                    Err(e) => problems.push(Problem::new("http", e.clone())),
                 }
             }
+        }
+    }
+
+    /// An endpoint given as JSON (the endpoint store's and the management
+    /// API's form: the same fields as a YAML endpoint, no `${VAR}`), read
+    /// and checked exactly as `dispatcher validate` checks one in the file,
+    /// against this config. Problems name keys relative to the endpoint.
+    pub fn endpoint_from_json(
+        &self,
+        json: &serde_json::Map<String, serde_json::Value>,
+        registry: &Registry,
+    ) -> Result<EndpointConfig, Vec<Problem>> {
+        let mut problems = Vec::new();
+        let value = match serde_yaml_ng::to_value(json) {
+            Ok(v) => v,
+            Err(e) => return Err(vec![Problem::new("", format!("not an endpoint: {e}"))]),
+        };
+        let Some(ep) = parse_endpoint(value, "", &mut problems) else {
+            return Err(problems);
+        };
+        if let Err(e) = check_endpoint_id(&ep.id) {
+            problems.push(Problem::new("id", e));
+        }
+        self.check_endpoint(&ep, "", registry, &mut None, &mut problems);
+        if problems.is_empty() {
+            Ok(ep)
+        } else {
+            Err(problems)
         }
     }
 
@@ -987,7 +1036,7 @@ fn parse<T: DeserializeOwned>(value: Value, base: &str, problems: &mut Vec<Probl
         Err((inner, error)) => {
             let path = match inner.as_str() {
                 "." | "" => base.to_owned(),
-                p if p.starts_with('[') => format!("{base}{p}"),
+                p if p.starts_with('[') || base.is_empty() => format!("{base}{p}"),
                 p => format!("{base}.{p}"),
             };
             problems.push(Problem::new(path, error.to_string()));

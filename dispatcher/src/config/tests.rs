@@ -385,3 +385,34 @@ fn allowed_networks_are_checked_and_metadata_stays_refused() {
         );
     }
 }
+
+/// The store's and the API's endpoints are checked exactly as the file's,
+/// with key paths relative to the endpoint.
+#[test]
+fn an_endpoint_as_json_is_checked_like_one_in_the_file() {
+    let config = Config::from_yaml(
+        "endpoints:\n  - { id: a, url: 'https://a.example/', events: ['*'] }\n",
+        &no_env,
+    )
+    .unwrap();
+    let registry = Registry::builtin();
+    let json = |v: serde_json::Value| v.as_object().unwrap().clone();
+    let ok = config
+        .endpoint_from_json(
+            &json(serde_json::json!({"id": "crm", "url": "https://crm.example/hook", "events": ["message.*"], "timeout": "3s"})),
+            &registry,
+        )
+        .unwrap();
+    assert_eq!(ok.id, "crm");
+    assert_eq!(ok.timeout, std::time::Duration::from_secs(3));
+    let problems = config
+        .endpoint_from_json(
+            &json(serde_json::json!({"id": "bad id", "url": "ftp://x", "events": [], "timeot": "3s", "max_in_flight": 0})),
+            &registry,
+        )
+        .unwrap_err();
+    let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+    for expected in ["id", "events", "timeot", "max_in_flight", "url"] {
+        assert!(paths.contains(&expected), "{expected} in {problems:?}");
+    }
+}
