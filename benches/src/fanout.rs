@@ -39,7 +39,11 @@ pub fn start_kafka(partitions: i32) -> anyhow::Result<EmbeddedKafka> {
         &defaults.retry_tiers,
         &defaults.spill_topic,
     );
-    let mut topics = vec![SOURCE_TOPIC, defaults.dead_letter_topic.as_str()];
+    let mut topics = vec![
+        SOURCE_TOPIC,
+        defaults.dead_letter_topic.as_str(),
+        defaults.endpoints_topic.as_str(),
+    ];
     topics.extend(tiers.internal_topics());
     EmbeddedKafka::start(&topics, partitions)
 }

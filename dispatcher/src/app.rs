@@ -14,13 +14,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context};
-use futures::StreamExt;
 use rdkafka::consumer::Consumer;
 use rdkafka::producer::{FutureProducer, Producer};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use transports::http::{HttpClient, HttpClientOptions};
-use transports::{Registry, Transport};
+use transports::Registry;
 
 use crate::admin::{self, AdminState};
 use crate::api::{self, ApiState};
@@ -28,15 +27,16 @@ use crate::backlog::Backlogs;
 use crate::config::Config;
 use crate::dlq::DeadLetters;
 use crate::embedded::EmbeddedKafka;
+use crate::endpoints::{Endpoints, LaneKit};
 use crate::fatal::Fatal;
 use crate::kafka;
-use crate::lane::{self, Dedup, Evictions, LaneDeps, LaneSettings, Shares};
+use crate::lane::{Dedup, Evictions, Shares};
 use crate::metrics::Metrics;
 use crate::offsets::{Budget, HoldIndex, OffsetTracker};
 use crate::park::{Parker, Tiers};
-use crate::route::{EventPattern, Filter, Router, Subscription};
 use crate::source::{self, Source, SourceConsumer, SourceContext};
 use crate::spill::Spill;
+use crate::store::{Follower, Store};
 
 /// A running dispatcher.
 pub struct Running {
@@ -45,6 +45,8 @@ pub struct Running {
     /// The brokers in use (the embedded one's address when none was configured).
     pub bootstrap: String,
     pub admin_addr: SocketAddr,
+    /// The endpoint store this replica follows.
+    pub store: Arc<Store>,
     /// The management API's address, when it is on (a token is configured).
     pub api_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
@@ -103,6 +105,7 @@ pub async fn start_with(config: Config, registry: &Registry) -> anyhow::Result<R
             // The embedded broker drops a partition's oldest records past a
             // few MiB: spread backlogs over more spill partitions.
             e.create_topic(&k.spill_topic, (k.embedded_partitions * 4).max(24))?;
+            e.create_topic(&k.endpoints_topic, k.embedded_partitions)?;
             tracing::info!(
                 bootstrap = e.bootstrap(),
                 "no kafka.brokers configured: started an embedded Kafka"
@@ -141,6 +144,38 @@ pub async fn start_with(config: Config, registry: &Registry) -> anyhow::Result<R
         .context("creating the dead-letter producer (check kafka.options)")?;
     check_topic(&producer, &k.dead_letter_topic, "kafka.dead_letter_topic").await?;
     check_topic(&producer, &k.spill_topic, "kafka.spill_topic").await?;
+    check_topic(&producer, &k.endpoints_topic, "kafka.endpoints_topic").await?;
+
+    // Stops the source, the backlog readers and the store's follower: on
+    // request, or on a failure.
+    let (halt_tx, halt_rx) = watch::channel(false);
+
+    // Endpoints as data: read the whole store before anything starts, so
+    // this replica begins with every endpoint (and every pause) in force.
+    let (store, store_changes) = Store::new(
+        k.endpoints_topic.clone(),
+        producer.clone(),
+        metrics.store_bad_records.clone(),
+    );
+    let follower_task = Follower::start(
+        store.clone(),
+        kafka::reader(k, &bootstrap, "store"),
+        halt_rx.clone(),
+    )
+    .await?;
+    let catching_up = std::time::Instant::now();
+    while tokio::time::timeout(Duration::from_secs(5), store.caught_up())
+        .await
+        .is_err()
+    {
+        tracing::info!(
+            topic = %k.endpoints_topic,
+            endpoints = store.list().len(),
+            waited_s = catching_up.elapsed().as_secs(),
+            "reading the endpoint store"
+        );
+    }
+    metrics.store_endpoints.set(store.list().len() as i64);
     for topic in tiers.topics() {
         check_topic(
             &producer,
@@ -169,13 +204,14 @@ pub async fn start_with(config: Config, registry: &Registry) -> anyhow::Result<R
 
     // Endpoints often share a host (one receiver, many webhooks). Idle
     // connections beyond the pool's cap are closed and soon reopened, so the
-    // cap is every endpoint's in-flight cap together: what may be open anyway.
+    // cap is every endpoint's in-flight cap together: what may be open anyway
+    // (endpoints added later share what there is).
     let idle_cap = config
         .endpoints
         .iter()
         .map(|e| e.max_in_flight)
         .sum::<usize>()
-        .max(1);
+        .max(64);
     let client = HttpClient::new(HttpClientOptions {
         pool_max_idle_per_host: idle_cap,
         ..config.http.client_options()
@@ -189,60 +225,28 @@ pub async fn start_with(config: Config, registry: &Registry) -> anyhow::Result<R
     ));
     metrics.memory_budget.set(p.memory_budget.as_u64() as i64);
     let (holds, holds_started) = HoldIndex::new();
-    let tracker = Arc::new(OffsetTracker::new(budget.clone(), holds));
+    let tracker = Arc::new(OffsetTracker::new(budget.clone(), holds.clone()));
     let evictions = Arc::new(Evictions::default());
-    let shares = Arc::new(Shares::new(p.memory_budget.as_u64() as usize));
-    let kafka_options = config.kafka.option_strings();
-    let mut lanes = Vec::new();
-    let mut lane_tasks = Vec::new();
-    let mut subscriptions = Vec::new();
-    for ep in config.endpoints.iter().filter(|e| e.enabled) {
-        let factory = registry
-            .get(&ep.transport)
-            .ok_or_else(|| anyhow!("endpoint {}: unknown transport `{}`", ep.id, ep.transport))?;
-        let mut ctx = config.build_context(&ep.id, ep.timeout, &client, &kafka_options);
-        ctx.kafka_bootstrap = &bootstrap;
-        let transport: Arc<dyn Transport> = factory
-            .build(&ep.settings_value(), &ctx)
-            .map_err(|e| anyhow!("endpoint {}: {}: {}", ep.id, e.field, e.reason))?;
-        let settings = LaneSettings {
-            endpoint_id: ep.id.as_str().into(),
-            index: lanes.len(),
-            spill_after: p.spill_after,
-            retry: ep.retry.clone(),
-            breaker: ep.circuit_breaker.clone(),
-            max_in_flight: ep.max_in_flight,
-            adaptive_concurrency: ep.adaptive_concurrency,
-            rate_limit: ep.rate_limit.clone(),
-            queue_capacity: ep.queue_capacity,
-            in_memory_max: p.in_memory_retry_max,
-            paused_recheck: p.paused_recheck,
-            paused: ep.paused,
-            transport: transport.clone(),
-        };
-        let deps = LaneDeps {
+    let (endpoints, routing) = Endpoints::start(
+        Arc::new(config.clone()),
+        Arc::new(registry.clone()),
+        client,
+        bootstrap.clone(),
+        LaneKit {
             parker: parker.clone(),
             dead_letters: dead_letters.clone(),
-            dedup: dedup.clone(),
-            share: share_rx.clone(),
-            metrics: metrics.endpoint(&ep.id, transport.kind()),
-            budget: budget.clone(),
+            dedup,
+            share: share_rx,
+            metrics: metrics.clone(),
+            budget,
             evictions: evictions.clone(),
-            shares: shares.clone(),
-        };
-        let (handle, task) = lane::spawn(settings, deps);
-        lanes.push(handle);
-        lane_tasks.push(task);
-        subscriptions.push(Subscription {
-            patterns: ep
-                .events
-                .iter()
-                .map(|e| EventPattern::parse(e).map_err(|m| anyhow!("endpoint {}: {m}", ep.id)))
-                .collect::<anyhow::Result<_>>()?,
-            filter: Filter::parse(&ep.filter)
-                .map_err(|(key, m)| anyhow!("endpoint {}: filter {key}: {m}", ep.id))?,
-        });
-    }
+            shares: Arc::new(Shares::new(p.memory_budget.as_u64() as usize)),
+            holds,
+        },
+        store.clone(),
+        fatal.clone(),
+    )?;
+    let endpoints_task = tokio::spawn(endpoints.run(store_changes, halt_rx.clone()));
 
     let paused = Arc::new(AtomicBool::new(false));
     let ready = Arc::new(AtomicBool::new(false));
@@ -276,8 +280,6 @@ pub async fn start_with(config: Config, registry: &Registry) -> anyhow::Result<R
     ));
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    // Stops the source and the backlog readers: on request, or on a failure.
-    let (halt_tx, halt_rx) = watch::channel(false);
     // The admin server outlives the drain, so it can be watched and probed
     // until the very end.
     let (admin_stop, admin_stop_rx) = watch::channel(false);
@@ -293,8 +295,11 @@ pub async fn start_with(config: Config, registry: &Registry) -> anyhow::Result<R
     ));
     let api_task = api_listener.map(|listener| {
         let endpoints = Arc::new(
-            lanes
+            routing
+                .borrow()
+                .lanes
                 .iter()
+                .flatten()
                 .map(|l| (l.endpoint_id.clone(), l.control.clone()))
                 .collect(),
         );
@@ -308,9 +313,10 @@ pub async fn start_with(config: Config, registry: &Registry) -> anyhow::Result<R
     });
 
     let backlogs = Backlogs {
-        lanes: lanes.clone(),
+        routing: routing.clone(),
         tracker: tracker.clone(),
-        consumer: kafka::reader(k, &bootstrap),
+        dead_letters: dead_letters.clone(),
+        consumer: kafka::reader(k, &bootstrap, "backlog"),
         max_event_bytes: p.max_event_bytes,
         permits: Arc::new(tokio::sync::Semaphore::new(p.backlog_readers)),
     };
@@ -319,9 +325,9 @@ pub async fn start_with(config: Config, registry: &Registry) -> anyhow::Result<R
     let source = Source {
         consumer: consumer.clone(),
         tracker: tracker.clone(),
-        router: Router::new(subscriptions),
-        spill: Spill::new(parker, dead_letters.clone(), fatal.clone(), lanes.len()),
-        lanes,
+        routing,
+        store: store.clone(),
+        spill: Spill::new(parker, dead_letters.clone(), fatal.clone(), 0),
         dead_letters: dead_letters.clone(),
         tiers: tiers.clone(),
         evictions,
@@ -333,13 +339,7 @@ pub async fn start_with(config: Config, registry: &Registry) -> anyhow::Result<R
         commit_interval: p.commit_interval,
         max_pending_per_partition: p.max_pending_per_partition,
     };
-    let lane_names: Vec<Arc<str>> = source.lanes.iter().map(|l| l.endpoint_id.clone()).collect();
     let mut source_task = tokio::spawn(source.run(halt_rx));
-    let mut lane_watch = futures::stream::FuturesUnordered::new();
-    let lane_aborts: Vec<_> = lane_tasks.iter().map(|t| t.abort_handle()).collect();
-    for (i, t) in lane_tasks.into_iter().enumerate() {
-        lane_watch.push(async move { (i, t.await) });
-    }
     let clients_watch = tokio::spawn(watch_clients(consumer.clone(), producer, fatal.clone()));
 
     let grace = p.shutdown_grace;
@@ -349,9 +349,10 @@ pub async fn start_with(config: Config, registry: &Registry) -> anyhow::Result<R
     let task = tokio::spawn(async move {
         // Until asked to stop, or until something fails that the process
         // cannot go on without: a fault no retry fixes, the source ending by
-        // itself, a lane ending (only a bug can make either do that). Then
-        // stop too, and say so, so that the process exits non-zero and is
-        // restarted rather than sitting healthy without delivering.
+        // itself, a lane ending (the endpoint manager reports that as a
+        // fault; only a bug can make either happen). Then stop too, and say
+        // so, so that the process exits non-zero and is restarted rather
+        // than sitting healthy without delivering.
         let mut source_end = None;
         let failure = tokio::select! {
             biased;
@@ -366,10 +367,6 @@ pub async fn start_with(config: Config, registry: &Registry) -> anyhow::Result<R
                 source_end = Some(());
                 failure
             }
-            Some((lane, ended)) = lane_watch.next() => Some(match ended {
-                Ok(()) => anyhow!("the lane of endpoint {} ended by itself", lane_names[lane]),
-                Err(e) => anyhow!("the lane of endpoint {} failed: {e}", lane_names[lane]),
-            }),
         };
         live.store(false, Ordering::Release);
         let _ = halt_tx.send(true);
@@ -381,13 +378,17 @@ pub async fn start_with(config: Config, registry: &Registry) -> anyhow::Result<R
             None => tracing::info!("shutting down: no new records; draining deliveries"),
         }
         if source_end.is_none() {
-            // The source closes every lane's inbox as it ends.
             if let Err(e) = source_task.await {
                 tracing::error!(error = %e, "the source task failed while stopping");
             }
         }
-        drain(lane_watch, &lane_aborts, grace).await;
+        // The source feeds the lanes no more: they finish what they hold.
+        match endpoints_task.await {
+            Ok(endpoints) => endpoints.stop(grace).await,
+            Err(e) => tracing::error!(error = %e, "the endpoint manager failed"),
+        }
         let _ = backlog_task.await;
+        let _ = follower_task.await;
         source::commit_now(&consumer, &tracker, &task_metrics);
         let unfinished: usize = tracker.watermarks().iter().map(|w| w.3).sum();
         if unfinished > 0 {
@@ -417,31 +418,13 @@ pub async fn start_with(config: Config, registry: &Registry) -> anyhow::Result<R
         ready,
         bootstrap,
         admin_addr,
+        store,
         api_addr,
         shutdown: shutdown_tx,
         failed: failed_rx,
         task,
         embedded,
     })
-}
-
-/// Wait for the lanes to finish what they hold, at most `grace`; abort
-/// the rest (their records are read again after the restart).
-async fn drain<F>(
-    mut lanes: futures::stream::FuturesUnordered<F>,
-    aborts: &[tokio::task::AbortHandle],
-    grace: Duration,
-) where
-    F: std::future::Future,
-{
-    let all = async { while lanes.next().await.is_some() {} };
-    if tokio::time::timeout(grace, all).await.is_err() {
-        tracing::warn!(
-            grace_s = grace.as_secs_f64(),
-            "shutdown grace period over; abandoning unfinished deliveries"
-        );
-        aborts.iter().for_each(|a| a.abort());
-    }
 }
 
 /// Watch the Kafka clients for librdkafka's fatal errors (a fenced or

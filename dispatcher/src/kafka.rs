@@ -98,13 +98,15 @@ pub fn consumer(kafka: &KafkaConfig, bootstrap: &str) -> ClientConfig {
     c
 }
 
-/// A consumer of the internal topics for one endpoint's backlog: it reads
-/// from the positions it is given (assign, never subscribe: it joins no
-/// group) and never commits; the group consumer's commits cover what it
-/// hands over. librdkafka still wants a group id for an assigned consumer.
-pub fn reader(kafka: &KafkaConfig, bootstrap: &str) -> ClientConfig {
-    let mut c = base(kafka, bootstrap, "webhook-dispatcher-backlog");
-    c.set("group.id", format!("{}.backlog", kafka.group_id));
+/// A consumer that reads from the positions it is given (assign, never
+/// subscribe: it joins no group) and never commits: an endpoint's backlog
+/// reader (`purpose` "backlog": the group consumer's commits cover what it
+/// hands over) or the endpoint store's follower ("store": it reads the
+/// whole topic at every start). librdkafka still wants a group id for an
+/// assigned consumer.
+pub fn reader(kafka: &KafkaConfig, bootstrap: &str, purpose: &str) -> ClientConfig {
+    let mut c = base(kafka, bootstrap, &format!("webhook-dispatcher-{purpose}"));
+    c.set("group.id", format!("{}.{purpose}", kafka.group_id));
     c.set("enable.auto.commit", "false");
     c.set("enable.auto.offset.store", "false");
     c.set("enable.partition.eof", "false");

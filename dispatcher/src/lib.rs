@@ -19,6 +19,7 @@ pub mod config;
 pub mod demo;
 pub mod dlq;
 pub mod embedded;
+pub mod endpoints;
 pub mod fatal;
 pub mod kafka;
 pub mod lane;

@@ -84,6 +84,8 @@ pub struct Metrics {
     pub backlog_drained: IntCounterVec,
     pub endpoint_spilling: IntGaugeVec,
     pub throttled: IntCounterVec,
+    pub store_bad_records: IntCounter,
+    pub store_endpoints: IntGauge,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -380,12 +382,23 @@ impl Metrics {
                 "Answers asking the dispatcher to slow down (429, or 502/503/504 with Retry-After): the endpoint waits, no attempt is spent, the breaker does not count it.",
                 &["endpoint"],
             ),
+            store_bad_records: IntCounter::new(
+                "dispatcher_endpoint_store_bad_records_total",
+                "Records of the endpoints topic that could not be read (skipped; the previous version stays in force).",
+            )
+            .expect("static metric definition"),
+            store_endpoints: gauge(
+                &r,
+                "dispatcher_endpoint_store_endpoints",
+                "Endpoints in the endpoint store, as this replica reads it.",
+            ),
             registry: r,
         };
         for c in [
             &m.dead_letter_errors,
             &m.park_write_errors,
             &m.spill_write_errors,
+            &m.store_bad_records,
         ] {
             m.registry
                 .register(Box::new(c.clone()))
@@ -463,38 +476,7 @@ impl Metrics {
             vec.with_label_values(labels);
         };
         for ep in config.endpoints.iter().filter(|e| e.enabled) {
-            let (id, transport) = (ep.id.as_str(), ep.transport.as_str());
-            for outcome in DELIVERY_OUTCOMES {
-                touch(&self.deliveries, &[id, transport, outcome]);
-            }
-            for result in ATTEMPT_RESULTS {
-                touch(&self.attempts, &[id, transport, result]);
-            }
-            for reason in PARK_REASONS {
-                touch(&self.parked, &[id, reason]);
-            }
-            for to in BREAKER_STATES {
-                touch(&self.breaker_transitions, &[id, to]);
-            }
-            touch(&self.rate_limit_waits, &[id]);
-            touch(&self.spilled, &[id]);
-            touch(&self.backlog_drained, &[id]);
-            touch(&self.throttled, &[id]);
-            self.backlog_age.with_label_values(&[id]);
-            // Gauges whose zero is the truth until the lane says otherwise.
-            for gauge in [
-                &self.queue_depth,
-                &self.in_flight,
-                &self.breaker_state,
-                &self.endpoint_paused,
-                &self.endpoint_disabled,
-                &self.backlog,
-                &self.endpoint_spilling,
-            ] {
-                gauge.with_label_values(&[id]);
-            }
-            self.attempt_duration.with_label_values(&[id, transport]);
-            self.event_age.with_label_values(&[transport]);
+            self.init_endpoint_series(&ep.id, &ep.transport);
         }
         let k = &config.kafka;
         for topic in &k.topics {
@@ -525,6 +507,86 @@ impl Metrics {
         for kind in ["revoke", "error"] {
             touch(&self.rebalances, &[kind]);
         }
+    }
+
+    /// Create an endpoint's series at zero (see [`Metrics::init_series`]):
+    /// at start-up for the file's endpoints, and when one is added later.
+    pub fn init_endpoint_series(&self, id: &str, transport: &str) {
+        let touch = |vec: &IntCounterVec, labels: &[&str]| {
+            vec.with_label_values(labels);
+        };
+        for outcome in DELIVERY_OUTCOMES {
+            touch(&self.deliveries, &[id, transport, outcome]);
+        }
+        for result in ATTEMPT_RESULTS {
+            touch(&self.attempts, &[id, transport, result]);
+        }
+        for reason in PARK_REASONS {
+            touch(&self.parked, &[id, reason]);
+        }
+        for to in BREAKER_STATES {
+            touch(&self.breaker_transitions, &[id, to]);
+        }
+        touch(&self.rate_limit_waits, &[id]);
+        touch(&self.spilled, &[id]);
+        touch(&self.backlog_drained, &[id]);
+        touch(&self.throttled, &[id]);
+        self.backlog_age.with_label_values(&[id]);
+        // Gauges whose zero is the truth until the lane says otherwise.
+        for gauge in [
+            &self.queue_depth,
+            &self.in_flight,
+            &self.breaker_state,
+            &self.endpoint_paused,
+            &self.endpoint_disabled,
+            &self.backlog,
+            &self.endpoint_spilling,
+        ] {
+            gauge.with_label_values(&[id]);
+        }
+        self.attempt_duration.with_label_values(&[id, transport]);
+        self.event_age.with_label_values(&[transport]);
+    }
+
+    /// Drop a deleted endpoint's series, so endpoints that come and go do
+    /// not grow the scrape for ever.
+    pub fn forget_endpoint(&self, id: &str, transport: &str) {
+        for outcome in DELIVERY_OUTCOMES {
+            let _ = self
+                .deliveries
+                .remove_label_values(&[id, transport, outcome]);
+        }
+        for result in ATTEMPT_RESULTS {
+            let _ = self.attempts.remove_label_values(&[id, transport, result]);
+        }
+        for reason in PARK_REASONS {
+            let _ = self.parked.remove_label_values(&[id, reason]);
+        }
+        for to in BREAKER_STATES {
+            let _ = self.breaker_transitions.remove_label_values(&[id, to]);
+        }
+        for vec in [
+            &self.rate_limit_waits,
+            &self.spilled,
+            &self.backlog_drained,
+            &self.throttled,
+        ] {
+            let _ = vec.remove_label_values(&[id]);
+        }
+        for gauge in [
+            &self.queue_depth,
+            &self.in_flight,
+            &self.breaker_state,
+            &self.endpoint_paused,
+            &self.endpoint_disabled,
+            &self.backlog,
+            &self.endpoint_spilling,
+            &self.concurrency_limit,
+        ] {
+            let _ = gauge.remove_label_values(&[id]);
+        }
+        let _ = self.backlog_age.remove_label_values(&[id]);
+        let _ = self.attempt_duration.remove_label_values(&[id, transport]);
     }
 
     /// The text exposition of every metric.

@@ -36,6 +36,7 @@ async fn broker(partitions: i32) -> Option<Tansu> {
     broker
         .create_topic(support::SPILL_TOPIC, support::SPILL_PARTITIONS)
         .await;
+    broker.create_topic(support::ENDPOINTS_TOPIC, 2).await;
     Some(broker)
 }
 

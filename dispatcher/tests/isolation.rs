@@ -113,6 +113,7 @@ async fn two_lagging_endpoints_on_one_spill_partition_each_drain_at_their_own_pa
         kafka.create_topic(tier, 1).unwrap();
     }
     kafka.create_topic(support::SPILL_TOPIC, 1).unwrap();
+    kafka.create_topic(support::ENDPOINTS_TOPIC, 1).unwrap();
     // About 10 deliveries/s and 1 delivery/s.
     let quick = Sink::start(Behaviour::Delay { ms: 100 }).await;
     let crawl = Sink::start(Behaviour::Delay { ms: 1000 }).await;

@@ -642,9 +642,15 @@ async fn drive(
     );
     setup
         .broker
-        .create_topics(&tiers.internal_topics().collect::<Vec<_>>(), partitions)
+        .create_topics(
+            &tiers
+                .internal_topics()
+                .chain([parsed.kafka.endpoints_topic.as_str()])
+                .collect::<Vec<_>>(),
+            partitions,
+        )
         .await
-        .context("creating the retry and spill topics")?;
+        .context("creating the retry, spill and endpoints topics")?;
     let counts_before = live.sink.counts();
     let started = Instant::now();
     let fleet = Fleet::start(

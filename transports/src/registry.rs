@@ -120,9 +120,11 @@ pub trait TransportFactory: Send + Sync + 'static {
     }
 }
 
-/// The transport types an endpoint may name, by type name.
+/// The transport types an endpoint may name, by type name. Cheap to clone:
+/// the dispatcher keeps one for endpoints added while it runs.
+#[derive(Clone)]
 pub struct Registry {
-    factories: BTreeMap<&'static str, Box<dyn TransportFactory>>,
+    factories: BTreeMap<&'static str, std::sync::Arc<dyn TransportFactory>>,
 }
 
 impl Registry {
@@ -148,8 +150,9 @@ impl Registry {
     pub fn register(
         &mut self,
         factory: Box<dyn TransportFactory>,
-    ) -> Option<Box<dyn TransportFactory>> {
-        self.factories.insert(factory.type_name(), factory)
+    ) -> Option<std::sync::Arc<dyn TransportFactory>> {
+        self.factories
+            .insert(factory.type_name(), std::sync::Arc::from(factory))
     }
 
     /// The factory for `type_name`, if registered.

@@ -28,8 +28,10 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
+use crate::dlq::{DeadLetter, DeadLetters};
+use crate::endpoints::Routing;
 use crate::kafka::header_str;
-use crate::lane::{Job, LaneHandle};
+use crate::lane::{Job, LaneHandle, Refused};
 use crate::offsets::{OffsetTracker, PartitionOffsets, ReaderStep, Ticket};
 use crate::park;
 
@@ -40,8 +42,11 @@ const IDLE_CLOSE: Duration = Duration::from_secs(5);
 
 /// What every reader shares.
 pub struct Backlogs {
-    pub lanes: Vec<LaneHandle>,
+    /// The endpoints, as the manager publishes them.
+    pub routing: watch::Receiver<Arc<Routing>>,
     pub tracker: Arc<OffsetTracker>,
+    /// For records of an endpoint deleted while they waited.
+    pub dead_letters: Arc<DeadLetters>,
     /// A consumer configuration without a group: readers only read.
     pub consumer: ClientConfig,
     pub max_event_bytes: usize,
@@ -68,10 +73,17 @@ impl Backlogs {
             tokio::select! {
                 _ = shutdown.changed() => {}
                 lane = started.recv() => match lane {
-                    Some(lane) if lane < this.lanes.len() => {
-                        readers.spawn(this.clone().read(lane, shutdown.clone()));
+                    Some(lane) => {
+                        let handle = this.routing.borrow().lane(lane).cloned();
+                        match handle {
+                            Some(handle) => {
+                                readers.spawn(this.clone().read(lane, handle, shutdown.clone()));
+                            }
+                            // Gone: a deleted endpoint's lane ends only once
+                            // it has no hold left.
+                            None => tracing::warn!(lane, "backlog for a lane that is gone"),
+                        }
                     }
-                    Some(_) => {}
                     None => break,
                 },
                 Some(ended) = readers.join_next(), if !readers.is_empty() => {
@@ -92,14 +104,15 @@ impl Backlogs {
     fn update_gauges(&self, before: Vec<usize>) -> Vec<usize> {
         let now_ms = chrono::Utc::now().timestamp_millis();
         let lanes = self.tracker.holds().lanes();
+        let routing = self.routing.borrow().clone();
         for &lane in before.iter().filter(|l| !lanes.contains(l)) {
-            if let Some(h) = self.lanes.get(lane) {
+            if let Some(h) = routing.lane(lane) {
                 h.metrics.backlog.set(0);
                 h.metrics.backlog_age.set(0.0);
             }
         }
         for &lane in &lanes {
-            let Some(h) = self.lanes.get(lane) else {
+            let Some(h) = routing.lane(lane) else {
                 continue;
             };
             let (mut waiting, mut oldest) = (0u64, None::<i64>);
@@ -121,8 +134,13 @@ impl Backlogs {
     }
 
     /// One endpoint's reader: until its holds are gone.
-    async fn read(self: Arc<Self>, lane: usize, mut shutdown: watch::Receiver<bool>) {
-        let handle = &self.lanes[lane];
+    async fn read(
+        self: Arc<Self>,
+        lane: usize,
+        handle: LaneHandle,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let handle = &handle;
         let waker = self.tracker.holds().waker(lane);
         let mut reader: Option<Reader> = None;
         let mut holds: Vec<Arc<PartitionOffsets>> = Vec::new();
@@ -263,9 +281,42 @@ impl Backlogs {
             }
             // No room after all: dropping it puts it back under the hold,
             // and the cursor with it.
-            Err(job) => drop(job),
+            Err(Refused::NoRoom(job)) => drop(job),
+            Err(Refused::Closed(job)) => self.dead_letter_deleted(handle, job),
         }
         None
+    }
+}
+
+impl Backlogs {
+    /// A record of an endpoint deleted while it waited: dead-lettered as a
+    /// delivery, so a replay finds it if the endpoint comes back.
+    fn dead_letter_deleted(&self, handle: &LaneHandle, job: Job) {
+        let Some(parked) = job.parked else {
+            return;
+        };
+        let (id, state) = *parked;
+        let delivery = transports::Delivery {
+            event: job.event,
+            endpoint_id: handle.endpoint_id.clone(),
+            id,
+            body: bytes::Bytes::new(),
+            attempt: state.attempts + 1,
+        };
+        let letter = DeadLetter::failed_delivery(
+            &delivery,
+            "endpoint_deleted",
+            "the endpoint was deleted",
+            &state.history,
+            None,
+        );
+        let dead_letters = self.dead_letters.clone();
+        let ticket = job.ticket;
+        tokio::spawn(async move {
+            if dead_letters.write(letter).await.is_ok() {
+                ticket.finish_one();
+            }
+        });
     }
 }
 

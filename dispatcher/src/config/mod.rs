@@ -52,6 +52,13 @@ pub struct KafkaConfig {
     /// Where the backlog of an endpoint that does not keep up waits, keyed
     /// by endpoint, until its lane has room.
     pub spill_topic: String,
+    /// The endpoint store: a compacted topic of endpoints, keyed by id, that
+    /// every replica follows (see `dispatcher::store`).
+    pub endpoints_topic: String,
+    /// The spill and endpoints topics, which no endpoint may write to (kept
+    /// here so a transport's guard can borrow them).
+    #[serde(skip)]
+    pub own_topics: Vec<String>,
     /// Partitions per topic created in the embedded broker.
     pub embedded_partitions: i32,
     /// `host:port` of brokers a Kafka endpoint may name in its `brokers`
@@ -72,6 +79,8 @@ impl Default for KafkaConfig {
                 .map(Duration::from_secs)
                 .to_vec(),
             spill_topic: "dispatcher.spill".into(),
+            endpoints_topic: "dispatcher.endpoints".into(),
+            own_topics: Vec::new(),
             embedded_partitions: 6,
             allowed_endpoint_brokers: Vec::new(),
         }
@@ -597,13 +606,14 @@ impl Config {
             pipeline: section(&mut map, "pipeline", &mut problems),
             endpoints: Vec::new(),
         };
+        config.kafka.own_topics = vec![
+            config.kafka.spill_topic.clone(),
+            config.kafka.endpoints_topic.clone(),
+        ];
+        // No endpoints in the file is fine: they may all live in the
+        // endpoint store (kafka.endpoints_topic).
         match map.remove("endpoints") {
-            None | Some(Value::Null) => {
-                problems.push(Problem::new("endpoints", "no endpoints are configured"))
-            }
-            Some(Value::Sequence(items)) if items.is_empty() => {
-                problems.push(Problem::new("endpoints", "no endpoints are configured"))
-            }
+            None | Some(Value::Null) => {}
             Some(Value::Sequence(items)) => {
                 for (i, item) in items.into_iter().enumerate() {
                     if let Some(ep) =
@@ -656,6 +666,7 @@ impl Config {
             ("kafka.dead_letter_topic", &k.dead_letter_topic),
             ("kafka.retry_topic", &k.retry_topic),
             ("kafka.spill_topic", &k.spill_topic),
+            ("kafka.endpoints_topic", &k.endpoints_topic),
         ] {
             if let Err(e) = check_topic_name(name) {
                 problems.push(Problem::new(key, e));
@@ -667,6 +678,18 @@ impl Config {
             }
         }
         let tiers = crate::park::Tiers::new(&k.retry_topic, &k.retry_tiers, &k.spill_topic);
+        if k.endpoints_topic == k.spill_topic
+            || k.endpoints_topic == k.dead_letter_topic
+            || tiers.topics().any(|t| t == k.endpoints_topic)
+        {
+            problems.push(Problem::new(
+                "kafka.endpoints_topic",
+                format!(
+                    "`{}` is already the dead-letter, spill or a retry topic",
+                    k.endpoints_topic
+                ),
+            ));
+        }
         if k.spill_topic == k.dead_letter_topic || tiers.topics().any(|t| t == k.spill_topic) {
             problems.push(Problem::new(
                 "kafka.spill_topic",
@@ -991,7 +1014,7 @@ impl Config {
                 source_topics: &self.kafka.topics,
                 dead_letter_topic: &self.kafka.dead_letter_topic,
                 retry_topic: &self.kafka.retry_topic,
-                other_topics: std::slice::from_ref(&self.kafka.spill_topic),
+                other_topics: &self.kafka.own_topics,
                 allowed_brokers: &self.kafka.allowed_endpoint_brokers,
             },
         }

@@ -73,6 +73,15 @@ impl Shares {
     }
 }
 
+/// Why [`Inbox::give_back`] refused a delivery (handed back with it).
+pub enum Refused {
+    /// No room now: drop it, and its hold keeps its place in Kafka.
+    NoRoom(Job),
+    /// The lane takes nothing more: it is shutting down or its endpoint was
+    /// deleted.
+    Closed(Job),
+}
+
 /// A fresh delivery and when it was queued.
 struct Queued {
     job: Job,
@@ -99,15 +108,18 @@ pub struct Inbox {
     work: Notify,
     /// Readers of internal topics wait here for room.
     room: Notify,
-    /// Fresh and returned deliveries queued at most.
-    cap: usize,
+    /// Fresh and returned deliveries queued at most (the endpoint's
+    /// `queue_capacity`, which a change of the endpoint may move).
+    cap: AtomicUsize,
     /// Returned deliveries queued at most: enough to keep the lane's sends
     /// busy, no more (the rest waits in Kafka, where it costs no memory).
-    returned_cap: usize,
+    returned_cap: AtomicUsize,
     accepting: AtomicBool,
     spilling: AtomicBool,
     evict: AtomicBool,
     closed: AtomicBool,
+    /// Its endpoint was deleted: once closed, what it refuses is dead.
+    deleted: AtomicBool,
     lane: usize,
     evictions: Arc<Evictions>,
     shares: Arc<Shares>,
@@ -128,17 +140,33 @@ impl Inbox {
             q: Mutex::default(),
             work: Notify::new(),
             room: Notify::new(),
-            cap: cap.max(1),
-            returned_cap: returned_cap.clamp(1, cap.max(1)),
+            cap: AtomicUsize::new(cap.max(1)),
+            returned_cap: AtomicUsize::new(returned_cap.clamp(1, cap.max(1))),
             accepting: AtomicBool::new(true),
             spilling: AtomicBool::new(false),
             evict: AtomicBool::new(false),
             closed: AtomicBool::new(false),
+            deleted: AtomicBool::new(false),
         }
     }
 
     fn lock(&self) -> MutexGuard<'_, Queues> {
         self.q.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn cap(&self) -> usize {
+        self.cap.load(Ordering::Relaxed)
+    }
+
+    fn returned_cap(&self) -> usize {
+        self.returned_cap.load(Ordering::Relaxed)
+    }
+
+    /// The endpoint changed: new bounds for what may queue.
+    pub(super) fn set_caps(&self, cap: usize, returned_cap: usize) {
+        self.cap.store(cap.max(1), Ordering::Relaxed);
+        self.returned_cap
+            .store(returned_cap.clamp(1, cap.max(1)), Ordering::Relaxed);
     }
 
     /// Queue a fresh delivery, or give it back to be spilled: when the
@@ -153,7 +181,7 @@ impl Inbox {
         let w = weight(&job);
         let mut q = self.lock();
         let len = q.fresh.len() + q.returned.len();
-        if len >= self.cap || (len > 0 && q.bytes + w > self.shares.share()) {
+        if len >= self.cap() || (len > 0 && q.bytes + w > self.shares.share()) {
             drop(q);
             self.request_eviction();
             return Err(job);
@@ -188,15 +216,25 @@ impl Inbox {
         }
     }
 
-    /// Queue a delivery read back from an internal topic, or refuse it
-    /// (the caller drops it, which puts it back under its hold).
-    pub fn give_back(&self, job: Job) -> Result<(), Job> {
-        if !self.accepting.load(Ordering::Acquire) || self.closed.load(Ordering::Acquire) {
-            return Err(job);
+    /// Queue a delivery read back from an internal topic, or refuse it:
+    /// without room the caller drops it, which puts it back under its hold;
+    /// a closed lane (its endpoint deleted, or shutdown) will never take it.
+    pub fn give_back(&self, job: Job) -> Result<(), Refused> {
+        if self.closed.load(Ordering::Acquire) {
+            // At shutdown the record is read again after the restart; of a
+            // deleted endpoint it is dead-lettered by the caller.
+            return Err(match self.deleted.load(Ordering::Acquire) {
+                true => Refused::Closed(job),
+                false => Refused::NoRoom(job),
+            });
+        }
+        if !self.accepting.load(Ordering::Acquire) {
+            return Err(Refused::NoRoom(job));
         }
         let mut q = self.lock();
-        if q.returned.len() >= self.returned_cap || q.fresh.len() + q.returned.len() >= self.cap {
-            return Err(job);
+        if q.returned.len() >= self.returned_cap() || q.fresh.len() + q.returned.len() >= self.cap()
+        {
+            return Err(Refused::NoRoom(job));
         }
         self.push(&mut q, weight(&job));
         q.returned.push_back(job);
@@ -221,7 +259,7 @@ impl Inbox {
 
     pub fn has_room(&self) -> bool {
         self.accepting.load(Ordering::Acquire)
-            && self.lock().returned.len() <= self.returned_cap / 2
+            && self.lock().returned.len() <= self.returned_cap() / 2
     }
 
     /// Wakes the lane: work, or a change of its switches.
@@ -291,6 +329,19 @@ impl Inbox {
         self.closed.load(Ordering::Acquire)
     }
 
+    /// Its endpoint was deleted: it takes what comes back from Kafka only
+    /// to dead-letter it, and refuses it as dead once closed.
+    pub(super) fn mark_deleted(&self) {
+        self.deleted.store(true, Ordering::Release);
+        self.set_accepting(true);
+        self.spilling.store(false, Ordering::Release);
+        self.work.notify_one();
+    }
+
+    pub fn is_deleted(&self) -> bool {
+        self.deleted.load(Ordering::Acquire)
+    }
+
     /// The next delivery for the lane: a returned one when `prefer_returned`
     /// or when no fresh one waits.
     pub(super) fn pop(&self, prefer_returned: bool) -> Option<Job> {
@@ -308,7 +359,7 @@ impl Inbox {
         if let Some(job) = &job {
             self.left(&mut q, std::iter::once(job));
         }
-        let wake_readers = job.is_some() && q.returned.len() == self.returned_cap / 2;
+        let wake_readers = job.is_some() && q.returned.len() == self.returned_cap() / 2;
         drop(q);
         if wake_readers {
             self.room.notify_waiters();

@@ -31,7 +31,7 @@ mod retry;
 
 pub use breaker::{BreakerConfig, State as BreakerState};
 pub use concurrency::Concurrency;
-pub use inbox::{Evictions, Inbox, Shares};
+pub use inbox::{Evictions, Inbox, Refused, Shares};
 pub use retry::{RetryConfig, MAX_RETRY_AFTER};
 
 use std::collections::VecDeque;
@@ -45,7 +45,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use futures::FutureExt;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use serde::Deserialize;
-use tokio::sync::{watch, Notify};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio_util::time::DelayQueue;
 use transports::{
     model::format_rfc3339_ms, BoxFuture, Delivery, DeliveryId, Event, Outcome, Transport,
@@ -53,7 +53,7 @@ use transports::{
 
 use crate::dlq::{Attempt, DeadLetter, DeadLetters, WriteError};
 use crate::metrics::EndpointMetrics;
-use crate::offsets::{Budget, Ticket};
+use crate::offsets::{Budget, HoldIndex, Ticket};
 use crate::park::{Parker, RetryState};
 use breaker::{Admit, Breaker};
 use concurrency::Signal;
@@ -105,6 +105,15 @@ impl Control {
         self.paused.store(false, Ordering::Release);
         self.disabled.store(false, Ordering::Release);
         self.changed.notify_one();
+    }
+    /// Set both switches at once, as the endpoint store says.
+    pub fn set(&self, paused: bool, disabled: bool) {
+        let before = (self.paused(), self.disabled());
+        self.paused.store(paused, Ordering::Release);
+        self.disabled.store(disabled, Ordering::Release);
+        if before != (paused, disabled) {
+            self.changed.notify_one();
+        }
     }
     fn disable(&self) {
         self.disabled.store(true, Ordering::Release);
@@ -158,6 +167,24 @@ pub struct LaneDeps {
     pub evictions: Arc<Evictions>,
     /// How much of the memory budget each lane may queue.
     pub shares: Arc<Shares>,
+    /// Where the lane's holds are: a deleted endpoint's lane lives until
+    /// they are drained.
+    pub holds: Arc<HoldIndex>,
+    /// Told the lane's index when its endpoint disables itself (a 410), so
+    /// the state is kept in the endpoint store.
+    pub disabled: Option<mpsc::UnboundedSender<usize>>,
+}
+
+/// A change to a running lane, from the endpoints it serves.
+pub enum LaneUpdate {
+    /// The endpoint changed: its new settings (with the same transport, or
+    /// a new one when its connection settings changed; sends in flight
+    /// finish on the one they started with).
+    Settings(Box<LaneSettings>),
+    /// The endpoint was deleted: everything the lane holds or gets back
+    /// from Kafka is dead-lettered (`endpoint_deleted`, replayable), and the
+    /// lane ends once none of its work is left anywhere.
+    Delete,
 }
 
 /// A delivery between attempts. Its body is built per send, so a queued or
@@ -199,6 +226,9 @@ struct Lane {
     /// Until when a rate limit or a receiver's throttle holds sends back.
     blocked_until: Option<tokio::time::Instant>,
     picks: u64,
+    updates: mpsc::UnboundedReceiver<LaneUpdate>,
+    /// Its endpoint was deleted.
+    deleting: bool,
 }
 
 /// Park and dead-letter writes one lane may have in flight: beyond this it
@@ -207,13 +237,19 @@ struct Lane {
 const MAX_WRITES: usize = 64;
 
 /// Start a lane task; it ends once its inbox is closed and everything it
-/// holds is final.
-pub fn spawn(settings: LaneSettings, deps: LaneDeps) -> (LaneHandle, tokio::task::JoinHandle<()>) {
-    // Returned deliveries queued: enough to keep every send busy twice over.
-    let returned_cap = (settings.max_in_flight * 2).max(16);
+/// holds is final (or, for a deleted endpoint, once nothing of its work is
+/// left). The sender changes it while it runs.
+pub fn spawn(
+    settings: LaneSettings,
+    deps: LaneDeps,
+) -> (
+    LaneHandle,
+    tokio::task::JoinHandle<()>,
+    mpsc::UnboundedSender<LaneUpdate>,
+) {
     let inbox = Arc::new(Inbox::new(
         settings.queue_capacity,
-        returned_cap,
+        returned_cap(settings.max_in_flight),
         settings.index,
         deps.evictions.clone(),
         deps.shares.clone(),
@@ -231,7 +267,10 @@ pub fn spawn(settings: LaneSettings, deps: LaneDeps) -> (LaneHandle, tokio::task
         metrics: deps.metrics.clone(),
     };
     let share = *deps.share.borrow();
+    let (updates_tx, updates) = mpsc::unbounded_channel();
     let lane = Lane {
+        updates,
+        deleting: false,
         breaker: Breaker::new(settings.breaker.clone(), Instant::now()),
         concurrency: Concurrency::new(settings.max_in_flight, settings.adaptive_concurrency),
         limiter: settings.rate_limit.as_ref().map(|r| limiter(r, share)),
@@ -251,7 +290,19 @@ pub fn spawn(settings: LaneSettings, deps: LaneDeps) -> (LaneHandle, tokio::task
         .concurrency_limit
         .set(lane.concurrency.limit() as i64);
     lane.d.metrics.paused.set(lane.control.paused() as i64);
-    (handle, tokio::spawn(lane.run()))
+    (handle, tokio::spawn(lane.run()), updates_tx)
+}
+
+/// Returned deliveries a lane queues: enough to keep every send busy twice
+/// over.
+fn returned_cap(max_in_flight: usize) -> usize {
+    (max_in_flight * 2).max(16)
+}
+
+impl LaneSettings {
+    fn circuit_breaker_changed(&self, old: &LaneSettings) -> bool {
+        self.breaker != old.breaker
+    }
 }
 
 /// A limiter for this replica's share of `config`.
@@ -278,21 +329,28 @@ impl Lane {
     async fn run(mut self) {
         let mut work: FuturesUnordered<BoxFuture<'static, Done>> = FuturesUnordered::new();
         let mut share_open = true;
+        let mut updates_open = true;
         let control = self.control.clone();
         let inbox = self.inbox.clone();
+        let mut linger = tokio::time::interval(Duration::from_millis(500));
         loop {
             let now = Instant::now();
             self.refresh_accepting(now, &mut work);
             self.pump(&mut work);
             self.d.metrics.queue_depth.set(inbox.len() as i64);
             self.d.metrics.spilling.set(inbox.is_spilling() as i64);
-            if inbox.is_closed()
-                && inbox.is_empty()
+            let idle = inbox.is_empty()
                 && work.is_empty()
                 && self.waiting.is_empty()
-                && self.ready.is_empty()
-            {
+                && self.ready.is_empty();
+            if idle && inbox.is_closed() {
                 break;
+            }
+            if idle && self.deleting && self.d.holds.lanes().iter().all(|&l| l != self.s.index) {
+                // Nothing of a deleted endpoint's work is left here or under
+                // a hold: from now on what comes back is refused as dead.
+                inbox.close();
+                continue;
             }
             let can_take = self.blocked_until.is_none()
                 && self.sends < self.concurrency.limit()
@@ -330,6 +388,12 @@ impl Lane {
                     }
                 }
                 _ = inbox.notified(), if can_take => {}
+                update = self.updates.recv(), if updates_open => match update {
+                    Some(update) => self.update(update),
+                    None => updates_open = false,
+                },
+                // A deleted endpoint's lane looks again for what is left.
+                _ = linger.tick(), if self.deleting => {}
                 changed = self.d.share.changed(), if share_open => match changed {
                     Ok(()) => {
                         let share = *self.d.share.borrow_and_update();
@@ -343,6 +407,52 @@ impl Lane {
         }
     }
 
+    /// Apply a change of the endpoint.
+    fn update(&mut self, update: LaneUpdate) {
+        match update {
+            LaneUpdate::Delete => {
+                tracing::info!(endpoint = %self.s.endpoint_id, "endpoint deleted: dead-lettering what is left of its work");
+                self.deleting = true;
+                // Retries waiting in memory are dead-lettered when their
+                // short wait ends (at most pipeline.in_memory_retry_max).
+                self.inbox.mark_deleted();
+            }
+            LaneUpdate::Settings(new) => {
+                let s = &self.s;
+                if new.circuit_breaker_changed(s) {
+                    self.breaker = Breaker::new(new.breaker.clone(), Instant::now());
+                    self.d
+                        .metrics
+                        .breaker_state
+                        .set(self.breaker.state().gauge());
+                }
+                if new.max_in_flight != s.max_in_flight
+                    || new.adaptive_concurrency != s.adaptive_concurrency
+                {
+                    self.concurrency =
+                        Concurrency::new(new.max_in_flight, new.adaptive_concurrency);
+                    self.d
+                        .metrics
+                        .concurrency_limit
+                        .set(self.concurrency.limit() as i64);
+                }
+                if new.rate_limit != s.rate_limit {
+                    let share = *self.d.share.borrow();
+                    self.limiter = new.rate_limit.as_ref().map(|r| limiter(r, share));
+                    self.blocked_until = None;
+                }
+                self.inbox
+                    .set_caps(new.queue_capacity, returned_cap(new.max_in_flight));
+                let (index, id) = (self.s.index, self.s.endpoint_id.clone());
+                self.s = *new;
+                // Its identity is the lane's, whatever the update says.
+                self.s.index = index;
+                self.s.endpoint_id = id;
+                tracing::info!(endpoint = %self.s.endpoint_id, "endpoint changed; applied in place");
+            }
+        }
+    }
+
     /// The lane accepts work while it can send: not paused, breaker not
     /// open. When it stops, what it queued goes back to Kafka.
     fn refresh_accepting(
@@ -350,7 +460,9 @@ impl Lane {
         now: Instant,
         work: &mut FuturesUnordered<BoxFuture<'static, Done>>,
     ) {
-        let can_send = !self.control.paused() && matches!(self.breaker.peek(now), Admit::Yes);
+        // A deleted endpoint's lane takes everything, to dead-letter it.
+        let can_send = self.deleting
+            || (!self.control.paused() && matches!(self.breaker.peek(now), Admit::Yes));
         let was = self.inbox.is_accepting();
         if can_send == was {
             if !can_send {
@@ -477,6 +589,12 @@ impl Lane {
     /// Check one delivery and send it, or decide what else becomes of it.
     fn start(&mut self, mut item: Item, work: &mut FuturesUnordered<BoxFuture<'static, Done>>) {
         let now_ms = chrono::Utc::now().timestamp_millis();
+        if self.deleting {
+            let write =
+                self.dead_letter(item, "endpoint_deleted", "the endpoint was deleted".into());
+            self.push_write(work, write);
+            return;
+        }
         if self.control.disabled() {
             let write = self.dead_letter(
                 item,
@@ -643,6 +761,10 @@ impl Lane {
                     (now_ms - item.state.first_attempt_ms.unwrap_or(now_ms)).max(0) as u64,
                 );
                 match self.s.retry.next_wait(item.state.attempts, retry_after) {
+                    _ if self.deleting => {
+                        let write = self.dead_letter(item, "endpoint_deleted", reason);
+                        self.push_write(work, write);
+                    }
                     _ if age >= self.s.retry.max_age => {
                         let write = self.dead_letter(item, "expired", reason);
                         self.push_write(work, write);
@@ -679,6 +801,11 @@ impl Lane {
                     self.blocked_until = Some(until);
                 }
                 let first = item.state.first_attempt_ms.unwrap_or(now_ms);
+                if self.deleting {
+                    let write = self.dead_letter(item, "endpoint_deleted", reason);
+                    self.push_write(work, write);
+                    return;
+                }
                 if Duration::from_millis((now_ms - first).max(0) as u64) >= self.s.retry.max_age {
                     let write = self.dead_letter(item, "expired", reason);
                     self.push_write(work, write);
@@ -720,6 +847,11 @@ impl Lane {
                             "ENDPOINT DISABLED: it said it wants no more deliveries (HTTP 410, or Slack's channel_not_found, channel_is_archived, no_service, 403); its deliveries are dead-lettered until it is enabled again (POST /endpoints/{}/resume?clear_disabled=true on the management API)",
                             self.s.endpoint_id
                         );
+                    }
+                    if !self.control.disabled() {
+                        if let Some(tx) = &self.d.disabled {
+                            let _ = tx.send(self.s.index);
+                        }
                     }
                     self.control.disable();
                     self.d.metrics.disabled.set(1);

@@ -54,9 +54,20 @@ impl EventPattern {
     }
 }
 
+impl Subscription {
+    /// Matches nothing: the place of an endpoint that is gone.
+    pub fn none() -> Subscription {
+        Subscription {
+            patterns: Vec::new(),
+            filter: Filter::default(),
+        }
+    }
+}
+
 /// What the router knows of one endpoint.
 #[derive(Debug, Clone)]
 pub struct Subscription {
+    /// None: the subscription matches nothing (a deleted endpoint's place).
     pub patterns: Vec<EventPattern>,
     pub filter: Filter,
 }

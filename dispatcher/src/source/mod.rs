@@ -40,22 +40,26 @@ use tokio_util::time::DelayQueue;
 use transports::{Event, SourceRef};
 
 use crate::dlq::{DeadLetter, DeadLetters};
+use crate::endpoints::Routing;
 use crate::fatal::Fatal;
 use crate::kafka::{classify, Severity};
-use crate::lane::{Evictions, Job, LaneHandle, MAX_RETRY_AFTER};
+use crate::lane::{Evictions, Job, Refused, MAX_RETRY_AFTER};
 use crate::metrics::Metrics;
 use crate::offsets::{OffsetTracker, PartitionOffsets, Ticket};
 use crate::park::{self, Tiers};
 use crate::route::Router;
 use crate::spill::Spill;
+use crate::store::Store;
 
 pub type SourceConsumer = StreamConsumer<SourceContext>;
 
 pub struct Source {
     pub consumer: Arc<SourceConsumer>,
     pub tracker: Arc<OffsetTracker>,
-    pub router: Router,
-    pub lanes: Vec<LaneHandle>,
+    /// The endpoints, replaced as a whole whenever they change.
+    pub routing: watch::Receiver<Arc<Routing>>,
+    /// The endpoint store, to tell a deleted endpoint from one never known.
+    pub store: Arc<Store>,
     pub dead_letters: Arc<DeadLetters>,
     pub spill: Spill,
     pub tiers: Arc<Tiers>,
@@ -83,6 +87,7 @@ struct TopicCounters {
 /// A parked delivery read before its time, holding its partition.
 struct Held {
     lane: usize,
+    endpoint: Arc<str>,
     job: Job,
     due_ms: i64,
 }
@@ -103,10 +108,23 @@ const MAX_CLOCK_SKEW_MS: i64 = 5 * 60 * 1000;
 /// gone) may last before it counts as fatal.
 const PERSISTENT_ERROR: Duration = Duration::from_secs(30);
 
+/// The endpoints as the source loop uses them: the snapshot and its router.
+struct Current {
+    routing: Arc<Routing>,
+    router: Router,
+}
+
 impl Source {
-    /// Run until `shutdown` turns true. Returns with the lanes' inboxes
-    /// closed, so the lanes finish what they hold and end.
+    /// Run until `shutdown` turns true. The lanes are the endpoint
+    /// manager's to stop, once this has returned.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        let mut current = {
+            let routing = self.routing.borrow_and_update().clone();
+            Current {
+                router: Router::new(routing.subscriptions.clone()),
+                routing,
+            }
+        };
         let mut committer = Committer::default();
         let mut commit_tick = tokio::time::interval(self.commit_interval);
         commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -116,18 +134,19 @@ impl Source {
         let mut due: DelayQueue<PartitionKey> = DelayQueue::new();
         let mut overfull: HashSet<PartitionKey> = HashSet::new();
         let mut failing_since: Option<Instant> = None;
-        let lane_index: HashMap<Arc<str>, usize> = self
-            .lanes
-            .iter()
-            .enumerate()
-            .map(|(i, l)| (l.endpoint_id.clone(), i))
-            .collect();
         // Local handles: received messages borrow the consumer, not `self`.
         let consumer = self.consumer.clone();
         let evictions = self.evictions.clone();
         let budget = self.tracker.budget().clone();
 
         loop {
+            if self.routing.has_changed().unwrap_or(false) {
+                let routing = self.routing.borrow_and_update().clone();
+                current = Current {
+                    router: Router::new(routing.subscriptions.clone()),
+                    routing,
+                };
+            }
             if self.rebalanced.swap(false, Ordering::AcqRel) {
                 self.after_rebalance(&mut held, &mut overfull);
             }
@@ -148,15 +167,15 @@ impl Source {
                 biased;
                 _ = shutdown.changed() => break,
                 _ = budget.drained(), if paused => {}
-                done = self.spill.next_finished() => self.spill.finish(done, &self.lanes),
+                done = self.spill.next_finished() => self.spill.finish(done, &current.routing),
                 _ = evictions.requested() => {
                     for lane in evictions.take() {
-                        self.evict(lane).await;
+                        self.evict(&current.routing, lane).await;
                     }
                 }
                 Some(expired) = due.next(), if !due.is_empty() => {
                     let key = expired.into_inner();
-                    self.release_due(key, &mut held, &mut due, paused, &overfull);
+                    self.release_due(&current.routing, key, &mut held, &mut due, paused, &overfull);
                 }
                 committed = committer.finished() => committer.record(committed, &self.tracker, &self.metrics),
                 _ = commit_tick.tick() => {
@@ -171,9 +190,9 @@ impl Source {
                         let c = topic_counters(&mut counters, &self.metrics, msg.topic());
                         c.consumed.inc();
                         if let Some(delay) = self.tiers.delay_of(msg.topic()) {
-                            self.handle_internal(&msg, delay, &lane_index, &mut held, &mut due);
+                            self.handle_internal(&msg, delay, &current.routing, &mut held, &mut due);
                         } else {
-                            self.handle(&msg, c, &mut targets).await;
+                            self.handle(&msg, c, &mut current, &mut targets).await;
                         }
                     }
                     Err(e) => {
@@ -187,9 +206,6 @@ impl Source {
         }
         // What the source still holds goes back: the next owner reads it.
         drop(held);
-        for lane in &self.lanes {
-            lane.inbox.close();
-        }
     }
 
     /// A consumer error: log it, and report it as fatal when no retry can
@@ -232,6 +248,7 @@ impl Source {
         &mut self,
         msg: &BorrowedMessage<'_>,
         counters: &TopicCounters,
+        current: &mut Current,
         targets: &mut Vec<usize>,
     ) {
         let Some((partition, source)) = self.owned(msg) else {
@@ -249,7 +266,7 @@ impl Source {
             Ok(mut event) => {
                 event.traceparent = header(msg, "traceparent").map(Bytes::copy_from_slice);
                 targets.clear();
-                self.router.route(&event, |i| targets.push(i));
+                current.router.route(&event, |i| targets.push(i));
                 let ticket = Ticket::issue(partition, msg.offset(), targets.len(), payload.len());
                 if targets.is_empty() {
                     counters.unrouted.inc();
@@ -259,6 +276,7 @@ impl Source {
                 let event = Arc::new(event);
                 for &i in targets.iter() {
                     self.deliver(
+                        &current.routing,
                         i,
                         Job {
                             event: event.clone(),
@@ -293,12 +311,15 @@ impl Source {
     /// Queue a fresh delivery in its lane, or spill it (after what the lane
     /// still had queued, when it asked for that: so the backlog keeps the
     /// source's order).
-    async fn deliver(&mut self, i: usize, job: Job) {
-        let lane = &self.lanes[i];
+    async fn deliver(&mut self, routing: &Routing, i: usize, job: Job) {
+        let Some(lane) = routing.lane(i) else {
+            // The router routes only to lanes of this same snapshot.
+            job.ticket.finish_one();
+            return;
+        };
         if lane.inbox.evict_requested() {
-            self.evict(i).await;
+            self.evict(routing, i).await;
         }
-        let lane = &self.lanes[i];
         if lane.inbox.is_spilling()
             && self
                 .spill
@@ -308,18 +329,18 @@ impl Source {
             lane.inbox.stop_spilling();
         }
         if let Err(job) = lane.inbox.offer(job) {
-            self.evict(i).await;
-            self.spill.write(&self.lanes, i, job).await;
+            self.evict(routing, i).await;
+            self.spill.write(routing, i, job).await;
         }
     }
 
     /// Spill what lane `i` still has queued, in order, before anything newer.
-    async fn evict(&mut self, i: usize) {
-        let Some(jobs) = self.lanes[i].inbox.take_evicted() else {
+    async fn evict(&mut self, routing: &Routing, i: usize) {
+        let Some(jobs) = routing.lane(i).and_then(|l| l.inbox.take_evicted()) else {
             return;
         };
         for job in jobs {
-            self.spill.write(&self.lanes, i, job).await;
+            self.spill.write(routing, i, job).await;
         }
     }
 
@@ -330,7 +351,7 @@ impl Source {
         &mut self,
         msg: &BorrowedMessage<'_>,
         delay: Duration,
-        lane_index: &HashMap<Arc<str>, usize>,
+        routing: &Routing,
         held: &mut HeldRecords,
         due: &mut DelayQueue<PartitionKey>,
     ) {
@@ -345,11 +366,29 @@ impl Source {
                 return;
             }
         };
-        let Some(&lane) = lane_index.get(parked.endpoint_id.as_str()) else {
-            tracing::warn!(endpoint = %parked.endpoint_id, "parked delivery for an endpoint no longer configured; dead-lettering");
-            let error = format!("endpoint {} is not configured", parked.endpoint_id);
-            self.dead_letter_unusable(msg, partition, &source, "unknown_endpoint", &error);
+        let Some(lane) = routing.find(parked.endpoint_id.as_str()) else {
+            // A deleted endpoint's (replayable once it exists again), or
+            // one this replica never knew.
+            let deleted = self.store.version(&parked.endpoint_id) > 0
+                && self.store.get(&parked.endpoint_id).is_none();
+            let (reason, error) = if deleted {
+                (
+                    "endpoint_deleted",
+                    format!("endpoint {} was deleted", parked.endpoint_id),
+                )
+            } else {
+                tracing::warn!(endpoint = %parked.endpoint_id, "parked delivery for an endpoint no longer configured; dead-lettering");
+                (
+                    "unknown_endpoint",
+                    format!("endpoint {} is not configured", parked.endpoint_id),
+                )
+            };
+            self.dead_letter_unusable(msg, partition, &source, reason, &error);
             return;
+        };
+        let endpoint: Arc<str> = match routing.lane(lane) {
+            Some(l) => l.endpoint_id.clone(),
+            None => parked.endpoint_id.as_str().into(),
         };
         let now = chrono::Utc::now().timestamp_millis();
         let (due_ms, not_before_ms) =
@@ -381,10 +420,7 @@ impl Source {
                 ticket,
                 parked: parked_state,
             };
-            // No room: dropping the job leaves it under the endpoint's hold.
-            if let Err(job) = self.lanes[lane].inbox.give_back(job) {
-                drop(job);
-            }
+            self.give_back(routing, lane, endpoint, job);
             return;
         }
         let ticket = Ticket::issue_internal(
@@ -398,6 +434,7 @@ impl Source {
         let key: PartitionKey = (source.topic.clone(), source.partition);
         let entry = Held {
             lane,
+            endpoint,
             job: Job {
                 event: Arc::new(parked.event),
                 ticket,
@@ -428,6 +465,7 @@ impl Source {
     /// record it holds, and let the partition go on once none is left.
     fn release_due(
         &self,
+        routing: &Routing,
         key: PartitionKey,
         held: &mut HeldRecords,
         due: &mut DelayQueue<PartitionKey>,
@@ -444,9 +482,7 @@ impl Source {
             // Revoked (and maybe re-assigned) since: dropped, the new owner
             // reads it again.
             if current && !partition.has_open_hold(h.lane) {
-                if let Err(job) = self.lanes[h.lane].inbox.give_back(h.job) {
-                    drop(job);
-                }
+                self.give_back(routing, h.lane, h.endpoint, h.job);
             }
         }
         if let Some(next) = queue.front() {
@@ -465,6 +501,56 @@ impl Source {
                 tracing::warn!(error = %e, topic = %key.0, "could not resume a retry partition");
             }
         }
+    }
+
+    /// Hand a record read back from an internal topic to its lane. Without
+    /// room it is dropped, which leaves it under the endpoint's hold; a
+    /// deleted endpoint's is dead-lettered (`endpoint_deleted`).
+    fn give_back(&self, routing: &Routing, lane: usize, endpoint: Arc<str>, job: Job) {
+        let refused = match routing.lane(lane) {
+            Some(l) => match l.inbox.give_back(job) {
+                Ok(()) => return,
+                Err(refused) => refused,
+            },
+            None => Refused::Closed(job),
+        };
+        match refused {
+            Refused::NoRoom(job) => drop(job),
+            Refused::Closed(job) => self.dead_letter_deleted(endpoint, job),
+        }
+    }
+
+    /// A delivery of a deleted endpoint: to the dead-letter topic, as a
+    /// delivery (so a replay finds it once the endpoint exists again).
+    fn dead_letter_deleted(&self, endpoint: Arc<str>, job: Job) {
+        let (id, state) = match job.parked {
+            Some(p) => (p.0, p.1),
+            None => (
+                transports::DeliveryId::derive(&job.event, &endpoint),
+                crate::park::RetryState::default(),
+            ),
+        };
+        let delivery = transports::Delivery {
+            event: job.event,
+            endpoint_id: endpoint,
+            id,
+            body: Bytes::new(),
+            attempt: state.attempts + 1,
+        };
+        let letter = DeadLetter::failed_delivery(
+            &delivery,
+            "endpoint_deleted",
+            "the endpoint was deleted",
+            &state.history,
+            None,
+        );
+        let dead_letters = self.dead_letters.clone();
+        let ticket = job.ticket;
+        tokio::spawn(async move {
+            if dead_letters.write(letter).await.is_ok() {
+                ticket.finish_one();
+            }
+        });
     }
 
     /// After a rebalance: forget what is held for partitions no longer

@@ -25,6 +25,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use transports::{BoxFuture, Delivery, DeliveryId};
 
 use crate::dlq::{DeadLetter, DeadLetters};
+use crate::endpoints::Routing;
 use crate::fatal::Fatal;
 use crate::kafka::{classify, Severity};
 use crate::lane::{Job, LaneHandle};
@@ -73,6 +74,7 @@ impl Spill {
         fatal: Arc<Fatal>,
         lanes: usize,
     ) -> Spill {
+        // Grows as endpoints are added (see `enqueue`).
         Spill {
             parker,
             dead_letters,
@@ -90,14 +92,19 @@ impl Spill {
     /// Spill `job` for `lanes[lane]`. When librdkafka's queue is full this
     /// waits for earlier writes to finish: Kafka as a whole is behind then,
     /// which is back-pressure on everything, not one endpoint's doing.
-    pub async fn write(&mut self, lanes: &[LaneHandle], lane: usize, job: Job) {
+    pub async fn write(&mut self, lanes: &Routing, lane: usize, job: Job) {
+        let Some(handle) = lanes.lane(lane) else {
+            // Its endpoint is gone: nothing waits for this delivery.
+            job.ticket.finish_one();
+            return;
+        };
         let id = match &job.parked {
             Some(p) => p.0,
-            None => DeliveryId::derive(&job.event, &lanes[lane].endpoint_id),
+            None => DeliveryId::derive(&job.event, &handle.endpoint_id),
         };
         let mut job = Some(job);
         while let Some(j) = job.take() {
-            match self.enqueue(&lanes[lane], j, id) {
+            match self.enqueue(handle, j, id) {
                 Ok(()) => return,
                 Err(j) => {
                     job = Some(j);
@@ -113,6 +120,9 @@ impl Spill {
     /// Hand one record to librdkafka; `Err` gives the job back when its
     /// queue is full.
     fn enqueue(&mut self, lane: &LaneHandle, job: Job, id: DeliveryId) -> Result<(), Job> {
+        if self.marks.len() <= lane.index {
+            self.marks.resize(lane.index + 1, Mark::default());
+        }
         let state = job.parked.as_ref().map(|p| p.1.clone()).unwrap_or_default();
         let index = lane.index;
         let result = self.parker.spill(&lane.endpoint_id, id, &job.event, &state);
@@ -162,11 +172,11 @@ impl Spill {
     }
 
     /// Act on a finished write.
-    pub fn finish(&mut self, done: FinishedWrite, lanes: &[LaneHandle]) {
+    pub fn finish(&mut self, done: FinishedWrite, lanes: &Routing) {
         self.handle(done.0, lanes);
     }
 
-    fn handle(&mut self, done: Finished, lanes: &[LaneHandle]) {
+    fn handle(&mut self, done: Finished, lanes: &Routing) {
         let (lane, job, id, result) = match done {
             Finished::Spilled {
                 lane,
@@ -176,16 +186,25 @@ impl Spill {
             } => (lane, job, id, result),
             Finished::Again { lane, job, id } => {
                 self.marks[lane].in_flight = self.marks[lane].in_flight.saturating_sub(1);
-                if let Err(job) = self.enqueue(&lanes[lane], job, id) {
+                let Some(handle) = lanes.lane(lane) else {
+                    job.ticket.finish_one();
+                    return;
+                };
+                if let Err(job) = self.enqueue(handle, job, id) {
                     self.again(lane, job, id);
                 }
                 return;
             }
             Finished::DeadLettered => return,
         };
-        let handle = &lanes[lane];
         let mark = &mut self.marks[lane];
         mark.in_flight = mark.in_flight.saturating_sub(1);
+        let Some(handle) = lanes.lane(lane) else {
+            // Its endpoint is gone meanwhile: the record in the spill topic
+            // is dead-lettered when it is read back; nothing else waits.
+            job.ticket.finish_one();
+            return;
+        };
         match result {
             Ok((partition, offset)) => {
                 match mark.last.iter_mut().find(|(p, _)| *p == partition) {
@@ -254,7 +273,9 @@ impl Spill {
     /// Whether `lane` may take fresh deliveries in memory again: nothing of
     /// its spilled backlog that this replica wrote is still out there.
     pub fn may_stop(&self, lane: &LaneHandle, tracker: &OffsetTracker, spill_topic: &str) -> bool {
-        let mark = &self.marks[lane.index];
+        let Some(mark) = self.marks.get(lane.index) else {
+            return true;
+        };
         if mark.in_flight > 0 || lane.inbox.evict_requested() || !lane.inbox.has_room() {
             return false;
         }

@@ -19,6 +19,9 @@ pub const RETRY_TOPICS: &[&str] = &["dispatcher.retry.500ms", "dispatcher.retry.
 pub const SPILL_TOPIC: &str = "dispatcher.spill";
 pub const SPILL_PARTITIONS: i32 = 4;
 
+/// The endpoint store's topic (the default `kafka.endpoints_topic`).
+pub const ENDPOINTS_TOPIC: &str = "dispatcher.endpoints";
+
 /// An embedded Kafka with the test config's topics, `events` with `partitions`.
 pub fn embedded_kafka(partitions: i32) -> dispatcher::embedded::EmbeddedKafka {
     let kafka =
@@ -30,6 +33,9 @@ pub fn embedded_kafka(partitions: i32) -> dispatcher::embedded::EmbeddedKafka {
     kafka
         .create_topic(SPILL_TOPIC, SPILL_PARTITIONS)
         .expect("spill topic");
+    kafka
+        .create_topic(ENDPOINTS_TOPIC, 2)
+        .expect("endpoints topic");
     kafka
 }
 

@@ -1,0 +1,543 @@
+//! The endpoints in force on this replica, each with its lane: the config
+//! file's (GitOps) and the endpoint store's (the API's), kept current while
+//! the dispatcher runs.
+//!
+//! A change read from the store applies here within a moment, with no
+//! restart and no rebalance:
+//!
+//! - a new endpoint gets a new lane;
+//! - a changed one is updated in place: the lane takes its new policy, and a
+//!   new transport when its connection settings changed (sends in flight
+//!   finish on the old one); the router takes its new subscriptions;
+//! - a paused one stops sending, its work waiting in Kafka; resumed, it
+//!   goes on;
+//! - a deleted one leaves the router at once, and its lane dead-letters
+//!   what is left of its work (reason `endpoint_deleted`, replayable) and
+//!   ends once nothing of it is left, in memory or under a hold.
+//!
+//! Pause and the 410-disabled state live in the store, for the file's
+//! endpoints too (a record with only the endpoint's id and its state), so
+//! every replica and every restart agree on them.
+//!
+//! The source and the backlog readers see the endpoints through a
+//! [`Routing`] snapshot, replaced as a whole at every change.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::anyhow;
+use futures::stream::{FuturesUnordered, StreamExt};
+use tokio::sync::{mpsc, watch};
+use transports::http::HttpClient;
+use transports::{BoxFuture, Registry, Transport};
+
+use crate::config::{Config, EndpointConfig};
+use crate::dlq::DeadLetters;
+use crate::fatal::Fatal;
+use crate::lane::{self, Dedup, Evictions, LaneDeps, LaneHandle, LaneSettings, LaneUpdate, Shares};
+use crate::metrics::Metrics;
+use crate::offsets::{Budget, HoldIndex};
+use crate::park::Parker;
+use crate::route::{EventPattern, Filter, Subscription};
+use crate::store::{Change, EndpointState, Store, StoredEndpoint};
+
+/// The endpoints as the source and the readers see them at one moment.
+pub struct Routing {
+    /// Lanes by index; `None` where an endpoint was deleted and its lane
+    /// ended (indices are never reused).
+    pub lanes: Vec<Option<LaneHandle>>,
+    /// Lane index by endpoint id, for records that name their endpoint
+    /// (deleted endpoints stay while their lane lives).
+    pub by_id: HashMap<Arc<str>, usize>,
+    /// Subscriptions by lane index; a deleted endpoint's matches nothing.
+    pub subscriptions: Vec<Subscription>,
+}
+
+impl Routing {
+    pub fn lane(&self, index: usize) -> Option<&LaneHandle> {
+        self.lanes.get(index)?.as_ref()
+    }
+
+    pub fn find(&self, id: &str) -> Option<usize> {
+        self.by_id.get(id).copied()
+    }
+}
+
+/// What every lane shares, to build new ones.
+pub struct LaneKit {
+    pub parker: Arc<Parker>,
+    pub dead_letters: Arc<DeadLetters>,
+    pub dedup: Dedup,
+    pub share: watch::Receiver<f64>,
+    pub metrics: Arc<Metrics>,
+    pub budget: Arc<Budget>,
+    pub evictions: Arc<Evictions>,
+    pub shares: Arc<Shares>,
+    pub holds: Arc<HoldIndex>,
+}
+
+/// Where an endpoint comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    /// The config file: read-only at run time, but for its state.
+    File,
+    /// The endpoint store, at this version.
+    Store(u64),
+}
+
+struct Managed {
+    handle: LaneHandle,
+    updates: mpsc::UnboundedSender<LaneUpdate>,
+    config: EndpointConfig,
+    transport: Arc<dyn Transport>,
+    origin: Origin,
+    deleting: bool,
+}
+
+/// The endpoint manager: one task, the only writer of [`Routing`].
+pub struct Endpoints {
+    config: Arc<Config>,
+    registry: Arc<Registry>,
+    client: HttpClient,
+    kafka_options: BTreeMap<String, String>,
+    bootstrap: String,
+    kit: LaneKit,
+    store: Arc<Store>,
+    fatal: Arc<Fatal>,
+    lanes: Vec<Option<Managed>>,
+    by_id: HashMap<String, usize>,
+    routing: watch::Sender<Arc<Routing>>,
+    tasks: FuturesUnordered<BoxFuture<'static, (usize, Result<(), tokio::task::JoinError>)>>,
+    aborts: Vec<tokio::task::AbortHandle>,
+    /// Lanes that disabled their endpoint (a 410), to record in the store.
+    disabled_tx: mpsc::UnboundedSender<usize>,
+    disabled_rx: mpsc::UnboundedReceiver<usize>,
+}
+
+impl Endpoints {
+    /// Start a lane for every enabled endpoint of the file and of the store
+    /// (the store must have caught up), with the state the store keeps.
+    #[allow(clippy::too_many_arguments)]
+    pub fn start(
+        config: Arc<Config>,
+        registry: Arc<Registry>,
+        client: HttpClient,
+        bootstrap: String,
+        kit: LaneKit,
+        store: Arc<Store>,
+        fatal: Arc<Fatal>,
+    ) -> anyhow::Result<(Endpoints, watch::Receiver<Arc<Routing>>)> {
+        let (routing, routing_rx) = watch::channel(Arc::new(Routing {
+            lanes: Vec::new(),
+            by_id: HashMap::new(),
+            subscriptions: Vec::new(),
+        }));
+        let (disabled_tx, disabled_rx) = mpsc::unbounded_channel();
+        let mut this = Endpoints {
+            kafka_options: config.kafka.option_strings(),
+            config,
+            registry,
+            client,
+            bootstrap,
+            kit,
+            store,
+            fatal,
+            lanes: Vec::new(),
+            by_id: HashMap::new(),
+            routing,
+            tasks: FuturesUnordered::new(),
+            aborts: Vec::new(),
+            disabled_tx,
+            disabled_rx,
+        };
+        let file: Vec<EndpointConfig> = this
+            .config
+            .endpoints
+            .iter()
+            .filter(|e| e.enabled)
+            .cloned()
+            .collect();
+        for ep in file {
+            let state = this
+                .store
+                .get(&ep.id)
+                .map(|s| s.state)
+                .unwrap_or(EndpointState {
+                    paused: ep.paused,
+                    disabled: false,
+                });
+            this.add(ep, Origin::File, state)
+                .map_err(|e| anyhow!("endpoints: {e}"))?;
+        }
+        for (id, stored) in this.store.list() {
+            if this.by_id.contains_key(&id) || this.is_file_endpoint(&id) {
+                continue;
+            }
+            if let Some(ep) = this.read_stored(&id, &stored) {
+                if let Err(e) = this.add(ep, Origin::Store(stored.version), stored.state) {
+                    tracing::error!(endpoint = %id, error = %e, "endpoint from the store not started");
+                }
+            }
+        }
+        this.publish();
+        Ok((this, routing_rx))
+    }
+
+    fn is_file_endpoint(&self, id: &str) -> bool {
+        self.config.endpoints.iter().any(|e| e.id == id)
+    }
+
+    /// The endpoint a store record holds, checked as the file's are.
+    fn read_stored(&self, id: &str, stored: &StoredEndpoint) -> Option<EndpointConfig> {
+        match self
+            .config
+            .endpoint_from_json(&stored.endpoint, &self.registry)
+        {
+            Ok(ep) => Some(ep),
+            Err(problems) => {
+                self.kit.metrics.store_bad_records.inc();
+                let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
+                tracing::error!(endpoint = %id, version = stored.version, problems = %list.join("; "), "endpoint in the store is not valid; its previous version stays in force");
+                None
+            }
+        }
+    }
+
+    fn transport(&self, ep: &EndpointConfig) -> anyhow::Result<Arc<dyn Transport>> {
+        let factory = self
+            .registry
+            .get(&ep.transport)
+            .ok_or_else(|| anyhow!("endpoint {}: unknown transport `{}`", ep.id, ep.transport))?;
+        let mut ctx =
+            self.config
+                .build_context(&ep.id, ep.timeout, &self.client, &self.kafka_options);
+        ctx.kafka_bootstrap = &self.bootstrap;
+        factory
+            .build(&ep.settings_value(), &ctx)
+            .map_err(|e| anyhow!("endpoint {}: {}: {}", ep.id, e.field, e.reason))
+    }
+
+    fn settings(
+        &self,
+        ep: &EndpointConfig,
+        index: usize,
+        transport: Arc<dyn Transport>,
+        paused: bool,
+    ) -> LaneSettings {
+        let p = &self.config.pipeline;
+        LaneSettings {
+            endpoint_id: ep.id.as_str().into(),
+            index,
+            transport,
+            retry: ep.retry.clone(),
+            breaker: ep.circuit_breaker.clone(),
+            max_in_flight: ep.max_in_flight,
+            adaptive_concurrency: ep.adaptive_concurrency,
+            rate_limit: ep.rate_limit.clone(),
+            queue_capacity: ep.queue_capacity,
+            in_memory_max: p.in_memory_retry_max,
+            paused_recheck: p.paused_recheck,
+            spill_after: p.spill_after,
+            paused,
+        }
+    }
+
+    /// Start a lane for `ep`.
+    fn add(
+        &mut self,
+        ep: EndpointConfig,
+        origin: Origin,
+        state: EndpointState,
+    ) -> anyhow::Result<()> {
+        let transport = self.transport(&ep)?;
+        let index = self.lanes.len();
+        let metrics = self.kit.metrics.endpoint(&ep.id, transport.kind());
+        self.kit.metrics.init_endpoint_series(&ep.id, &ep.transport);
+        let deps = LaneDeps {
+            parker: self.kit.parker.clone(),
+            dead_letters: self.kit.dead_letters.clone(),
+            dedup: self.kit.dedup.clone(),
+            share: self.kit.share.clone(),
+            metrics,
+            budget: self.kit.budget.clone(),
+            evictions: self.kit.evictions.clone(),
+            shares: self.kit.shares.clone(),
+            holds: self.kit.holds.clone(),
+            disabled: Some(self.disabled_tx.clone()),
+        };
+        let settings = self.settings(&ep, index, transport.clone(), state.paused);
+        let (handle, task, updates) = lane::spawn(settings, deps);
+        if state.disabled {
+            handle.control.set(state.paused, true);
+        }
+        self.aborts.push(task.abort_handle());
+        self.tasks
+            .push(Box::pin(async move { (index, task.await) }));
+        self.by_id.insert(ep.id.clone(), index);
+        self.lanes.push(Some(Managed {
+            handle,
+            updates,
+            config: ep,
+            transport,
+            origin,
+            deleting: false,
+        }));
+        Ok(())
+    }
+
+    /// Apply one change read from the store.
+    fn apply(&mut self, change: Change) {
+        match change {
+            Change::Upsert { id, stored } => {
+                let lane = self
+                    .by_id
+                    .get(&id)
+                    .copied()
+                    .and_then(|i| self.lanes[i].as_ref().map(|m| (i, m.origin, m.deleting)));
+                match lane {
+                    // A file endpoint: only its state lives in the store.
+                    Some((i, Origin::File, _)) => {
+                        if let Some(m) = self.lanes[i].as_ref() {
+                            m.handle
+                                .control
+                                .set(stored.state.paused, stored.state.disabled);
+                        }
+                    }
+                    Some((i, previous, false)) => {
+                        let Some(ep) = self.read_stored(&id, &stored) else {
+                            return;
+                        };
+                        if let Err(e) = self.update(i, ep, stored.version, stored.state) {
+                            tracing::error!(endpoint = %id, error = %e, ?previous, "endpoint change not applied; its previous version stays in force");
+                        }
+                    }
+                    // Being deleted: a new version waits until its lane is gone.
+                    Some((_, _, true)) => {
+                        tracing::warn!(endpoint = %id, "endpoint written again while its deletion drains; restart or write it again later");
+                    }
+                    // A file endpoint switched off in the file: no lane.
+                    None if self.is_file_endpoint(&id) => {}
+                    None => {
+                        let Some(ep) = self.read_stored(&id, &stored) else {
+                            return;
+                        };
+                        if let Err(e) = self.add(ep, Origin::Store(stored.version), stored.state) {
+                            tracing::error!(endpoint = %id, error = %e, "new endpoint not started");
+                        } else {
+                            tracing::info!(endpoint = %id, version = stored.version, "endpoint added");
+                        }
+                    }
+                }
+            }
+            Change::Delete { id } => {
+                let Some(&i) = self.by_id.get(&id) else {
+                    return;
+                };
+                let Some(m) = self.lanes[i].as_mut() else {
+                    return;
+                };
+                match m.origin {
+                    // The file's endpoint stays; only its stored state went.
+                    Origin::File => m.handle.control.set(false, false),
+                    Origin::Store(_) if !m.deleting => {
+                        m.deleting = true;
+                        let _ = m.updates.send(LaneUpdate::Delete);
+                        tracing::info!(endpoint = %id, "endpoint deleted");
+                    }
+                    Origin::Store(_) => {}
+                }
+            }
+        }
+    }
+
+    /// Update lane `i` in place to `ep`.
+    fn update(
+        &mut self,
+        i: usize,
+        ep: EndpointConfig,
+        version: u64,
+        state: EndpointState,
+    ) -> anyhow::Result<()> {
+        let Some(m) = self.lanes[i].as_ref() else {
+            return Ok(());
+        };
+        let old = &m.config;
+        let reconnect = old.transport != ep.transport
+            || old.timeout != ep.timeout
+            || old.settings != ep.settings;
+        let transport = if reconnect {
+            self.transport(&ep)?
+        } else {
+            m.transport.clone()
+        };
+        let settings = self.settings(&ep, i, transport.clone(), state.paused);
+        let Some(m) = self.lanes[i].as_mut() else {
+            return Ok(());
+        };
+        let _ = m.updates.send(LaneUpdate::Settings(Box::new(settings)));
+        m.handle.control.set(state.paused, state.disabled);
+        m.config = ep;
+        m.transport = transport;
+        m.origin = Origin::Store(version);
+        tracing::info!(endpoint = %m.config.id, version, reconnect, "endpoint updated");
+        Ok(())
+    }
+
+    /// Replace the snapshot the source and the readers see.
+    fn publish(&self) {
+        let mut by_id = HashMap::with_capacity(self.by_id.len());
+        let mut lanes = Vec::with_capacity(self.lanes.len());
+        let mut subscriptions = Vec::with_capacity(self.lanes.len());
+        for (i, m) in self.lanes.iter().enumerate() {
+            match m {
+                Some(m) => {
+                    by_id.insert(m.handle.endpoint_id.clone(), i);
+                    lanes.push(Some(m.handle.clone()));
+                    subscriptions.push(if m.deleting {
+                        Subscription::none()
+                    } else {
+                        subscription(&m.config).unwrap_or_else(|_| Subscription::none())
+                    });
+                }
+                None => {
+                    lanes.push(None);
+                    subscriptions.push(Subscription::none());
+                }
+            }
+        }
+        self.routing.send_replace(Arc::new(Routing {
+            lanes,
+            by_id,
+            subscriptions,
+        }));
+        self.kit
+            .metrics
+            .store_endpoints
+            .set(self.store.list().len() as i64);
+    }
+
+    /// Follow the store until `halt`; then the caller stops the lanes with
+    /// [`Endpoints::stop`] once the source no longer feeds them.
+    pub async fn run(
+        mut self,
+        mut changes: mpsc::UnboundedReceiver<Change>,
+        mut halt: watch::Receiver<bool>,
+    ) -> Endpoints {
+        loop {
+            if *halt.borrow() {
+                return self;
+            }
+            tokio::select! {
+                _ = halt.changed() => {}
+                change = changes.recv() => match change {
+                    Some(change) => {
+                        self.apply(change);
+                        // Apply everything already read, then publish once.
+                        while let Ok(change) = changes.try_recv() {
+                            self.apply(change);
+                        }
+                        self.publish();
+                    }
+                    None => {
+                        let _ = halt.changed().await;
+                    }
+                },
+                Some((i, ended)) = self.tasks.next(), if !self.tasks.is_empty() => self.ended(i, ended),
+                Some(i) = self.disabled_rx.recv() => self.record_disabled(i),
+            }
+        }
+    }
+
+    /// A lane ended: a deleted endpoint's, done; any other's is a failure.
+    fn ended(&mut self, i: usize, ended: Result<(), tokio::task::JoinError>) {
+        let deleting = self.lanes[i].as_ref().is_some_and(|m| m.deleting);
+        if deleting && ended.is_ok() {
+            if let Some(m) = self.lanes[i].take() {
+                self.by_id.remove(&m.config.id);
+                self.kit
+                    .metrics
+                    .forget_endpoint(&m.config.id, &m.config.transport);
+                tracing::info!(endpoint = %m.config.id, "deleted endpoint's lane finished");
+            }
+            self.publish();
+            return;
+        }
+        let id = self.lanes[i]
+            .as_ref()
+            .map_or_else(|| format!("#{i}"), |m| m.config.id.clone());
+        self.fatal.trip(match ended {
+            Ok(()) => format!("the lane of endpoint {id} ended by itself"),
+            Err(e) => format!("the lane of endpoint {id} failed: {e}"),
+        });
+    }
+
+    /// A lane's endpoint answered 410: keep that in the store, so every
+    /// replica and every restart agree.
+    fn record_disabled(&self, i: usize) {
+        let Some(m) = self.lanes.get(i).and_then(Option::as_ref) else {
+            return;
+        };
+        let id = m.config.id.clone();
+        let paused = m.handle.control.paused();
+        let from_store = matches!(m.origin, Origin::Store(_));
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            for _ in 0..3 {
+                let version = store.version(&id);
+                let endpoint = match store.get(&id) {
+                    Some(stored) if from_store => stored.endpoint,
+                    // A file endpoint keeps only its state in the store.
+                    _ => {
+                        let mut only_id = serde_json::Map::new();
+                        only_id.insert("id".into(), serde_json::Value::String(id.clone()));
+                        only_id
+                    }
+                };
+                let state = EndpointState {
+                    paused,
+                    disabled: true,
+                };
+                match store.write(&id, version, Some((endpoint, state))).await {
+                    Ok(_) => return,
+                    Err(crate::store::WriteError::Conflict { .. }) => continue,
+                    Err(e) => {
+                        tracing::warn!(endpoint = %id, error = %e, "could not record the disabled state in the store");
+                        return;
+                    }
+                }
+            }
+        });
+    }
+
+    /// Close every lane's inbox and wait, at most `grace`, for them to
+    /// finish what they hold; abort the rest (their records are read again
+    /// after the restart).
+    pub async fn stop(mut self, grace: Duration) {
+        for m in self.lanes.iter().flatten() {
+            m.handle.inbox.close();
+        }
+        let tasks = &mut self.tasks;
+        let all = async { while tasks.next().await.is_some() {} };
+        if tokio::time::timeout(grace, all).await.is_err() {
+            tracing::warn!(
+                grace_s = grace.as_secs_f64(),
+                "shutdown grace period over; abandoning unfinished deliveries"
+            );
+            self.aborts.iter().for_each(|a| a.abort());
+        }
+    }
+}
+
+/// What the router needs of an endpoint.
+pub fn subscription(ep: &EndpointConfig) -> anyhow::Result<Subscription> {
+    Ok(Subscription {
+        patterns: ep
+            .events
+            .iter()
+            .map(|e| EventPattern::parse(e).map_err(|m| anyhow!("endpoint {}: {m}", ep.id)))
+            .collect::<anyhow::Result<_>>()?,
+        filter: Filter::parse(&ep.filter)
+            .map_err(|(key, m)| anyhow!("endpoint {}: filter {key}: {m}", ep.id))?,
+    })
+}
