@@ -142,6 +142,12 @@ pub async fn start_with(config: Config, registry: &Registry) -> anyhow::Result<R
     let producer: FutureProducer = kafka::producer(k, &bootstrap, config.pipeline.max_event_bytes)
         .create()
         .context("creating the dead-letter producer (check kafka.options)")?;
+    if k.create_topics && embedded.is_none() {
+        let created = crate::topics::create_missing(&config, &bootstrap).await?;
+        if !created.is_empty() {
+            tracing::info!(topics = ?created, "created the dispatcher's missing topics (kafka.create_topics)");
+        }
+    }
     check_topic(&producer, &k.dead_letter_topic, "kafka.dead_letter_topic").await?;
     check_topic(&producer, &k.spill_topic, "kafka.spill_topic").await?;
     check_topic(&producer, &k.endpoints_topic, "kafka.endpoints_topic").await?;

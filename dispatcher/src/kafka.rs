@@ -135,6 +135,31 @@ pub fn reader(kafka: &KafkaConfig, bootstrap: &str, purpose: &str) -> ClientConf
     c
 }
 
+/// An admin client (creating and checking the dispatcher's own topics).
+pub fn admin(kafka: &KafkaConfig, bootstrap: &str) -> ClientConfig {
+    let mut c = base(kafka, bootstrap, "webhook-dispatcher-admin");
+    // Consumer- and producer-only options would each make it warn.
+    for key in [
+        "session.timeout.ms",
+        "heartbeat.interval.ms",
+        "max.poll.interval.ms",
+        "auto.offset.reset",
+        "partition.assignment.strategy",
+        "fetch.min.bytes",
+        "fetch.wait.max.ms",
+        "max.partition.fetch.bytes",
+        "group.instance.id",
+        "isolation.level",
+        "linger.ms",
+        "acks",
+        "enable.idempotence",
+        "statistics.interval.ms",
+    ] {
+        c.remove(key);
+    }
+    c
+}
+
 /// The producer of dead letters and parked deliveries: idempotent with full
 /// acknowledgement, since either write lets the source offset move past its
 /// record.

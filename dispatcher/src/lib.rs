@@ -33,3 +33,4 @@ pub use transports::seed;
 pub mod source;
 pub mod spill;
 pub mod store;
+pub mod topics;

@@ -46,6 +46,26 @@ enum Command {
     /// Run the whole pipeline on this machine: embedded Kafka, a producer of
     /// seed events, local webhook receivers (one of them slow), a summary.
     Demo(dispatcher::demo::DemoArgs),
+    /// Create or check the dispatcher's own topics (dead-letter, retry
+    /// tiers, spill, endpoints) on the configured brokers.
+    Topics {
+        #[command(subcommand)]
+        action: TopicsAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum TopicsAction {
+    /// Create the missing ones (existing ones are left as they are).
+    Create {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// List what is missing or wrong; exits non-zero if anything is.
+    Check {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -56,12 +76,51 @@ fn main() -> ExitCode {
         Command::Run { config } => runtime().and_then(|rt| rt.block_on(run(&config))),
         Command::Demo(args) => runtime().and_then(|rt| rt.block_on(dispatcher::demo::run(args))),
         Command::Replay(args) => runtime().and_then(|rt| rt.block_on(replay(args))),
+        Command::Topics { action } => runtime().and_then(|rt| rt.block_on(topics(action))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+async fn topics(action: TopicsAction) -> anyhow::Result<()> {
+    let path = match &action {
+        TopicsAction::Create { config } | TopicsAction::Check { config } => config,
+    };
+    let config = Config::load(path)?;
+    let bootstrap = config.kafka.brokers.clone().ok_or_else(|| {
+        anyhow::anyhow!(
+            "{}: kafka.brokers is not set (the embedded Kafka creates its topics itself)",
+            path.display()
+        )
+    })?;
+    match action {
+        TopicsAction::Create { .. } => {
+            let created = dispatcher::topics::create_missing(&config, &bootstrap).await?;
+            for t in dispatcher::topics::own_topics(&config) {
+                let what = if created.contains(&t.name) {
+                    "created"
+                } else {
+                    "exists"
+                };
+                println!("{what:8} {} ({})", t.name, t.role);
+            }
+            Ok(())
+        }
+        TopicsAction::Check { .. } => {
+            let problems = dispatcher::topics::check(&config, &bootstrap).await?;
+            if problems.is_empty() {
+                println!("ok: every topic of the dispatcher exists");
+                return Ok(());
+            }
+            for p in &problems {
+                println!("{p}");
+            }
+            anyhow::bail!("{} problem(s) with the dispatcher's topics", problems.len())
         }
     }
 }

@@ -317,3 +317,79 @@ async fn real_broker_a_slow_and_a_rate_limited_endpoint_do_not_slow_the_fast_one
     assert!(m.spilled.with_label_values(&["limited"]).get() > 0);
     running.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_broker_the_dispatchers_topics_are_created_and_checked() {
+    support::init_logging();
+    if !tansu_available() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "TANSU_BIN is required in CI"
+        );
+        return;
+    }
+    // A bare broker: only the source topic exists.
+    let broker = Tansu::start();
+    broker.create_topic("events", 2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("dispatcher.yaml");
+    std::fs::write(
+        &file,
+        support::config_yaml(
+            &broker.bootstrap(),
+            "topics",
+            "",
+            "  - id: a\n    url: \"http://127.0.0.1:9/\"\n    events: [\"*\"]\n",
+        ),
+    )
+    .unwrap();
+    let cli = |action: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_dispatcher"))
+            .args(["topics", action, "--config"])
+            .arg(&file)
+            .output()
+            .unwrap()
+    };
+    let before = cli("check");
+    assert!(!before.status.success(), "missing topics are a failure");
+    let text = String::from_utf8_lossy(&before.stdout);
+    for topic in [
+        "dispatcher.dlq",
+        "dispatcher.spill",
+        "dispatcher.endpoints",
+        "dispatcher.retry.500ms",
+        "dispatcher.retry.2s",
+    ] {
+        assert!(text.contains(topic), "{topic} named as missing: {text}");
+    }
+    let created = cli("create");
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    let after = cli("check");
+    assert!(
+        after.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&after.stdout),
+        String::from_utf8_lossy(&after.stderr)
+    );
+    // And a dispatcher with kafka.create_topics (the default) starts on a
+    // broker that has only its source topic.
+    let fresh = Tansu::start();
+    fresh.create_topic("events", 2).await;
+    let sink = Sink::start(Behaviour::Ok).await;
+    let endpoints = format!(
+        "  - id: a\n    url: \"{}\"\n    events: [\"*\"]\n",
+        sink.url("/")
+    );
+    let running = start(config(&fresh.bootstrap(), "fresh", "", &endpoints)).await;
+    let mut seeds = SeedEvents::new(45);
+    let values: Vec<Vec<u8>> = (0..5)
+        .map(|_| seeds.next_event(chrono::Utc::now().timestamp_millis()).2)
+        .collect();
+    produce(&fresh.bootstrap(), "events", &values).await;
+    wait_until(Duration::from_secs(60), "delivered", || sink.count() >= 5).await;
+    running.shutdown().await.unwrap();
+}

@@ -55,6 +55,11 @@ pub struct KafkaConfig {
     /// The endpoint store: a compacted topic of endpoints, keyed by id, that
     /// every replica follows (see `dispatcher::store`).
     pub endpoints_topic: String,
+    /// Create the dispatcher's own topics (dead-letter, retry tiers, spill,
+    /// endpoints) at start-up when they are missing.
+    pub create_topics: bool,
+    /// How those topics are created.
+    pub internal_topics: crate::topics::TopicSettings,
     /// The spill and endpoints topics, which no endpoint may write to (kept
     /// here so a transport's guard can borrow them).
     #[serde(skip)]
@@ -81,6 +86,8 @@ impl Default for KafkaConfig {
             spill_topic: "dispatcher.spill".into(),
             endpoints_topic: "dispatcher.endpoints".into(),
             own_topics: Vec::new(),
+            create_topics: true,
+            internal_topics: crate::topics::TopicSettings::default(),
             embedded_partitions: 6,
             allowed_endpoint_brokers: Vec::new(),
         }
@@ -706,6 +713,19 @@ impl Config {
                     "must not be empty (leave it out to use the embedded broker)",
                 ));
             }
+        }
+        let t = &k.internal_topics;
+        if !(1..=10_000).contains(&t.partitions) || !(1..=10_000).contains(&t.spill_partitions) {
+            problems.push(Problem::new(
+                "kafka.internal_topics",
+                "partitions and spill_partitions must be between 1 and 10000",
+            ));
+        }
+        if t.replication_factor == 0 || t.replication_factor < -1 {
+            problems.push(Problem::new(
+                "kafka.internal_topics.replication_factor",
+                "must be at least 1, or -1 for the broker's default",
+            ));
         }
         if !(1..=1000).contains(&k.embedded_partitions) {
             problems.push(Problem::new(
