@@ -2,7 +2,7 @@
 //! down in the order that keeps the delivery contract.
 //!
 //! Shutdown, step by step: readiness drops; the source stops reading and
-//! drops its lane senders; the lanes finish what they hold, for at most
+//! closes the lanes' inboxes; the lanes finish what they hold, for at most
 //! `pipeline.shutdown_grace`; whatever is still unfinished is abandoned
 //! *without* being committed (the next owner re-reads it, same delivery
 //! ids); the final watermarks are committed synchronously; the consumer
