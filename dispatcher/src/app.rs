@@ -492,7 +492,7 @@ async fn check_topic(producer: &FutureProducer, topic: &str, key: &str) -> anyho
 }
 
 /// Keep this replica's share of the rate limits current: its share of all
-/// partitions it consumes (source and retry topics), so that N replicas
+/// partitions it consumes (source, retry and spill topics), so that N replicas
 /// together stay under each endpoint's limit. Checked every few seconds;
 /// the partition count is refreshed from metadata now and then.
 async fn track_share(

@@ -77,7 +77,7 @@ pub fn consumer(kafka: &KafkaConfig, bootstrap: &str) -> ClientConfig {
     c.set("enable.auto.commit", "false");
     c.set("enable.auto.offset.store", "false");
     // librdkafka prefetches up to 100k records per partition and 64 MiB in
-    // all by default: more than the in-flight budget ever needs, and memory
+    // all by default: more read-ahead than the source ever needs, and memory
     // that grows with the partition count. Cap it unless asked otherwise.
     for (key, default) in [
         ("queued.max.messages.kbytes", "16384"),
