@@ -2,7 +2,7 @@
 //! down in the order that keeps the delivery contract.
 //!
 //! Shutdown, step by step: readiness drops; the source stops reading and
-//! drops its lane senders; the lanes finish what they hold, for at most
+//! closes the lanes' inboxes; the lanes finish what they hold, for at most
 //! `pipeline.shutdown_grace`; whatever is still unfinished is abandoned
 //! *without* being committed (the next owner re-reads it, same delivery
 //! ids); the final watermarks are committed synchronously; the consumer
@@ -481,7 +481,7 @@ async fn check_topic(producer: &FutureProducer, topic: &str, key: &str) -> anyho
 }
 
 /// Keep this replica's share of the rate limits current: its share of all
-/// partitions it consumes (source and retry topics), so that N replicas
+/// partitions it consumes (source, retry and spill topics), so that N replicas
 /// together stay under each endpoint's limit. Checked every few seconds;
 /// the partition count is refreshed from metadata now and then.
 async fn track_share(

@@ -77,7 +77,7 @@ pub fn consumer(kafka: &KafkaConfig, bootstrap: &str) -> ClientConfig {
     c.set("enable.auto.commit", "false");
     c.set("enable.auto.offset.store", "false");
     // librdkafka prefetches up to 100k records per partition and 64 MiB in
-    // all by default: more than the in-flight budget ever needs, and memory
+    // all by default: more read-ahead than the source ever needs, and memory
     // that grows with the partition count. Cap it unless asked otherwise.
     for (key, default) in [
         ("queued.max.messages.kbytes", "16384"),
@@ -160,9 +160,9 @@ pub fn admin(kafka: &KafkaConfig, bootstrap: &str) -> ClientConfig {
     c
 }
 
-/// The producer of dead letters and parked deliveries: idempotent with full
-/// acknowledgement, since either write lets the source offset move past its
-/// record.
+/// The producer of dead letters, parked and spilled deliveries: idempotent
+/// with full acknowledgement, since each of those writes lets the source
+/// offset move past its record.
 pub fn producer(kafka: &KafkaConfig, bootstrap: &str, max_event_bytes: usize) -> ClientConfig {
     let mut c = base(kafka, bootstrap, "webhook-dispatcher-producer");
     // Room for the largest record we accept plus the headers we add, so
@@ -173,10 +173,10 @@ pub fn producer(kafka: &KafkaConfig, bootstrap: &str, max_event_bytes: usize) ->
         ("enable.idempotence", "true"),
         ("linger.ms", "5"),
         ("message.max.bytes", max_message.as_str()),
-        // Its queue holds dead letters and parked deliveries until they are
-        // acknowledged: bounded well below librdkafka's 1 GiB default.
+        // Its queue holds dead letters, parked and spilled deliveries until
+        // they are acknowledged: bounded well below librdkafka's 1 GiB default.
         ("queue.buffering.max.kbytes", "65536"),
-        // A missing dead-letter or retry topic is a configuration error to
+        // A missing dead-letter, retry or spill topic is a configuration error to
         // report at start-up, never a topic to create by accident.
         ("allow.auto.create.topics", "false"),
     ] {

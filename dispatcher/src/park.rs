@@ -109,9 +109,10 @@ pub struct RetryState {
     pub first_attempt_ms: Option<i64>,
     /// Not to be attempted before this (ms since the epoch).
     pub not_before_ms: i64,
-    /// Times in a row it was parked without an attempt (breaker open,
-    /// endpoint paused): each such wait is twice the last, up to a cap, so
-    /// a long outage does not rewrite the backlog every few seconds.
+    /// Kept for records written by older versions, which parked a paused or
+    /// breaker-open endpoint's deliveries again and again with doubling
+    /// waits. Nothing reads it any more: such deliveries now wait under
+    /// their endpoint's hold, written once. Reset by every attempt.
     pub idle_parks: u32,
     pub history: Vec<Attempt>,
 }

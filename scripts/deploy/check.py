@@ -589,6 +589,7 @@ def main() -> int:
     check("release name containing 'dispatcher' keeps short names", lambda: _short_names())
     check("metrics.jobName reaches the ServiceMonitor and the rules", lambda: _job_name())
     check("kafka.retry_topic reaches the rules", lambda: _retry_topic())
+    check("kafka.spill_topic reaches the rules", lambda: _spill_topic())
     for what, values, expect in REFUSED:
         check(f"refused: {what}", lambda v=values, e=expect: refused(v, e))
 
@@ -661,6 +662,19 @@ def _retry_topic() -> str:
     using = [e for e in exprs if "webhooks\\\\.retry\\\\..+" in e]
     assert using, "no rule matches the retry topics"
     return f"{len(using)} rules match webhooks\\\\.retry\\\\..+"
+
+
+def _spill_topic() -> str:
+    docs = documents(render({
+        "config": {"kafka": {"retry_topic": "webhooks.retry", "spill_topic": "webhooks.spill"}},
+        "prometheusRule": {"enabled": True},
+    }))
+    (rule,) = by_kind(docs, "PrometheusRule")
+    exprs = [r["expr"] for g in rule["spec"]["groups"] for r in g["rules"]]
+    assert not any("dispatcher\\\\.spill" in e for e in exprs), "a rule still matches dispatcher.spill"
+    using = [e for e in exprs if 'webhooks\\\\.retry\\\\..+|webhooks\\\\.spill"' in e]
+    assert using, "no rule tells the source topics from the retry and spill topics"
+    return f"{len(using)} rules match webhooks\\\\.retry\\\\..+|webhooks\\\\.spill"
 
 
 if __name__ == "__main__":

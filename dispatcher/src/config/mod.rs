@@ -221,8 +221,9 @@ pub struct PipelineConfig {
     /// are parked in a retry topic.
     #[serde(with = "humantime_serde")]
     pub in_memory_retry_max: Duration,
-    /// How long a paused endpoint's deliveries wait in the retry topics
-    /// before they look again: how soon a resume takes effect.
+    /// How long a retry of a paused endpoint, whose in-memory wait ended
+    /// during the pause, is parked in a retry topic (once); after that it
+    /// waits under the endpoint's hold until the resume.
     #[serde(with = "humantime_serde")]
     pub paused_recheck: Duration,
     pub dedup: DedupConfig,
@@ -282,7 +283,9 @@ pub struct EndpointConfig {
     pub max_in_flight: usize,
     #[serde(default = "default_true")]
     pub enabled: bool,
-    /// Start paused: deliveries are parked until resumed through the admin API.
+    /// Start paused: nothing is sent, and the endpoint's deliveries wait in
+    /// Kafka (spilled, or under its hold) until it is resumed through the
+    /// management API.
     #[serde(default)]
     pub paused: bool,
     /// Find the sustainable concurrency (AIMD), up to `max_in_flight`.

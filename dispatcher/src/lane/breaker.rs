@@ -3,7 +3,8 @@
 //! Closed, it counts outcomes over a sliding time window (in ten buckets, so
 //! old failures age out smoothly). When at least `min_requests` outcomes
 //! were seen and the failure ratio reaches `failure_ratio`, it opens: no
-//! sends for `open_for`, deliveries are parked instead. Then it half-opens:
+//! sends for `open_for`, and the lane accepts nothing meanwhile (its work
+//! waits in Kafka, see [`crate::lane`]). Then it half-opens:
 //! up to `half_open_probes` sends go through; if that many succeed it closes,
 //! any failure opens it again.
 //!
