@@ -144,7 +144,7 @@ impl Metrics {
             events_consumed: counter(
                 &r,
                 "dispatcher_events_consumed_total",
-                "Records read, from the source topics and the retry topics.",
+                "Records read, from the source topics and the internal topics (retry tiers, spill).",
                 &["topic"],
             ),
             events_invalid: counter(
@@ -267,7 +267,7 @@ impl Metrics {
             endpoint_paused: gauge_vec(
                 &r,
                 "dispatcher_endpoint_paused",
-                "1 while an endpoint is paused (its deliveries are parked).",
+                "1 while an endpoint is paused (its deliveries wait in Kafka).",
                 &["endpoint"],
             ),
             endpoint_disabled: gauge_vec(
@@ -279,7 +279,7 @@ impl Metrics {
             rate_limit_share: {
                 let g = prometheus::Gauge::new(
                     "dispatcher_rate_limit_share",
-                    "This replica's share of every endpoint's rate limit: its share of all the partitions it consumes (source and retry topics).",
+                    "This replica's share of every endpoint's rate limit: its share of all the partitions it consumes (source, retry and spill topics).",
                 )
                 .expect("static metric definition");
                 r.register(Box::new(g.clone())).expect("metric registered once");
@@ -288,7 +288,7 @@ impl Metrics {
             committed_offset: gauge_vec(
                 &r,
                 "dispatcher_committed_offset",
-                "Last offset this consumer committed for a partition (the next record to read). Periodic commits are asynchronous: this is the position sent to the broker.",
+                "Last offset this consumer committed for a partition (the next record to read), as the broker confirmed it.",
                 &["topic", "partition"],
             ),
             consumer_lag: gauge_vec(

@@ -133,7 +133,7 @@ impl Source {
         let mut held: HeldRecords = HashMap::new();
         let mut due: DelayQueue<PartitionKey> = DelayQueue::new();
         let mut overfull: HashSet<PartitionKey> = HashSet::new();
-        let mut failing_since: Option<Instant> = None;
+        let mut failing_since: Option<(Instant, Instant)> = None;
         // Local handles: received messages borrow the consumer, not `self`.
         let consumer = self.consumer.clone();
         let evictions = self.evictions.clone();
@@ -181,6 +181,7 @@ impl Source {
                 _ = commit_tick.tick() => {
                     committer.start(&self.consumer, &self.tracker);
                     self.check_pending(&mut overfull, &held);
+                    self.end_drained_spills(&current.routing);
                 }
                 // Polled while paused too: that serves rebalances and keeps
                 // the group membership; paused partitions yield nothing.
@@ -210,7 +211,11 @@ impl Source {
 
     /// A consumer error: log it, and report it as fatal when no retry can
     /// fix it. Returns true when the source must stop.
-    fn consumer_error(&self, e: &KafkaError, failing_since: &mut Option<Instant>) -> bool {
+    fn consumer_error(
+        &self,
+        e: &KafkaError,
+        failing_since: &mut Option<(Instant, Instant)>,
+    ) -> bool {
         let fatal_now = match classify(e) {
             Severity::Fatal => {
                 use rdkafka::types::RDKafkaErrorCode as C;
@@ -219,9 +224,15 @@ impl Source {
                     Some(C::UnknownTopicOrPartition | C::UnknownTopic)
                 ) {
                     // Also seen briefly while a new topic propagates: only
-                    // an error that lasts is fatal.
-                    let since = *failing_since.get_or_insert_with(Instant::now);
-                    since.elapsed() >= PERSISTENT_ERROR
+                    // an error that lasts is fatal, repeated without a
+                    // quiet spell of a third of the window in between.
+                    let now = Instant::now();
+                    let (first, last) = failing_since.get_or_insert((now, now));
+                    if now.duration_since(*last) > PERSISTENT_ERROR / 3 {
+                        *first = now;
+                    }
+                    *last = now;
+                    now.duration_since(*first) >= PERSISTENT_ERROR
                 } else {
                     true
                 }
@@ -331,6 +342,21 @@ impl Source {
         if let Err(job) = lane.inbox.offer(job) {
             self.evict(routing, i).await;
             self.spill.write(routing, i, job).await;
+        }
+    }
+
+    /// Lanes that spill but whose backlog came back while no new event came
+    /// for them (the check is otherwise made at their next delivery).
+    fn end_drained_spills(&self, routing: &Routing) {
+        for lane in routing.lanes.iter().flatten() {
+            if lane.inbox.is_spilling()
+                && !lane.inbox.evict_requested()
+                && self
+                    .spill
+                    .may_stop(lane, &self.tracker, self.tiers.spill_topic())
+            {
+                lane.inbox.stop_spilling();
+            }
         }
     }
 
