@@ -92,11 +92,39 @@ fn admin(config: &Config, bootstrap: &str) -> anyhow::Result<AdminClient<Default
         .context("creating a Kafka admin client (check kafka.options)")
 }
 
+/// The names of the cluster's topics (one blocking metadata request, off
+/// the runtime, with a client of its own).
+async fn existing(config: &Config, bootstrap: &str) -> anyhow::Result<rdkafka::metadata::Metadata> {
+    let client_config = crate::kafka::admin(&config.kafka, bootstrap);
+    tokio::task::spawn_blocking(move || {
+        use rdkafka::producer::Producer;
+        let client: rdkafka::producer::BaseProducer = client_config.create()?;
+        client
+            .client()
+            .fetch_metadata(None, Duration::from_secs(15))
+    })
+    .await?
+    .context("reading the cluster's metadata (are the brokers reachable?)")
+}
+
 /// Create whichever of the dispatcher's topics do not exist yet; returns
-/// the names it created.
+/// the names it created. Asks the cluster to create only what is missing,
+/// so a cluster that has them all needs no `CreateTopics` permission.
 pub async fn create_missing(config: &Config, bootstrap: &str) -> anyhow::Result<Vec<String>> {
+    let metadata = existing(config, bootstrap).await?;
+    let wanted: Vec<OwnTopic> = own_topics(config)
+        .into_iter()
+        .filter(|t| {
+            !metadata
+                .topics()
+                .iter()
+                .any(|m| m.name() == t.name && m.error().is_none())
+        })
+        .collect();
+    if wanted.is_empty() {
+        return Ok(Vec::new());
+    }
     let admin = admin(config, bootstrap)?;
-    let wanted = own_topics(config);
     let replication = config.kafka.internal_topics.replication_factor;
     let new: Vec<NewTopic<'_>> = wanted
         .iter()
@@ -109,11 +137,14 @@ pub async fn create_missing(config: &Config, bootstrap: &str) -> anyhow::Result<
             }
         })
         .collect();
-    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-    let results = admin
-        .create_topics(&new, &options)
-        .await
-        .context("creating the dispatcher's topics")?;
+    let options = AdminOptions::new()
+        .operation_timeout(Some(Duration::from_secs(30)))
+        .request_timeout(Some(Duration::from_secs(30)));
+    let results =
+        tokio::time::timeout(Duration::from_secs(45), admin.create_topics(&new, &options))
+            .await
+            .map_err(|_| anyhow::anyhow!("creating the dispatcher's topics timed out"))?
+            .context("creating the dispatcher's topics")?;
     let mut created = Vec::new();
     for result in results {
         match result {
@@ -137,17 +168,7 @@ pub async fn check(config: &Config, bootstrap: &str) -> anyhow::Result<Vec<Strin
     let admin = admin(config, bootstrap)?;
     let wanted = own_topics(config);
     let mut problems = Vec::new();
-    // Metadata is a blocking call: off the runtime, with a client of its own.
-    let client_config = crate::kafka::admin(&config.kafka, bootstrap);
-    let metadata = tokio::task::spawn_blocking(move || {
-        use rdkafka::producer::Producer;
-        let client: rdkafka::producer::BaseProducer = client_config.create()?;
-        client
-            .client()
-            .fetch_metadata(None, Duration::from_secs(15))
-    })
-    .await?
-    .context("reading the cluster's metadata (are the brokers reachable?)")?;
+    let metadata = existing(config, bootstrap).await?;
     for t in &wanted {
         match metadata.topics().iter().find(|m| m.name() == t.name) {
             None => problems.push(format!("{}: topic `{}` does not exist", t.role, t.name)),
