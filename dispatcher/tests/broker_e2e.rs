@@ -393,3 +393,123 @@ async fn real_broker_the_dispatchers_topics_are_created_and_checked() {
     wait_until(Duration::from_secs(60), "delivered", || sink.count() >= 5).await;
     running.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_broker_two_replicas_apply_store_changes_and_agree_on_pauses() {
+    support::init_logging();
+    let Some(broker) = broker(4).await else {
+        return;
+    };
+    let sink = Sink::start(Behaviour::Ok).await;
+    let pipeline = "";
+    let cfg = || {
+        let mut c = config(&broker.bootstrap(), "two-replicas", pipeline, "");
+        c.kafka.options.insert(
+            "fetch.wait.max.ms".into(),
+            dispatcher::config::Scalar("20".into()),
+        );
+        c
+    };
+    // Both join at once: the broker's group join takes long, and longer
+    // with a second member arriving.
+    let two = || async {
+        let a = dispatcher::app::start(cfg()).await.unwrap();
+        let b = dispatcher::app::start(cfg()).await.unwrap();
+        (a, b)
+    };
+    let assigned = |r: &dispatcher::app::Running| {
+        support::metric(&r.metrics.render(), "dispatcher_assigned_partitions")
+    };
+    let (a, b) = two().await;
+    wait_until(
+        Duration::from_secs(120),
+        "both replicas own partitions",
+        || assigned(&a) > 0.0 && assigned(&b) > 0.0,
+    )
+    .await;
+
+    // Created through replica a: both apply it, so events from every
+    // partition (some are b's) reach it.
+    let spec = serde_json::json!({"id": "shared", "url": sink.url("/"), "events": ["*"]})
+        .as_object()
+        .unwrap()
+        .clone();
+    let running = dispatcher::store::EndpointState::default();
+    a.store
+        .write("shared", 0, Some((spec.clone(), running)))
+        .await
+        .unwrap();
+    wait_until(Duration::from_secs(10), "replica b read the change", || {
+        b.store.get("shared").is_some()
+    })
+    .await;
+    let mut seeds = SeedEvents::new(46);
+    let mut batch = |n: usize| -> Vec<Vec<u8>> {
+        (0..n)
+            .map(|_| seeds.next_event(chrono::Utc::now().timestamp_millis()).2)
+            .collect()
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let first = batch(40);
+    produce(&broker.bootstrap(), "events", &first).await;
+    let want: BTreeSet<String> = first.iter().map(|v| raw_data(v)).collect();
+    let got = |sink: &Sink| -> BTreeSet<String> {
+        sink.received().iter().map(|r| raw_data(&r.body)).collect()
+    };
+    wait_until(
+        Duration::from_secs(60),
+        "every partition's events arrive",
+        || got(&sink) == want,
+    )
+    .await;
+
+    // Paused through replica b: a honours it too.
+    let paused = dispatcher::store::EndpointState {
+        paused: true,
+        disabled: false,
+    };
+    b.store
+        .write("shared", 1, Some((spec.clone(), paused)))
+        .await
+        .unwrap();
+    wait_until(Duration::from_secs(10), "replica a read the pause", || {
+        a.store.get("shared").is_some_and(|s| s.state.paused)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let second = batch(20);
+    produce(&broker.bootstrap(), "events", &second).await;
+    // And the pause survives a restart of both.
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+    let (a, b) = two().await;
+    wait_until(
+        Duration::from_secs(120),
+        "both replicas own partitions again",
+        || assigned(&a) > 0.0 && assigned(&b) > 0.0,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        got(&sink),
+        want,
+        "nothing is sent while paused, restarts included"
+    );
+
+    a.store
+        .write("shared", 2, Some((spec, running)))
+        .await
+        .unwrap();
+    let all: BTreeSet<String> = want
+        .union(&second.iter().map(|v| raw_data(v)).collect())
+        .cloned()
+        .collect();
+    wait_until(
+        Duration::from_secs(60),
+        "resumed, the paused events arrive",
+        || got(&sink) == all,
+    )
+    .await;
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}
