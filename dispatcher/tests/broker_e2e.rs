@@ -483,12 +483,18 @@ async fn real_broker_two_replicas_apply_store_changes_and_agree_on_pauses() {
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
     let (a, b) = two().await;
+    let ready = |r: &dispatcher::app::Running| r.ready.load(std::sync::atomic::Ordering::Acquire);
     wait_until(
         Duration::from_secs(120),
-        "both replicas own partitions again",
-        || assigned(&a) > 0.0 && assigned(&b) > 0.0,
+        "both replicas joined again",
+        || ready(&a) && ready(&b),
     )
     .await;
+    assert!(
+        a.store.get("shared").is_some_and(|s| s.state.paused)
+            && b.store.get("shared").is_some_and(|s| s.state.paused),
+        "both read the pause back from the store at start"
+    );
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(
         got(&sink),
