@@ -49,7 +49,7 @@ async fn unknown_endpoint_dead_letters_are_replayed_once_the_endpoint_is_back() 
         sink.url("/other")
     );
 
-    // 1. `ep` is paused: its deliveries are parked in the retry topics.
+    // 1. `ep` is paused: its deliveries wait in Kafka (the spill topic).
     let running = start(config(&bootstrap, group, "", &with_ep(true))).await;
     let mut seed = SeedEvents::new(61);
     let values: Vec<Vec<u8>> = (0..3)
@@ -60,16 +60,15 @@ async fn unknown_endpoint_dead_letters_are_replayed_once_the_endpoint_is_back() 
         .collect();
     produce(&bootstrap, "events", &values).await;
     let m = running.metrics.clone();
-    wait_until(Duration::from_secs(30), "deliveries parked", || {
-        m.parked.with_label_values(&["ep", "paused"]).get() >= 3
+    wait_until(Duration::from_secs(30), "deliveries spilled", || {
+        m.spilled.with_label_values(&["ep"]).get() >= 3
             && committed_total(&bootstrap, group, "events") == 3
     })
     .await;
     running.shutdown().await.unwrap();
 
-    // 2. The config loses `ep`: the parked deliveries come back to a
+    // 2. The config loses `ep`: the waiting deliveries come back to a
     //    dispatcher that does not know it, and are dead-lettered.
-    //    (A delivery parked again while paused may come back twice.)
     let running = start(config(&bootstrap, group, "", &without_ep)).await;
     let ids_of = |letters: &[rdkafka::message::OwnedMessage]| -> BTreeSet<String> {
         letters
