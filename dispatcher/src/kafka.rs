@@ -128,6 +128,9 @@ pub fn reader(kafka: &KafkaConfig, bootstrap: &str, purpose: &str) -> ClientConf
         "partition.assignment.strategy",
         "session.timeout.ms",
         "heartbeat.interval.ms",
+        // Without its session.timeout.ms, a user's max.poll.interval.ms below
+        // the default session timeout would make librdkafka refuse the client.
+        "max.poll.interval.ms",
         "statistics.interval.ms",
     ] {
         c.remove(key);
@@ -197,6 +200,8 @@ pub fn producer(kafka: &KafkaConfig, bootstrap: &str, max_event_bytes: usize) ->
         "max.partition.fetch.bytes",
         "group.instance.id",
         "isolation.level",
+        // The consumer's lag figures; the producer would only log its own.
+        "statistics.interval.ms",
     ] {
         c.remove(key);
     }
@@ -273,5 +278,27 @@ mod tests {
             "consumer-only options stay off the producer"
         );
         assert_eq!(p.get("acks"), Some("all"));
+    }
+
+    #[test]
+    fn a_short_poll_interval_for_the_group_does_not_break_the_readers() {
+        // A session timeout and poll interval tuned for the group consumer:
+        // the readers join no group, and librdkafka must still accept them.
+        let mut k = KafkaConfig::default();
+        for (key, value) in [
+            ("session.timeout.ms", "6000"),
+            ("max.poll.interval.ms", "15000"),
+        ] {
+            k.options
+                .insert(key.into(), crate::config::Scalar(value.into()));
+        }
+        for purpose in ["store", "backlog"] {
+            let made: Result<rdkafka::consumer::BaseConsumer, _> =
+                reader(&k, "127.0.0.1:9", purpose).create();
+            assert!(made.is_ok(), "{purpose} reader: {:?}", made.err());
+        }
+        let group: Result<rdkafka::consumer::BaseConsumer, _> =
+            consumer(&k, "127.0.0.1:9").create();
+        assert!(group.is_ok(), "{:?}", group.err());
     }
 }
