@@ -28,6 +28,7 @@ pub mod offsets;
 pub mod park;
 pub mod replay;
 pub mod route;
+pub mod secrets;
 /// Realistic events of every documented type (they live with the delivery model).
 pub use transports::seed;
 pub mod source;
