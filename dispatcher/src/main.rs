@@ -123,7 +123,7 @@ async fn run(path: &Path) -> anyhow::Result<()> {
 async fn replay(args: dispatcher::replay::ReplayArgs) -> anyhow::Result<()> {
     let s = dispatcher::replay::run(args).await?;
     println!(
-        "{} dead letters scanned, {} matched, {} {}, {} not replayable (records that never became deliveries), {} left for endpoints the config does not have, {} refused by the retry topic",
+        "{} dead letters scanned, {} matched, {} {}, {} not replayable (records that never became deliveries), {} left for endpoints that neither the config nor the endpoint store has, {} refused by the retry topic",
         s.scanned,
         s.matched,
         if s.dry_run { s.matched } else { s.replayed },
