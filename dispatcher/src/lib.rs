@@ -15,6 +15,7 @@ pub mod admin;
 pub mod api;
 pub mod app;
 pub mod backlog;
+pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod dlq;

@@ -43,6 +43,9 @@ enum Command {
     },
     /// Re-inject dead-lettered deliveries, keeping their delivery ids.
     Replay(dispatcher::replay::ReplayArgs),
+    /// Endpoints through the management API: list, get, apply -f FILE,
+    /// delete, pause, resume.
+    Endpoints(dispatcher::cli::EndpointsArgs),
     /// Run the whole pipeline on this machine: embedded Kafka, a producer of
     /// seed events, local webhook receivers (one of them slow), a summary.
     Demo(dispatcher::demo::DemoArgs),
@@ -50,12 +53,20 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format, matches!(cli.command, Command::Demo(_)));
+    // The demo and the endpoints client print their own output; logs would
+    // drown it unless asked for.
+    init_logging(
+        cli.log_format,
+        matches!(cli.command, Command::Demo(_) | Command::Endpoints(_)),
+    );
     let result = match cli.command {
         Command::Validate { config } => validate(&config),
         Command::Run { config } => runtime().and_then(|rt| rt.block_on(run(&config))),
         Command::Demo(args) => runtime().and_then(|rt| rt.block_on(dispatcher::demo::run(args))),
         Command::Replay(args) => runtime().and_then(|rt| rt.block_on(replay(args))),
+        Command::Endpoints(args) => {
+            runtime().and_then(|rt| rt.block_on(dispatcher::cli::run(args)))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1005,3 +1005,136 @@ async fn the_list_pages_through_every_endpoint_once_with_filters() {
     assert!(doc.body["paths"]["/v1/endpoints/{id}/rotate-secret"].is_object());
     running.shutdown().await.unwrap();
 }
+
+/// `dispatcher endpoints ...` against the running API: (success, stdout
+/// and stderr).
+async fn cli(addr: SocketAddr, args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_dispatcher"));
+    command
+        .arg("endpoints")
+        .args(args)
+        .env("DISPATCHER_API_URL", format!("http://{addr}"))
+        .env("DISPATCHER_API_TOKEN", API_TOKEN);
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let out = tokio::task::spawn_blocking(move || command.output().unwrap())
+        .await
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_applies_a_file_idempotently_and_shows_the_diff() {
+    let kafka = support::embedded_kafka(1);
+    let bootstrap = kafka.bootstrap().to_owned();
+    let sink = Sink::start(Behaviour::Ok).await;
+    let running = start(keyed(&bootstrap, "api-cli", &file_endpoint(&sink))).await;
+    let addr = api(&running);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("endpoints.yaml");
+    let write = |url: &str| {
+        std::fs::write(
+            &file,
+            format!(
+                "endpoints:\n  - id: cli-a\n    url: \"{url}\"\n    events: [contact.created]\n    secret: ${{CLI_SECRET}}\n  - id: cli-b\n    url: \"{url}\"\n    events: [\"message.*\"]\n"
+            ),
+        )
+        .unwrap();
+    };
+    let path = file.to_str().unwrap().to_owned();
+    let secret = [("CLI_SECRET", SECRET_A)];
+    write(&sink.url("/one"));
+
+    let (ok, out) = cli(addr, &["apply", "-f", &path, "--dry-run"], &secret).await;
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("endpoint cli-a: would be created")
+            && out.contains("+ secret: (secret added)"),
+        "{out}"
+    );
+    assert!(
+        running.store.get("cli-a").is_none(),
+        "a dry run writes nothing"
+    );
+
+    let (ok, out) = cli(addr, &["apply", "-f", &path], &secret).await;
+    assert!(
+        ok && out.contains("endpoint cli-a: created") && out.contains("endpoint cli-b: created"),
+        "{out}"
+    );
+    let (ok, out) = cli(addr, &["apply", "-f", &path], &secret).await;
+    assert!(
+        ok && out.contains("endpoint cli-a: unchanged")
+            && out.contains("endpoint cli-b: unchanged"),
+        "{out}"
+    );
+    assert_eq!(
+        running.store.version("cli-a"),
+        1,
+        "applying again writes nothing"
+    );
+
+    write(&sink.url("/two"));
+    let (ok, out) = cli(addr, &["apply", "-f", &path], &secret).await;
+    assert!(ok, "{out}");
+    assert!(
+        out.contains(&format!(
+            "~ url: \"{}\" -> \"{}\"",
+            sink.url("/one"),
+            sink.url("/two")
+        )),
+        "{out}"
+    );
+    assert_eq!(running.store.version("cli-a"), 2);
+    let (ok, out) = cli(addr, &["apply", "-f", &path], &[("CLI_SECRET", SECRET_B)]).await;
+    assert!(ok && out.contains("~ secret: (secret changed)"), "{out}");
+    assert!(
+        !out.contains(SECRET_B.trim_start_matches("whsec_")),
+        "{out}"
+    );
+
+    let (ok, out) = cli(addr, &["list"], &[]).await;
+    assert!(
+        ok && out.contains("cli-a") && out.contains("file-ep"),
+        "{out}"
+    );
+    let (ok, out) = cli(addr, &["pause", "cli-a"], &[]).await;
+    assert!(ok, "{out}");
+    assert!(running.store.get("cli-a").unwrap().state.paused);
+    let (ok, out) = cli(addr, &["get", "cli-a"], &[]).await;
+    assert!(
+        ok && out.contains("\"paused\": true")
+            && !out.contains(SECRET_B.trim_start_matches("whsec_")),
+        "{out}"
+    );
+    let (ok, out) = cli(addr, &["resume", "cli-a"], &[]).await;
+    assert!(ok, "{out}");
+    let (ok, out) = cli(addr, &["delete", "cli-b"], &[]).await;
+    assert!(ok, "{out}");
+    assert!(running.store.get("cli-b").is_none());
+
+    // Refusals come back with the key path, and a wrong token fails.
+    std::fs::write(
+        &file,
+        "id: cli-c\nurl: https://c.example/\nevents: [\"*\"]\ncolour: blue\n",
+    )
+    .unwrap();
+    let (ok, out) = cli(addr, &["apply", "-f", &path], &[]).await;
+    assert!(!ok && out.contains("colour"), "{out}");
+    let (ok, out) = cli(
+        addr,
+        &["list", "--token", "wrong-token-wrong-token-wrong-token"],
+        &[],
+    )
+    .await;
+    assert!(!ok && out.contains("401"), "{out}");
+    running.shutdown().await.unwrap();
+}

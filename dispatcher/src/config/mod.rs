@@ -1007,6 +1007,28 @@ impl Config {
         }
     }
 
+    /// Read YAML text (or JSON, which is YAML) with `${VAR}` replaced as in
+    /// the config file: what `dispatcher endpoints apply` reads.
+    pub fn read_yaml_with_env(
+        text: &str,
+        lookup: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<serde_json::Value, Vec<Problem>> {
+        let mut root: Value = serde_yaml_ng::from_str(text).map_err(|e| {
+            let at = e
+                .location()
+                .map(|l| format!(" (line {}, column {})", l.line(), l.column()))
+                .unwrap_or_default();
+            vec![Problem::new("", format!("not valid YAML{at}: {e}"))]
+        })?;
+        let mut problems = Vec::new();
+        env::interpolate(&mut root, "", lookup, &mut problems);
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        serde_json::to_value(&root)
+            .map_err(|e| vec![Problem::new("", format!("not representable as JSON: {e}"))])
+    }
+
     /// What a transport factory needs to validate or build an endpoint.
     pub fn build_context<'a>(
         &'a self,
