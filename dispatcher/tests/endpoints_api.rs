@@ -880,15 +880,19 @@ async fn a_replica_opens_secrets_after_a_key_rotation() {
     let two = start(with_keys(&yaml, &[2, 1])).await;
     produce_contacts(&bootstrap, &mut seed, 1).await;
     delivered_with(SECRET_B, 2).await;
-    let patch = call(
-        api(&two),
-        "PATCH",
-        "/v1/endpoints/rot",
-        Some("{\"timeout\": \"5s\"}"),
-        &[],
-    )
-    .await;
+    let before = call(api(&two), "GET", "/v1/endpoints/rot", None, &[]).await;
+    let patch = call(api(&two), "PATCH", "/v1/endpoints/rot", Some("{}"), &[]).await;
     assert_eq!(patch.status, 200, "{:?}", patch.body);
+    assert_eq!(
+        patch.body["result"], "updated",
+        "an empty patch seals again with the new key"
+    );
+    assert_ne!(
+        patch.body["endpoint"]["sealed_with"],
+        before.body["sealed_with"]
+    );
+    let again = call(api(&two), "PATCH", "/v1/endpoints/rot", Some("{}"), &[]).await;
+    assert_eq!(again.body["result"], "unchanged", "{:?}", again.body);
     two.shutdown().await.unwrap();
 
     // Key 1 gone: still opens.

@@ -281,6 +281,7 @@ impl ApiState {
             paused: state.paused,
             disabled: state.disabled,
             endpoint,
+            sealed_with: Vec::new(),
             problems: Vec::new(),
         }
     }
@@ -297,6 +298,9 @@ impl ApiState {
                 problems.iter().map(ProblemView::from).collect(),
             ),
         };
+        let mut sealed_with: Vec<String> =
+            Keyring::sealed_with(&stored.endpoint).into_iter().collect();
+        sealed_with.sort();
         EndpointView {
             id: id.to_owned(),
             source: Source::Api,
@@ -305,6 +309,7 @@ impl ApiState {
             paused: stored.state.paused,
             disabled: stored.state.disabled,
             endpoint,
+            sealed_with,
             problems,
         }
     }
@@ -627,11 +632,23 @@ impl ApiState {
                     secret: false,
                 });
             }
-            let kind = match (&current, diff.is_empty()) {
+            // A record sealed with a key that no longer seals is written
+            // again as it is: what a key rotation needs (`PATCH {}`).
+            let sealing = self.keyring().sealing_key_id();
+            let old_keys = current.as_ref().is_some_and(|c| {
+                Keyring::sealed_with(&c.endpoint)
+                    .iter()
+                    .any(|k| Some(k.as_str()) != sealing)
+            });
+            let kind = match (&current, diff.is_empty() && !old_keys) {
                 (None, _) => WriteKind::Created,
                 (Some(_), true) => WriteKind::Unchanged,
                 (Some(_), false) => WriteKind::Updated,
             };
+            let mut has_secrets = false;
+            secrets::visit_secrets(&mut candidate.clone(), &mut |_, v| {
+                has_secrets |= v.is_string();
+            });
             let view = |version: u64, updated_at: Option<String>| {
                 let mut shown = candidate.clone();
                 secrets::hint_endpoint(&mut shown);
@@ -643,6 +660,13 @@ impl ApiState {
                     paused: state.paused,
                     disabled: state.disabled,
                     endpoint: shown,
+                    sealed_with: self
+                        .keyring()
+                        .sealing_key_id()
+                        .into_iter()
+                        .map(str::to_owned)
+                        .filter(|_| has_secrets)
+                        .collect(),
                     problems: Vec::new(),
                 }
             };

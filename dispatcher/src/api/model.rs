@@ -29,6 +29,10 @@ pub struct EndpointView {
     /// as `{"hint": "whsec_…LaSw"}`. Sending a hint back keeps the secret.
     #[schema(value_type = Object)]
     pub endpoint: serde_json::Map<String, serde_json::Value>,
+    /// The ids of the keys its secrets are encrypted with in the store
+    /// (after a key rotation, `PATCH {}` encrypts them with the new key).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub sealed_with: Vec<String>,
     /// Why this replica does not run the stored endpoint, if it does not
     /// (it cannot be decrypted, or no longer passes validation).
     #[serde(skip_serializing_if = "Vec::is_empty")]
