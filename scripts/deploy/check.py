@@ -329,10 +329,8 @@ def check_dispatcher_validate(name: str, docs: list[dict[str, Any]], binary: str
             env[e["name"]] = "stand-in"
     r = run([binary, "validate", "--config", str(path)], env=env)
     output = (r.stdout + r.stderr).strip()
-    if not yaml.safe_load(cm["data"]["dispatcher.yaml"]).get("endpoints"):
-        # The default values have no endpoints: everything else must be valid.
-        assert r.returncode == 1 and output.endswith("endpoints: no endpoints are configured"), output
-        return "refused only for having no endpoints, as documented"
+    # No endpoints (the default values) is valid: they may all live in the
+    # endpoint store.
     assert r.returncode == 0, output
     return output.split(": ", 1)[-1]
 
