@@ -108,6 +108,25 @@ async fn raw(addr: SocketAddr, head: &[u8], body: &[u8]) -> Reply {
     }
 }
 
+/// Wait until `running`'s replica runs a lane for `id` (a create's answer
+/// waits for that, for a few seconds at most; a loaded machine can take
+/// longer).
+async fn wait_running(addr: SocketAddr, id: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let stats = call(addr, "GET", &format!("/v1/endpoints/{id}/stats"), None, &[]).await;
+        if stats.body["running"] == true {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{id} not running after 60 s: {:?}",
+            stats.body
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 fn api(running: &Running) -> SocketAddr {
     running.api_addr.expect("the API is on")
 }
@@ -175,6 +194,7 @@ async fn an_endpoint_created_through_the_api_receives_deliveries_and_keeps_its_s
     assert_eq!(created.status, 201, "{:?}", created.body);
     assert_eq!(created.etag.as_deref(), Some("\"1\""));
     assert_eq!(created.body["result"], "created");
+    wait_running(addr, "api-1").await;
 
     let mut seed = SeedEvents::new(7);
     let values = produce_contacts(&bootstrap, &mut seed, 5).await;
@@ -584,6 +604,7 @@ async fn a_url_changed_mid_flow_loses_nothing() {
             .status,
         201
     );
+    wait_running(addr, "moving").await;
 
     let mut seed = SeedEvents::new(11);
     let mut produced = BTreeSet::new();
@@ -657,6 +678,7 @@ async fn a_deleted_endpoints_work_is_dead_lettered_and_replayed_after_it_is_recr
     let created = call(addr, "POST", "/v1/endpoints", Some(&body), &[]).await;
     assert_eq!(created.status, 201, "{:?}", created.body);
     assert_eq!(created.body["endpoint"]["paused"], true);
+    wait_running(addr, "doomed").await;
     let mut seed = SeedEvents::new(23);
     let values = produce_contacts(&bootstrap, &mut seed, 4).await;
     let m = running.metrics.clone();
@@ -854,7 +876,7 @@ async fn a_replica_opens_secrets_after_a_key_rotation() {
     let delivered_with = |secret: &'static str, n: usize| {
         let sink = &sink;
         async move {
-            wait_until(Duration::from_secs(30), "a signed delivery", || {
+            wait_until(Duration::from_secs(60), "a signed delivery", || {
                 data_at(sink, "/rot").len() >= n
             })
             .await;
@@ -871,6 +893,7 @@ async fn a_replica_opens_secrets_after_a_key_rotation() {
             .status,
         201
     );
+    wait_running(api(&one), "rot").await;
     produce_contacts(&bootstrap, &mut seed, 1).await;
     delivered_with(SECRET_B, 1).await;
     one.shutdown().await.unwrap();
