@@ -22,7 +22,7 @@ use transports::http::{HttpClient, HttpClientOptions};
 use transports::Registry;
 
 use crate::admin::{self, AdminState};
-use crate::api::{self, ApiState};
+use crate::api::{self, ApiContext, ApiState, ReplayContext};
 use crate::backlog::Backlogs;
 use crate::config::Config;
 use crate::dlq::DeadLetters;
@@ -233,8 +233,9 @@ pub async fn start_with(config: Config, registry: &Registry) -> anyhow::Result<R
     let (holds, holds_started) = HoldIndex::new();
     let tracker = Arc::new(OffsetTracker::new(budget.clone(), holds.clone()));
     let evictions = Arc::new(Evictions::default());
+    let shared_config = Arc::new(config.clone());
     let (endpoints, routing) = Endpoints::start(
-        Arc::new(config.clone()),
+        shared_config.clone(),
         Arc::new(registry.clone()),
         client,
         bootstrap.clone(),
@@ -300,16 +301,18 @@ pub async fn start_with(config: Config, registry: &Registry) -> anyhow::Result<R
         admin_stop_rx.clone(),
     ));
     let api_task = api_listener.map(|listener| {
-        let endpoints = Arc::new(
-            routing
-                .borrow()
-                .lanes
-                .iter()
-                .flatten()
-                .map(|l| (l.endpoint_id.clone(), l.control.clone()))
-                .collect(),
-        );
-        let state = ApiState::new(endpoints, &api_tokens, &config.api.allowed_hosts);
+        let context = ApiContext {
+            store: store.clone(),
+            routing: routing.clone(),
+            config: shared_config.clone(),
+            registry: registry.clone(),
+            metrics: metrics.clone(),
+            replay: Some(ReplayContext {
+                bootstrap: bootstrap.clone(),
+                parker: parker.clone(),
+            }),
+        };
+        let state = ApiState::new(context, &api_tokens, &config.api.allowed_hosts);
         tokio::spawn(api::serve(
             listener,
             state,

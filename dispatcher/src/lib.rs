@@ -15,6 +15,7 @@ pub mod admin;
 pub mod api;
 pub mod app;
 pub mod backlog;
+pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod dlq;
@@ -28,6 +29,7 @@ pub mod offsets;
 pub mod park;
 pub mod replay;
 pub mod route;
+pub mod secrets;
 /// Realistic events of every documented type (they live with the delivery model).
 pub use transports::seed;
 pub mod source;

@@ -43,6 +43,9 @@ enum Command {
     },
     /// Re-inject dead-lettered deliveries, keeping their delivery ids.
     Replay(dispatcher::replay::ReplayArgs),
+    /// Endpoints through the management API: list, get, apply -f FILE,
+    /// delete, pause, resume.
+    Endpoints(dispatcher::cli::EndpointsArgs),
     /// Run the whole pipeline on this machine: embedded Kafka, a producer of
     /// seed events, local webhook receivers (one of them slow), a summary.
     Demo(dispatcher::demo::DemoArgs),
@@ -70,13 +73,21 @@ enum TopicsAction {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format, matches!(cli.command, Command::Demo(_)));
+    // The demo and the endpoints client print their own output; logs would
+    // drown it unless asked for.
+    init_logging(
+        cli.log_format,
+        matches!(cli.command, Command::Demo(_) | Command::Endpoints(_)),
+    );
     let result = match cli.command {
         Command::Validate { config } => validate(&config),
         Command::Run { config } => runtime().and_then(|rt| rt.block_on(run(&config))),
         Command::Demo(args) => runtime().and_then(|rt| rt.block_on(dispatcher::demo::run(args))),
         Command::Replay(args) => runtime().and_then(|rt| rt.block_on(replay(args))),
         Command::Topics { action } => runtime().and_then(|rt| rt.block_on(topics(action))),
+        Command::Endpoints(args) => {
+            runtime().and_then(|rt| rt.block_on(dispatcher::cli::run(args)))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -182,7 +193,7 @@ async fn run(path: &Path) -> anyhow::Result<()> {
 async fn replay(args: dispatcher::replay::ReplayArgs) -> anyhow::Result<()> {
     let s = dispatcher::replay::run(args).await?;
     println!(
-        "{} dead letters scanned, {} matched, {} {}, {} not replayable (records that never became deliveries), {} left for endpoints the config does not have, {} refused by the retry topic",
+        "{} dead letters scanned, {} matched, {} {}, {} not replayable (records that never became deliveries), {} left for endpoints that neither the config nor the endpoint store has, {} refused by the retry topic",
         s.scanned,
         s.matched,
         if s.dry_run { s.matched } else { s.replayed },

@@ -11,10 +11,15 @@
 //! Records that failed to *decode* are not replayable (they would fail the
 //! same way) and are only counted, as are damaged parked records. A parked
 //! delivery dead-lettered because its endpoint was no longer configured
-//! (`unknown_endpoint`) is a delivery all the same: its `park.*` headers
-//! say which, and it is replayed once its endpoint is configured again.
-//! Replay sends nothing to an endpoint the config lacks (or has disabled):
-//! the dispatchers would only dead-letter it again.
+//! (`unknown_endpoint`) or deleted (`endpoint_deleted`) is a delivery all
+//! the same: its `park.*` headers say which, and it is replayed once its
+//! endpoint exists again. Replay sends nothing to an endpoint that neither
+//! the config nor the endpoint store has (or that is disabled): the
+//! dispatchers would only dead-letter it again.
+//!
+//! The command replays what the filters pick; the management API's
+//! `POST /v1/endpoints/{id}/replay` does the same for one endpoint, with
+//! the running dispatcher's own producer.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -25,16 +30,17 @@ use bytes::Bytes;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::FutureProducer;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
 use std::collections::HashSet;
 use transports::{Delivery, DeliveryId, Event, SourceRef};
 
-use crate::config::Config;
+use crate::config::{Config, KafkaConfig};
 use crate::dlq::Attempt;
 use crate::kafka;
 use crate::metrics::Metrics;
 use crate::park::{Parker, RetryState, Tiers};
+use crate::store::{Follower, Store};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ReplayArgs {
@@ -48,6 +54,10 @@ pub struct ReplayArgs {
     /// (`2026-05-16T12:00:00Z`) or a duration ago (`2h`).
     #[arg(long)]
     pub since: Option<String>,
+    /// Only deliveries dead-lettered before this time: RFC 3339 or a
+    /// duration ago (`30m`).
+    #[arg(long)]
+    pub until: Option<String>,
     /// Only events of this type.
     #[arg(long)]
     pub event: Option<String>,
@@ -69,42 +79,144 @@ pub struct ReplaySummary {
     /// Dead letters of records, not deliveries (decode failures, damaged
     /// parked records), or whose value no longer decodes: not replayable.
     pub undecodable: u64,
-    /// Matched, but for an endpoint the config does not have (or has
-    /// disabled): left in the dead-letter topic until it is configured.
+    /// Matched, but for an endpoint that neither the config nor the
+    /// endpoint store has (or that is disabled): left in the dead-letter
+    /// topic until it exists again.
     pub not_configured: u64,
     pub by_endpoint: HashMap<String, u64>,
     pub dry_run: bool,
 }
 
+/// Which dead letters to replay.
+#[derive(Debug, Clone, Default)]
+pub struct ReplayFilter {
+    /// Only deliveries to this endpoint.
+    pub endpoint: Option<String>,
+    /// Only those dead-lettered at or after this time (ms since the epoch).
+    pub since_ms: Option<i64>,
+    /// Only those dead-lettered before this time (ms since the epoch).
+    pub until_ms: Option<i64>,
+    /// Only events of this type.
+    pub event: Option<String>,
+    /// Count, change nothing.
+    pub dry_run: bool,
+}
+
+/// The endpoints a replayed delivery can go to: the enabled endpoints of
+/// the config file, and the endpoints of the store that the file does not
+/// have (the store's records of file endpoints hold only their state). The
+/// dispatchers dead-letter a delivery for any other endpoint at once.
+pub fn replayable_endpoints(config: &Config, store: &Store) -> HashSet<String> {
+    let in_file: HashSet<&str> = config.endpoints.iter().map(|e| e.id.as_str()).collect();
+    let mut known: HashSet<String> = config
+        .endpoints
+        .iter()
+        .filter(|e| e.enabled)
+        .map(|e| e.id.clone())
+        .collect();
+    known.extend(
+        store
+            .list()
+            .into_iter()
+            .filter(|(id, stored)| {
+                !in_file.contains(id.as_str())
+                    && stored.endpoint.get("enabled") != Some(&serde_json::Value::Bool(false))
+            })
+            .map(|(id, _)| id),
+    );
+    known
+}
+
+/// `dispatcher replay`: read the config and the endpoint store, then replay.
 pub async fn run(args: ReplayArgs) -> anyhow::Result<ReplaySummary> {
     let config = Config::load(&args.config)?;
     let k = &config.kafka;
     let bootstrap = args.brokers.clone().or_else(|| k.brokers.clone()).ok_or_else(|| {
         anyhow!("replay needs brokers: the config has no kafka.brokers (an embedded Kafka lives inside its dispatcher); pass --brokers")
     })?;
-    let since_ms = args.since.as_deref().map(parse_since).transpose()?;
-    // Only these can take a delivery: the dispatchers dead-letter one for
-    // any other endpoint at once (`unknown_endpoint`).
-    let configured: HashSet<&str> = config
-        .endpoints
-        .iter()
-        .filter(|e| e.enabled)
-        .map(|e| e.id.as_str())
-        .collect();
+    let filter = ReplayFilter {
+        endpoint: args.endpoint.clone(),
+        since_ms: args
+            .since
+            .as_deref()
+            .map(|t| parse_time(t).map_err(|e| anyhow!("--since {e}")))
+            .transpose()?,
+        until_ms: args
+            .until
+            .as_deref()
+            .map(|t| parse_time(t).map_err(|e| anyhow!("--until {e}")))
+            .transpose()?,
+        event: args.event.clone(),
+        dry_run: args.dry_run,
+    };
+    let producer: FutureProducer = kafka::producer(k, &bootstrap, config.pipeline.max_event_bytes)
+        .create()
+        .context("creating the replay producer")?;
+
+    // Endpoints created through the API live in the store: read it all.
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let (store, _changes) = Store::new(
+        k.endpoints_topic.clone(),
+        producer.clone(),
+        prometheus::IntCounter::new("replay_store_bad_records", "unused").expect("a valid name"),
+    );
+    let follower = Follower::start(
+        store.clone(),
+        kafka::reader(k, &bootstrap, "replay-store"),
+        stop_rx,
+    )
+    .await?;
+    tokio::time::timeout(Duration::from_secs(300), store.caught_up())
+        .await
+        .map_err(|_| {
+            anyhow!(
+                "the endpoints topic `{}` was not read within 5 minutes",
+                k.endpoints_topic
+            )
+        })?;
+    let known = replayable_endpoints(&config, &store);
+    let _ = stop.send(true);
+    let _ = follower.await;
     if let Some(ep) = &args.endpoint {
-        if !config.endpoints.iter().any(|e| &e.id == ep) {
+        let anywhere = config.endpoints.iter().any(|e| &e.id == ep) || store.get(ep).is_some();
+        if !anywhere {
             bail!(
-                "--endpoint {ep}: no such endpoint in {}",
+                "--endpoint {ep}: no such endpoint in {} nor in the endpoint store",
                 args.config.display()
             );
         }
     }
 
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &bootstrap)
-        .set("group.id", format!("{}.replay", k.group_id))
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "false")
+    let parker = Parker::new(
+        producer,
+        Arc::new(Tiers::new(&k.retry_topic, &k.retry_tiers, &k.spill_topic)),
+        Arc::new(Metrics::new()),
+        crate::fatal::Fatal::new(),
+    );
+    replay(
+        k,
+        &bootstrap,
+        config.pipeline.max_event_bytes,
+        &filter,
+        &|id| known.contains(id),
+        &parker,
+    )
+    .await
+}
+
+/// Replay the dead letters that match `filter` to the endpoints `known`
+/// accepts, parking them with `parker`. Reads the dead-letter topic up to
+/// where it ended when this started.
+pub async fn replay(
+    k: &KafkaConfig,
+    bootstrap: &str,
+    max_event_bytes: usize,
+    filter: &ReplayFilter,
+    known: &(dyn Fn(&str) -> bool + Sync),
+    parker: &Parker,
+) -> anyhow::Result<ReplaySummary> {
+    // The dispatcher's own client settings (credentials, TLS) apply.
+    let consumer: BaseConsumer = kafka::reader(k, bootstrap, "replay")
         .create()
         .context("creating the replay reader")?;
     let topic = k.dead_letter_topic.clone();
@@ -136,20 +248,8 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<ReplaySummary> {
     })
     .await??;
 
-    let metrics = Arc::new(Metrics::new());
-    let producer: FutureProducer = kafka::producer(k, &bootstrap, config.pipeline.max_event_bytes)
-        .create()
-        .context("creating the replay producer")?;
-    let fatal = crate::fatal::Fatal::new();
-    let parker = Parker::new(
-        producer,
-        Arc::new(Tiers::new(&k.retry_topic, &k.retry_tiers, &k.spill_topic)),
-        metrics,
-        fatal,
-    );
-
     let mut summary = ReplaySummary {
-        dry_run: args.dry_run,
+        dry_run: filter.dry_run,
         ..Default::default()
     };
     let mut remaining = ends.clone();
@@ -180,7 +280,7 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<ReplaySummary> {
             }
         }
         summary.scanned += 1;
-        let letter = match read_dead_letter(&msg, config.pipeline.max_event_bytes) {
+        let letter = match read_dead_letter(&msg, max_event_bytes) {
             Ok(letter) => letter,
             Err(NotReplayable::Record) => {
                 summary.undecodable += 1;
@@ -197,20 +297,22 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<ReplaySummary> {
                 continue;
             }
         };
-        if args
+        let failed_at = letter.failed_at_ms.unwrap_or(0);
+        if filter
             .endpoint
             .as_ref()
             .is_some_and(|e| *e != letter.endpoint_id)
-            || args
+            || filter
                 .event
                 .as_deref()
                 .is_some_and(|e| e != letter.event.event_type())
-            || since_ms.is_some_and(|s| letter.failed_at_ms.unwrap_or(0) < s)
+            || filter.since_ms.is_some_and(|s| failed_at < s)
+            || filter.until_ms.is_some_and(|u| failed_at >= u)
         {
             continue;
         }
         summary.matched += 1;
-        if !configured.contains(letter.endpoint_id.as_str()) {
+        if !known(letter.endpoint_id.as_str()) {
             summary.not_configured += 1;
             continue;
         }
@@ -218,7 +320,7 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<ReplaySummary> {
             .by_endpoint
             .entry(letter.endpoint_id.clone())
             .or_default() += 1;
-        if args.dry_run {
+        if filter.dry_run {
             continue;
         }
         let id = letter.delivery_id;
@@ -277,8 +379,8 @@ pub enum NotReplayable {
 /// Read a dead letter's headers and value: the delivery it holds, if any.
 ///
 /// Stage `delivery` letters carry the delivery in `dlq.*` headers. A parked
-/// delivery dead-lettered as `unknown_endpoint` keeps the `park.*` headers
-/// it was parked with, which say the same.
+/// delivery dead-lettered as `unknown_endpoint` or `endpoint_deleted` keeps
+/// the `park.*` headers it was parked with, which say the same.
 pub fn read_dead_letter<M: Message>(
     msg: &M,
     max_event_bytes: usize,
@@ -287,7 +389,7 @@ pub fn read_dead_letter<M: Message>(
     // The names of the delivery's own headers, by stage.
     let (prefix, history_header) = match (header("dlq.stage"), header("dlq.reason")) {
         (Some("delivery"), _) => ("dlq", "dlq.attempts"),
-        (Some("park"), Some("unknown_endpoint")) => ("park", "park.history"),
+        (Some("park"), Some("unknown_endpoint" | "endpoint_deleted")) => ("park", "park.history"),
         _ => return Err(NotReplayable::Record),
     };
     let named = |field: &str| header(&format!("{prefix}.{field}"));
@@ -327,14 +429,20 @@ pub fn read_dead_letter<M: Message>(
     })
 }
 
-/// `--since`: an RFC 3339 time, or a duration meaning that long ago.
-fn parse_since(text: &str) -> anyhow::Result<i64> {
+/// `--since`, `--until` (and the API's `since`, `until`): an RFC 3339
+/// time, or a duration meaning that long ago; ms since the epoch.
+pub fn parse_time(text: &str) -> Result<i64, String> {
     if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
         return Ok(t.timestamp_millis());
     }
-    let ago = humantime::parse_duration(text)
-        .map_err(|_| anyhow!("--since {text:?}: not an RFC 3339 time nor a duration like 2h"))?;
-    Ok(chrono::Utc::now().timestamp_millis() - ago.as_millis() as i64)
+    let ago = humantime::parse_duration(text).map_err(|_| {
+        format!(
+            "{:?}: not an RFC 3339 time nor a duration like 2h",
+            text.chars().take(64).collect::<String>()
+        )
+    })?;
+    let ago_ms = i64::try_from(ago.as_millis()).unwrap_or(i64::MAX);
+    Ok(chrono::Utc::now().timestamp_millis().saturating_sub(ago_ms))
 }
 
 #[cfg(test)]
@@ -462,14 +570,14 @@ mod tests {
     }
 
     #[test]
-    fn since_takes_times_and_durations() {
+    fn times_are_rfc3339_or_durations_ago() {
         assert_eq!(
-            parse_since("2026-05-16T12:00:00Z").unwrap(),
+            parse_time("2026-05-16T12:00:00Z").unwrap(),
             1_778_932_800_000
         );
-        let two_hours_ago = parse_since("2h").unwrap();
+        let two_hours_ago = parse_time("2h").unwrap();
         let expected = chrono::Utc::now().timestamp_millis() - 7_200_000;
         assert!((two_hours_ago - expected).abs() < 5_000);
-        assert!(parse_since("yesterday-ish").is_err());
+        assert!(parse_time("yesterday-ish").is_err());
     }
 }

@@ -2,6 +2,9 @@
 //! sockets on 127.0.0.1: unauthenticated and forged (CSRF, DNS rebinding)
 //! mutations, slow-header connections, connection floods.
 
+mod support;
+
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -9,9 +12,12 @@ use std::time::Duration;
 
 use dispatcher::admin::{self, AdminState};
 use dispatcher::api::server::Limits;
-use dispatcher::api::{self, ApiState};
-use dispatcher::lane::Control;
+use dispatcher::api::{self, ApiContext, ApiState};
+use dispatcher::config::Config;
+use dispatcher::embedded::EmbeddedKafka;
+use dispatcher::endpoints::Routing;
 use dispatcher::metrics::Metrics;
+use dispatcher::store::{Follower, Store};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -19,28 +25,75 @@ use tokio::sync::watch;
 const TOKEN: &str = "0123456789abcdef0123456789abcdef-api-token";
 const OTHER_TOKEN: &str = "fedcba9876543210fedcba9876543210-old-token";
 
+/// The API alone, over an endpoint store in an embedded Kafka, with one
+/// endpoint from the config file.
 struct Api {
     addr: SocketAddr,
-    control: Arc<Control>,
+    store: Arc<Store>,
     _stop: watch::Sender<bool>,
+    _kafka: EmbeddedKafka,
+}
+
+impl Api {
+    fn paused(&self) -> bool {
+        self.store.get("acme-crm").is_some_and(|s| s.state.paused)
+    }
 }
 
 async fn start_api(limits: Limits) -> Api {
-    let control = Arc::new(Control::default());
-    let endpoints = Arc::new(vec![(Arc::<str>::from("acme-crm"), control.clone())]);
+    let kafka = support::embedded_kafka(1);
+    let config = Config::from_yaml(
+        &format!(
+            "kafka:\n  brokers: \"{}\"\nendpoints:\n  - id: acme-crm\n    url: https://acme.example/hook\n    events: [\"*\"]\n",
+            kafka.bootstrap()
+        ),
+        &|_| None,
+    )
+    .unwrap();
+    let k = &config.kafka;
+    let producer = dispatcher::kafka::producer(k, kafka.bootstrap(), 1 << 20)
+        .create()
+        .unwrap();
+    let metrics = Arc::new(Metrics::new());
+    let (store, _changes) = Store::new(
+        k.endpoints_topic.clone(),
+        producer,
+        metrics.store_bad_records.clone(),
+    );
+    let (stop, stop_rx) = watch::channel(false);
+    Follower::start(
+        store.clone(),
+        dispatcher::kafka::reader(k, kafka.bootstrap(), "store"),
+        stop_rx.clone(),
+    )
+    .await
+    .unwrap();
+    store.caught_up().await;
+    let (_, routing) = watch::channel(Arc::new(Routing {
+        lanes: Vec::new(),
+        by_id: HashMap::new(),
+        subscriptions: Vec::new(),
+    }));
     let state = ApiState::new(
-        endpoints,
+        ApiContext {
+            store: store.clone(),
+            routing,
+            config: Arc::new(config),
+            registry: transports::Registry::builtin(),
+            metrics,
+            replay: None,
+        },
         &[OTHER_TOKEN.to_owned(), TOKEN.to_owned()],
         &["dispatcher-api.ops.svc".to_owned()],
     );
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let (stop, stop_rx) = watch::channel(false);
     tokio::spawn(api::serve(listener, state, limits, stop_rx));
     Api {
         addr,
-        control,
+        store,
         _stop: stop,
+        _kafka: kafka,
     }
 }
 
@@ -86,7 +139,7 @@ fn authorized(method: &str, path: &str, addr: SocketAddr) -> String {
     )
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_with_a_token_pauses_and_resumes() {
     let api = start_api(Limits::default()).await;
     let (status, body) = send(
@@ -95,7 +148,7 @@ async fn an_operator_with_a_token_pauses_and_resumes() {
     )
     .await;
     assert_eq!(status, 200, "{body}");
-    assert!(api.control.paused());
+    assert!(api.paused());
     let (status, body) = send(api.addr, &authorized("GET", "/endpoints", api.addr)).await;
     assert_eq!(status, 200);
     assert_eq!(
@@ -108,7 +161,7 @@ async fn an_operator_with_a_token_pauses_and_resumes() {
     );
     let (status, body) = send(api.addr, &head).await;
     assert_eq!(status, 200, "{body}");
-    assert!(!api.control.paused());
+    assert!(!api.paused());
     let (status, _) = send(
         api.addr,
         &authorized("POST", "/endpoints/nope/pause", api.addr),
@@ -124,7 +177,7 @@ async fn an_operator_with_a_token_pauses_and_resumes() {
 }
 
 /// Finding 1 of the security review: any pod could pause every endpoint.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pause_without_a_valid_token_is_refused() {
     let api = start_api(Limits::default()).await;
     let base = format!(
@@ -142,7 +195,7 @@ async fn a_pause_without_a_valid_token_is_refused() {
     ] {
         let (status, body) = send(api.addr, &format!("{base}{auth}")).await;
         assert_eq!(status, 401, "{auth:?}: {body}");
-        assert!(!api.control.paused(), "{auth:?} paused the endpoint");
+        assert!(!api.paused(), "{auth:?} paused the endpoint");
     }
     // Reading is guarded too: the list of endpoints is the list of customers.
     let head = format!(
@@ -155,7 +208,7 @@ async fn a_pause_without_a_valid_token_is_refused() {
 /// Finding 1: a web page can make a browser send a body-less POST to
 /// `localhost` or a port-forward (CSRF), or rebind its own name to
 /// 127.0.0.1 and then talk to the port as same-origin (DNS rebinding).
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_browser_requests_are_refused() {
     let api = start_api(Limits::default()).await;
     // The form post a page can send without a preflight: no custom header
@@ -168,7 +221,7 @@ async fn forged_browser_requests_are_refused() {
     let (status, body) = send(api.addr, &csrf).await;
     assert_eq!(status, 403, "{body}");
     assert!(body.contains("X-Dispatcher-Api"), "{body}");
-    assert!(!api.control.paused());
+    assert!(!api.paused());
 
     // The preflight gets no CORS grant.
     let preflight = format!(
@@ -199,13 +252,13 @@ async fn forged_browser_requests_are_refused() {
         );
         let (status, body) = send(api.addr, &rebound).await;
         assert_eq!(status, 403, "{host}: {body}");
-        assert!(!api.control.paused(), "{host}");
+        assert!(!api.paused(), "{host}");
     }
 }
 
 /// A connection that sends part of its headers and then nothing (slowloris)
 /// is closed once the header read timeout passes, on both listeners.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_header_connections_are_closed() {
     let limits = Limits {
         header_read_timeout: Duration::from_millis(300),
@@ -237,7 +290,7 @@ async fn slow_header_connections_are_closed() {
 
 /// Connections beyond the cap are closed at once, and the listener serves
 /// again as soon as the flood stops.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_beyond_the_cap_are_closed() {
     let limits = Limits {
         max_connections: 4,
@@ -279,7 +332,7 @@ async fn connections_beyond_the_cap_are_closed() {
     assert!(answered, "the listener serves again once the flood is gone");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_listener_no_longer_switches_endpoints() {
     let (addr, _stop) = start_admin(Limits::default()).await;
     let (status, body) = send(

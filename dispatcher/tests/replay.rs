@@ -106,7 +106,9 @@ async fn unknown_endpoint_dead_letters_are_replayed_once_the_endpoint_is_back() 
     );
     assert!(
         out.contains(&format!("{n} matched, 0 replayed"))
-            && out.contains(&format!("{n} left for endpoints the config does not have")),
+            && out.contains(&format!(
+                "{n} left for endpoints that neither the config nor the endpoint store has"
+            )),
         "{out}"
     );
 

@@ -316,7 +316,10 @@ def check_dispatcher_validate(name: str, docs: list[dict[str, Any]], binary: str
         if "value" in e:
             env[e["name"]] = e["value"]
         elif "secretKeyRef" in e.get("valueFrom", {}):
-            if "SECRET" in e["name"]:
+            if "SECRETS_KEY" in e["name"]:
+                # An encryption key: 32 bytes in base64.
+                env[e["name"]] = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="
+            elif "SECRET" in e["name"]:
                 env[e["name"]] = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
             elif "TOKEN" in e["name"]:
                 env[e["name"]] = "stand-in-token-0123456789abcdef0123456789abcdef"
@@ -367,6 +370,11 @@ REFUSED: list[tuple[str, dict[str, Any], str]] = [
         "a config.api written by hand",
         {"config": {"api": {"listen": "0.0.0.0:9465"}}},
         "api",
+    ),
+    (
+        "a config.secrets written by hand",
+        {"config": {"secrets": {"encryption_keys": ["${KEY}"]}}},
+        "encryptionKeys",
     ),
     (
         "HPA and KEDA together",

@@ -229,6 +229,13 @@ pub struct HttpSettings {
     pub shared_secret: Option<String>,
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
+    /// Names of `headers` whose values are secret (API keys): the endpoint
+    /// store keeps them encrypted and the management API shows a hint only.
+    /// `Authorization` and `Proxy-Authorization` are secret without being
+    /// listed. Sending is unchanged: every header value is redacted from
+    /// failure reasons anyway.
+    #[serde(default)]
+    pub secret_headers: Vec<String>,
     /// The endpoint's own TLS (private CA, client certificate).
     #[serde(default)]
     pub tls: Option<crate::http::EndpointTls>,
@@ -252,6 +259,7 @@ impl fmt::Debug for HttpSettings {
                 &self.shared_secret.as_ref().map(|_| "[redacted]"),
             )
             .field("headers", &self.headers.keys().collect::<Vec<_>>())
+            .field("secret_headers", &self.secret_headers)
             .field("tls", &self.tls)
             .field("oauth2", &self.oauth2)
             .finish()
@@ -288,6 +296,18 @@ impl TransportFactory for HttpFactory {
         ctx: &BuildContext<'_>,
     ) -> Result<Arc<dyn Transport>, SettingsError> {
         let settings: HttpSettings = parse_settings(settings)?;
+        for (i, name) in settings.secret_headers.iter().enumerate() {
+            if !settings
+                .headers
+                .keys()
+                .any(|h| h.eq_ignore_ascii_case(name))
+            {
+                return Err(SettingsError::new(
+                    format!("secret_headers[{i}]"),
+                    "names no header of `headers`",
+                ));
+            }
+        }
         let has_secret = settings.secret.is_some();
         let transport = HttpTransport::new(settings.into_config(ctx.timeout), ctx.http.clone())
             .map_err(|e| SettingsError::new(user_secret_field(&e.field, has_secret), e.reason))?;

@@ -1,6 +1,8 @@
-//! The management API on `api.listen`: what changes the running dispatcher
-//! (pause and resume an endpoint), apart from `admin.listen`, which only
-//! shows it (metrics, probes).
+//! The management API on `api.listen`: endpoints as data. Create, change,
+//! pause, resume and delete endpoints (`/v1/endpoints`, see
+//! [`endpoints`]), all through the endpoint store, so a change applies on
+//! every replica and survives restarts; and it is apart from
+//! `admin.listen`, which only shows the dispatcher (metrics, probes).
 //!
 //! It is off unless at least one token is configured, and every request must
 //! pass three checks, in this order:
@@ -16,9 +18,13 @@
 //!    every configured token (as SHA-256 digests, so the time does not
 //!    depend on the length either).
 //!
-//! Switches are per replica and not persisted, like the lanes' [`Control`]
-//! they flip.
+//! Bodies are bounded ([`MAX_BODY_BYTES`]); the OpenAPI document
+//! ([`openapi`]) is served at `GET /v1/openapi.json` and kept in
+//! `docs/openapi.json`.
 
+pub mod endpoints;
+pub mod model;
+pub mod openapi;
 pub mod server;
 
 use std::fmt;
@@ -26,7 +32,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -37,10 +43,18 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use transports::Registry;
 
-use crate::config::Problem;
-use crate::lane::Control;
+use crate::config::{Config, Problem};
+use crate::endpoints::Routing;
+use crate::metrics::Metrics;
+use crate::park::Parker;
+use crate::store::Store;
 use server::{Limits, Peer};
+
+/// The largest request body: an endpoint with TLS material and templates
+/// fits many times over; more is refused with 413 before it is read.
+pub const MAX_BODY_BYTES: usize = 256 * 1024;
 
 /// The header every request must carry (any value): see the module docs.
 pub const REQUIRED_HEADER: &str = "x-dispatcher-api";
@@ -164,11 +178,33 @@ fn check_token(token: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// What the API works on.
+pub struct ApiContext {
+    /// The endpoint store: every write goes through it.
+    pub store: Arc<Store>,
+    /// The endpoints this replica runs (for stats, and to know a deleted
+    /// endpoint's lane still drains).
+    pub routing: watch::Receiver<Arc<Routing>>,
+    /// The config: its file endpoints (read-only here), the validation of
+    /// endpoints, the keys that seal secrets.
+    pub config: Arc<Config>,
+    pub registry: Registry,
+    pub metrics: Arc<Metrics>,
+    /// What replay needs; `None` where it is not offered.
+    pub replay: Option<ReplayContext>,
+}
+
+/// The running dispatcher's brokers and parker, which replay writes with.
+#[derive(Clone)]
+pub struct ReplayContext {
+    pub bootstrap: String,
+    pub parker: Arc<Parker>,
+}
+
 /// What the API serves from, shared by every request.
 #[derive(Clone)]
 pub struct ApiState {
-    /// Each endpoint's pause and disable switches, as `app` builds them.
-    pub endpoints: Arc<Vec<(Arc<str>, Arc<Control>)>>,
+    ctx: Arc<ApiContext>,
     auth: Arc<Auth>,
 }
 
@@ -179,13 +215,9 @@ struct Auth {
 }
 
 impl ApiState {
-    pub fn new(
-        endpoints: Arc<Vec<(Arc<str>, Arc<Control>)>>,
-        tokens: &[String],
-        allowed_hosts: &[String],
-    ) -> ApiState {
+    pub fn new(ctx: ApiContext, tokens: &[String], allowed_hosts: &[String]) -> ApiState {
         ApiState {
-            endpoints,
+            ctx: Arc::new(ctx),
             auth: Arc::new(Auth {
                 digests: tokens.iter().map(|t| digest(t.as_bytes())).collect(),
                 allowed_hosts: allowed_hosts
@@ -221,12 +253,29 @@ pub async fn serve(
 
 /// The routes, behind the guard.
 pub fn router(state: ApiState) -> Router {
+    use endpoints as e;
     Router::new()
-        .route("/endpoints", get(list))
-        .route("/endpoints/{id}", get(one))
-        .route("/endpoints/{id}/pause", post(pause))
-        .route("/endpoints/{id}/resume", post(resume))
+        .route("/v1/endpoints", get(e::list).post(e::create))
+        .route(
+            "/v1/endpoints/{id}",
+            get(e::get_one)
+                .put(e::put)
+                .patch(e::patch)
+                .delete(e::delete),
+        )
+        .route("/v1/endpoints/{id}/pause", post(e::pause))
+        .route("/v1/endpoints/{id}/resume", post(e::resume))
+        .route("/v1/endpoints/{id}/rotate-secret", post(e::rotate_secret))
+        .route("/v1/endpoints/{id}/replay", post(e::replay))
+        .route("/v1/endpoints/{id}/stats", get(e::stats))
+        .route("/v1/openapi.json", get(e::openapi))
+        // The unversioned routes, as aliases on top of the store.
+        .route("/endpoints", get(e::legacy_list))
+        .route("/endpoints/{id}", get(e::legacy_one))
+        .route("/endpoints/{id}/pause", post(e::legacy_pause))
+        .route("/endpoints/{id}/resume", post(e::legacy_resume))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route") })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn_with_state(state.clone(), guard))
         .with_state(state)
 }
@@ -310,85 +359,6 @@ fn host_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
         }
     };
     name.parse::<IpAddr>().is_ok() || name == "localhost" || allowed.iter().any(|a| a == name)
-}
-
-fn state_of(id: &str, control: &Control) -> serde_json::Value {
-    serde_json::json!({ "id": id, "paused": control.paused(), "disabled": control.disabled() })
-}
-
-fn find<'a>(state: &'a ApiState, id: &str) -> Option<&'a (Arc<str>, Arc<Control>)> {
-    state.endpoints.iter().find(|(e, _)| &**e == id)
-}
-
-/// `GET /endpoints`: every endpoint's switches on this replica.
-async fn list(State(state): State<ApiState>) -> Json<serde_json::Value> {
-    let list: Vec<_> = state
-        .endpoints
-        .iter()
-        .map(|(id, c)| state_of(id, c))
-        .collect();
-    Json(serde_json::json!({ "endpoints": list }))
-}
-
-/// `GET /endpoints/{id}`.
-async fn one(State(state): State<ApiState>, Path(id): Path<String>) -> Response {
-    match find(&state, &id) {
-        Some((id, c)) => Json(state_of(id, c)).into_response(),
-        None => error(StatusCode::NOT_FOUND, "no such endpoint"),
-    }
-}
-
-/// `POST /endpoints/{id}/pause`.
-async fn pause(
-    State(state): State<ApiState>,
-    Path(id): Path<String>,
-    peer: Option<axum::Extension<Peer>>,
-) -> Response {
-    let Some((id, control)) = find(&state, &id) else {
-        return error(StatusCode::NOT_FOUND, "no such endpoint");
-    };
-    control.pause();
-    tracing::warn!(endpoint = %id, action = "pause", peer = ?peer.map(|p| p.0 .0), "endpoint switched through the management API");
-    Json(state_of(id, control)).into_response()
-}
-
-#[derive(Deserialize)]
-struct ResumeQuery {
-    #[serde(default)]
-    clear_disabled: bool,
-}
-
-/// `POST /endpoints/{id}/resume[?clear_disabled=true]`. A resume also
-/// re-enables an endpoint a 410 disabled, which undoes the receiver's own
-/// "stop sending": so that takes `clear_disabled=true`, and without it a
-/// disabled endpoint answers 409 and stays as it is.
-async fn resume(
-    State(state): State<ApiState>,
-    Path(id): Path<String>,
-    Query(query): Query<ResumeQuery>,
-    peer: Option<axum::Extension<Peer>>,
-) -> Response {
-    let Some((id, control)) = find(&state, &id) else {
-        return error(StatusCode::NOT_FOUND, "no such endpoint");
-    };
-    if control.disabled() && !query.clear_disabled {
-        return (
-            StatusCode::CONFLICT,
-            Json(serde_json::json!({
-                "error": "the endpoint is disabled (its receiver answered 410 Gone); resume with ?clear_disabled=true to send to it again",
-                "endpoint": state_of(id, control),
-            })),
-        )
-            .into_response();
-    }
-    let action = if control.disabled() {
-        "resume+clear_disabled"
-    } else {
-        "resume"
-    };
-    control.resume();
-    tracing::warn!(endpoint = %id, action, peer = ?peer.map(|p| p.0 .0), "endpoint switched through the management API");
-    Json(state_of(id, control)).into_response()
 }
 
 #[cfg(test)]

@@ -31,6 +31,8 @@ pub struct Config {
     pub api: crate::api::ApiConfig,
     pub http: HttpConfig,
     pub pipeline: PipelineConfig,
+    /// Keys that encrypt endpoints' secrets in the endpoint store.
+    pub secrets: crate::secrets::SecretsConfig,
     pub endpoints: Vec<EndpointConfig>,
 }
 
@@ -308,6 +310,10 @@ pub struct EndpointConfig {
     /// transport's factory, which names any key it does not know.
     #[serde(skip)]
     pub settings: serde_json::Map<String, serde_json::Value>,
+    /// The endpoint as written in the file (after `${VAR}`), as JSON: what
+    /// the management API shows of a file endpoint, its secrets hinted.
+    #[serde(skip)]
+    pub source: serde_json::Map<String, serde_json::Value>,
 }
 
 impl fmt::Debug for EndpointConfig {
@@ -363,6 +369,7 @@ impl Default for EndpointConfig {
             retry: RetryConfig::default(),
             queue_capacity: default_queue_capacity(),
             settings: serde_json::Map::new(),
+            source: serde_json::Map::new(),
         }
     }
 }
@@ -440,6 +447,10 @@ fn parse_endpoint(item: Value, path: &str, problems: &mut Vec<Problem>) -> Optio
         ));
         return None;
     };
+    let source = match serde_json::to_value(&map) {
+        Ok(serde_json::Value::Object(source)) => source,
+        _ => serde_json::Map::new(),
+    };
     let (shared, own): (serde_yaml_ng::Mapping, serde_yaml_ng::Mapping) = map
         .into_iter()
         .partition(|(k, _)| k.as_str().is_some_and(|k| ENDPOINT_KEYS.contains(&k)));
@@ -460,6 +471,7 @@ fn parse_endpoint(item: Value, path: &str, problems: &mut Vec<Problem>) -> Optio
         })
         .collect();
     let mut endpoint = parse::<EndpointConfig>(Value::Mapping(shared), path, problems)?;
+    endpoint.source = source;
     for (k, v) in own {
         let key = k
             .as_str()
@@ -614,8 +626,10 @@ impl Config {
             api: section(&mut map, "api", &mut problems),
             http: section(&mut map, "http", &mut problems),
             pipeline: section(&mut map, "pipeline", &mut problems),
+            secrets: section(&mut map, "secrets", &mut problems),
             endpoints: Vec::new(),
         };
+        config.secrets.load(&mut problems);
         config.kafka.own_topics = vec![
             config.kafka.spill_topic.clone(),
             config.kafka.endpoints_topic.clone(),
@@ -646,7 +660,7 @@ impl Config {
                 .unwrap_or_else(|| format!("{key:?}"));
             problems.push(Problem::new(
                 key,
-                "unknown key (expected one of kafka, admin, api, http, pipeline, endpoints)",
+                "unknown key (expected one of kafka, admin, api, http, pipeline, secrets, endpoints)",
             ));
         }
 
@@ -1014,6 +1028,28 @@ impl Config {
         } else {
             Err(problems)
         }
+    }
+
+    /// Read YAML text (or JSON, which is YAML) with `${VAR}` replaced as in
+    /// the config file: what `dispatcher endpoints apply` reads.
+    pub fn read_yaml_with_env(
+        text: &str,
+        lookup: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<serde_json::Value, Vec<Problem>> {
+        let mut root: Value = serde_yaml_ng::from_str(text).map_err(|e| {
+            let at = e
+                .location()
+                .map(|l| format!(" (line {}, column {})", l.line(), l.column()))
+                .unwrap_or_default();
+            vec![Problem::new("", format!("not valid YAML{at}: {e}"))]
+        })?;
+        let mut problems = Vec::new();
+        env::interpolate(&mut root, "", lookup, &mut problems);
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        serde_json::to_value(&root)
+            .map_err(|e| vec![Problem::new("", format!("not representable as JSON: {e}"))])
     }
 
     /// What a transport factory needs to validate or build an endpoint.

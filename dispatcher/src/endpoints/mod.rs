@@ -190,9 +190,14 @@ impl Endpoints {
 
     /// The endpoint a store record holds, checked as the file's are.
     fn read_stored(&self, id: &str, stored: &StoredEndpoint) -> Option<EndpointConfig> {
-        match self
+        // Secrets are sealed in the store (crate::secrets): open them first;
+        // a record that does not open is refused like an invalid one.
+        match (self
             .config
-            .endpoint_from_json(&stored.endpoint, &self.registry)
+            .secrets
+            .keyring
+            .open_endpoint(id, &stored.endpoint))
+        .and_then(|endpoint| self.config.endpoint_from_json(&endpoint, &self.registry))
         {
             Ok(ep) => Some(ep),
             Err(problems) => {

@@ -70,6 +70,11 @@ with admin.listen set to the pod's admin port. Fails on literal secrets.
 {{- with .Values.api.allowedHosts }}{{ $_ := set $api "allowed_hosts" . }}{{ end }}
 {{- $_ := set $config "api" $api }}
 {{- end }}
+{{- if .Values.encryptionKeys }}
+{{- $keys := list }}
+{{- range $i, $_ := .Values.encryptionKeys }}{{ $keys = append $keys (printf "${DISPATCHER_SECRETS_KEY_%d}" $i) }}{{ end }}
+{{- $_ := set $config "secrets" (dict "encryption_keys" $keys) }}
+{{- end }}
 {{- $text := toYaml $config }}
 {{- if contains "whsec_" $text }}
 {{- fail "config: a literal whsec_ signing secret is in the config; put it in a Secret, list it in secretEnv and write ${NAME} in the config" }}

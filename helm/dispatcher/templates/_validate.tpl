@@ -6,6 +6,9 @@ Deployment, so every render runs them.
 {{- if and .Values.api.enabled (not .Values.api.tokenSecret.name) }}
 {{- fail "api.enabled needs api.tokenSecret.name: the Secret (and key) holding the management API's bearer token" }}
 {{- end }}
+{{- if hasKey .Values.config "secrets" }}
+{{- fail "config.secrets is set by the chart: list the Secrets of the encryption keys in encryptionKeys" }}
+{{- end }}
 {{- if hasKey .Values.config "api" }}
 {{- fail "config.api is set by the chart: use the api values (api.enabled, api.tokenSecret, api.allowedHosts)" }}
 {{- end }}
@@ -16,7 +19,7 @@ Deployment, so every render runs them.
 {{- fail "autoscaling.enabled and keda.enabled are exclusive: KEDA creates its own HorizontalPodAutoscaler" }}
 {{- end }}
 {{- /* Every ${NAME} the config needs (no default) must reach the container. */}}
-{{- if not .Values.envFrom }}
+{{- if not (or .Values.envFrom .Values.existingConfigMap.name) }}
 {{- $provided := dict }}
 {{- range .Values.secretEnv }}{{ $_ := set $provided .name true }}{{ end }}
 {{- range .Values.env }}{{ $_ := set $provided .name true }}{{ end }}

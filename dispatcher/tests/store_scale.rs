@@ -1,0 +1,172 @@
+//! The endpoint store at scale: a dispatcher starts from a topic holding
+//! 10,000 endpoints, and (ignored, a benchmark) how many writes per second
+//! the management API takes.
+//!
+//! The figures go to docs/benchmarks.md; they are printed, never asserted:
+//!
+//! ```text
+//! cargo test --release -p dispatcher --test store_scale -- --include-ignored --nocapture
+//! ```
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::ClientConfig;
+use support::{config, wait_until, API_TOKEN};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const ENDPOINTS: usize = 10_000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dispatcher_starts_from_a_store_of_ten_thousand_endpoints() {
+    support::init_logging();
+    let kafka = support::embedded_kafka(1);
+    let bootstrap = kafka.bootstrap().to_owned();
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("linger.ms", "20")
+        .create()
+        .unwrap();
+    let written = Instant::now();
+    let sends = (0..ENDPOINTS).map(|i| {
+        let producer = &producer;
+        async move {
+            let id = format!("tenant-{i:05}");
+            let value = serde_json::json!({
+                "version": 1,
+                "endpoint": {
+                    "id": id,
+                    "url": format!("https://hooks.example/{i}"),
+                    "events": ["message.*"],
+                    "filter": {"data.whatsapp_account_id": format!("acct-{i}")},
+                },
+                "state": {"paused": false, "disabled": false},
+            })
+            .to_string();
+            let headers = OwnedHeaders::new().insert(Header {
+                key: dispatcher::store::VERSION_HEADER,
+                value: Some("1"),
+            });
+            producer
+                .send(
+                    FutureRecord::to(support::ENDPOINTS_TOPIC)
+                        .key(&id)
+                        .payload(&value)
+                        .headers(headers),
+                    Duration::from_secs(60),
+                )
+                .await
+                .map_err(|(e, _)| e)
+                .unwrap();
+        }
+    });
+    futures::future::join_all(sends).await;
+    let write_s = written.elapsed().as_secs_f64();
+
+    let started = Instant::now();
+    let running = dispatcher::app::start(config(&bootstrap, "scale", "", ""))
+        .await
+        .expect("the dispatcher starts");
+    let caught_up_s = started.elapsed().as_secs_f64();
+    wait_until(Duration::from_secs(120), "ready", || {
+        running.ready.load(Ordering::Acquire)
+    })
+    .await;
+    let ready_s = started.elapsed().as_secs_f64();
+    assert_eq!(running.store.list().len(), ENDPOINTS);
+    assert_eq!(running.metrics.store_endpoints.get(), ENDPOINTS as i64);
+    assert_eq!(running.metrics.store_bad_records.get(), 0);
+    println!(
+        "store of {ENDPOINTS} endpoints: written in {write_s:.1} s; start() returned (store read, lanes started) after {caught_up_s:.1} s; ready after {ready_s:.1} s; RSS {} MiB",
+        rss_mib()
+    );
+    running.shutdown().await.unwrap();
+}
+
+/// This process's resident memory, from /proc (0 where there is none).
+fn rss_mib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb / 1024)
+}
+
+/// One PUT with a fresh connection: its status.
+async fn put(addr: SocketAddr, id: &str, body: &str) -> u16 {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "PUT /v1/endpoints/{id} HTTP/1.1\r\nhost: 127.0.0.1\r\nx-dispatcher-api: 1\r\nauthorization: Bearer {API_TOKEN}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+/// API write throughput: WRITES creates, CLIENTS at a time, each waiting
+/// for its answer (which comes after Kafka's acknowledgement and this
+/// replica's read-back).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark: run it in release, see docs/benchmarks.md"]
+async fn api_write_throughput() {
+    const WRITES: usize = 2_000;
+    let clients: usize = std::env::var("CLIENTS")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(8);
+    support::init_logging();
+    let kafka = support::embedded_kafka(1);
+    let bootstrap = kafka.bootstrap().to_owned();
+    let running = support::start(config(&bootstrap, "api-bench", "", "")).await;
+    let addr = running.api_addr.unwrap();
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let workers = (0..clients).map(|_| {
+        let next = next.clone();
+        tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= WRITES {
+                    return latencies;
+                }
+                let id = format!("bench-{i:05}");
+                let body = format!(
+                    "{{\"url\": \"https://hooks.example/{i}\", \"events\": [\"message.*\"]}}"
+                );
+                let t = Instant::now();
+                assert_eq!(put(addr, &id, &body).await, 201);
+                latencies.push(t.elapsed());
+            }
+        })
+    });
+    let mut latencies: Vec<Duration> = Vec::new();
+    for w in workers {
+        latencies.extend(w.await.unwrap());
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    latencies.sort();
+    let p = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
+    println!(
+        "API writes: {WRITES} creates, {clients} clients: {:.0} writes/s; latency p50 {:?}, p99 {:?}",
+        WRITES as f64 / elapsed,
+        p(0.50),
+        p(0.99)
+    );
+    running.shutdown().await.unwrap();
+}
