@@ -2,6 +2,10 @@
 //! installed — embedded Kafka, a producer of seed events of every type,
 //! four local webhook receivers (one slow, one flaky), live progress and a
 //! final summary.
+//!
+//! Each receiver measures the end-to-end age of what it accepts (arrival
+//! minus the event's `timestamp`), so the progress lines and the summary
+//! show, per endpoint, whether it is real-time or behind.
 
 use std::collections::HashSet;
 use std::convert::Infallible;
@@ -63,6 +67,21 @@ struct ReceiverStats {
     unique: Mutex<HashSet<String>>,
     /// End-to-end age (event timestamp to arrival), microseconds.
     age_us: Mutex<Option<hdrhistogram::Histogram<u64>>>,
+    /// The same, since the last progress line.
+    recent_age_us: Mutex<Option<hdrhistogram::Histogram<u64>>>,
+}
+
+impl ReceiverStats {
+    /// The ages since the last call (for a progress line).
+    fn take_recent(&self) -> Option<hdrhistogram::Histogram<u64>> {
+        let mut recent = self.recent_age_us.lock().unwrap_or_else(|e| e.into_inner());
+        let fresh = recent.as_ref().map(|h| {
+            let mut empty = h.clone();
+            empty.reset();
+            empty
+        });
+        std::mem::replace(&mut *recent, fresh)
+    }
 }
 
 #[derive(Serialize)]
@@ -75,6 +94,8 @@ struct EndpointSummary {
     dead_lettered: u64,
     received_unique: usize,
     requests: u64,
+    /// End-to-end age of what this endpoint's receiver accepted.
+    age_ms: Percentiles,
 }
 
 #[derive(Serialize)]
@@ -98,6 +119,28 @@ struct Percentiles {
     p90: f64,
     p99: f64,
     max: f64,
+}
+
+impl Percentiles {
+    /// Of a histogram of microseconds, in milliseconds.
+    fn of(h: &hdrhistogram::Histogram<u64>) -> Percentiles {
+        let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+        Percentiles {
+            p50: ms(0.5),
+            p90: ms(0.9),
+            p99: ms(0.99),
+            max: h.max() as f64 / 1000.0,
+        }
+    }
+}
+
+/// An age for people: milliseconds below ten seconds, then seconds.
+fn age_text(ms: f64) -> String {
+    if ms < 10_000.0 {
+        format!("{ms:.0} ms")
+    } else {
+        format!("{:.1} s", ms / 1000.0)
+    }
 }
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
@@ -289,6 +332,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
                 m.events_in_flight.get(),
                 done as f64 / started.elapsed().as_secs_f64()
             );
+            eprintln!("        {}", endpoint_progress(&receivers));
         }
         if produced >= args.events && done >= want {
             complete = true;
@@ -307,15 +351,14 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let mut all_ages = hdrhistogram::Histogram::<u64>::new(3).context("histogram")?;
     let mut endpoints = Vec::new();
     for (r, spec) in receivers.iter().zip(&config.endpoints) {
-        if let Some(h) = r
+        let ages = r
             .stats
             .age_us
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-        {
-            let _ = all_ages.add(h);
-        }
+            .clone()
+            .unwrap_or(hdrhistogram::Histogram::new(3).context("histogram")?);
+        let _ = all_ages.add(&ages);
         endpoints.push(EndpointSummary {
             id: r.id,
             subscribed_to: spec.events.clone(),
@@ -336,13 +379,13 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
                 .unwrap_or_else(|e| e.into_inner())
                 .len(),
             requests: r.stats.requests.load(Ordering::Relaxed),
+            age_ms: Percentiles::of(&ages),
         });
     }
     let retries: u64 = receivers
         .iter()
         .map(|r| m.attempts.with_label_values(&[r.id, "http", "retry"]).get())
         .sum();
-    let ms = |q: f64| all_ages.value_at_quantile(q) as f64 / 1000.0;
     let summary = Summary {
         events: produced,
         deliveries: expected.iter().sum(),
@@ -353,12 +396,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         elapsed_s: elapsed,
         events_per_s: produced as f64 / elapsed,
         deliveries_per_s: endpoint_total("delivered") as f64 / elapsed,
-        latency_ms: Percentiles {
-            p50: ms(0.5),
-            p90: ms(0.9),
-            p99: ms(0.99),
-            max: all_ages.max() as f64 / 1000.0,
-        },
+        latency_ms: Percentiles::of(&all_ages),
         endpoints,
     };
     running.shutdown().await?;
@@ -410,6 +448,38 @@ fn print_summary(s: &Summary) {
             e.requests
         );
     }
+    println!();
+    println!(
+        "{:<14} {:>10} {:>10} {:>10} {:>10}",
+        "end-to-end age", "p50", "p90", "p99", "max"
+    );
+    for e in &s.endpoints {
+        println!(
+            "{:<14} {:>10} {:>10} {:>10} {:>10}",
+            e.id,
+            age_text(e.age_ms.p50),
+            age_text(e.age_ms.p90),
+            age_text(e.age_ms.p99),
+            age_text(e.age_ms.max)
+        );
+    }
+}
+
+/// One line: each endpoint's p99 age over the last second.
+fn endpoint_progress(receivers: &[Receiver]) -> String {
+    receivers
+        .iter()
+        .map(|r| {
+            let age = match r.stats.take_recent() {
+                Some(h) if !h.is_empty() => {
+                    format!("p99 age {}", age_text(Percentiles::of(&h).p99))
+                }
+                _ => "no deliveries".to_owned(),
+            };
+            format!("{} {age}", r.id)
+        })
+        .collect::<Vec<_>>()
+        .join(" | ")
 }
 
 /// A local webhook receiver with the given behaviour.
@@ -421,6 +491,10 @@ async fn start_receiver(
     let addr = listener.local_addr()?;
     *stats.age_us.lock().unwrap_or_else(|e| e.into_inner()) =
         Some(hdrhistogram::Histogram::new(3)?);
+    *stats
+        .recent_age_us
+        .lock()
+        .unwrap_or_else(|e| e.into_inner()) = Some(hdrhistogram::Histogram::new(3)?);
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             let stats = stats.clone();
@@ -471,13 +545,10 @@ async fn receive(
             let age = (chrono::Utc::now() - ts.with_timezone(&chrono::Utc))
                 .num_microseconds()
                 .unwrap_or(0);
-            if let Some(h) = stats
-                .age_us
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .as_mut()
-            {
-                let _ = h.record(age.max(0) as u64);
+            for ages in [&stats.age_us, &stats.recent_age_us] {
+                if let Some(h) = ages.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+                    let _ = h.record(age.max(0) as u64);
+                }
             }
         }
     }
