@@ -196,6 +196,13 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     config.http.allowed_networks = vec!["127.0.0.0/8".into()];
     config.admin.listen = SocketAddr::from(([127, 0, 0, 1], 0));
     config.kafka.embedded_partitions = 12;
+    // The embedded Kafka answers a waiting fetch only when fetch.wait.max.ms
+    // ends (500 ms by default), not when records arrive as a real broker
+    // does: every age would include that wait. The load tester does the same.
+    config
+        .kafka
+        .options
+        .insert("fetch.wait.max.ms".into(), Scalar("10".into()));
     for (id, events, behaviour, filter) in specs {
         let stats = Arc::new(ReceiverStats::default());
         let addr = start_receiver(behaviour, stats.clone()).await?;
