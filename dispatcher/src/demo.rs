@@ -5,7 +5,9 @@
 //!
 //! Each receiver measures the end-to-end age of what it accepts (arrival
 //! minus the event's `timestamp`), so the progress lines and the summary
-//! show, per endpoint, whether it is real-time or behind.
+//! show, per endpoint, whether it is real-time or behind; next to it, from
+//! the dispatcher's own metrics, the backlog a lagging endpoint has in
+//! Kafka (spilled, brought back, waiting, and the oldest wait).
 
 use std::collections::HashSet;
 use std::convert::Infallible;
@@ -96,6 +98,41 @@ struct EndpointSummary {
     requests: u64,
     /// End-to-end age of what this endpoint's receiver accepted.
     age_ms: Percentiles,
+    /// Its backlog in Kafka, by the dispatcher's metrics.
+    backlog: BacklogSummary,
+}
+
+#[derive(Serialize, Default, Clone, Copy)]
+struct BacklogSummary {
+    /// Deliveries written to the spill topic (`dispatcher_spilled_total`).
+    spilled: u64,
+    /// Brought back to the endpoint (`dispatcher_backlog_drained_total`).
+    drained: u64,
+    /// Most waiting in Kafka at once (`dispatcher_endpoint_backlog_deliveries`).
+    peak: u64,
+    /// The longest the oldest waited (`dispatcher_endpoint_backlog_oldest_age_seconds`).
+    oldest_age_max_s: f64,
+}
+
+impl BacklogSummary {
+    /// The metrics now; `peak` and `oldest_age_max_s` are what waits now.
+    fn now(m: &crate::metrics::Metrics, id: &str) -> BacklogSummary {
+        BacklogSummary {
+            spilled: m.spilled.with_label_values(&[id]).get(),
+            drained: m.backlog_drained.with_label_values(&[id]).get(),
+            peak: m.backlog.with_label_values(&[id]).get().max(0) as u64,
+            oldest_age_max_s: m.backlog_age.with_label_values(&[id]).get(),
+        }
+    }
+
+    /// Keep the peaks of `self` and `now`, and `now`'s counters.
+    fn update(&mut self, now: BacklogSummary) {
+        *self = BacklogSummary {
+            peak: self.peak.max(now.peak),
+            oldest_age_max_s: self.oldest_age_max_s.max(now.oldest_age_max_s),
+            ..now
+        };
+    }
 }
 
 #[derive(Serialize)]
@@ -284,6 +321,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             .sum()
     };
     let mut produced = 0u64;
+    let mut backlogs = vec![BacklogSummary::default(); receivers.len()];
     let mut last_report = Instant::now();
     let mut complete = false;
     loop {
@@ -326,6 +364,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         }))
         .await;
 
+        for (b, r) in backlogs.iter_mut().zip(&receivers) {
+            b.update(BacklogSummary::now(&m, r.id));
+        }
         let want: u64 = expected.iter().sum();
         let done = endpoint_total("delivered") + endpoint_total("dead_lettered");
         if last_report.elapsed() >= Duration::from_secs(1) {
@@ -339,7 +380,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
                 m.events_in_flight.get(),
                 done as f64 / started.elapsed().as_secs_f64()
             );
-            eprintln!("        {}", endpoint_progress(&receivers));
+            for line in endpoint_progress(&receivers, &m) {
+                eprintln!("        {line}");
+            }
         }
         if produced >= args.events && done >= want {
             complete = true;
@@ -387,6 +430,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
                 .len(),
             requests: r.stats.requests.load(Ordering::Relaxed),
             age_ms: Percentiles::of(&ages),
+            backlog: {
+                let mut b = backlogs[endpoints.len()];
+                b.update(BacklogSummary::now(&m, r.id));
+                b
+            },
         });
     }
     let retries: u64 = receivers
@@ -457,24 +505,39 @@ fn print_summary(s: &Summary) {
     }
     println!();
     println!(
-        "{:<14} {:>10} {:>10} {:>10} {:>10}",
-        "end-to-end age", "p50", "p90", "p99", "max"
+        "{:<14} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>12} {:>12}",
+        "end-to-end age",
+        "p50",
+        "p90",
+        "p99",
+        "max",
+        "spilled",
+        "back",
+        "most waiting",
+        "oldest wait"
     );
     for e in &s.endpoints {
         println!(
-            "{:<14} {:>10} {:>10} {:>10} {:>10}",
+            "{:<14} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>12} {:>10.1} s",
             e.id,
             age_text(e.age_ms.p50),
             age_text(e.age_ms.p90),
             age_text(e.age_ms.p99),
-            age_text(e.age_ms.max)
+            age_text(e.age_ms.max),
+            e.backlog.spilled,
+            e.backlog.drained,
+            e.backlog.peak,
+            e.backlog.oldest_age_max_s
         );
     }
+    println!("(spilled: written to Kafka because the endpoint did not keep up; back: brought back from there)");
 }
 
-/// One line: each endpoint's p99 age over the last second.
-fn endpoint_progress(receivers: &[Receiver]) -> String {
-    receivers
+/// Each endpoint's p99 age over the last second, on one line; then a line
+/// for each endpoint with a backlog in Kafka: how much waits there, since
+/// when, and how much went there and came back.
+fn endpoint_progress(receivers: &[Receiver], m: &crate::metrics::Metrics) -> Vec<String> {
+    let ages = receivers
         .iter()
         .map(|r| {
             let age = match r.stats.take_recent() {
@@ -486,7 +549,18 @@ fn endpoint_progress(receivers: &[Receiver]) -> String {
             format!("{} {age}", r.id)
         })
         .collect::<Vec<_>>()
-        .join(" | ")
+        .join(" | ");
+    let mut lines = vec![ages];
+    for r in receivers {
+        let b = BacklogSummary::now(m, r.id);
+        if b.spilled > 0 || b.peak > 0 {
+            lines.push(format!(
+                "{}: backlog in Kafka {} (oldest {:.1} s); {} spilled, {} back",
+                r.id, b.peak, b.oldest_age_max_s, b.spilled, b.drained
+            ));
+        }
+    }
+    lines
 }
 
 /// A local webhook receiver with the given behaviour.
