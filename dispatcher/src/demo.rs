@@ -2,6 +2,12 @@
 //! installed — embedded Kafka, a producer of seed events of every type,
 //! four local webhook receivers (one slow, one flaky), live progress and a
 //! final summary.
+//!
+//! Each receiver measures the end-to-end age of what it accepts (arrival
+//! minus the event's `timestamp`), so the progress lines and the summary
+//! show, per endpoint, whether it is real-time or behind; next to it, from
+//! the dispatcher's own metrics, the backlog a lagging endpoint has in
+//! Kafka (spilled, brought back, waiting, and the oldest wait).
 
 use std::collections::HashSet;
 use std::convert::Infallible;
@@ -63,6 +69,21 @@ struct ReceiverStats {
     unique: Mutex<HashSet<String>>,
     /// End-to-end age (event timestamp to arrival), microseconds.
     age_us: Mutex<Option<hdrhistogram::Histogram<u64>>>,
+    /// The same, since the last progress line.
+    recent_age_us: Mutex<Option<hdrhistogram::Histogram<u64>>>,
+}
+
+impl ReceiverStats {
+    /// The ages since the last call (for a progress line).
+    fn take_recent(&self) -> Option<hdrhistogram::Histogram<u64>> {
+        let mut recent = self.recent_age_us.lock().unwrap_or_else(|e| e.into_inner());
+        let fresh = recent.as_ref().map(|h| {
+            let mut empty = h.clone();
+            empty.reset();
+            empty
+        });
+        std::mem::replace(&mut *recent, fresh)
+    }
 }
 
 #[derive(Serialize)]
@@ -75,6 +96,43 @@ struct EndpointSummary {
     dead_lettered: u64,
     received_unique: usize,
     requests: u64,
+    /// End-to-end age of what this endpoint's receiver accepted.
+    age_ms: Percentiles,
+    /// Its backlog in Kafka, by the dispatcher's metrics.
+    backlog: BacklogSummary,
+}
+
+#[derive(Serialize, Default, Clone, Copy)]
+struct BacklogSummary {
+    /// Deliveries written to the spill topic (`dispatcher_spilled_total`).
+    spilled: u64,
+    /// Brought back to the endpoint (`dispatcher_backlog_drained_total`).
+    drained: u64,
+    /// Most waiting in Kafka at once (`dispatcher_endpoint_backlog_deliveries`).
+    peak: u64,
+    /// The longest the oldest waited (`dispatcher_endpoint_backlog_oldest_age_seconds`).
+    oldest_age_max_s: f64,
+}
+
+impl BacklogSummary {
+    /// The metrics now; `peak` and `oldest_age_max_s` are what waits now.
+    fn now(m: &crate::metrics::Metrics, id: &str) -> BacklogSummary {
+        BacklogSummary {
+            spilled: m.spilled.with_label_values(&[id]).get(),
+            drained: m.backlog_drained.with_label_values(&[id]).get(),
+            peak: m.backlog.with_label_values(&[id]).get().max(0) as u64,
+            oldest_age_max_s: m.backlog_age.with_label_values(&[id]).get(),
+        }
+    }
+
+    /// Keep the peaks of `self` and `now`, and `now`'s counters.
+    fn update(&mut self, now: BacklogSummary) {
+        *self = BacklogSummary {
+            peak: self.peak.max(now.peak),
+            oldest_age_max_s: self.oldest_age_max_s.max(now.oldest_age_max_s),
+            ..now
+        };
+    }
 }
 
 #[derive(Serialize)]
@@ -98,6 +156,28 @@ struct Percentiles {
     p90: f64,
     p99: f64,
     max: f64,
+}
+
+impl Percentiles {
+    /// Of a histogram of microseconds, in milliseconds.
+    fn of(h: &hdrhistogram::Histogram<u64>) -> Percentiles {
+        let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+        Percentiles {
+            p50: ms(0.5),
+            p90: ms(0.9),
+            p99: ms(0.99),
+            max: h.max() as f64 / 1000.0,
+        }
+    }
+}
+
+/// An age for people: milliseconds below ten seconds, then seconds.
+fn age_text(ms: f64) -> String {
+    if ms < 10_000.0 {
+        format!("{ms:.0} ms")
+    } else {
+        format!("{:.1} s", ms / 1000.0)
+    }
 }
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
@@ -153,6 +233,13 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     config.http.allowed_networks = vec!["127.0.0.0/8".into()];
     config.admin.listen = SocketAddr::from(([127, 0, 0, 1], 0));
     config.kafka.embedded_partitions = 12;
+    // The embedded Kafka answers a waiting fetch only when fetch.wait.max.ms
+    // ends (500 ms by default), not when records arrive as a real broker
+    // does: every age would include that wait. The load tester does the same.
+    config
+        .kafka
+        .options
+        .insert("fetch.wait.max.ms".into(), Scalar("10".into()));
     for (id, events, behaviour, filter) in specs {
         let stats = Arc::new(ReceiverStats::default());
         let addr = start_receiver(behaviour, stats.clone()).await?;
@@ -234,6 +321,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             .sum()
     };
     let mut produced = 0u64;
+    let mut backlogs = vec![BacklogSummary::default(); receivers.len()];
     let mut last_report = Instant::now();
     let mut complete = false;
     loop {
@@ -276,6 +364,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         }))
         .await;
 
+        for (b, r) in backlogs.iter_mut().zip(&receivers) {
+            b.update(BacklogSummary::now(&m, r.id));
+        }
         let want: u64 = expected.iter().sum();
         let done = endpoint_total("delivered") + endpoint_total("dead_lettered");
         if last_report.elapsed() >= Duration::from_secs(1) {
@@ -289,6 +380,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
                 m.events_in_flight.get(),
                 done as f64 / started.elapsed().as_secs_f64()
             );
+            for line in endpoint_progress(&receivers, &m) {
+                eprintln!("        {line}");
+            }
         }
         if produced >= args.events && done >= want {
             complete = true;
@@ -307,15 +401,14 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let mut all_ages = hdrhistogram::Histogram::<u64>::new(3).context("histogram")?;
     let mut endpoints = Vec::new();
     for (r, spec) in receivers.iter().zip(&config.endpoints) {
-        if let Some(h) = r
+        let ages = r
             .stats
             .age_us
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-        {
-            let _ = all_ages.add(h);
-        }
+            .clone()
+            .unwrap_or(hdrhistogram::Histogram::new(3).context("histogram")?);
+        let _ = all_ages.add(&ages);
         endpoints.push(EndpointSummary {
             id: r.id,
             subscribed_to: spec.events.clone(),
@@ -336,13 +429,18 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
                 .unwrap_or_else(|e| e.into_inner())
                 .len(),
             requests: r.stats.requests.load(Ordering::Relaxed),
+            age_ms: Percentiles::of(&ages),
+            backlog: {
+                let mut b = backlogs[endpoints.len()];
+                b.update(BacklogSummary::now(&m, r.id));
+                b
+            },
         });
     }
     let retries: u64 = receivers
         .iter()
         .map(|r| m.attempts.with_label_values(&[r.id, "http", "retry"]).get())
         .sum();
-    let ms = |q: f64| all_ages.value_at_quantile(q) as f64 / 1000.0;
     let summary = Summary {
         events: produced,
         deliveries: expected.iter().sum(),
@@ -353,12 +451,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         elapsed_s: elapsed,
         events_per_s: produced as f64 / elapsed,
         deliveries_per_s: endpoint_total("delivered") as f64 / elapsed,
-        latency_ms: Percentiles {
-            p50: ms(0.5),
-            p90: ms(0.9),
-            p99: ms(0.99),
-            max: all_ages.max() as f64 / 1000.0,
-        },
+        latency_ms: Percentiles::of(&all_ages),
         endpoints,
     };
     running.shutdown().await?;
@@ -410,6 +503,64 @@ fn print_summary(s: &Summary) {
             e.requests
         );
     }
+    println!();
+    println!(
+        "{:<14} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>12} {:>12}",
+        "end-to-end age",
+        "p50",
+        "p90",
+        "p99",
+        "max",
+        "spilled",
+        "back",
+        "most waiting",
+        "oldest wait"
+    );
+    for e in &s.endpoints {
+        println!(
+            "{:<14} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>12} {:>10.1} s",
+            e.id,
+            age_text(e.age_ms.p50),
+            age_text(e.age_ms.p90),
+            age_text(e.age_ms.p99),
+            age_text(e.age_ms.max),
+            e.backlog.spilled,
+            e.backlog.drained,
+            e.backlog.peak,
+            e.backlog.oldest_age_max_s
+        );
+    }
+    println!("(spilled: written to Kafka because the endpoint did not keep up; back: brought back from there)");
+}
+
+/// Each endpoint's p99 age over the last second, on one line; then a line
+/// for each endpoint with a backlog in Kafka: how much waits there, since
+/// when, and how much went there and came back.
+fn endpoint_progress(receivers: &[Receiver], m: &crate::metrics::Metrics) -> Vec<String> {
+    let ages = receivers
+        .iter()
+        .map(|r| {
+            let age = match r.stats.take_recent() {
+                Some(h) if !h.is_empty() => {
+                    format!("p99 age {}", age_text(Percentiles::of(&h).p99))
+                }
+                _ => "no deliveries".to_owned(),
+            };
+            format!("{} {age}", r.id)
+        })
+        .collect::<Vec<_>>()
+        .join(" | ");
+    let mut lines = vec![ages];
+    for r in receivers {
+        let b = BacklogSummary::now(m, r.id);
+        if b.spilled > 0 || b.peak > 0 {
+            lines.push(format!(
+                "{}: backlog in Kafka {} (oldest {:.1} s); {} spilled, {} back",
+                r.id, b.peak, b.oldest_age_max_s, b.spilled, b.drained
+            ));
+        }
+    }
+    lines
 }
 
 /// A local webhook receiver with the given behaviour.
@@ -421,6 +572,10 @@ async fn start_receiver(
     let addr = listener.local_addr()?;
     *stats.age_us.lock().unwrap_or_else(|e| e.into_inner()) =
         Some(hdrhistogram::Histogram::new(3)?);
+    *stats
+        .recent_age_us
+        .lock()
+        .unwrap_or_else(|e| e.into_inner()) = Some(hdrhistogram::Histogram::new(3)?);
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             let stats = stats.clone();
@@ -471,13 +626,10 @@ async fn receive(
             let age = (chrono::Utc::now() - ts.with_timezone(&chrono::Utc))
                 .num_microseconds()
                 .unwrap_or(0);
-            if let Some(h) = stats
-                .age_us
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .as_mut()
-            {
-                let _ = h.record(age.max(0) as u64);
+            for ages in [&stats.age_us, &stats.recent_age_us] {
+                if let Some(h) = ages.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+                    let _ = h.record(age.max(0) as u64);
+                }
             }
         }
     }

@@ -5,7 +5,8 @@
 //! Every run uses fresh topic and group names, so that runs against a shared
 //! broker never read each other's records or offsets.
 
-use std::time::Duration;
+use std::collections::{BTreeMap, HashSet};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use dispatcher::embedded::EmbeddedKafka;
@@ -14,6 +15,8 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::ClientConfig;
+use serde::Serialize;
+use transports::DeliveryId;
 
 /// The topics of one run.
 #[derive(Debug, Clone)]
@@ -155,4 +158,102 @@ pub fn dropped_records(bootstrap: &str, topic: &str, partitions: i32) -> anyhow:
         dropped += low;
     }
     Ok(dropped)
+}
+
+/// What a dispatcher wrote to one of its internal topics (the spill topic),
+/// read back record by record after the run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Written {
+    /// Records read.
+    pub records: u64,
+    /// Distinct delivery ids among them (`park.delivery_id`).
+    pub deliveries: u64,
+    /// Records the broker no longer held (low watermarks): the embedded
+    /// Kafka drops a partition's oldest data past about 5 MiB.
+    pub dropped: i64,
+    /// Per endpoint (`park.endpoint_id`): (records, distinct deliveries).
+    pub by_endpoint: BTreeMap<String, (u64, u64)>,
+}
+
+/// Read all of `topic` from the start and count its records and the
+/// distinct deliveries they carry. Stops when every partition was read to
+/// the high watermark it had when the read began and nothing more came for
+/// a second, or when nothing came for 10 s (a broker whose watermarks lag),
+/// or after `bound`. Blocking.
+pub fn read_written(bootstrap: &str, topic: &str, bound: Duration) -> anyhow::Result<Written> {
+    use rdkafka::message::{Headers, Message};
+    use rdkafka::{Offset, TopicPartitionList};
+
+    let partitions = partitions_of(bootstrap, topic)?;
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", format!("{topic}.loadtest-reader"))
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "100")
+        .create()
+        .context("creating a reader of the spill topic")?;
+    let mut tpl = TopicPartitionList::new();
+    let mut ends = vec![0i64; partitions as usize];
+    let mut out = Written::default();
+    for p in 0..partitions {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, p, Duration::from_secs(10))
+            .with_context(|| format!("reading the watermarks of {topic}/{p}"))?;
+        out.dropped += low;
+        ends[p as usize] = high;
+        tpl.add_partition_offset(topic, p, Offset::Beginning)?;
+    }
+    consumer.assign(&tpl)?;
+    let mut positions = vec![-1i64; partitions as usize];
+    let mut seen: HashSet<DeliveryId> = HashSet::new();
+    let started = Instant::now();
+    let mut last_message = Instant::now();
+    loop {
+        let at_end = positions
+            .iter()
+            .zip(&ends)
+            .all(|(pos, end)| *pos + 1 >= *end);
+        let idle = last_message.elapsed();
+        if (at_end && idle >= Duration::from_secs(1))
+            || idle >= Duration::from_secs(10)
+            || started.elapsed() >= bound
+        {
+            break;
+        }
+        let Some(msg) = consumer.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        let Ok(msg) = msg else { continue };
+        last_message = Instant::now();
+        if let Some(p) = positions.get_mut(msg.partition() as usize) {
+            *p = (*p).max(msg.offset());
+        }
+        out.records += 1;
+        let (mut id, mut endpoint) = (None, None);
+        if let Some(headers) = msg.headers() {
+            for h in headers.iter() {
+                match (h.key, h.value) {
+                    ("park.delivery_id", Some(v)) => {
+                        id = std::str::from_utf8(v).ok().and_then(DeliveryId::parse)
+                    }
+                    ("park.endpoint_id", Some(v)) => {
+                        endpoint = std::str::from_utf8(v).ok().map(str::to_owned)
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let entry = out
+            .by_endpoint
+            .entry(endpoint.unwrap_or_else(|| "?".into()))
+            .or_default();
+        entry.0 += 1;
+        if let Some(id) = id {
+            if seen.insert(id) {
+                entry.1 += 1;
+                out.deliveries += 1;
+            }
+        }
+    }
+    Ok(out)
 }

@@ -273,6 +273,11 @@ impl Fleet {
         })
     }
 
+    /// Each live child's admin address (metrics, health), by index.
+    pub fn admin_addrs(&self) -> Vec<SocketAddr> {
+        self.members.iter().map(|m| m.admin).collect()
+    }
+
     pub fn log_path(&self, index: usize) -> PathBuf {
         self.dir.join(format!("dispatcher-{index}.log"))
     }

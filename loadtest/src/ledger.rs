@@ -64,7 +64,23 @@ struct Inner {
     expected: u64,
     /// Expected ids that are final (accepted or dead-lettered).
     settled: u64,
+    /// The same two per endpoint (index), for waits on some endpoints only.
+    expected_by: Vec<u64>,
+    settled_by: Vec<u64>,
     overflow: u64,
+}
+
+/// Add `by` (0 or 1) to endpoint `e`'s counter, ignoring unknown endpoints.
+fn bump(counts: &mut [u64], e: u16, by: u64) {
+    if let Some(c) = counts.get_mut(usize::from(e)) {
+        *c += by;
+    }
+}
+
+fn unbump(counts: &mut [u64], e: u16, by: u64) {
+    if let Some(c) = counts.get_mut(usize::from(e)) {
+        *c = c.saturating_sub(by);
+    }
 }
 
 /// Shared between the producer, the sink and the dead-letter watcher.
@@ -118,7 +134,11 @@ impl Ledger {
     /// A ledger for `endpoints` endpoints tracking at most `capacity` ids.
     pub fn new(endpoints: usize, capacity: usize) -> Ledger {
         Ledger {
-            inner: Mutex::new(Inner::default()),
+            inner: Mutex::new(Inner {
+                expected_by: vec![0; endpoints],
+                settled_by: vec![0; endpoints],
+                ..Inner::default()
+            }),
             capacity,
             endpoints,
         }
@@ -138,6 +158,8 @@ impl Ledger {
             slots,
             expected,
             settled,
+            expected_by,
+            settled_by,
             overflow,
         } = &mut *inner;
         match slots.get_mut(&id) {
@@ -149,6 +171,8 @@ impl Ledger {
                 slot.endpoint = endpoint as u16;
                 *expected += 1;
                 *settled += u64::from(slot.is_final());
+                bump(expected_by, slot.endpoint, 1);
+                bump(settled_by, slot.endpoint, u64::from(slot.is_final()));
                 true
             }
             None if full => {
@@ -167,6 +191,7 @@ impl Ledger {
                     },
                 );
                 *expected += 1;
+                bump(expected_by, endpoint as u16, 1);
                 true
             }
         }
@@ -179,6 +204,12 @@ impl Ledger {
             if slot.expected {
                 inner.expected -= 1;
                 inner.settled -= u64::from(slot.is_final());
+                unbump(&mut inner.expected_by, slot.endpoint, 1);
+                unbump(
+                    &mut inner.settled_by,
+                    slot.endpoint,
+                    u64::from(slot.is_final()),
+                );
                 if slot.is_final() {
                     if let Some(s) = inner.slots.get_mut(&id) {
                         s.expected = false;
@@ -197,6 +228,7 @@ impl Ledger {
         let Inner {
             slots,
             settled,
+            settled_by,
             overflow,
             ..
         } = &mut *inner;
@@ -208,6 +240,7 @@ impl Ledger {
                 let first = slot.accepted == 0;
                 if first && slot.expected && !slot.dead {
                     *settled += 1;
+                    bump(settled_by, slot.endpoint, 1);
                 }
                 slot.accepted = slot.accepted.saturating_add(1);
                 match (first, slot.expected) {
@@ -243,6 +276,7 @@ impl Ledger {
         let Inner {
             slots,
             settled,
+            settled_by,
             overflow,
             ..
         } = &mut *inner;
@@ -250,6 +284,7 @@ impl Ledger {
             Some(slot) => {
                 if !slot.dead && slot.accepted == 0 && slot.expected {
                     *settled += 1;
+                    bump(settled_by, slot.endpoint, 1);
                 }
                 slot.dead = true;
             }
@@ -274,6 +309,17 @@ impl Ledger {
     pub fn progress(&self) -> (u64, u64) {
         let inner = self.lock();
         (inner.expected, inner.settled)
+    }
+
+    /// (expected, settled) over the endpoints for which `which(index)` is
+    /// true.
+    pub fn progress_of(&self, which: impl Fn(usize) -> bool) -> (u64, u64) {
+        let inner = self.lock();
+        (0..self.endpoints)
+            .filter(|&i| which(i))
+            .fold((0, 0), |(e, s), i| {
+                (e + inner.expected_by[i], s + inner.settled_by[i])
+            })
     }
 
     /// Count everything. Walks every id: call it at the end, not per request.
@@ -342,6 +388,9 @@ mod tests {
         assert_eq!(l.accepted(id(9), 0), Receipt::Unexpected);
         assert_eq!(l.accepted(id(4), 1), Receipt::First); // wrong endpoint
         assert_eq!(l.progress(), (6, 5));
+        assert_eq!(l.progress_of(|i| i == 0), (3, 3));
+        assert_eq!(l.progress_of(|i| i == 1), (3, 2));
+        assert_eq!(l.progress_of(|_| true), l.progress());
 
         let s = l.summary();
         assert_eq!(

@@ -12,6 +12,7 @@
 //! - [`deadletters`]: reading the dead-letter topic into the ledger;
 //! - [`broker`]: the embedded or given Kafka and the run's topics;
 //! - [`fleet`]: the `dispatcher` binary as child processes (kill -9, /proc);
+//! - [`scrape`]: the dispatchers' own metrics (spill, backlog) during a run;
 //! - [`bare`]: the ceiling, a bare hyper client;
 //! - [`scenario`]: the YAML scenario format and the shipped scenarios;
 //! - [`run`]: the runner that puts it all together;
@@ -28,6 +29,7 @@ pub mod produce;
 pub mod report;
 pub mod run;
 pub mod scenario;
+pub mod scrape;
 pub mod sink;
 pub mod stats;
 pub mod workload;

@@ -132,6 +132,12 @@ struct RunArgs {
     /// Skip the bare-client ceiling.
     #[arg(long)]
     no_ceiling: bool,
+    /// Skip the paired reference run of a scenario that has one.
+    #[arg(long)]
+    no_reference: bool,
+    /// Run the scenario's backlog stage with this many deliveries (0: skip it).
+    #[arg(long, value_name = "DELIVERIES")]
+    backlog: Option<u64>,
     /// Where dispatcher configs and logs go (default: a new temporary directory).
     #[arg(long)]
     work_dir: Option<PathBuf>,
@@ -221,6 +227,19 @@ async fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
     }
     if a.no_ceiling {
         scenario.ceiling.enabled = false;
+    }
+    if a.no_reference {
+        scenario.reference = None;
+    }
+    if let Some(n) = a.backlog {
+        match &mut scenario.backlog {
+            Some(b) => b.deliveries = n,
+            None if n == 0 => {}
+            None => bail!(
+                "--backlog: scenario {} has no `backlog` section (which endpoints hold it)",
+                scenario.name
+            ),
+        }
     }
     scenario.check().map_err(|p| {
         anyhow::anyhow!(

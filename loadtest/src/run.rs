@@ -27,10 +27,11 @@ use crate::ledger::Ledger;
 use crate::procstat;
 use crate::produce::{self, Expectations, Plan, Produced};
 use crate::report::{
-    Accounting, Ceiling, DispatcherUsage, EndpointReport, Machine, Marker, PhaseReport, Report,
-    Sample, TargetResult,
+    Accounting, BoundedEndpoint, Ceiling, DispatcherUsage, EndpointReport, FinalSettle,
+    LoadTesterUsage, Machine, Marker, PhaseReport, Report, Sample, SpillReport, TargetResult,
 };
-use crate::scenario::{Endpoint, Metric, Rate, Scenario};
+use crate::scenario::{Endpoint, Metric, Rate, Scenario, SettleScope};
+use crate::scrape::Tracker;
 use crate::sink::{self, Counts, Sink, SinkEndpoint};
 use crate::stats::Percentiles;
 use crate::workload::{Expected, Routing, Workload};
@@ -79,6 +80,8 @@ struct Live {
     phase: Mutex<String>,
     series: Mutex<Vec<Sample>>,
     markers: Mutex<Vec<Marker>>,
+    /// What the dispatchers' metrics said, added up over the run.
+    metrics: Mutex<Tracker>,
     run_started: Instant,
     interval: Duration,
     progress: bool,
@@ -121,6 +124,21 @@ impl Live {
     fn usage(&self) -> Option<Usage> {
         lock(&self.fleet).as_ref().map(Fleet::usage)
     }
+
+    /// Read every dispatcher's metrics once and add them to the tracker.
+    async fn scrape(&self) {
+        let addrs = lock(&self.fleet)
+            .as_ref()
+            .map(Fleet::admin_addrs)
+            .unwrap_or_default();
+        let mut round = Vec::with_capacity(addrs.len());
+        for (i, addr) in addrs.into_iter().enumerate() {
+            if let Some(s) = crate::scrape::fetch(addr).await {
+                round.push((i, s));
+            }
+        }
+        lock(&self.metrics).update(&round);
+    }
 }
 
 /// Watches everything while the run goes on: samples the series, keeps the
@@ -131,6 +149,7 @@ async fn monitor(live: Arc<Live>) {
     let mut last_counts = Counts::sum(&live.sink.counts());
     let mut last_produced = 0;
     let mut last_cpu: Option<Duration> = None;
+    let mut last_own_cpu = procstat::cpu(None);
     let mut last_progress = Instant::now();
     let mut last_kill = Instant::now();
     let mut next_victim = 0;
@@ -184,6 +203,16 @@ async fn monitor(live: Arc<Live>) {
 
         let now = Instant::now();
         if now - last_sample >= live.interval {
+            live.scrape().await;
+            let (backlog, oldest) = lock(&live.metrics).backlog_now();
+            let own_cpu = procstat::cpu(None);
+            let own_cores = match (own_cpu, last_own_cpu) {
+                (Some(c), Some(l)) => {
+                    Some(c.saturating_sub(l).as_secs_f64() / (now - last_sample).as_secs_f64())
+                }
+                _ => None,
+            };
+            last_own_cpu = own_cpu;
             let dt = (now - last_sample).as_secs_f64();
             let produced = live.produced.load(Ordering::Relaxed);
             let ages = Percentiles::of(&live.sink.take_interval_ages());
@@ -202,6 +231,9 @@ async fn monitor(live: Arc<Live>) {
                 age_max_ms: ages.map(|a| a.max_ms),
                 rss_mb: usage.map(|u| mb(u.rss_bytes)),
                 cpu_cores: cores,
+                loadtest_cores: own_cores,
+                backlog_deliveries: usage.map(|_| backlog),
+                backlog_oldest_s: usage.map(|_| oldest),
             });
             last_sample = now;
             last_counts = counts;
@@ -211,14 +243,17 @@ async fn monitor(live: Arc<Live>) {
         if live.progress && last_progress.elapsed() >= Duration::from_secs(1) {
             last_progress = Instant::now();
             let (expected, settled) = live.ledger.progress();
+            let (backlog, oldest) = lock(&live.metrics).backlog_now();
             eprintln!(
-                "[{:>6.1}s] {:<10} produced {:>9} | final {:>9}/{:<9} | accepted {:>9} | rss {} MB",
+                "[{:>6.1}s] {:<10} produced {:>9} | final {:>9}/{:<9} | accepted {:>9} | backlog {:>8} (oldest {:>5.1} s) | rss {} MB",
                 live.run_started.elapsed().as_secs_f64(),
                 lock(&live.phase).as_str(),
                 live.produced.load(Ordering::Relaxed),
                 settled,
                 expected,
                 counts.accepted,
+                backlog,
+                oldest,
                 usage.map_or("-".into(), |u| format!("{:.0}", mb(u.rss_bytes))),
             );
         }
@@ -229,12 +264,23 @@ fn mb(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
 }
 
-/// Wait until every expected delivery is final, up to `deadline`. True when
+/// Wait until every expected delivery is final (with `only`, every
+/// delivery of the endpoints it marks), up to `deadline`. True when
 /// complete.
-async fn settle(live: &Live, deadline: Instant, poll: Duration) -> anyhow::Result<bool> {
+async fn settle(
+    live: &Live,
+    deadline: Instant,
+    poll: Duration,
+    only: Option<&[bool]>,
+) -> anyhow::Result<bool> {
     loop {
         live.check()?;
-        let (expected, settled) = live.ledger.progress();
+        let (expected, settled) = match only {
+            None => live.ledger.progress(),
+            Some(mask) => live
+                .ledger
+                .progress_of(|i| mask.get(i).copied().unwrap_or(false)),
+        };
         if settled >= expected {
             return Ok(true);
         }
@@ -271,9 +317,129 @@ async fn produce_phase(
     Ok((workload, produced?))
 }
 
-/// Run `scenario` and report on it.
+/// Run `scenario` and report on it: its paired reference run first when it
+/// has one (and the phases' relative rates taken from it), then the run
+/// itself, then its backlog stage when it has one; targets last.
 pub async fn run(scenario: &Scenario, opts: &RunOptions) -> anyhow::Result<Report> {
+    let mut main = scenario.clone();
+    let mut reference = None;
+    if let Some(spec) = &scenario.reference {
+        let mut r = scenario.clone();
+        r.name = format!("{}-reference", scenario.name);
+        r.endpoints.retain(|e| !spec.without.contains(&e.id));
+        r.reference = None;
+        r.backlog = None;
+        r.targets.clear();
+        progress(
+            opts,
+            &format!("reference run without {}", spec.without.join(", ")),
+        );
+        let report = run_once(&r, &child_options(opts, "reference")).await?;
+        // The same offered rates in both runs: relative rates come from the
+        // reference's drain, the maximum without the endpoints left out.
+        for phase in &mut main.phases {
+            if let Rate::OfMax(_) = phase.rate {
+                if let Some(rate) = report
+                    .phases
+                    .iter()
+                    .find(|p| p.name == phase.name)
+                    .and_then(|p| p.target_events_per_s)
+                {
+                    phase.rate = Rate::PerSecond(rate);
+                }
+            }
+        }
+        reference = Some(report);
+    }
+    progress(opts, "the run");
+    let mut report = run_once(&main, opts).await?;
+    if let Some(r) = &reference {
+        for p in &mut report.phases {
+            let theirs = r.phases.iter().find(|q| q.name == p.name);
+            p.healthy_p99_ratio = match (p.healthy_age, theirs.and_then(|q| q.healthy_age)) {
+                (Some(a), Some(b)) if b.p99_ms > 0.0 => Some(a.p99_ms / b.p99_ms),
+                _ => None,
+            };
+        }
+        report.reference = Some(Box::new(r.clone()));
+    }
+    if let Some(spec) = scenario.backlog.as_ref().filter(|b| b.deliveries > 0) {
+        let stage = backlog_scenario(scenario, spec);
+        progress(
+            opts,
+            &format!(
+                "backlog stage: {} deliveries over {}",
+                spec.deliveries,
+                spec.endpoints.join(", ")
+            ),
+        );
+        let r = run_once(&stage, &child_options(opts, "backlog")).await?;
+        report.backlog = Some(Box::new(r));
+    }
+    report.targets = scenario
+        .targets
+        .iter()
+        .map(|t| evaluate(t, &report))
+        .collect();
+    Ok(report)
+}
+
+fn progress(opts: &RunOptions, what: &str) {
+    if opts.progress {
+        eprintln!("loadtest: {what}");
+    }
+}
+
+/// The options of one of a run's other parts: a work directory of its own.
+fn child_options(opts: &RunOptions, part: &str) -> RunOptions {
+    let mut o = opts.clone();
+    if let Some(dir) = &opts.work_dir {
+        o.work_dir = Some(dir.join(part));
+    }
+    // Only the run itself keeps the Prometheus targets file.
+    o.prometheus_targets = None;
+    o
+}
+
+/// The backlog stage of `s`: only the stage's endpoints, each subscribed to
+/// every event, and enough events written before the dispatcher starts for
+/// `deliveries` among them. The dispatcher reads it all, holds the backlog
+/// for `hold`, then the receivers' faults end and it drains.
+pub fn backlog_scenario(s: &Scenario, b: &crate::scenario::BacklogSpec) -> Scenario {
+    let mut stage = s.clone();
+    stage.name = format!("{}-backlog", s.name);
+    stage.description = format!(
+        "The backlog stage of {}: {} deliveries spread over {}.",
+        s.name,
+        b.deliveries,
+        b.endpoints.join(", ")
+    );
+    stage.endpoints.retain(|e| b.endpoints.contains(&e.id));
+    for e in &mut stage.endpoints {
+        e.events = vec!["*".into()];
+        e.filter.clear();
+    }
+    let n = stage.endpoints().len().max(1) as u64;
+    stage.prefill = b.deliveries.div_ceil(n);
+    stage.phases.clear();
+    stage.kafka.partitions = b.partitions;
+    stage.settle = crate::scenario::SettleSpec {
+        phases: SettleScope::Healthy,
+        faults_off: true,
+        hold: Some(b.hold),
+    };
+    stage.settle_timeout = b.settle_timeout;
+    stage.ceiling.enabled = false;
+    stage.targets.clear();
+    stage.reference = None;
+    stage.backlog = None;
+    stage
+}
+
+/// One run of `scenario` (no reference, no backlog stage, no targets).
+async fn run_once(scenario: &Scenario, opts: &RunOptions) -> anyhow::Result<Report> {
     let run_started = Instant::now();
+    let own_cpu_start = procstat::cpu(None);
     let overall = run_started + scenario.timeout;
     let started_at = chrono::Utc::now();
     let run_id = format!("{}-{}", scenario.name, started_at.timestamp_millis());
@@ -329,6 +495,7 @@ pub async fn run(scenario: &Scenario, opts: &RunOptions) -> anyhow::Result<Repor
         phase: Mutex::new("prefill".into()),
         series: Mutex::new(Vec::new()),
         markers: Mutex::new(Vec::new()),
+        metrics: Mutex::new(Tracker::default()),
         run_started,
         interval: scenario.interval,
         progress: opts.progress,
@@ -393,6 +560,47 @@ pub async fn run(scenario: &Scenario, opts: &RunOptions) -> anyhow::Result<Repor
             driven.produce_failed
         ));
     }
+    let own_cpu_s = match (own_cpu_start, procstat::cpu(None)) {
+        (Some(a), Some(b)) => b.saturating_sub(a).as_secs_f64(),
+        _ => 0.0,
+    };
+    let own_window = run_started.elapsed().as_secs_f64();
+
+    // What went to the spill topic, read back: written once each?
+    let spilled = lock(&live.metrics).spilled();
+    let spill = match (&driven.spill_topic, spilled > 0) {
+        (Some(topic), true) => {
+            let (b, t) = (bootstrap.clone(), topic.clone());
+            let bound = overall
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_secs(60));
+            match tokio::task::spawn_blocking(move || broker::read_written(&b, &t, bound)).await {
+                Ok(Ok(written)) => {
+                    if written.dropped > 0 {
+                        notes.push(format!(
+                            "the broker had dropped {} records of the spill topic before they were read back: the spill figures are partial",
+                            written.dropped
+                        ));
+                    }
+                    Some(SpillReport {
+                        spilled,
+                        writes_per_delivery: (written.deliveries > 0)
+                            .then(|| written.records as f64 / written.deliveries as f64),
+                        written,
+                    })
+                }
+                Ok(Err(e)) => {
+                    notes.push(format!("the spill topic could not be read back: {e:#}"));
+                    None
+                }
+                Err(e) => {
+                    notes.push(format!("reading the spill topic panicked: {e}"));
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
 
     // The ceiling: the same receivers, faults off, fresh accounting.
     let ceiling = if scenario.ceiling.enabled && Instant::now() < overall {
@@ -482,6 +690,7 @@ pub async fn run(scenario: &Scenario, opts: &RunOptions) -> anyhow::Result<Repor
             tally: summary.endpoints[i],
             receiver: dispatcher_counts[i],
             age: endpoint_ages[i],
+            backlog: lock(&live.metrics).endpoint(&e.id),
             deliveries_per_s: if dispatcher_window > 0.0 {
                 dispatcher_counts[i].accepted as f64 / dispatcher_window
             } else {
@@ -499,6 +708,7 @@ pub async fn run(scenario: &Scenario, opts: &RunOptions) -> anyhow::Result<Repor
         broker_dropped,
     };
     let mut report = Report {
+        backlog_peak: None,
         scenario: scenario.name.clone(),
         description: scenario.description.trim().to_owned(),
         started_at: started_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
@@ -524,12 +734,20 @@ pub async fn run(scenario: &Scenario, opts: &RunOptions) -> anyhow::Result<Repor
         notes: [driven.notes, notes].concat(),
         series: std::mem::take(&mut *lock(&live.series)),
         markers: std::mem::take(&mut *lock(&live.markers)),
+        load_tester: LoadTesterUsage {
+            cpu_s: own_cpu_s,
+            mean_cores: own_cpu_s / own_window.max(1e-3),
+        },
+        spill,
+        final_settle: driven.final_settle,
+        reference: None,
+        backlog: None,
     };
-    report.targets = scenario
-        .targets
+    report.backlog_peak = report
+        .series
         .iter()
-        .map(|t| evaluate(t, &report))
-        .collect();
+        .filter_map(|x| x.backlog_deliveries)
+        .fold(None, |m: Option<f64>, b| Some(m.map_or(b, |m| m.max(b))));
     Ok(report)
 }
 
@@ -545,6 +763,9 @@ struct Driven {
     notes: Vec<String>,
     /// Deliveries per event, per phase (to turn event rates into delivery rates).
     offered_deliveries_per_s: Vec<Option<f64>>,
+    /// The dispatcher's spill topic.
+    spill_topic: Option<String>,
+    final_settle: Option<FinalSettle>,
 }
 
 /// What `drive` works from.
@@ -587,7 +808,13 @@ async fn drive(
         dispatcher_stopped: None,
         notes: Vec::new(),
         offered_deliveries_per_s: Vec::new(),
+        spill_topic: None,
+        final_settle: None,
     };
+    // Which endpoints a phase waits for.
+    let healthy: Vec<bool> = endpoints.iter().map(Endpoint::healthy).collect();
+    let only = (scenario.settle.phases == SettleScope::Healthy).then_some(healthy.as_slice());
+    let waits_for_some = only.is_none_or(|m| m.iter().any(|h| *h));
     let plan = |events: Option<u64>, duration: Option<Duration>, rate: Option<f64>| Plan {
         topic: topics.source.clone(),
         partitions,
@@ -651,6 +878,7 @@ async fn drive(
         )
         .await
         .context("creating the retry, spill and endpoints topics")?;
+    driven.spill_topic = Some(parsed.kafka.spill_topic.clone());
     let counts_before = live.sink.counts();
     let started = Instant::now();
     let fleet = Fleet::start(
@@ -670,12 +898,12 @@ async fn drive(
     live.mark("dispatcher started");
 
     let mut max_events_per_s = None;
-    if scenario.prefill > 0 {
+    if scenario.prefill > 0 && waits_for_some {
         *lock(&live.phase) = "drain".into();
         live.sink.take_phase_ages();
         let deadline = (started + scenario.settle_timeout).min(overall);
         // Fine polling: the drain's end decides its rate.
-        let complete = settle(live, deadline, Duration::from_millis(2)).await?;
+        let complete = settle(live, deadline, Duration::from_millis(2), only).await?;
         let ended = Instant::now();
         let first = live.first_delivery.get().copied().unwrap_or(ended);
         let window = ended
@@ -705,6 +933,11 @@ async fn drive(
             healthy_keep_up: None,
             first_delivery_s: Some(first.saturating_duration_since(started).as_secs_f64()),
             complete,
+            target_events_per_s: None,
+            healthy_pace: None,
+            healthy_age: None,
+            healthy_p99_ratio: None,
+            bounded: Vec::new(),
         });
         // The drain's deliveries are all alike: the ceiling runs at full speed.
         driven.offered_deliveries_per_s.push(None);
@@ -734,6 +967,16 @@ async fn drive(
         };
         let counts_start = live.sink.counts();
         let expected_start = expectations.per_endpoint();
+        let busy = |live: &Live| -> Vec<f64> {
+            (0..endpoints.len())
+                .map(|i| live.sink.busy_seconds(i))
+                .collect()
+        };
+        let busy_start = busy(live);
+        let backlog_start: Vec<f64> = {
+            let m = lock(&live.metrics);
+            endpoints.iter().map(|e| m.backlog_of(&e.id)).collect()
+        };
         live.sink.take_phase_ages();
         let t0 = Instant::now();
         let (w, produced) = produce_phase(
@@ -744,6 +987,11 @@ async fn drive(
             expectations.clone(),
         )
         .await?;
+        // The end of production: pace and drain rates are measured up to here.
+        let window = t0.elapsed().as_secs_f64().max(1e-3);
+        let counts_mid = live.sink.counts();
+        let expected_mid = expectations.per_endpoint();
+        let busy_mid = busy(live);
         workload = w;
         driven.events += produced.events;
         driven.produce_failed += produced.failed;
@@ -751,6 +999,7 @@ async fn drive(
             live,
             (Instant::now() + scenario.settle_timeout).min(overall),
             Duration::from_millis(20),
+            only,
         )
         .await?;
         if !complete {
@@ -762,14 +1011,67 @@ async fn drive(
         let elapsed = t0.elapsed().as_secs_f64();
         let counts_end = live.sink.counts();
         let expected_end = expectations.per_endpoint();
+        let mut healthy_ages = crate::stats::new_histogram();
+        for (i, _) in endpoints.iter().enumerate().filter(|(_, e)| e.healthy()) {
+            let _ = healthy_ages.add(live.sink.endpoint_phase_ages(i));
+        }
         let ages = live.sink.take_phase_ages();
         let delivered = Counts::sum(&counts_end).accepted - Counts::sum(&counts_start).accepted;
         let (mut got, mut want) = (0u64, 0u64);
+        let (mut on_time, mut due) = (0u64, 0u64);
         let unique = |c: &Counts| c.accepted - c.duplicates - c.unexpected;
         for (i, _) in endpoints.iter().enumerate().filter(|(_, e)| e.healthy()) {
             got += unique(&counts_end[i]) - unique(&counts_start[i]);
             want += expected_end[i] - expected_start[i];
+            on_time += unique(&counts_mid[i]).saturating_sub(unique(&counts_start[i]));
+            due += expected_mid[i] - expected_start[i];
         }
+        // Endpoints whose pace is bounded on purpose: how close to it they ran.
+        let bounded = endpoints
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| !e.healthy())
+            .filter_map(|(i, e)| {
+                let sustainable = e.sustainable_per_s()?;
+                let accepted = counts_mid[i]
+                    .accepted
+                    .saturating_sub(counts_start[i].accepted);
+                let counted = accepted as f64 / window;
+                let mean_in_flight = (busy_mid[i] - busy_start[i]) / window;
+                // A receiver that holds each request for its latency serves
+                // in-flight ÷ latency per second (Little's law): exact where
+                // counting whole answers over a window is not (a 3 s
+                // endpoint answers four at a time, every 3 s).
+                let drain = match e.latency_s().filter(|_| e.latency_bound()) {
+                    Some(latency) => mean_in_flight / latency,
+                    None => counted,
+                };
+                let offered = (expected_mid[i] - expected_start[i]) as f64 / window;
+                // What it could have been given: what was produced for it
+                // and what already waited in Kafka.
+                let demand = offered + backlog_start[i] / window;
+                let saturated = demand >= sustainable;
+                Some(BoundedEndpoint {
+                    id: e.id.clone(),
+                    max_in_flight: e.max_in_flight,
+                    sustainable_per_s: sustainable,
+                    offered_per_s: offered,
+                    backlog_at_start: backlog_start[i],
+                    saturated,
+                    accepted,
+                    window_s: window,
+                    deliveries_per_s: counted,
+                    drain_per_s: drain,
+                    drain_ratio: drain
+                        / if saturated {
+                            sustainable
+                        } else {
+                            demand.max(1e-9)
+                        },
+                    mean_in_flight,
+                })
+            })
+            .collect();
         let expected_deliveries: u64 =
             expected_end.iter().sum::<u64>() - expected_start.iter().sum::<u64>();
         driven.offered_deliveries_per_s.push(
@@ -795,8 +1097,78 @@ async fn drive(
             healthy_keep_up: (want > 0).then(|| got as f64 / want as f64),
             first_delivery_s: None,
             complete,
+            target_events_per_s: rate,
+            healthy_pace: (due > 0).then(|| on_time as f64 / due as f64),
+            healthy_age: Percentiles::of(&healthy_ages),
+            healthy_p99_ratio: None,
+            bounded,
         });
     }
+
+    // The endpoints the phases did not wait for catch up here.
+    if only.is_some() || scenario.settle.faults_off || scenario.settle.hold.is_some() {
+        if let Some(hold) = scenario.settle.hold {
+            *lock(&live.phase) = "hold".into();
+            let deadline = (Instant::now() + scenario.settle_timeout).min(overall);
+            // The dispatcher first reads the whole source and moves what
+            // its lanes cannot take to Kafka (the backlog's metric covers
+            // nine tenths of what is still open), then holds it for `hold`.
+            loop {
+                live.check()?;
+                let (expected, settled) = live.ledger.progress();
+                let open = expected.saturating_sub(settled) as f64;
+                let (read, waiting) = {
+                    let m = lock(&live.metrics);
+                    (m.consumed(&topics.source), m.backlog_now().0)
+                };
+                if (read >= driven.events as f64 && waiting >= 0.9 * open)
+                    || Instant::now() >= deadline
+                {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            live.mark("backlog in Kafka");
+            let until = (Instant::now() + hold).min(overall);
+            while Instant::now() < until {
+                live.check()?;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        let peak = live.peak_rss.load(Ordering::Relaxed);
+        let backlog_peak = lock(&live.series)
+            .iter()
+            .filter_map(|x| x.backlog_deliveries)
+            .fold(0.0, f64::max);
+        if scenario.settle.faults_off {
+            live.sink.set_faults(false);
+            live.mark("faults off");
+        }
+        *lock(&live.phase) = "final".into();
+        let t = Instant::now();
+        let complete = settle(
+            live,
+            (t + scenario.settle_timeout).min(overall),
+            Duration::from_millis(20),
+            None,
+        )
+        .await?;
+        let elapsed = t.elapsed().as_secs_f64();
+        if !complete {
+            driven
+                .notes
+                .push("deliveries were still open at the final settle_timeout".into());
+        }
+        driven.final_settle = Some(FinalSettle {
+            faults_off: scenario.settle.faults_off,
+            hold_s: scenario.settle.hold.map(|h| h.as_secs_f64()),
+            rss_peak_before_mb: (peak > 0).then(|| mb(peak)),
+            backlog_peak_before: backlog_peak,
+            elapsed_s: elapsed,
+            complete,
+        });
+    }
+    live.scrape().await;
 
     live.chaos.store(false, Ordering::Relaxed);
     driven.dispatcher_stopped = Some(Instant::now());
@@ -1050,6 +1422,25 @@ fn evaluate(t: &crate::scenario::Target, r: &Report) -> TargetResult {
         Metric::DeadLettered => Some((a.dead_lettered + a.delivered_and_dead_lettered) as f64),
         Metric::RssPeakMb => r.dispatcher.rss_peak_mb,
         Metric::RssGrowthMb => r.dispatcher.rss_growth_mb,
+        Metric::HealthyPace => phase.and_then(|p| p.healthy_pace),
+        Metric::HealthyP99Ratio => phase.and_then(|p| p.healthy_p99_ratio),
+        Metric::DrainRatio => phase.and_then(|p| {
+            p.bounded
+                .iter()
+                .map(|b| b.drain_ratio)
+                .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.min(x))))
+        }),
+        Metric::SpillWritesPerDelivery => [Some(r), r.backlog.as_deref()]
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r.spill.as_ref().and_then(|s| s.writes_per_delivery))
+            .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x)))),
+        Metric::BacklogRssPeakMb => r
+            .backlog
+            .as_ref()
+            .and_then(|b| b.final_settle.as_ref())
+            .and_then(|f| f.rss_peak_before_mb),
+        Metric::BacklogLosses => r.backlog.as_ref().map(|b| b.accounting.total.lost as f64),
     };
     let met = value.map(|v| t.min.is_none_or(|m| v >= m) && t.max.is_none_or(|m| v <= m));
     TargetResult {

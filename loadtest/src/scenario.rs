@@ -28,6 +28,7 @@ pub const SHIPPED: &[(&str, &str)] = &[
     ("crash", include_str!("../scenarios/crash.yaml")),
     ("scale", include_str!("../scenarios/scale.yaml")),
     ("backlog", include_str!("../scenarios/backlog.yaml")),
+    ("slow-mix", include_str!("../scenarios/slow-mix.yaml")),
 ];
 
 /// Most endpoints a scenario may have.
@@ -100,6 +101,87 @@ pub struct Scenario {
     pub interval: Duration,
     #[serde(default)]
     pub targets: Vec<Target>,
+    /// How phases end and how the run waits at its end.
+    #[serde(default)]
+    pub settle: SettleSpec,
+    /// Run the same scenario first without some endpoints, to compare the
+    /// healthy endpoints' pace and ages with and without them.
+    #[serde(default)]
+    pub reference: Option<ReferenceSpec>,
+    /// After the run, a separate bounded stage: a large backlog spread over
+    /// some endpoints, to measure the dispatcher's memory while it waits.
+    #[serde(default)]
+    pub backlog: Option<BacklogSpec>,
+}
+
+/// Which deliveries a phase waits for, and what the run does before its
+/// final wait.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SettleSpec {
+    /// `all` (default): each phase waits for every delivery to be final.
+    /// `healthy`: only for the healthy endpoints' (no faults, no rate
+    /// limit); the others catch up in the background, and the run waits
+    /// for every delivery once, after the last phase.
+    pub phases: SettleScope,
+    /// Switch the receivers' faults off before that final wait, so that
+    /// endpoints that were slow on purpose drain their backlog at full
+    /// speed (figures about them come from the phases, before).
+    pub faults_off: bool,
+    /// Once the source has been read to its end (after the phases) and
+    /// nine tenths of what is still open waits in Kafka, keep the
+    /// dispatcher running this long before the final wait: time to watch
+    /// it hold a backlog.
+    #[serde(with = "humantime_serde")]
+    pub hold: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SettleScope {
+    #[default]
+    All,
+    Healthy,
+}
+
+/// The paired run without some endpoints.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReferenceSpec {
+    /// Endpoint ids as the scenario writes them (before `count` expands them).
+    pub without: Vec<String>,
+}
+
+/// The backlog stage: `deliveries` spread evenly over `endpoints`, each
+/// subscribed to every event for the stage, written before the dispatcher
+/// starts; the receivers keep their faults while the dispatcher reads the
+/// whole backlog and for `hold` more, then drop them so it drains.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BacklogSpec {
+    /// Deliveries in the backlog (0: no stage).
+    pub deliveries: u64,
+    /// Endpoint ids as the scenario writes them.
+    pub endpoints: Vec<String>,
+    /// Partitions of the stage's topics (more partitions keep each under
+    /// the embedded Kafka's 5 MiB per partition).
+    #[serde(default = "default_backlog_partitions")]
+    pub partitions: i32,
+    #[serde(default = "default_hold", with = "humantime_serde")]
+    pub hold: Duration,
+    /// Bound on the stage's waits (reading the backlog, draining it).
+    #[serde(default = "default_backlog_settle", with = "humantime_serde")]
+    pub settle_timeout: Duration,
+}
+
+fn default_backlog_partitions() -> i32 {
+    256
+}
+fn default_hold() -> Duration {
+    Duration::from_secs(20)
+}
+fn default_backlog_settle() -> Duration {
+    Duration::from_secs(600)
 }
 
 fn default_seed() -> u64 {
@@ -229,9 +311,49 @@ impl Endpoint {
         }
     }
 
-    /// Healthy: no faults at all.
+    /// Healthy: no faults at all and no rate limit, so it can take
+    /// whatever it is sent.
     pub fn healthy(&self) -> bool {
-        self.faults.is_empty()
+        self.faults.is_empty() && self.rate_limit().is_none()
+    }
+
+    /// `rate_limit.per_second` of its dispatcher config, if any.
+    pub fn rate_limit(&self) -> Option<f64> {
+        self.config
+            .get("rate_limit")?
+            .get("per_second")?
+            .as_f64()
+            .filter(|r| *r > 0.0)
+    }
+
+    /// The deliveries per second it can take at most: `max_in_flight` over
+    /// the latency its faults add (each weighted by its ratio), or its rate
+    /// limit, whichever is lower. `None` when neither bounds it.
+    pub fn sustainable_per_s(&self) -> Option<f64> {
+        let by_latency = self.latency_s().map(|l| self.max_in_flight as f64 / l);
+        match (by_latency, self.rate_limit()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The mean latency its faults add to an answer, if any.
+    pub fn latency_s(&self) -> Option<f64> {
+        let latency: f64 = self
+            .faults
+            .iter()
+            .filter(|f| f.kind == crate::sink::faults::FaultKind::Latency)
+            .map(|f| f.latency.unwrap_or_default().as_secs_f64() * f.ratio)
+            .sum();
+        (latency > 0.0).then_some(latency)
+    }
+
+    /// Its pace is bounded by its latency (rather than by a rate limit).
+    pub fn latency_bound(&self) -> bool {
+        match (self.latency_s(), self.rate_limit()) {
+            (Some(l), Some(r)) => self.max_in_flight as f64 / l <= r,
+            (l, _) => l.is_some(),
+        }
     }
 }
 
@@ -328,6 +450,21 @@ pub enum Metric {
     RssPeakMb,
     /// Peak RSS minus the RSS when the first delivery arrived.
     RssGrowthMb,
+    /// In a phase: healthy endpoints' deliveries accepted while it was
+    /// produced ÷ those produced for them meanwhile.
+    HealthyPace,
+    /// In a phase: the healthy endpoints' p99 age ÷ theirs in the same
+    /// phase of the reference run (without the endpoints it leaves out).
+    HealthyP99Ratio,
+    /// In a phase: the lowest, over the endpoints with a bounded pace
+    /// (latency faults, rate limit), of deliveries per second ÷ that pace.
+    DrainRatio,
+    /// Records written to the spill topic ÷ distinct deliveries in it.
+    SpillWritesPerDelivery,
+    /// The backlog stage's peak RSS before its receivers' faults ended.
+    BacklogRssPeakMb,
+    /// The backlog stage's lost deliveries.
+    BacklogLosses,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -358,6 +495,12 @@ impl Metric {
             Metric::HealthyKeepUp => "healthy_keep_up",
             Metric::RssPeakMb => "rss_peak_mb",
             Metric::RssGrowthMb => "rss_growth_mb",
+            Metric::HealthyPace => "healthy_pace",
+            Metric::HealthyP99Ratio => "healthy_p99_ratio",
+            Metric::DrainRatio => "drain_ratio",
+            Metric::SpillWritesPerDelivery => "spill_writes_per_delivery",
+            Metric::BacklogRssPeakMb => "backlog_rss_peak_mb",
+            Metric::BacklogLosses => "backlog_losses",
         }
     }
 
@@ -369,6 +512,9 @@ impl Metric {
                 | Metric::P99AgeMs
                 | Metric::P999AgeMs
                 | Metric::HealthyKeepUp
+                | Metric::HealthyPace
+                | Metric::HealthyP99Ratio
+                | Metric::DrainRatio
         )
     }
 }
@@ -507,6 +653,36 @@ impl Scenario {
         }
         if let Err(e) = Routing::new(&endpoints.iter().map(Endpoint::route).collect::<Vec<_>>()) {
             problems.push(e);
+        }
+        let spec_ids: HashSet<&str> = self.endpoints.iter().map(|e| e.id.as_str()).collect();
+        if let Some(r) = &self.reference {
+            for id in &r.without {
+                if !spec_ids.contains(id.as_str()) {
+                    problems.push(format!("reference.without: no endpoint `{id}`"));
+                }
+            }
+            if r.without.len() >= self.endpoints.len() {
+                problems.push("reference.without: must leave at least one endpoint".into());
+            }
+        }
+        if let Some(b) = &self.backlog {
+            if b.endpoints.is_empty() {
+                problems.push("backlog.endpoints: at least one".into());
+            }
+            for id in &b.endpoints {
+                if !spec_ids.contains(id.as_str()) {
+                    problems.push(format!("backlog.endpoints: no endpoint `{id}`"));
+                }
+            }
+            if !(1..=1000).contains(&b.partitions) {
+                problems.push("backlog.partitions: 1 to 1000".into());
+            }
+            if b.deliveries > crate::run::LEDGER_CAPACITY as u64 / 2 {
+                problems.push(format!(
+                    "backlog.deliveries: at most {}",
+                    crate::run::LEDGER_CAPACITY / 2
+                ));
+            }
         }
         if self.prefill == 0 && self.phases.is_empty() {
             problems.push("nothing to produce: set prefill, phases, or both".into());

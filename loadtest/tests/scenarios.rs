@@ -1,6 +1,7 @@
-//! Short runs of the shipped `baseline` and `crash` scenarios against the
-//! real `dispatcher` binary: nothing may be lost, and every delivery must
-//! carry the delivery id its (event, endpoint) was given.
+//! Short runs of the shipped `baseline`, `crash` and `slow-mix` scenarios
+//! against the real `dispatcher` binary: nothing may be lost, every
+//! delivery must carry the delivery id its (event, endpoint) was given, and
+//! slow endpoints must not hold the fast ones back.
 //!
 //! The binary is found as the `loadtest` command finds it: next to this
 //! test's executable, (re)built first with `cargo build -p dispatcher` for
@@ -118,4 +119,63 @@ async fn short_crash_run_loses_nothing() {
         "{} deliveries, {} duplicates after {} kills",
         r.accounting.total.delivered, r.accounting.total.duplicates, r.dispatcher.kills
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_slow_mix_keeps_the_fast_endpoints_pace_and_loses_nothing() {
+    let mut s = Scenario::load("slow-mix").unwrap();
+    // No paired run and no backlog stage here: the benchmark has them
+    // (docs/benchmarks.md). A small fixed rate that a debug build on a
+    // loaded machine keeps up with, so that the pace says something about
+    // isolation and not about the machine.
+    s.reference = None;
+    s.backlog = None;
+    s.prefill = 0;
+    s.phases[0].rate = Rate::PerSecond(150.0);
+    s.phases[0].duration = Some(Duration::from_secs(6));
+    s.settle_timeout = Duration::from_secs(60);
+    s.timeout = Duration::from_secs(120);
+    s.interval = Duration::from_millis(250);
+    s.check().unwrap();
+
+    let r = run(&s, &options("slow-mix")).await.unwrap();
+    let summary = loadtest::report::text(&r);
+    let a = &r.accounting;
+    assert!(a.total.expected > 0, "{summary}");
+    assert_eq!(a.total.lost, 0, "losses:\n{summary}");
+    assert_eq!(a.total.unexpected + a.total.misrouted, 0, "{summary}");
+    assert_eq!(a.total.dead_lettered, 0, "{summary}");
+    assert_eq!(a.bad_signatures + a.bad_requests, 0, "{summary}");
+    assert!(
+        r.final_settle.as_ref().is_some_and(|f| f.complete),
+        "{summary}"
+    );
+
+    let steady = &r.phases[0];
+    assert_eq!(steady.name, "steady");
+    // The fast endpoints kept up while the slow ones fell behind: their
+    // deliveries arrived while the phase was still being produced.
+    let pace = steady.healthy_pace.expect("the pace was measured");
+    assert!(
+        pace >= 0.9,
+        "fast endpoints lost their pace ({pace:.3}):\n{summary}"
+    );
+    assert!(steady.complete, "{summary}");
+    // The slow endpoints did fall behind: a backlog went to Kafka, each
+    // delivery written there once, and came back.
+    let spill = r.spill.as_ref().expect("something was spilled");
+    assert!(
+        spill.spilled > 0 && spill.written.deliveries > 0,
+        "{summary}"
+    );
+    assert!(
+        spill.writes_per_delivery.is_some_and(|w| w <= 1.1),
+        "spilled deliveries were written again and again:\n{summary}"
+    );
+    let slow_3s = r.per_endpoint.iter().find(|e| e.id == "slow-3s").unwrap();
+    assert!(slow_3s.backlog.spilled > 0, "{summary}");
+    assert_eq!(slow_3s.tally.delivered, slow_3s.tally.expected, "{summary}");
+    assert_eq!(steady.bounded.len(), 5, "{summary}");
+    serde_json::to_string(&r).unwrap();
+    loadtest::report::html::render(&r).unwrap();
 }

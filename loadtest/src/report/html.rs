@@ -146,6 +146,16 @@ pub fn render(r: &Report) -> Result<String, ChartError> {
     for n in &r.notes {
         let _ = write!(o, "<p><b>Note:</b> {}</p>", esc(n));
     }
+    let mut isolation = String::new();
+    super::isolation_text(&mut isolation, r);
+    if let Some(b) = &r.backlog {
+        super::backlog_text(&mut isolation, b);
+    }
+    let _ = write!(
+        o,
+        "<h2>Isolation and backlog</h2><pre>{}</pre>",
+        esc(isolation.trim())
+    );
 
     o.push_str("<h2>Over time</h2><p>Seconds since the dispatcher started. Dashed lines: phases and kills.</p>");
     let s = &r.series;
@@ -191,11 +201,29 @@ pub fn render(r: &Report) -> Result<String, ChartError> {
     )?);
     o.push_str(&chart(
         r,
-        "dispatcher CPU",
+        "CPU",
         "cores",
         false,
-        &[("CPU", series(|x| x.cpu_cores), RED)],
+        &[
+            ("dispatcher", series(|x| x.cpu_cores), RED),
+            ("load tester", series(|x| x.loadtest_cores), BLUE),
+        ],
     )?);
+    if s.iter()
+        .any(|x| x.backlog_deliveries.is_some_and(|b| b > 0.0))
+    {
+        o.push_str(&chart(
+            r,
+            "backlog in Kafka",
+            "deliveries",
+            false,
+            &[(
+                "waiting (dispatcher metrics)",
+                series(|x| x.backlog_deliveries),
+                MAGENTA,
+            )],
+        )?);
+    }
     o.push_str("</body></html>\n");
     Ok(o)
 }

@@ -12,7 +12,9 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
+use crate::broker::Written;
 use crate::ledger::Tally;
+use crate::scrape::EndpointTotals;
 use crate::sink::faults::FaultKind;
 use crate::sink::Counts;
 use crate::stats::Percentiles;
@@ -48,6 +50,87 @@ pub struct Report {
     pub notes: Vec<String>,
     pub series: Vec<Sample>,
     pub markers: Vec<Marker>,
+    /// The load tester's own process (broker when embedded, producer,
+    /// receivers): which side of the machine was busy.
+    pub load_tester: LoadTesterUsage,
+    /// Most deliveries waiting in Kafka at once, by the dispatchers' metrics.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backlog_peak: Option<f64>,
+    /// The spill topic read back after the run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spill: Option<SpillReport>,
+    /// The wait for every delivery after the phases, when the phases waited
+    /// only for the healthy endpoints.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub final_settle: Option<FinalSettle>,
+    /// The paired run without the endpoints `reference.without` names.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reference: Option<Box<Report>>,
+    /// The backlog stage.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backlog: Option<Box<Report>>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LoadTesterUsage {
+    pub cpu_s: f64,
+    pub mean_cores: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SpillReport {
+    /// `dispatcher_spilled_total`, every endpoint and process together.
+    pub spilled: u64,
+    pub written: Written,
+    /// Records in the spill topic ÷ distinct deliveries in it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub writes_per_delivery: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FinalSettle {
+    /// The receivers' faults were switched off first.
+    pub faults_off: bool,
+    /// The backlog was held this long (after the source was read) first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hold_s: Option<f64>,
+    /// The dispatcher's peak RSS up to the final wait.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rss_peak_before_mb: Option<f64>,
+    /// Most deliveries waiting in Kafka at once up to the final wait.
+    pub backlog_peak_before: f64,
+    pub elapsed_s: f64,
+    pub complete: bool,
+}
+
+/// An endpoint whose pace is bounded on purpose (latency, rate limit), in
+/// one phase: how close to that pace the dispatcher kept it.
+#[derive(Debug, Clone, Serialize)]
+pub struct BoundedEndpoint {
+    pub id: String,
+    pub max_in_flight: usize,
+    /// `max_in_flight` ÷ the latency its faults add, or its rate limit.
+    pub sustainable_per_s: f64,
+    /// Deliveries produced for it per second during the phase.
+    pub offered_per_s: f64,
+    /// Its deliveries waiting in Kafka when the phase began (metrics).
+    pub backlog_at_start: f64,
+    /// It had more to do than it can take (offered plus its backlog).
+    pub saturated: bool,
+    /// Requests its receiver accepted while the phase was produced.
+    pub accepted: u64,
+    pub window_s: f64,
+    /// `accepted` ÷ `window_s`.
+    pub deliveries_per_s: f64,
+    /// Its pace: for a latency-bound endpoint, requests in progress at its
+    /// receiver ÷ the latency (Little's law, exact where whole answers
+    /// over a window are not); for a rate-limited one, `deliveries_per_s`.
+    pub drain_per_s: f64,
+    /// `drain_per_s` ÷ what it can take (`sustainable_per_s`), or ÷ what
+    /// it was given when that was less.
+    pub drain_ratio: f64,
+    /// Requests in progress at its receiver, on average.
+    pub mean_in_flight: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -89,6 +172,22 @@ pub struct PhaseReport {
     pub first_delivery_s: Option<f64>,
     /// Every delivery expected so far was final when the phase ended.
     pub complete: bool,
+    /// The rate asked for, in events per second (absent: `max`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_events_per_s: Option<f64>,
+    /// Healthy endpoints' deliveries accepted while the phase was produced ÷
+    /// those produced for them meanwhile.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub healthy_pace: Option<f64>,
+    /// End-to-end age of the healthy endpoints' deliveries of the phase.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub healthy_age: Option<Percentiles>,
+    /// `healthy_age` p99 ÷ the reference run's, same phase.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub healthy_p99_ratio: Option<f64>,
+    /// Endpoints bounded on purpose, and how close to their pace they ran.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub bounded: Vec<BoundedEndpoint>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -118,6 +217,8 @@ pub struct EndpointReport {
     pub age: Option<Percentiles>,
     /// Deliveries accepted per second while the dispatcher ran.
     pub deliveries_per_s: f64,
+    /// Its backlog in Kafka, by the dispatchers' metrics.
+    pub backlog: EndpointTotals,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -192,6 +293,15 @@ pub struct Sample {
     pub rss_mb: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cpu_cores: Option<f64>,
+    /// The load tester's own process.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loadtest_cores: Option<f64>,
+    /// Deliveries waiting in Kafka (dispatcher metrics), all endpoints.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backlog_deliveries: Option<f64>,
+    /// How long the oldest of them had waited.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backlog_oldest_s: Option<f64>,
 }
 
 /// Something that happened at a moment: a phase began, a process was killed.
@@ -283,6 +393,7 @@ pub fn text(r: &Report) -> String {
             "ceiling", "max", "-", c.deliveries_per_s, "1.00", c.requests, c.concurrency
         );
     }
+    isolation_text(&mut o, r);
     let a = &r.accounting;
     let _ = writeln!(o);
     let _ = writeln!(
@@ -324,13 +435,24 @@ pub fn text(r: &Report) -> String {
     let _ = writeln!(o);
     let _ = writeln!(
         o,
-        "{:<14} {:>9} {:>9} {:>6} {:>6} {:>6} {:>10} {:>8} {:>8}  faults injected",
-        "endpoint", "expected", "delivered", "dups", "dlq", "lost", "deliv/s", "p50 ms", "p99 ms"
+        "{:<14} {:>9} {:>9} {:>6} {:>6} {:>6} {:>10} {:>8} {:>8} {:>8} {:>8} {:>7}  faults injected",
+        "endpoint",
+        "expected",
+        "delivered",
+        "dups",
+        "dlq",
+        "lost",
+        "deliv/s",
+        "p50 ms",
+        "p99 ms",
+        "spilled",
+        "backlog",
+        "oldest s"
     );
     for e in &r.per_endpoint {
         let _ = writeln!(
             o,
-            "{:<14} {:>9} {:>9} {:>6} {:>6} {:>6} {:>10.0} {:>8} {:>8}  {}",
+            "{:<14} {:>9} {:>9} {:>6} {:>6} {:>6} {:>10.0} {:>8} {:>8} {:>8} {:>8} {:>7.1}  {}",
             e.id,
             e.tally.expected,
             e.tally.delivered,
@@ -340,8 +462,18 @@ pub fn text(r: &Report) -> String {
             e.deliveries_per_s,
             opt(e.age.map(|a| a.p50_ms), 1),
             opt(e.age.map(|a| a.p99_ms), 1),
+            e.backlog.spilled,
+            e.backlog.backlog_peak,
+            e.backlog.backlog_oldest_age_max_s,
             faults_of(&e.receiver)
         );
+    }
+    let _ = writeln!(
+        o,
+        "(backlog: most deliveries waiting in Kafka at once; oldest s: the longest any waited there)"
+    );
+    if let Some(b) = &r.backlog {
+        backlog_text(&mut o, b);
     }
     if !r.targets.is_empty() {
         let _ = writeln!(o);
@@ -376,4 +508,160 @@ pub fn text(r: &Report) -> String {
     }
     let _ = writeln!(o, "dispatcher logs and configs: {}", r.work_dir);
     o
+}
+
+/// The healthy endpoints' pace and ages, against the reference run's; the
+/// bounded endpoints' drain; the spill topic; the final wait.
+pub(crate) fn isolation_text(o: &mut String, r: &Report) {
+    let with_healthy: Vec<&PhaseReport> = r
+        .phases
+        .iter()
+        .filter(|p| p.healthy_pace.is_some() || p.healthy_age.is_some())
+        .collect();
+    if !with_healthy.is_empty() {
+        let _ = writeln!(o);
+        let reference = r.reference.as_deref();
+        let _ = writeln!(
+            o,
+            "healthy endpoints (no faults, no rate limit){}:",
+            match reference {
+                Some(_) => ", against the reference run without the others",
+                None => "",
+            }
+        );
+        let _ = writeln!(
+            o,
+            "  {:<12} {:>7} {:>9} {:>9} {:>10} {:>10} {:>12}",
+            "phase", "pace", "p50 ms", "p99 ms", "ref pace", "ref p99", "p99 x ref"
+        );
+        for p in with_healthy {
+            let theirs = reference.and_then(|x| x.phases.iter().find(|q| q.name == p.name));
+            let _ = writeln!(
+                o,
+                "  {:<12} {:>7} {:>9} {:>9} {:>10} {:>10} {:>12}",
+                p.name,
+                opt(p.healthy_pace, 3),
+                opt(p.healthy_age.map(|a| a.p50_ms), 1),
+                opt(p.healthy_age.map(|a| a.p99_ms), 1),
+                opt(theirs.and_then(|q| q.healthy_pace), 3),
+                opt(theirs.and_then(|q| q.healthy_age.map(|a| a.p99_ms)), 1),
+                opt(p.healthy_p99_ratio, 2),
+            );
+        }
+    }
+    for p in r.phases.iter().filter(|p| !p.bounded.is_empty()) {
+        let _ = writeln!(o);
+        let _ = writeln!(
+            o,
+            "bounded endpoints in {} ({:.0} s of production):",
+            p.name,
+            p.bounded.first().map_or(0.0, |b| b.window_s)
+        );
+        let _ = writeln!(
+            o,
+            "  {:<14} {:>11} {:>10} {:>10} {:>12} {:>9} {:>7} {:>16}",
+            "endpoint",
+            "can take/s",
+            "offered/s",
+            "backlog",
+            "delivered/s",
+            "pace/s",
+            "ratio",
+            "in flight (max)"
+        );
+        for b in &p.bounded {
+            let _ = writeln!(
+                o,
+                "  {:<14} {:>11.2} {:>10.1} {:>10.0} {:>12.2} {:>9.2} {:>7.3} {:>10.2} ({:>3}){}",
+                b.id,
+                b.sustainable_per_s,
+                b.offered_per_s,
+                b.backlog_at_start,
+                b.deliveries_per_s,
+                b.drain_per_s,
+                b.drain_ratio,
+                b.mean_in_flight,
+                b.max_in_flight,
+                if b.saturated {
+                    ""
+                } else {
+                    "  (not saturated: ratio to what it was given)"
+                }
+            );
+        }
+    }
+    if let Some(s) = &r.spill {
+        let _ = writeln!(o);
+        let _ = writeln!(
+            o,
+            "spill topic: {} deliveries spilled (dispatcher metrics); read back {} records of {} distinct deliveries = {} writes each{}",
+            s.spilled,
+            s.written.records,
+            s.written.deliveries,
+            opt(s.writes_per_delivery, 3),
+            if s.written.dropped > 0 {
+                format!(" ({} records dropped by the broker)", s.written.dropped)
+            } else {
+                String::new()
+            }
+        );
+    }
+    if let Some(f) = &r.final_settle {
+        let _ = writeln!(
+            o,
+            "final wait{}{}: {:.1} s, {}; before it: RSS peak {} MB, backlog peak {:.0}",
+            f.hold_s
+                .map(|h| format!(" (after holding the backlog {h:.0} s)"))
+                .unwrap_or_default(),
+            if f.faults_off { " with faults off" } else { "" },
+            f.elapsed_s,
+            if f.complete { "complete" } else { "INCOMPLETE" },
+            opt(f.rss_peak_before_mb, 1),
+            f.backlog_peak_before
+        );
+    }
+    let _ = writeln!(
+        o,
+        "load tester (broker if embedded, producer, receivers): CPU {:.1} s = {:.2} cores",
+        r.load_tester.cpu_s, r.load_tester.mean_cores
+    );
+}
+
+/// The backlog stage in a few lines.
+pub(crate) fn backlog_text(o: &mut String, b: &Report) {
+    let _ = writeln!(o);
+    let _ = writeln!(o, "backlog stage: {}", b.description);
+    let a = &b.accounting.total;
+    let f = b.final_settle.as_ref();
+    let _ = writeln!(
+        o,
+        "  {} deliveries expected, {} delivered, {} LOST; backlog peak {:.0} (metrics), RSS peak while holding it {} MB (at first delivery {} MB), peak overall {} MB",
+        a.expected,
+        a.delivered,
+        a.lost,
+        f.map_or(0.0, |f| f.backlog_peak_before),
+        opt(f.and_then(|f| f.rss_peak_before_mb), 1),
+        opt(b.dispatcher.rss_at_first_delivery_mb, 1),
+        opt(b.dispatcher.rss_peak_mb, 1),
+    );
+    if let Some(s) = &b.spill {
+        let _ = writeln!(
+            o,
+            "  spill topic: {} spilled, {} records of {} distinct deliveries = {} writes each",
+            s.spilled,
+            s.written.records,
+            s.written.deliveries,
+            opt(s.writes_per_delivery, 3)
+        );
+    }
+    if let Some(f) = f {
+        let _ = writeln!(
+            o,
+            "  drained with faults off in {:.1} s; dispatcher {:.2} cores, load tester {:.2} cores",
+            f.elapsed_s, b.dispatcher.mean_cores, b.load_tester.mean_cores
+        );
+    }
+    for n in &b.notes {
+        let _ = writeln!(o, "  note: {n}");
+    }
 }

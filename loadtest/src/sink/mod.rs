@@ -163,6 +163,48 @@ struct Receiver {
     counters: Counters,
     /// End-to-end age of first acceptances, microseconds.
     ages: Mutex<Histogram<u64>>,
+    /// The same since the phase began.
+    phase_ages: Mutex<Histogram<u64>>,
+    busy: Mutex<Busy>,
+}
+
+/// Requests in progress at a receiver, integrated over time: how many of an
+/// endpoint's `max_in_flight` slots the dispatcher kept busy, on average.
+#[derive(Debug)]
+struct Busy {
+    in_flight: u64,
+    /// Request-seconds up to `since`.
+    total_s: f64,
+    since: Instant,
+}
+
+impl Busy {
+    fn advance(&mut self, now: Instant) {
+        self.total_s +=
+            self.in_flight as f64 * now.saturating_duration_since(self.since).as_secs_f64();
+        self.since = now;
+    }
+}
+
+/// Counts a request as in progress until dropped (answered, reset, or
+/// abandoned by the client).
+struct InProgress<'a>(&'a Mutex<Busy>);
+
+impl<'a> InProgress<'a> {
+    fn start(busy: &'a Mutex<Busy>) -> InProgress<'a> {
+        let mut b = lock(busy);
+        b.advance(Instant::now());
+        b.in_flight += 1;
+        InProgress(busy)
+    }
+}
+
+impl Drop for InProgress<'_> {
+    fn drop(&mut self) {
+        let mut b = lock(self.0);
+        b.advance(Instant::now());
+        b.in_flight = b.in_flight.saturating_sub(1);
+    }
 }
 
 /// End-to-end ages across receivers: since the last interval sample, since
@@ -197,6 +239,7 @@ impl Shared {
 
     fn record_age(&self, receiver: &Receiver, age_us: u64) {
         lock(&receiver.ages).saturating_record(age_us);
+        lock(&receiver.phase_ages).saturating_record(age_us);
         let mut ages = lock(&self.ages);
         ages.interval.saturating_record(age_us);
         ages.phase.saturating_record(age_us);
@@ -246,6 +289,12 @@ impl Sink {
                 faults: ep.faults,
                 counters: Counters::default(),
                 ages: Mutex::new(new_histogram()),
+                phase_ages: Mutex::new(new_histogram()),
+                busy: Mutex::new(Busy {
+                    in_flight: 0,
+                    total_s: 0.0,
+                    since: Instant::now(),
+                }),
             });
         }
         let addrs = listeners
@@ -363,9 +412,28 @@ impl Sink {
         std::mem::replace(&mut lock(&self.shared.ages).interval, new_histogram())
     }
 
-    /// Ages recorded since the last call (for per-phase figures).
+    /// Ages recorded since the last call (for per-phase figures); each
+    /// receiver's own phase ages start again too.
     pub fn take_phase_ages(&self) -> Histogram<u64> {
+        for r in &self.shared.receivers {
+            *lock(&r.phase_ages) = new_histogram();
+        }
         std::mem::replace(&mut lock(&self.shared.ages).phase, new_histogram())
+    }
+
+    /// Ages of receiver `endpoint` since the last [`Sink::take_phase_ages`].
+    pub fn endpoint_phase_ages(&self, endpoint: usize) -> Histogram<u64> {
+        lock(&self.shared.receivers[endpoint].phase_ages).clone()
+    }
+
+    /// Request-seconds receiver `endpoint` has spent on requests so far
+    /// (requests in progress count up to now). Its difference over a
+    /// window, divided by the window, is the mean number of requests in
+    /// progress there.
+    pub fn busy_seconds(&self, endpoint: usize) -> f64 {
+        let mut b = lock(&self.shared.receivers[endpoint].busy);
+        b.advance(Instant::now());
+        b.total_s
     }
 
     /// Ages over the whole run.
@@ -481,6 +549,7 @@ async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, ResetConnection> {
     let receiver = &shared.receivers[index];
+    let _in_progress = InProgress::start(&receiver.busy);
     let c = &receiver.counters;
     c.requests.fetch_add(1, Ordering::Relaxed);
     let clock = shared.fault_clock();
