@@ -4,7 +4,6 @@
 
 mod support;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -69,11 +68,7 @@ async fn start_api(limits: Limits) -> Api {
     .await
     .unwrap();
     store.caught_up().await;
-    let (_, routing) = watch::channel(Arc::new(Routing {
-        lanes: Vec::new(),
-        by_id: HashMap::new(),
-        subscriptions: Vec::new(),
-    }));
+    let (_, routing) = watch::channel(Arc::new(Routing::empty()));
     let state = ApiState::new(
         ApiContext {
             store: store.clone(),

@@ -2,7 +2,9 @@
 //! record of a retry topic (`park::parse`), a dead letter read back by
 //! replay (`replay::read_dead_letter`), and the config file
 //! (`Config::from_yaml`). Whatever the bytes, each returns a value or an
-//! error and never panics.
+//! error and never panics. And routing: for arbitrary `data` (duplicated
+//! keys included), filters and tenants, the indexed router returns what
+//! the linear one does.
 //!
 //! Inputs mix arbitrary bytes with records and configs built like the real
 //! ones and then damaged, which is what reaches past the first check.
@@ -11,7 +13,13 @@
 
 use std::collections::BTreeMap;
 
-use dispatcher::config::Config;
+use std::sync::Arc;
+
+use dispatcher::config::{Config, FilterValue};
+use dispatcher::route::{
+    EventPattern, Filter, LinearRouter, RecordParts, RouteTable, Router, Subscriber, Subscription,
+    Tenant, TenantKey,
+};
 use proptest::prelude::*;
 use proptest::test_runner::RngAlgorithm;
 use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
@@ -245,7 +253,8 @@ fn message(headers: &Headers, payload: Option<Vec<u8>>) -> OwnedMessage {
 
 // ------------------------------------------------------------------ configs
 
-const TOP_KEYS: &[&str] = &["kafka", "admin", "http", "pipeline", "endpoints"];
+const TOP_KEYS: &[&str] = &["kafka", "admin", "http", "pipeline", "routing", "endpoints"];
+const ROUTING_KEYS: &[&str] = &["tenant_key", "tenant"];
 const KAFKA_KEYS: &[&str] = &[
     "brokers",
     "group_id",
@@ -276,6 +285,15 @@ const ENDPOINT_KEYS: &[&str] = &[
     "send_secret_header",
     "events",
     "filter",
+    "tenant",
+    "tenant_key",
+    "$or",
+    "$and",
+    "$in",
+    "$gte",
+    "$exists",
+    "$prefix",
+    "data.whatsapp_account_id",
     "timeout",
     "max_in_flight",
     "headers",
@@ -351,6 +369,8 @@ fn scalar() -> impl Strategy<Value = Json> {
             "{{event}} {{data.name}}",
             "{{",
             "data.whatsapp_account_id",
+            "header:x-tenant",
+            "key",
             "acme-crm",
         ])
         .prop_map(Json::from),
@@ -401,14 +421,18 @@ fn config_document() -> impl Strategy<Value = String> {
         section(PIPELINE_KEYS),
         prop::collection::vec(endpoint, 0..3),
         prop::option::of(value()),
+        prop::option::of(section(ROUTING_KEYS)),
     )
-        .prop_map(|(kafka, pipeline, endpoints, extra)| {
+        .prop_map(|(kafka, pipeline, endpoints, extra, routing)| {
             let mut top = serde_json::Map::new();
             top.insert("kafka".into(), kafka);
             top.insert("pipeline".into(), pipeline);
             top.insert("endpoints".into(), Json::Array(endpoints));
             if let Some(extra) = extra {
                 top.insert("admin".into(), extra);
+            }
+            if let Some(routing) = routing {
+                top.insert("routing".into(), routing);
             }
             Json::Object(top).to_string()
         })
@@ -489,5 +513,162 @@ proptest! {
         env in environment(),
     ) {
         load(&text, &env)?;
+    }
+}
+
+// ------------------------------------------------------------------ routing
+
+/// Fields, values and types drawn from small sets, so that filters, data
+/// and tenants meet often.
+const FIELDS: &[&str] = &["a", "b", "t", "a.b", "a.t", "b.a.b"];
+const VALUES: &[&str] = &["x", "y", "1", "2.5", "-3", "true", "null", "xy"];
+const TYPES: &[&str] = &["a.b", "a.b.c", "b", "b.c", "c.a"];
+const PATTERNS: &[&str] = &["*", "a.*", "a.b", "a.b.*", "b", "b.*", "c.a"];
+const TENANT_KEYS: &[&str] = &["data.t", "data.a.t", "header:t", "key"];
+
+/// Fewer cases than the parsing properties: each builds two routers.
+fn routing_config() -> ProptestConfig {
+    ProptestConfig {
+        cases: config().cases / 10,
+        ..config()
+    }
+}
+
+/// A JSON value as text, objects written key by key so that keys repeat.
+fn json_text() -> impl Strategy<Value = String> {
+    let leaf = prop_oneof![
+        prop::sample::select(VALUES).prop_map(|v| format!("{v:?}")),
+        prop::sample::select(vec![
+            "1",
+            "2.5",
+            "-3",
+            "true",
+            "null",
+            "[1,\"x\"]",
+            "\"a\\u0078\""
+        ])
+        .prop_map(str::to_owned),
+    ];
+    leaf.prop_recursive(3, 12, 4, |inner| {
+        prop::collection::vec(
+            (prop::sample::select(&["a", "b", "t", "z"][..]), inner),
+            0..5,
+        )
+        .prop_map(|kv| {
+            let body: Vec<String> = kv.iter().map(|(k, v)| format!("{k:?}:{v}")).collect();
+            format!("{{{}}}", body.join(","))
+        })
+    })
+}
+
+fn data_object() -> impl Strategy<Value = String> {
+    prop::collection::vec(
+        (prop::sample::select(&["a", "b", "t", "z"][..]), json_text()),
+        0..5,
+    )
+    .prop_map(|kv| {
+        let body: Vec<String> = kv.iter().map(|(k, v)| format!("{k:?}:{v}")).collect();
+        format!("{{{}}}", body.join(","))
+    })
+}
+
+/// One condition on a field, as JSON text.
+fn condition() -> impl Strategy<Value = String> {
+    let value = || prop::sample::select(VALUES).prop_map(|v| format!("{v:?}"));
+    let operand = prop_oneof![
+        value(),
+        prop::collection::vec(value(), 1..3).prop_map(|v| format!("[{}]", v.join(","))),
+        (
+            prop::sample::select(&["$eq", "$neq", "$prefix", "$gt", "$gte", "$lt", "$lte"][..]),
+            prop_oneof![
+                value(),
+                prop::sample::select(&["1", "-3", "2.5"][..]).prop_map(str::to_owned)
+            ],
+        )
+            .prop_map(|(op, v)| format!("{{{op:?}:{v}}}")),
+        any::<bool>().prop_map(|b| format!("{{\"$exists\":{b}}}")),
+        prop::collection::vec(value(), 1..3).prop_map(|v| format!("{{\"$in\":[{}]}}", v.join(","))),
+    ];
+    (prop::sample::select(FIELDS), operand).prop_map(|(f, o)| format!("\"data.{f}\":{o}"))
+}
+
+/// A filter as JSON text: conditions, maybe an `$or` or `$and` of more.
+fn filter_text() -> impl Strategy<Value = String> {
+    let branch =
+        prop::collection::vec(condition(), 1..3).prop_map(|c| format!("{{{}}}", c.join(",")));
+    (
+        prop::collection::vec(condition(), 0..3),
+        prop::option::of((
+            prop::sample::select(&["$or", "$and"][..]),
+            prop::collection::vec(branch, 1..3),
+        )),
+    )
+        .prop_map(|(mut conditions, combined)| {
+            if let Some((op, branches)) = combined {
+                conditions.push(format!("{op:?}:[{}]", branches.join(",")));
+            }
+            format!("{{{}}}", conditions.join(","))
+        })
+}
+
+fn subscriber(lane: usize) -> impl Strategy<Value = Option<Subscriber>> {
+    (
+        prop::collection::vec(prop::sample::select(PATTERNS), 1..3),
+        prop::option::of(prop::sample::select(VALUES)),
+        filter_text(),
+    )
+        .prop_map(move |(patterns, tenant, filter)| {
+            // Repeated keys in a generated filter are merged by the map:
+            // what is compared is whatever parsed.
+            let spec: BTreeMap<String, FilterValue> = serde_json::from_str(&filter).ok()?;
+            Some(Subscriber {
+                lane,
+                tenant: tenant.map(|t| Tenant::new(t).expect("test tenants are valid")),
+                subscription: Subscription {
+                    patterns: patterns
+                        .iter()
+                        .map(|p| EventPattern::parse(p).expect("test patterns are valid"))
+                        .collect(),
+                    filter: Filter::parse(&spec).ok()?,
+                },
+            })
+        })
+}
+
+fn subscribers() -> impl Strategy<Value = Vec<Subscriber>> {
+    (0..12usize)
+        .prop_flat_map(|n| (0..n).map(subscriber).collect::<Vec<_>>())
+        .prop_map(|s| s.into_iter().flatten().collect())
+}
+
+proptest! {
+    #![proptest_config(routing_config())]
+
+    #[test]
+    fn indexed_routing_matches_linear_routing(
+        subscribers in subscribers(),
+        tenant_key in prop::option::of(prop::sample::select(TENANT_KEYS)),
+        events in prop::collection::vec((prop::sample::select(TYPES), data_object()), 1..4),
+        key in prop::option::of(prop::sample::select(VALUES)),
+        headers in prop::collection::vec(prop::sample::select(VALUES), 0..3),
+    ) {
+        let tenant_key = tenant_key.map(|k| TenantKey::parse(k).expect("test keys are valid"));
+        let linear = LinearRouter::new(tenant_key.clone(), subscribers.clone());
+        let mut router = Router::from_table(Arc::new(RouteTable::build(tenant_key, subscribers)));
+        let headers: Vec<(&str, &[u8])> = headers.iter().map(|v| ("t", v.as_bytes())).collect();
+        let record = RecordParts { key: key.map(str::as_bytes), headers: &headers };
+        for (event_type, data) in events {
+            let raw = format!(r#"{{"event":"{event_type}","data":{data}}}"#);
+            let source = transports::SourceRef { topic: "t".into(), partition: 0, offset: 0 };
+            let Ok(event) = transports::Event::decode(raw.into(), source, Some(0), 1 << 20) else {
+                continue;
+            };
+            let mut want = Vec::new();
+            linear.route(&event, &record, |lane| want.push(lane));
+            want.sort_unstable();
+            let mut got = Vec::new();
+            router.route_record(&event, &record, |lane| got.push(lane));
+            prop_assert_eq!(got, want, "{}", String::from_utf8_lossy(event.data()));
+        }
     }
 }

@@ -1203,20 +1203,7 @@ fn dispatcher_config(
                 Value::Sequence(e.events.iter().map(|s| s.clone().into()).collect()),
             );
             if !e.filter.is_empty() {
-                let f = e
-                    .filter
-                    .iter()
-                    .map(|(k, v)| {
-                        let v = match v {
-                            dispatcher::config::FilterValue::One(s) => Value::String(s.0.clone()),
-                            dispatcher::config::FilterValue::AnyOf(l) => Value::Sequence(
-                                l.iter().map(|s| Value::String(s.0.clone())).collect(),
-                            ),
-                        };
-                        (Value::String(k.clone()), v)
-                    })
-                    .collect();
-                m.insert("filter".into(), Value::Mapping(f));
+                m.insert("filter".into(), serde_yaml_ng::to_value(&e.filter)?);
             }
             m.insert(
                 "timeout".into(),
@@ -1226,9 +1213,9 @@ fn dispatcher_config(
             if let Some(s) = &e.secret {
                 m.insert("secret".into(), s.clone().into());
             }
-            (m, e.config.clone())
+            Ok((m, e.config.clone()))
         })
-        .collect();
+        .collect::<anyhow::Result<_>>()?;
     BaseConfig {
         bootstrap,
         group: &group,

@@ -376,11 +376,9 @@ impl ApiState {
                 return;
             }
             let routing = rx.borrow_and_update().clone();
-            let live = routing.find(id).and_then(|i| routing.lane(i)).is_some()
-                && routing
-                    .find(id)
-                    .and_then(|i| routing.subscriptions.get(i))
-                    .is_some_and(|s| !s.patterns.is_empty());
+            let live = routing
+                .find(id)
+                .is_some_and(|i| routing.lane(i).is_some() && routing.routes_to(i));
             match present {
                 Some(want) if want != live => continue,
                 _ => return,

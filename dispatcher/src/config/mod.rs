@@ -14,13 +14,13 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_yaml_ng::Value;
 
 use transports::{BuildContext, Registry};
 
 use crate::lane::{BreakerConfig, RateLimitConfig, RetryConfig};
-use crate::route::{EventPattern, Filter};
+use crate::route::{EventPattern, Filter, Tenant, TenantKey};
 
 /// The whole configuration.
 #[derive(Debug, Clone, Default)]
@@ -33,7 +33,17 @@ pub struct Config {
     pub pipeline: PipelineConfig,
     /// Keys that encrypt endpoints' secrets in the endpoint store.
     pub secrets: crate::secrets::SecretsConfig,
+    pub routing: RoutingConfig,
     pub endpoints: Vec<EndpointConfig>,
+}
+
+/// How events find their endpoints beyond event types and filters.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingConfig {
+    /// Where an event's tenant is: `data.<field>`, `header:<name>` or
+    /// `key` (see [`TenantKey`]). Unset: no event has a tenant.
+    pub tenant_key: Option<String>,
 }
 
 #[derive(Clone, Deserialize)]
@@ -117,6 +127,12 @@ impl fmt::Debug for KafkaConfig {
 /// `linger.ms: "5"` mean the same thing).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Scalar(pub String);
+
+impl Serialize for Scalar {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
 
 impl<'de> Deserialize<'de> for Scalar {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -279,6 +295,11 @@ pub struct EndpointConfig {
     pub events: Vec<String>,
     #[serde(default)]
     pub filter: BTreeMap<String, FilterValue>,
+    /// The tenant (customer) this endpoint belongs to: it receives only
+    /// events of that tenant (found with `routing.tenant_key`). Unset: the
+    /// endpoint receives events of every tenant, and of none.
+    #[serde(default)]
+    pub tenant: Option<String>,
     #[serde(default = "default_timeout", with = "humantime_serde")]
     pub timeout: Duration,
     #[serde(default = "default_max_in_flight")]
@@ -325,6 +346,7 @@ impl fmt::Debug for EndpointConfig {
             .field("transport", &self.transport)
             .field("events", &self.events)
             .field("filter", &self.filter)
+            .field("tenant", &self.tenant)
             .field("timeout", &self.timeout)
             .field("max_in_flight", &self.max_in_flight)
             .field("enabled", &self.enabled)
@@ -341,6 +363,7 @@ const ENDPOINT_KEYS: &[&str] = &[
     "transport",
     "events",
     "filter",
+    "tenant",
     "timeout",
     "max_in_flight",
     "enabled",
@@ -359,6 +382,7 @@ impl Default for EndpointConfig {
             transport: default_transport(),
             events: Vec::new(),
             filter: BTreeMap::new(),
+            tenant: None,
             timeout: default_timeout(),
             max_in_flight: default_max_in_flight(),
             enabled: true,
@@ -490,12 +514,58 @@ fn parse_endpoint(item: Value, path: &str, problems: &mut Vec<Problem>) -> Optio
     Some(endpoint)
 }
 
-/// A filter value: one scalar, or a list meaning "any of".
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+/// A filter value as written: one scalar, a list meaning "any of", or a
+/// mapping of operators (`{$gte: 100}`); the operand of `$and` and `$or`
+/// is a list of filters. What it means, and what is wrong with it (with
+/// its key path), is [`Filter::parse`]'s business: here it is only read.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum FilterValue {
     One(Scalar),
     AnyOf(Vec<Scalar>),
+    /// Operators and their operands, or one filter of an `$and` / `$or`.
+    Map(BTreeMap<String, FilterValue>),
+    /// A list holding more than scalars: the filters of `$and` / `$or`.
+    List(Vec<FilterValue>),
+}
+
+impl<'de> Deserialize<'de> for FilterValue {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        FilterValue::from_json(serde_json::Value::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
+impl FilterValue {
+    fn from_json(value: serde_json::Value) -> Result<FilterValue, String> {
+        use serde_json::Value as J;
+        let scalar = |v: &J| match v {
+            J::String(s) => Some(Scalar(s.clone())),
+            J::Number(n) => Some(Scalar(n.to_string())),
+            J::Bool(b) => Some(Scalar(b.to_string())),
+            _ => None,
+        };
+        match value {
+            J::Null => {
+                Err("expected a string, number, boolean, list or mapping, found nothing".into())
+            }
+            J::Array(items) => match items.iter().map(scalar).collect::<Option<Vec<_>>>() {
+                Some(list) => Ok(FilterValue::AnyOf(list)),
+                None => items
+                    .into_iter()
+                    .map(FilterValue::from_json)
+                    .collect::<Result<_, _>>()
+                    .map(FilterValue::List),
+            },
+            J::Object(map) => map
+                .into_iter()
+                .map(|(k, v)| FilterValue::from_json(v).map(|v| (k, v)))
+                .collect::<Result<_, _>>()
+                .map(FilterValue::Map),
+            J::String(s) => Ok(FilterValue::One(Scalar(s))),
+            J::Number(n) => Ok(FilterValue::One(Scalar(n.to_string()))),
+            J::Bool(b) => Ok(FilterValue::One(Scalar(b.to_string()))),
+        }
+    }
 }
 
 fn default_transport() -> String {
@@ -627,6 +697,7 @@ impl Config {
             http: section(&mut map, "http", &mut problems),
             pipeline: section(&mut map, "pipeline", &mut problems),
             secrets: section(&mut map, "secrets", &mut problems),
+            routing: section(&mut map, "routing", &mut problems),
             endpoints: Vec::new(),
         };
         config.secrets.load(&mut problems);
@@ -660,7 +731,7 @@ impl Config {
                 .unwrap_or_else(|| format!("{key:?}"));
             problems.push(Problem::new(
                 key,
-                "unknown key (expected one of kafka, admin, api, http, pipeline, secrets, endpoints)",
+                "unknown key (expected one of kafka, admin, api, http, pipeline, secrets, routing, endpoints)",
             ));
         }
 
@@ -866,6 +937,11 @@ impl Config {
                 "every endpoint is disabled: the dispatcher would commit past every event without delivering it",
             ));
         }
+        if let Some(key) = &self.routing.tenant_key {
+            if let Err(e) = TenantKey::parse(key) {
+                problems.push(Problem::new("routing.tenant_key", e));
+            }
+        }
         let mut seen = HashSet::new();
         let mut http_client = None;
         for (ep, &i) in self.endpoints.iter().zip(positions) {
@@ -906,6 +982,16 @@ impl Config {
         }
         if let Err((key, e)) = Filter::parse(&ep.filter) {
             problems.push(Problem::new(format!("{base}filter.{key}"), e));
+        }
+        if let Some(tenant) = &ep.tenant {
+            if let Err(e) = Tenant::new(tenant) {
+                problems.push(Problem::new(at("tenant"), e));
+            } else if self.routing.tenant_key.is_none() {
+                problems.push(Problem::new(
+                    at("tenant"),
+                    "is set but routing.tenant_key is not: no event would have a tenant, so this endpoint would receive nothing",
+                ));
+            }
         }
         if ep.timeout.is_zero() || ep.timeout > Duration::from_secs(300) {
             problems.push(Problem::new(at("timeout"), "must be between 1ms and 5m"));

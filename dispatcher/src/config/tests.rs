@@ -416,3 +416,177 @@ fn an_endpoint_as_json_is_checked_like_one_in_the_file() {
         assert!(paths.contains(&expected), "{expected} in {problems:?}");
     }
 }
+
+#[test]
+fn filter_operators_are_read_and_every_mistake_has_its_key_path() {
+    let ok = r#"
+endpoints:
+  - id: ops
+    url: "https://hooks.acme.example/in"
+    events: ["*"]
+    filter:
+      data.whatsapp_account_id: acct-1
+      data.channel: [whatsapp, instagram]
+      data.error.code: {$in: [131047, 131026]}
+      data.status: {$neq: failed}
+      data.contact_id: {$exists: true}
+      data.total: {$gte: 100, $lt: 1000}
+      data.from: {$prefix: "+91"}
+      $or:
+        - data.type: text
+        - {data.is_ai: true, data.agent_id: {$exists: false}}
+      $and:
+        - data.sent: {$gt: -1.5}
+"#;
+    let c = Config::from_yaml(ok, &no_env).unwrap();
+    assert!(!Filter::parse(&c.endpoints[0].filter).unwrap().is_empty());
+
+    let p = problems(
+        r#"
+endpoints:
+  - id: bad
+    url: "https://hooks.acme.example/in"
+    events: ["*"]
+    filter:
+      data.total: {$gt: lots}
+      $or:
+        - data.type: text
+        - data.status: {$exist: true}
+  - id: bad2
+    url: "https://hooks.acme.example/in"
+    events: ["*"]
+    filter:
+      data.status: {$in: []}
+  - id: bad3
+    url: "https://hooks.acme.example/in"
+    events: ["*"]
+    filter:
+      $or: [{}]
+  - id: bad4
+    url: "https://hooks.acme.example/in"
+    events: ["*"]
+    filter:
+      data.x: {$exists: maybe}
+  - id: bad5
+    url: "https://hooks.acme.example/in"
+    events: ["*"]
+    filter:
+      $gt: 5
+  - id: bad6
+    url: "https://hooks.acme.example/in"
+    events: ["*"]
+    filter:
+      data.x: null
+"#,
+    );
+    // Problems stop at the first mistake of each filter, in key order.
+    let first = at(&p, "endpoints[0].filter.$or[1].data.status.$exist");
+    assert!(first.message.contains("did you mean `$exists`"), "{first}");
+    assert!(at(&p, "endpoints[1].filter.data.status.$in")
+        .message
+        .contains("matches nothing"));
+    assert!(at(&p, "endpoints[2].filter.$or[0]")
+        .message
+        .contains("empty filter"));
+    assert!(at(&p, "endpoints[3].filter.data.x.$exists")
+        .message
+        .contains("true or false"));
+    assert!(at(&p, "endpoints[4].filter.$gt")
+        .message
+        .contains("under a field key"));
+    assert!(at(&p, "endpoints[5].filter.data.x")
+        .message
+        .contains("found nothing"));
+
+    let p = problems(
+        r#"
+endpoints:
+  - id: bad
+    url: "https://hooks.acme.example/in"
+    events: ["*"]
+    filter: {data.total: {$gt: lots}}
+"#,
+    );
+    assert!(at(&p, "endpoints[0].filter.data.total.$gt")
+        .message
+        .contains("takes a number"));
+}
+
+#[test]
+fn tenants_and_the_tenant_key_are_checked() {
+    let ok = r#"
+routing:
+  tenant_key: data.whatsapp_account_id
+endpoints:
+  - id: acme
+    tenant: "104996122399160"
+    url: "https://hooks.acme.example/in"
+    events: ["*"]
+  - id: platform
+    url: "https://hooks.acme.example/all"
+    events: ["*"]
+"#;
+    let c = Config::from_yaml(ok, &no_env).unwrap();
+    assert_eq!(
+        c.routing.tenant_key.as_deref(),
+        Some("data.whatsapp_account_id")
+    );
+    assert_eq!(c.endpoints[0].tenant.as_deref(), Some("104996122399160"));
+    assert_eq!(c.endpoints[1].tenant, None);
+    for key in ["key", "header:X-Tenant-Id"] {
+        let yaml = ok.replace("data.whatsapp_account_id", key);
+        Config::from_yaml(&yaml, &no_env).unwrap();
+    }
+
+    let p = problems(
+        r#"
+routing:
+  tenant_key: whatsapp_account_id
+  tenant_keys: x
+endpoints:
+  - id: acme
+    tenant: ""
+    url: "https://hooks.acme.example/in"
+    events: ["*"]
+"#,
+    );
+    assert!(at(&p, "routing.tenant_keys")
+        .message
+        .contains("unknown field"));
+
+    let p = problems(
+        r#"
+routing:
+  tenant_key: whatsapp_account_id
+endpoints:
+  - id: acme
+    tenant: ""
+    url: "https://hooks.acme.example/in"
+    events: ["*"]
+  - id: numeric
+    tenant: 104996122399160
+    url: "https://hooks.acme.example/in"
+    events: ["*"]
+"#,
+    );
+    assert!(at(&p, "routing.tenant_key")
+        .message
+        .contains("not a tenant key"));
+    assert!(at(&p, "endpoints[0].tenant").message.contains("1 to 256"));
+    assert!(at(&p, "endpoints[1].tenant")
+        .message
+        .contains("expected a string"));
+
+    let p = problems(
+        r#"
+endpoints:
+  - id: acme
+    tenant: acct-1
+    url: "https://hooks.acme.example/in"
+    events: ["*"]
+"#,
+    );
+    assert!(at(&p, "endpoints[0].tenant")
+        .message
+        .contains("routing.tenant_key is not"));
+}

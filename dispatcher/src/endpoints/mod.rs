@@ -39,7 +39,7 @@ use crate::lane::{self, Dedup, Evictions, LaneDeps, LaneHandle, LaneSettings, La
 use crate::metrics::Metrics;
 use crate::offsets::{Budget, HoldIndex};
 use crate::park::Parker;
-use crate::route::{EventPattern, Filter, Subscription};
+use crate::route::{EventPattern, Filter, RouteTable, Subscriber, Subscription, Tenant, TenantKey};
 use crate::store::{Change, EndpointState, Store, StoredEndpoint};
 
 /// The endpoints as the source and the readers see them at one moment.
@@ -50,8 +50,11 @@ pub struct Routing {
     /// Lane index by endpoint id, for records that name their endpoint
     /// (deleted endpoints stay while their lane lives).
     pub by_id: HashMap<Arc<str>, usize>,
-    /// Subscriptions by lane index; a deleted endpoint's matches nothing.
-    pub subscriptions: Vec<Subscription>,
+    /// The routing table the source routes with: lane indices by tenant,
+    /// event type and filter (a deleted endpoint's lane is not in it).
+    pub table: Arc<RouteTable>,
+    /// By lane index: whether the table routes to it.
+    pub routed: Vec<bool>,
 }
 
 impl Routing {
@@ -61,6 +64,22 @@ impl Routing {
 
     pub fn find(&self, id: &str) -> Option<usize> {
         self.by_id.get(id).copied()
+    }
+
+    /// Whether events are routed to lane `index` (not to a deleted
+    /// endpoint's, nor to a gone one's).
+    pub fn routes_to(&self, index: usize) -> bool {
+        self.routed.get(index).copied().unwrap_or(false)
+    }
+
+    /// No lanes, no routes.
+    pub fn empty() -> Routing {
+        Routing {
+            lanes: Vec::new(),
+            by_id: HashMap::new(),
+            table: Arc::new(RouteTable::build(None, [])),
+            routed: Vec::new(),
+        }
     }
 }
 
@@ -108,6 +127,8 @@ pub struct Endpoints {
     lanes: Vec<Option<Managed>>,
     by_id: HashMap<String, usize>,
     routing: watch::Sender<Arc<Routing>>,
+    /// Where an event's tenant is (`routing.tenant_key`).
+    tenant_key: Option<TenantKey>,
     tasks: FuturesUnordered<BoxFuture<'static, (usize, Result<(), tokio::task::JoinError>)>>,
     aborts: Vec<tokio::task::AbortHandle>,
     /// Lanes that disabled their endpoint (a 410), to record in the store.
@@ -128,11 +149,14 @@ impl Endpoints {
         store: Arc<Store>,
         fatal: Arc<Fatal>,
     ) -> anyhow::Result<(Endpoints, watch::Receiver<Arc<Routing>>)> {
-        let (routing, routing_rx) = watch::channel(Arc::new(Routing {
-            lanes: Vec::new(),
-            by_id: HashMap::new(),
-            subscriptions: Vec::new(),
-        }));
+        let tenant_key = config
+            .routing
+            .tenant_key
+            .as_deref()
+            .map(TenantKey::parse)
+            .transpose()
+            .map_err(|m| anyhow!("routing.tenant_key: {m}"))?;
+        let (routing, routing_rx) = watch::channel(Arc::new(Routing::empty()));
         let (disabled_tx, disabled_rx) = mpsc::unbounded_channel();
         let mut this = Endpoints {
             kafka_options: config.kafka.option_strings(),
@@ -146,6 +170,7 @@ impl Endpoints {
             lanes: Vec::new(),
             by_id: HashMap::new(),
             routing,
+            tenant_key,
             tasks: FuturesUnordered::new(),
             aborts: Vec::new(),
             disabled_tx,
@@ -393,28 +418,37 @@ impl Endpoints {
     fn publish(&self) {
         let mut by_id = HashMap::with_capacity(self.by_id.len());
         let mut lanes = Vec::with_capacity(self.lanes.len());
-        let mut subscriptions = Vec::with_capacity(self.lanes.len());
+        let mut subscribers = Vec::with_capacity(self.lanes.len());
+        let mut routed = vec![false; self.lanes.len()];
         for (i, m) in self.lanes.iter().enumerate() {
             match m {
                 Some(m) => {
                     by_id.insert(m.handle.endpoint_id.clone(), i);
                     lanes.push(Some(m.handle.clone()));
-                    subscriptions.push(if m.deleting {
-                        Subscription::none()
-                    } else {
-                        subscription(&m.config).unwrap_or_else(|_| Subscription::none())
-                    });
+                    if m.deleting {
+                        continue;
+                    }
+                    // Checked when the endpoint was read: an error here
+                    // leaves it unrouted rather than failing the others.
+                    match subscriber(&m.config, i) {
+                        Ok(s) => {
+                            subscribers.push(s);
+                            routed[i] = true;
+                        }
+                        Err(e) => {
+                            tracing::error!(endpoint = %m.config.id, error = %e, "endpoint not routed")
+                        }
+                    }
                 }
-                None => {
-                    lanes.push(None);
-                    subscriptions.push(Subscription::none());
-                }
+                None => lanes.push(None),
             }
         }
+        let table = Arc::new(RouteTable::build(self.tenant_key.clone(), subscribers));
         self.routing.send_replace(Arc::new(Routing {
             lanes,
             by_id,
-            subscriptions,
+            table,
+            routed,
         }));
         self.kit
             .metrics
@@ -534,7 +568,21 @@ impl Endpoints {
     }
 }
 
-/// What the router needs of an endpoint.
+/// What the router needs of an endpoint: its tenant and subscription.
+pub fn subscriber(ep: &EndpointConfig, lane: usize) -> anyhow::Result<Subscriber> {
+    Ok(Subscriber {
+        lane,
+        tenant: ep
+            .tenant
+            .as_deref()
+            .map(Tenant::new)
+            .transpose()
+            .map_err(|m| anyhow!("endpoint {}: tenant: {m}", ep.id))?,
+        subscription: subscription(ep)?,
+    })
+}
+
+/// The event types and filter of an endpoint.
 pub fn subscription(ep: &EndpointConfig) -> anyhow::Result<Subscription> {
     Ok(Subscription {
         patterns: ep

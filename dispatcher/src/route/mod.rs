@@ -1,18 +1,31 @@
 //! Routing: which endpoints want an event.
 //!
-//! Subscriptions are event-type patterns (exact, `prefix.*`, `*`) plus optional
-//! filters on `data` fields. Event types are few while endpoints are many, so
-//! the pattern match is done once per event *type* and remembered; per event
-//! only the (rare) filters are evaluated.
+//! Subscriptions are event-type patterns (exact, `prefix.*`, `*`), an
+//! optional tenant and optional filters on `data` fields. The
+//! [`RouteTable`] indexes them by type, tenant and exact-match filter
+//! values (see [`index`]), so that routing one event costs about the same
+//! with ten endpoints or a hundred thousand; the [`Router`] is one source
+//! loop's handle on the current table.
 
+#[cfg(test)]
+mod equivalence;
+mod fields;
 mod filter;
+pub mod index;
+pub mod linear;
+pub mod tenant;
 
-pub use filter::Filter;
+pub use filter::{Filter, MAX_NESTING};
+pub use index::{RouteTable, Subscriber};
+pub use linear::LinearRouter;
+pub use tenant::{RecordMeta, RecordParts, Tenant, TenantKey};
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use transports::Event;
+
+use fields::Fields;
 
 /// One `events:` entry of an endpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,75 +67,101 @@ impl EventPattern {
     }
 }
 
-impl Subscription {
-    /// Matches nothing: the place of an endpoint that is gone.
-    pub fn none() -> Subscription {
-        Subscription {
-            patterns: Vec::new(),
-            filter: Filter::default(),
-        }
-    }
-}
-
-/// What the router knows of one endpoint.
+/// What one endpoint subscribes to: event types, and a filter on `data`
+/// (its lane and tenant are in [`Subscriber`]).
 #[derive(Debug, Clone)]
 pub struct Subscription {
-    /// None: the subscription matches nothing (a deleted endpoint's place).
+    /// Empty: the subscription matches nothing.
     pub patterns: Vec<EventPattern>,
     pub filter: Filter,
 }
 
 /// Bound on remembered event types: producers could invent types without
-/// end, and each remembered type costs a list of endpoint indices.
+/// end, and each remembered type costs a list of groups.
 const MAX_CACHED_TYPES: usize = 4096;
 
-/// Maps an event to the indices of the endpoints that receive it.
+/// Maps an event to the indices of the endpoints (lanes) that receive it.
 ///
-/// Owned by the source loop (one thread), so its cache needs no lock.
+/// Owned by the source loop (one thread), so its cache and scratch need no
+/// lock; the table itself is shared and never changes.
 pub struct Router {
-    subscriptions: Vec<Subscription>,
-    by_type: HashMap<Box<str>, Arc<[usize]>>,
+    table: Arc<RouteTable>,
+    /// Per event type, the table's groups whose patterns match it.
+    by_type: HashMap<Box<str>, Arc<[u32]>>,
+    fields: Fields,
+    out: Vec<usize>,
 }
 
 impl Router {
+    /// Lanes are positions in `subscriptions`; no tenants.
     pub fn new(subscriptions: Vec<Subscription>) -> Router {
-        Router {
-            subscriptions,
-            by_type: HashMap::new(),
-        }
-    }
-
-    /// Endpoints whose patterns match `event_type`, before filters.
-    fn candidates(&mut self, event_type: &str) -> Arc<[usize]> {
-        if let Some(hit) = self.by_type.get(event_type) {
-            return hit.clone();
-        }
-        let found: Arc<[usize]> = self
-            .subscriptions
-            .iter()
+        let subscribers = subscriptions
+            .into_iter()
             .enumerate()
-            .filter(|(_, s)| s.patterns.iter().any(|p| p.matches(event_type)))
-            .map(|(i, _)| i)
-            .collect();
-        if self.by_type.len() < MAX_CACHED_TYPES {
-            self.by_type.insert(event_type.into(), found.clone());
-        }
-        found
+            .map(|(lane, subscription)| Subscriber {
+                lane,
+                tenant: None,
+                subscription,
+            });
+        Router::from_table(Arc::new(RouteTable::build(None, subscribers)))
     }
 
-    /// Calls `deliver(endpoint_index)` for every endpoint that receives `event`.
-    /// Returns how many did.
-    pub fn route(&mut self, event: &Event, mut deliver: impl FnMut(usize)) -> usize {
-        let candidates = self.candidates(event.event_type());
-        let mut n = 0;
-        for &i in candidates.iter() {
-            let filter = &self.subscriptions[i].filter;
-            if filter.is_empty() || filter.matches(event) {
-                deliver(i);
-                n += 1;
-            }
+    pub fn from_table(table: Arc<RouteTable>) -> Router {
+        let mut fields = Fields::default();
+        fields.reset(table.fields());
+        Router {
+            table,
+            by_type: HashMap::new(),
+            fields,
+            out: Vec::new(),
         }
-        n
+    }
+
+    pub fn table(&self) -> &Arc<RouteTable> {
+        &self.table
+    }
+
+    /// Route with `table` from the next event on.
+    pub fn set_table(&mut self, table: Arc<RouteTable>) {
+        self.by_type.clear();
+        self.fields.reset(table.fields());
+        self.table = table;
+    }
+
+    /// [`Router::route_record`] without the record: no key, no headers.
+    pub fn route(&mut self, event: &Event, deliver: impl FnMut(usize)) -> usize {
+        self.route_record(event, &(), deliver)
+    }
+
+    /// Calls `deliver(lane)` for every endpoint that receives `event`, in
+    /// ascending lane order, each once. `record` gives the tenant key its
+    /// record key and headers. Returns how many received it.
+    pub fn route_record<R: RecordMeta + ?Sized>(
+        &mut self,
+        event: &Event,
+        record: &R,
+        mut deliver: impl FnMut(usize),
+    ) -> usize {
+        let event_type = event.event_type();
+        let groups = match self.by_type.get(event_type) {
+            Some(groups) => groups.clone(),
+            None => {
+                let groups: Arc<[u32]> = self.table.groups_for(event_type).into();
+                if self.by_type.len() < MAX_CACHED_TYPES {
+                    self.by_type.insert(event_type.into(), groups.clone());
+                }
+                groups
+            }
+        };
+        if groups.is_empty() {
+            return 0;
+        }
+        self.table
+            .route_into(&groups, event, record, &mut self.fields, &mut self.out);
+        for &lane in &self.out {
+            deliver(lane);
+        }
+        self.out.len()
     }
 }
 

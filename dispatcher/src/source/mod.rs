@@ -121,7 +121,7 @@ impl Source {
         let mut current = {
             let routing = self.routing.borrow_and_update().clone();
             Current {
-                router: Router::new(routing.subscriptions.clone()),
+                router: Router::from_table(routing.table.clone()),
                 routing,
             }
         };
@@ -143,7 +143,7 @@ impl Source {
             if self.routing.has_changed().unwrap_or(false) {
                 let routing = self.routing.borrow_and_update().clone();
                 current = Current {
-                    router: Router::new(routing.subscriptions.clone()),
+                    router: Router::from_table(routing.table.clone()),
                     routing,
                 };
             }
@@ -277,7 +277,9 @@ impl Source {
             Ok(mut event) => {
                 event.traceparent = header(msg, "traceparent").map(Bytes::copy_from_slice);
                 targets.clear();
-                current.router.route(&event, |i| targets.push(i));
+                current
+                    .router
+                    .route_record(&event, msg, |i| targets.push(i));
                 let ticket = Ticket::issue(partition, msg.offset(), targets.len(), payload.len());
                 if targets.is_empty() {
                     counters.unrouted.inc();
