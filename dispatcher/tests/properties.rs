@@ -636,7 +636,7 @@ fn subscriber(lane: usize) -> impl Strategy<Value = Option<Subscriber>> {
 }
 
 fn subscribers() -> impl Strategy<Value = Vec<Subscriber>> {
-    (0..12usize)
+    (0..24usize)
         .prop_flat_map(|n| (0..n).map(subscriber).collect::<Vec<_>>())
         .prop_map(|s| s.into_iter().flatten().collect())
 }
@@ -654,7 +654,10 @@ proptest! {
     ) {
         let tenant_key = tenant_key.map(|k| TenantKey::parse(k).expect("test keys are valid"));
         let linear = LinearRouter::new(tenant_key.clone(), subscribers.clone());
-        let mut router = Router::from_table(Arc::new(RouteTable::build(tenant_key, subscribers)));
+        let mut router = Router::from_table(Arc::new(RouteTable::build(tenant_key.clone(), subscribers.clone())));
+        // The same table with a value index wherever one endpoint is filed
+        // under a field: few endpoints exercise it too.
+        let mut indexing = Router::from_table(Arc::new(RouteTable::build_indexing(tenant_key, subscribers, 1)));
         let headers: Vec<(&str, &[u8])> = headers.iter().map(|v| ("t", v.as_bytes())).collect();
         let record = RecordParts { key: key.map(str::as_bytes), headers: &headers };
         for (event_type, data) in events {
@@ -668,7 +671,10 @@ proptest! {
             want.sort_unstable();
             let mut got = Vec::new();
             router.route_record(&event, &record, |lane| got.push(lane));
-            prop_assert_eq!(got, want, "{}", String::from_utf8_lossy(event.data()));
+            prop_assert_eq!(&got, &want, "{}", String::from_utf8_lossy(event.data()));
+            let mut got = Vec::new();
+            indexing.route_record(&event, &record, |lane| got.push(lane));
+            prop_assert_eq!(&got, &want, "indexed: {}", String::from_utf8_lossy(event.data()));
         }
     }
 }

@@ -53,10 +53,9 @@ pub struct RouteTable {
     /// The field a `data.` tenant key reads.
     tenant_field: Option<FieldId>,
     fields: FieldSet,
-    /// Per entry (one per subscriber): its lane.
-    lanes: Vec<usize>,
-    /// Per entry: what its filter still asks once the index found it.
-    rest: Vec<Vec<Node<FieldId>>>,
+    /// Per entry (one per subscriber): its filter, the condition the index
+    /// files it under (if any) first.
+    filters: Vec<Box<[Node<FieldId>]>>,
     /// Per pattern (group), whether any filter under it reads `data`.
     reads_fields: Vec<bool>,
     exact: HashMap<Box<str>, u32>,
@@ -64,32 +63,108 @@ pub struct RouteTable {
     prefixes: HashMap<Box<str>, u32>,
     all: Option<u32>,
     untenanted: Part,
-    tenants: HashMap<Box<[u8]>, Part>,
+    tenants: HashMap<TenantBytes, Part>,
 }
+
+/// A tenant as a map key: short ones (account ids are) held inline, so
+/// that comparing the key found in the map reads no other cache line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum TenantBytes {
+    Inline(u8, [u8; INLINE_TENANT]),
+    Boxed(Box<[u8]>),
+}
+
+const INLINE_TENANT: usize = 30;
+
+impl TenantBytes {
+    fn new(bytes: &[u8]) -> TenantBytes {
+        match u8::try_from(bytes.len()) {
+            Ok(len) if bytes.len() <= INLINE_TENANT => {
+                let mut inline = [0; INLINE_TENANT];
+                inline[..bytes.len()].copy_from_slice(bytes);
+                TenantBytes::Inline(len, inline)
+            }
+            _ => TenantBytes::Boxed(bytes.into()),
+        }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            TenantBytes::Inline(len, bytes) => bytes.get(..*len as usize).unwrap_or_default(),
+            TenantBytes::Boxed(bytes) => bytes,
+        }
+    }
+}
+
+// Hashes as the bytes do, so that the map can be searched with `&[u8]`.
+impl std::hash::Hash for TenantBytes {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_bytes().hash(state);
+    }
+}
+
+impl std::borrow::Borrow<[u8]> for TenantBytes {
+    fn borrow(&self) -> &[u8] {
+        self.as_bytes()
+    }
+}
+
+/// Below this many endpoints filed under one field in one bucket, checking
+/// each costs less than a hash lookup (a tenant's buckets are small).
+const INDEX_MIN: usize = 8;
+
+/// Parts of at most this many endpoints are warmed before they are walked
+/// (see [`Part::warm`]); a bigger part would cost more to warm than its
+/// misses do, and its walk is what the index keeps short.
+const WARM_MAX: u32 = 256;
+
+/// An endpoint in a bucket: its lane, and its filter (if it has one).
+#[derive(Debug, Clone, Copy)]
+struct Item {
+    lane: usize,
+    entry: u32,
+}
+
+const NO_FILTER: u32 = u32::MAX;
 
 /// The buckets of one tenant (or of the tenant-less endpoints), by group.
 ///
-/// The lists of all its buckets share one array each, so that routing an
-/// event reads a few adjacent cache lines of its tenant's part rather than
-/// one allocation per bucket.
+/// The items of all its buckets share one array, so that routing an event
+/// reads a few adjacent cache lines of its tenant's part rather than one
+/// allocation per bucket.
 #[derive(Debug, Default)]
 struct Part {
     /// Sorted; apart from the buckets so that a search reads one or two
     /// cache lines.
     groups: Vec<u32>,
     buckets: Vec<Bucket>,
-    /// Every bucket's `plain`, one after the other.
-    lanes: Vec<usize>,
-    /// Every bucket's `scan`, one after the other.
-    scan: Vec<u32>,
-    /// Per bucket, its lists while the table is being built.
+    /// Every bucket's items, one bucket after the other.
+    items: Vec<Item>,
+    /// Per bucket, what it holds while the table is being built.
     pending: Vec<Pending>,
+    /// The entries of this part's endpoints (numbered tenant by tenant).
+    entries: Range<u32>,
+}
+
+#[derive(Debug, Default)]
+struct Bucket {
+    /// Checked one by one: in the part's `items`.
+    items: Range<u32>,
+    by_value: Vec<ValueIndex>,
 }
 
 #[derive(Debug, Default)]
 struct Pending {
-    plain: Vec<usize>,
-    scan: Vec<u32>,
+    items: Vec<Item>,
+    /// Items with an exact-match condition, and the field it is on.
+    keyed: Vec<(FieldId, Item)>,
+}
+
+/// Endpoints filed under the values one field must have.
+#[derive(Debug)]
+struct ValueIndex {
+    field: FieldId,
+    items: HashMap<Box<str>, Vec<Item>>,
 }
 
 impl Part {
@@ -98,7 +173,7 @@ impl Part {
         self.buckets.get(i)
     }
 
-    fn bucket_mut(&mut self, group: u32) -> (&mut Bucket, &mut Pending) {
+    fn pending(&mut self, group: u32) -> &mut Pending {
         let i = match self.groups.binary_search(&group) {
             Ok(i) => i,
             Err(i) => {
@@ -108,48 +183,75 @@ impl Part {
                 i
             }
         };
-        (&mut self.buckets[i], &mut self.pending[i])
+        &mut self.pending[i]
     }
 
-    /// Move the lists built in `pending` into the shared arrays.
-    fn freeze(&mut self) {
-        for (bucket, pending) in self
+    /// Read one word of every cache line of the part's arrays (and of its
+    /// entries' filters). None of these loads depends on another, so the
+    /// processor overlaps their cache misses instead of waiting for each in
+    /// turn during the walk: at 100,000 endpoints a tenant's part is
+    /// rarely in cache, and its misses are most of what routing costs.
+    fn warm(&self, filters: &[Box<[Node<FieldId>]>]) -> usize {
+        let mut sum = self.groups.first().map_or(0, |g| *g as usize);
+        for b in self.buckets.iter().step_by(2) {
+            sum ^= b.items.start as usize;
+        }
+        for item in self.items.iter().step_by(4) {
+            sum ^= item.lane;
+        }
+        let entries = self.entries.start as usize..self.entries.end as usize;
+        for f in filters.get(entries).unwrap_or_default() {
+            sum ^= match f.first() {
+                Some(Node::Test { field, .. }) => *field as usize,
+                Some(Node::Any(branches)) => branches.len(),
+                None => 0,
+            };
+        }
+        sum
+    }
+
+    /// Lay the buckets out for routing: items in the shared array, and a
+    /// value index for each field that enough endpoints are filed under.
+    fn freeze(&mut self, filters: &[Box<[Node<FieldId>]>], index_min: usize) {
+        for (bucket, mut pending) in self
             .buckets
             .iter_mut()
             .zip(std::mem::take(&mut self.pending))
         {
-            bucket.plain = span(&mut self.lanes, pending.plain);
-            bucket.scan = span(&mut self.scan, pending.scan);
+            pending.keyed.sort_by_key(|(field, _)| *field);
+            for chunk in pending.keyed.chunk_by(|a, b| a.0 == b.0) {
+                if chunk.len() < index_min {
+                    pending.items.extend(chunk.iter().map(|(_, item)| *item));
+                    continue;
+                }
+                let mut items: HashMap<Box<str>, Vec<Item>> = HashMap::new();
+                for (_, item) in chunk {
+                    if let Some(Node::Test {
+                        test: Test::OneOf(values),
+                        ..
+                    }) = filters.get(item.entry as usize).and_then(|f| f.first())
+                    {
+                        for v in values.iter() {
+                            items.entry(v.clone()).or_default().push(*item);
+                        }
+                    }
+                }
+                bucket.by_value.push(ValueIndex {
+                    field: chunk[0].0,
+                    items,
+                });
+            }
+            // Lane order within a bucket: the output is sorted at the end,
+            // and sorted input sorts fastest.
+            pending.items.sort_by_key(|item| item.lane);
+            let start = self.items.len() as u32;
+            self.items.extend(pending.items);
+            bucket.items = start..self.items.len() as u32;
         }
         self.groups.shrink_to_fit();
         self.buckets.shrink_to_fit();
-        self.lanes.shrink_to_fit();
-        self.scan.shrink_to_fit();
+        self.items.shrink_to_fit();
     }
-}
-
-/// Append `items` to `all`; where they now lie.
-fn span<T>(all: &mut Vec<T>, items: Vec<T>) -> Range<u32> {
-    let start = all.len() as u32;
-    all.extend(items);
-    start..all.len() as u32
-}
-
-#[derive(Debug, Default)]
-struct Bucket {
-    /// Lanes of endpoints without a filter, in the part's `lanes`.
-    plain: Range<u32>,
-    by_value: Vec<ValueIndex>,
-    /// Entries with a filter but no exact-match condition, in the part's
-    /// `scan`.
-    scan: Range<u32>,
-}
-
-/// Entries filed under the values one field must have.
-#[derive(Debug)]
-struct ValueIndex {
-    field: FieldId,
-    entries: HashMap<Box<str>, Vec<u32>>,
 }
 
 impl RouteTable {
@@ -158,6 +260,18 @@ impl RouteTable {
     pub fn build(
         tenant_key: Option<TenantKey>,
         subscribers: impl IntoIterator<Item = Subscriber>,
+    ) -> RouteTable {
+        RouteTable::build_indexing(tenant_key, subscribers, INDEX_MIN)
+    }
+
+    /// [`RouteTable::build`], with a value index for a field as soon as
+    /// `index_min` endpoints of a bucket are filed under it (1: always), so
+    /// that tests with few endpoints exercise the value index too.
+    #[doc(hidden)]
+    pub fn build_indexing(
+        tenant_key: Option<TenantKey>,
+        subscribers: impl IntoIterator<Item = Subscriber>,
+        index_min: usize,
     ) -> RouteTable {
         let mut fields = FieldSet::default();
         let tenant_field = match &tenant_key {
@@ -168,8 +282,7 @@ impl RouteTable {
             tenant_key,
             tenant_field,
             fields,
-            lanes: Vec::new(),
-            rest: Vec::new(),
+            filters: Vec::new(),
             reads_fields: Vec::new(),
             exact: HashMap::new(),
             prefixes: HashMap::new(),
@@ -177,7 +290,7 @@ impl RouteTable {
             untenanted: Part::default(),
             tenants: HashMap::new(),
         };
-        // Entries numbered tenant by tenant keep each tenant's entries, and
+        // Entries numbered tenant by tenant keep each tenant's filters, and
         // the memory allocated for them, together: an event then touches a
         // few cache lines of its own tenant rather than lines spread over
         // the whole table.
@@ -186,15 +299,18 @@ impl RouteTable {
         for s in subscribers {
             table.add(s);
         }
-        table.untenanted.freeze();
-        table.tenants.values_mut().for_each(Part::freeze);
+        let filters = &table.filters;
+        table.untenanted.freeze(filters, index_min);
+        table
+            .tenants
+            .values_mut()
+            .for_each(|p| p.freeze(filters, index_min));
         table.fields.finish();
         table
     }
 
     fn add(&mut self, s: Subscriber) {
-        let entry = self.lanes.len() as u32;
-        self.lanes.push(s.lane);
+        let entry = self.filters.len() as u32;
         let nodes = s.subscription.filter.nodes();
         // The exact-match condition accepting the fewest values leads the
         // index: it leaves the fewest candidates.
@@ -209,14 +325,21 @@ impl RouteTable {
                 _ => None,
             })
             .min_by_key(|(_, _, values)| values.len());
-        let index_on = key.map(|(_, path, values)| (self.fields.intern(path), values));
-        let rest = nodes
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| key.is_none_or(|(k, _, _)| k != *i))
-            .map(|(_, n)| compile(n, &mut self.fields))
+        let key_field = key.map(|(_, path, _)| self.fields.intern(path));
+        let filter: Box<[Node<FieldId>]> = key
+            .map(|(i, _, _)| &nodes[i])
+            .into_iter()
+            .chain(
+                nodes
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| key.is_none_or(|(k, _, _)| k != *i))
+                    .map(|(_, n)| n),
+            )
+            .map(|n| compile(n, &mut self.fields))
             .collect();
-        self.rest.push(rest);
+        let filtered = !filter.is_empty();
+        self.filters.push(filter);
 
         let mut groups: Vec<u32> = s
             .subscription
@@ -226,33 +349,27 @@ impl RouteTable {
             .collect();
         groups.sort_unstable();
         groups.dedup();
-        let filtered = !s.subscription.filter.is_empty();
         let part = match &s.tenant {
             None => &mut self.untenanted,
-            Some(t) => self.tenants.entry(t.as_bytes().into()).or_default(),
+            Some(t) => self
+                .tenants
+                .entry(TenantBytes::new(t.as_bytes()))
+                .or_default(),
+        };
+        if part.entries.is_empty() {
+            part.entries = entry..entry;
+        }
+        part.entries.end = entry + 1;
+        let item = Item {
+            lane: s.lane,
+            entry: if filtered { entry } else { NO_FILTER },
         };
         for g in groups {
             self.reads_fields[g as usize] |= filtered;
-            let (bucket, pending) = part.bucket_mut(g);
-            match index_on {
-                _ if !filtered => pending.plain.push(s.lane),
-                None => pending.scan.push(entry),
-                Some((field, values)) => {
-                    let at = match bucket.by_value.iter().position(|v| v.field == field) {
-                        Some(at) => at,
-                        None => {
-                            bucket.by_value.push(ValueIndex {
-                                field,
-                                entries: HashMap::new(),
-                            });
-                            bucket.by_value.len() - 1
-                        }
-                    };
-                    let index = &mut bucket.by_value[at].entries;
-                    for v in values.iter() {
-                        index.entry(v.clone()).or_default().push(entry);
-                    }
-                }
+            let pending = part.pending(g);
+            match key_field {
+                Some(field) => pending.keyed.push((field, item)),
+                None => pending.items.push(item),
             }
         }
     }
@@ -291,11 +408,11 @@ impl RouteTable {
 
     /// How many subscribers the table was built from.
     pub fn len(&self) -> usize {
-        self.lanes.len()
+        self.filters.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.lanes.is_empty()
+        self.filters.is_empty()
     }
 
     pub(crate) fn fields(&self) -> &FieldSet {
@@ -335,6 +452,11 @@ impl RouteTable {
             }),
         };
         let own = tenant.and_then(|t| self.tenants.get(&*t));
+        if let Some(part) = own.filter(|p| p.entries.len() <= WARM_MAX as usize) {
+            std::hint::black_box(part.warm(&self.filters));
+        }
+        // The tenant-less part is in cache (every event reads it): walking
+        // it first gives the tenant's lines time to arrive.
         for part in std::iter::once(&self.untenanted).chain(own) {
             for &g in groups {
                 if let Some(bucket) = part.bucket(g) {
@@ -357,28 +479,32 @@ impl RouteTable {
         data: &str,
         out: &mut Vec<usize>,
     ) {
-        let range = |r: &Range<u32>| r.start as usize..r.end as usize;
-        out.extend_from_slice(part.lanes.get(range(&bucket.plain)).unwrap_or_default());
+        let items = bucket.items.start as usize..bucket.items.end as usize;
+        for item in part.items.get(items).unwrap_or_default() {
+            if item.entry == NO_FILTER || self.holds(item.entry, 0, fields, data) {
+                out.push(item.lane);
+            }
+        }
         for index in &bucket.by_value {
             if let Field::Value { text, .. } = fields.get(index.field, data) {
-                if let Some(entries) = index.entries.get(text) {
-                    self.check(entries, fields, data, out);
+                for item in index.items.get(text).map_or(&[][..], Vec::as_slice) {
+                    // The index has checked the first condition.
+                    if self.holds(item.entry, 1, fields, data) {
+                        out.push(item.lane);
+                    }
                 }
             }
         }
-        let scan = part.scan.get(range(&bucket.scan)).unwrap_or_default();
-        self.check(scan, fields, data, out);
     }
 
-    fn check(&self, entries: &[u32], fields: &Fields, data: &str, out: &mut Vec<usize>) {
-        for &e in entries {
-            let holds = eval(&self.rest[e as usize], &mut |&f, test: &Test| {
-                test.eval(fields.get(f, data))
-            });
-            if holds {
-                out.push(self.lanes[e as usize]);
-            }
-        }
+    /// Whether the filter of `entry`, from its condition `from` on, holds.
+    fn holds(&self, entry: u32, from: usize, fields: &Fields, data: &str) -> bool {
+        let nodes = self
+            .filters
+            .get(entry as usize)
+            .and_then(|f| f.get(from..))
+            .unwrap_or_default();
+        eval(nodes, &mut |&f, test: &Test| test.eval(fields.get(f, data)))
     }
 }
 
