@@ -7,7 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 use bytes::Bytes;
 use dispatcher::config::{FilterValue, Scalar};
-use dispatcher::route::{EventPattern, Filter, Subscription};
+use dispatcher::route::{EventPattern, Filter, Subscriber, Subscription, Tenant, TenantKey};
 use dispatcher::seed::{SeedEvents, ACCOUNTS, EVENT_TYPES};
 use transports::{Event, SourceRef};
 
@@ -118,6 +118,89 @@ pub fn subscriptions(n: usize) -> Vec<Subscription> {
         .collect()
 }
 
+/// The tenant key of the tenant benchmarks: the seeds' WhatsApp account.
+pub const TENANT_KEY: &str = "data.whatsapp_account_id";
+
+/// Endpoints per tenant in [`tenant_subscribers`].
+pub const ENDPOINTS_PER_TENANT: usize = 100;
+
+/// Endpoints without a tenant in [`tenant_subscribers`]: the platform's
+/// own consumers (analytics, audit), which take every tenant's events.
+pub const UNTENANTED: usize = 20;
+
+/// The name of tenant `i`.
+pub fn tenant(i: usize) -> String {
+    format!("waba-{i:06}")
+}
+
+pub fn tenant_key() -> TenantKey {
+    TenantKey::parse(TENANT_KEY).expect("the benchmark tenant key is valid")
+}
+
+/// `n` endpoints of a multi-tenant platform: [`UNTENANTED`] without a
+/// tenant, the rest [`ENDPOINTS_PER_TENANT`] to a tenant. Each subscribes
+/// as in [`subscriptions`] (exact types, prefixes, `*`); one in five
+/// filters on a field other than the tenant (`data.status`, `data.type`,
+/// `data.total`), with an exact match or an operator. Lanes are positions.
+/// Deterministic.
+pub fn tenant_subscribers(n: usize) -> Vec<Subscriber> {
+    let mut rng = SplitMix64(SEED ^ 0x7e4a);
+    let tenants = (n.saturating_sub(UNTENANTED) / ENDPOINTS_PER_TENANT).max(1);
+    let filters = [
+        r#"{"data.status": ["delivered", "read"]}"#,
+        r#"{"data.type": "text"}"#,
+        r#"{"data.total": {"$gte": 1000}}"#,
+        r#"{"data.status": {"$neq": "failed"}, "data.recipient_id": {"$prefix": "+9182"}}"#,
+    ];
+    subscriptions(n)
+        .into_iter()
+        .enumerate()
+        .map(|(lane, mut subscription)| {
+            subscription.filter = if rng.below(5) == 0 {
+                let spec: BTreeMap<String, FilterValue> =
+                    serde_json::from_str(filters[rng.below(filters.len())])
+                        .expect("benchmark filters are JSON");
+                Filter::parse(&spec).expect("benchmark filters are valid")
+            } else {
+                Filter::default()
+            };
+            let tenant = (lane >= UNTENANTED).then(|| {
+                Tenant::new(&tenant(rng.below(tenants))).expect("benchmark tenants are valid")
+            });
+            Subscriber {
+                lane,
+                tenant,
+                subscription,
+            }
+        })
+        .collect()
+}
+
+/// Seed events of every type, each carrying the account of one of
+/// `tenants` tenants in turn (added to types whose seeds have none).
+pub fn tenant_events(count: usize, tenants: usize) -> anyhow::Result<Vec<Event>> {
+    let mut seeds = SeedEvents::new(SEED);
+    (0..count)
+        .map(|i| {
+            let event_type = EVENT_TYPES[i % EVENT_TYPES.len()];
+            let mut data = seeds.data_of(event_type);
+            if let Some(m) = data.as_object_mut() {
+                m.insert(
+                    "whatsapp_account_id".into(),
+                    tenant((i * 7919) % tenants.max(1)).into(),
+                );
+            }
+            let record = serde_json::json!({
+                "event": event_type,
+                "timestamp": "2026-05-16T12:00:00.000Z",
+                "id": format!("evt-{i}"),
+                "data": data,
+            });
+            decode(Bytes::from(serde_json::to_vec(&record)?), i as i64)
+        })
+        .collect()
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
     SystemTime::now()
@@ -157,6 +240,35 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&bodies[3]).unwrap();
         assert_eq!(v["webhook_id"], "b");
         assert_eq!(v["event"], EVENT_TYPES[1]);
+    }
+
+    #[test]
+    fn tenant_mix_reaches_a_tenant_and_the_platform_only() {
+        use dispatcher::route::{RouteTable, Router};
+        use std::sync::Arc;
+        let n = 10_000;
+        let subscribers = tenant_subscribers(n);
+        let tenant_of: Vec<Option<String>> = subscribers
+            .iter()
+            .map(|s| s.tenant.as_ref().map(|t| t.to_string()))
+            .collect();
+        let table = RouteTable::build(Some(tenant_key()), subscribers);
+        let mut router = Router::from_table(Arc::new(table));
+        let tenants = (n - UNTENANTED) / ENDPOINTS_PER_TENANT;
+        for ev in tenant_events(48, tenants).unwrap() {
+            let mut got = Vec::new();
+            router.route(&ev, |i| got.push(i));
+            let account = transports::json::find(ev.data(), &["whatsapp_account_id"])
+                .and_then(|raw| serde_json::from_str::<String>(raw.get()).ok());
+            assert!(got.len() < 200, "{}: {}", ev.event_type(), got.len());
+            for lane in got {
+                let t = tenant_of[lane].as_deref();
+                assert!(
+                    t.is_none() || t == account.as_deref(),
+                    "lane {lane} of {t:?}"
+                );
+            }
+        }
     }
 
     #[test]
