@@ -59,6 +59,9 @@ pub enum EndpointsCommand {
         /// Only ids with this prefix.
         #[arg(long)]
         id_prefix: Option<String>,
+        /// Only the endpoints of this tenant.
+        #[arg(long)]
+        tenant: Option<String>,
         /// Print JSON (one document with every endpoint) instead of a table.
         #[arg(long)]
         json: bool,
@@ -78,11 +81,21 @@ pub enum EndpointsCommand {
     /// Delete an endpoint (its pending work is dead-lettered as
     /// `endpoint_deleted`, replayable).
     Delete { id: String },
-    /// Pause an endpoint on every replica.
-    Pause { id: String },
-    /// Resume an endpoint on every replica.
+    /// Pause an endpoint (or every endpoint of a tenant) on every replica.
+    Pause {
+        #[arg(required_unless_present = "tenant", conflicts_with = "tenant")]
+        id: Option<String>,
+        /// Pause every endpoint of this tenant instead.
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Resume an endpoint (or every endpoint of a tenant) on every replica.
     Resume {
-        id: String,
+        #[arg(required_unless_present = "tenant", conflicts_with = "tenant")]
+        id: Option<String>,
+        /// Resume every endpoint of this tenant instead.
+        #[arg(long)]
+        tenant: Option<String>,
         /// Also re-enable an endpoint that a 410 Gone disabled.
         #[arg(long)]
         clear_disabled: bool,
@@ -213,6 +226,7 @@ pub async fn run(args: EndpointsArgs) -> anyhow::Result<()> {
             source,
             event,
             id_prefix,
+            tenant,
             json,
         } => {
             let mut all = Vec::new();
@@ -223,6 +237,7 @@ pub async fn run(args: EndpointsArgs) -> anyhow::Result<()> {
                     ("source", &source),
                     ("event", &event),
                     ("id_prefix", &id_prefix),
+                    ("tenant", &tenant),
                 ] {
                     if let Some(v) = v {
                         query.push((k.into(), v.clone()));
@@ -310,7 +325,47 @@ pub async fn run(args: EndpointsArgs) -> anyhow::Result<()> {
             )?;
             writeln!(out, "endpoint {id}: deleted")?;
         }
-        EndpointsCommand::Pause { id } => {
+        EndpointsCommand::Pause {
+            tenant: Some(t), ..
+        } => {
+            let answer = ok(
+                api.call(
+                    Method::POST,
+                    &format!("/v1/tenants/{}/pause", encode(&t)),
+                    None,
+                    &[],
+                )
+                .await?,
+                &format!("pausing tenant {t}"),
+            )?;
+            let n = answer.body["endpoints"].as_array().map_or(0, Vec::len);
+            writeln!(out, "tenant {t}: {n} endpoints paused")?;
+        }
+        EndpointsCommand::Resume {
+            tenant: Some(t),
+            clear_disabled,
+            ..
+        } => {
+            let query = if clear_disabled {
+                "?clear_disabled=true"
+            } else {
+                ""
+            };
+            let answer = ok(
+                api.call(
+                    Method::POST,
+                    &format!("/v1/tenants/{}/resume{query}", encode(&t)),
+                    None,
+                    &[],
+                )
+                .await?,
+                &format!("resuming tenant {t}"),
+            )?;
+            let n = answer.body["endpoints"].as_array().map_or(0, Vec::len);
+            writeln!(out, "tenant {t}: {n} endpoints resumed")?;
+        }
+        EndpointsCommand::Pause { id, .. } => {
+            let id = id.unwrap_or_default();
             ok(
                 api.call(
                     Method::POST,
@@ -323,7 +378,10 @@ pub async fn run(args: EndpointsArgs) -> anyhow::Result<()> {
             )?;
             writeln!(out, "endpoint {id}: paused")?;
         }
-        EndpointsCommand::Resume { id, clear_disabled } => {
+        EndpointsCommand::Resume {
+            id, clear_disabled, ..
+        } => {
+            let id = id.unwrap_or_default();
             let query = if clear_disabled {
                 "?clear_disabled=true"
             } else {

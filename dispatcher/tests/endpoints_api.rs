@@ -1165,3 +1165,176 @@ async fn the_cli_applies_a_file_idempotently_and_shows_the_diff() {
     assert!(!ok && out.contains("401"), "{out}");
     running.shutdown().await.unwrap();
 }
+
+/// A contact.created event of tenant `account` (none: no tenant field),
+/// marked with `marker` in its data.
+fn tenant_event(seed: &mut SeedEvents, account: Option<&str>, marker: &str) -> Vec<u8> {
+    let raw = seed
+        .event("contact.created", chrono::Utc::now().timestamp_millis())
+        .1;
+    let mut event: Value = serde_json::from_slice(&raw).unwrap();
+    let data = event["data"].as_object_mut().unwrap();
+    data.remove("whatsapp_account_id");
+    if let Some(account) = account {
+        data.insert("whatsapp_account_id".into(), account.into());
+    }
+    data.insert("marker".into(), marker.into());
+    serde_json::to_vec(&event).unwrap()
+}
+
+/// The markers of what `path` received.
+fn markers_at(sink: &Sink, path: &str) -> BTreeSet<String> {
+    sink.received()
+        .iter()
+        .filter(|r| r.path == path)
+        .filter_map(|r| {
+            let v: Value = serde_json::from_slice(&r.body).ok()?;
+            v["data"]["marker"].as_str().map(str::to_owned)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_receive_their_own_events_and_pause_and_resume_as_one() {
+    let kafka = support::embedded_kafka(1);
+    let bootstrap = kafka.bootstrap().to_owned();
+    let sink = Sink::start(Behaviour::Ok).await;
+    let yaml = support::config_yaml(&bootstrap, "api-tenants", PIPELINE, &file_endpoint(&sink))
+        + "routing:\n  tenant_key: data.whatsapp_account_id\n";
+    let running = start(with_keys(&yaml, &[1])).await;
+    let addr = api(&running);
+    for (id, tenant) in [
+        ("acme-1", Some("acme")),
+        ("acme-2", Some("acme")),
+        ("globex-1", Some("globex")),
+        ("platform", None),
+    ] {
+        let extra = match tenant {
+            Some(t) => json!({ "tenant": t }),
+            None => json!({}),
+        };
+        let body = endpoint_json(id, &sink.url(&format!("/{id}")), extra);
+        let reply = call(addr, "POST", "/v1/endpoints", Some(&body), &[]).await;
+        assert_eq!(reply.status, 201, "{:?}", reply.body);
+        wait_running(addr, id).await;
+    }
+    let ids = |reply: Reply| -> Vec<String> {
+        reply.body["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(
+        ids(call(addr, "GET", "/v1/endpoints?tenant=acme", None, &[]).await),
+        ["acme-1", "acme-2"]
+    );
+    assert_eq!(
+        ids(call(addr, "GET", "/v1/endpoints?tenant=nobody", None, &[]).await),
+        Vec::<String>::new()
+    );
+    let mut seed = SeedEvents::new(7);
+    produce(
+        &bootstrap,
+        "events",
+        &[
+            tenant_event(&mut seed, Some("acme"), "a1"),
+            tenant_event(&mut seed, Some("globex"), "g1"),
+            tenant_event(&mut seed, None, "n1"),
+        ],
+    )
+    .await;
+    let set =
+        |items: &[&str]| -> BTreeSet<String> { items.iter().map(|s| s.to_string()).collect() };
+    wait_until(
+        Duration::from_secs(60),
+        "every first event delivered",
+        || {
+            markers_at(&sink, "/platform").len() == 3
+                && markers_at(&sink, "/acme-2").len() == 1
+                && markers_at(&sink, "/globex-1").len() == 1
+                && markers_at(&sink, "/acme-1").len() == 1
+        },
+    )
+    .await;
+    assert_eq!(markers_at(&sink, "/acme-1"), set(&["a1"]));
+    assert_eq!(markers_at(&sink, "/acme-2"), set(&["a1"]));
+    assert_eq!(markers_at(&sink, "/globex-1"), set(&["g1"]));
+    assert_eq!(markers_at(&sink, "/platform"), set(&["a1", "g1", "n1"]));
+
+    // Pausing a tenant pauses its endpoints only, through the store.
+    let reply = call(addr, "POST", "/v1/tenants/acme/pause", None, &[]).await;
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    assert_eq!(reply.body["tenant"], "acme");
+    assert_eq!(ids(reply), ["acme-1", "acme-2"]);
+    for (id, paused) in [("acme-1", true), ("acme-2", true), ("globex-1", false)] {
+        let view = call(addr, "GET", &format!("/v1/endpoints/{id}"), None, &[]).await;
+        assert_eq!(view.body["paused"], paused, "{id}");
+    }
+    assert_eq!(
+        ids(call(
+            addr,
+            "GET",
+            "/v1/endpoints?tenant=acme&paused=true",
+            None,
+            &[]
+        )
+        .await),
+        ["acme-1", "acme-2"]
+    );
+    assert_eq!(
+        call(addr, "POST", "/v1/tenants/nobody/pause", None, &[])
+            .await
+            .status,
+        404
+    );
+    produce(
+        &bootstrap,
+        "events",
+        &[
+            tenant_event(&mut seed, Some("acme"), "a2"),
+            tenant_event(&mut seed, Some("globex"), "g2"),
+        ],
+    )
+    .await;
+    wait_until(
+        Duration::from_secs(60),
+        "globex and the platform served",
+        || markers_at(&sink, "/globex-1").len() == 2 && markers_at(&sink, "/platform").len() == 5,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(markers_at(&sink, "/acme-1"), set(&["a1"]), "paused");
+
+    // Resumed, the tenant's endpoints get what waited.
+    let reply = call(addr, "POST", "/v1/tenants/acme/resume", None, &[]).await;
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    assert!(reply.body["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|e| e["paused"] == false));
+    wait_until(
+        Duration::from_secs(60),
+        "acme served after its resume",
+        || markers_at(&sink, "/acme-1").len() == 2 && markers_at(&sink, "/acme-2").len() == 2,
+    )
+    .await;
+    assert_eq!(markers_at(&sink, "/acme-1"), set(&["a1", "a2"]));
+
+    // The CLI lists and switches a tenant too.
+    let (ok, out) = cli(addr, &["list", "--tenant", "globex"], &[]).await;
+    assert!(
+        ok && out.contains("globex-1") && !out.contains("acme-1"),
+        "{out}"
+    );
+    let (ok, out) = cli(addr, &["pause", "--tenant", "globex"], &[]).await;
+    assert!(
+        ok && out.contains("tenant globex: 1 endpoints paused"),
+        "{out}"
+    );
+    let view = call(addr, "GET", "/v1/endpoints/globex-1", None, &[]).await;
+    assert_eq!(view.body["paused"], true);
+    running.shutdown().await.unwrap();
+}

@@ -775,6 +775,79 @@ impl ApiState {
     }
 }
 
+impl ApiState {
+    /// Switch every endpoint of `tenant` with `change`, one after the
+    /// other; an endpoint that fails does not stop the others.
+    async fn set_tenant_state(
+        &self,
+        tenant: &str,
+        change: &(dyn Fn(EndpointState) -> ApiResult<EndpointState> + Sync),
+        action: &str,
+        peer: Option<std::net::SocketAddr>,
+    ) -> ApiResult<Response> {
+        if let Err(e) = crate::route::Tenant::new(tenant) {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("tenant: {e}"),
+            ));
+        }
+        let ids: Vec<String> = self
+            .all()
+            .into_keys()
+            .filter(|id| {
+                self.view(id)
+                    .is_some_and(|v| tenant_of(&v.endpoint) == Some(tenant))
+            })
+            .collect();
+        if ids.is_empty() {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("no endpoint has tenant `{tenant}`"),
+            ));
+        }
+        let mut endpoints = Vec::with_capacity(ids.len());
+        let mut failed = Vec::new();
+        let mut status = StatusCode::OK;
+        for id in ids {
+            match self.set_state(&id, None, change, action, peer).await {
+                Ok(view) => endpoints.push(view),
+                Err(e) => {
+                    if status == StatusCode::OK {
+                        status = e.status;
+                    }
+                    failed.push(TenantFailure {
+                        id,
+                        error: e.body.error,
+                    });
+                }
+            }
+        }
+        tracing::warn!(%tenant, action, switched = endpoints.len(), failed = failed.len(), peer = ?peer, "tenant switched through the management API");
+        let error = (!failed.is_empty()).then(|| {
+            let each: Vec<String> = failed
+                .iter()
+                .map(|f| format!("{}: {}", f.id, f.error))
+                .collect();
+            format!(
+                "{} of the {} endpoints of tenant `{tenant}` were not switched (try again): {}",
+                failed.len(),
+                failed.len() + endpoints.len(),
+                each.join("; ")
+            )
+        });
+        Ok((
+            status,
+            Json(TenantResult {
+                tenant: tenant.to_owned(),
+                endpoints,
+                failed,
+                error,
+            }),
+        )
+            .into_response())
+    }
+}
+
 fn pause_state(state: EndpointState) -> ApiResult<EndpointState> {
     Ok(EndpointState {
         paused: true,
@@ -933,6 +1006,9 @@ pub async fn list(
             || event
                 .as_deref()
                 .is_some_and(|e| !subscribes(&view.endpoint, e))
+            || q.tenant
+                .as_deref()
+                .is_some_and(|t| tenant_of(&view.endpoint) != Some(t))
         {
             continue;
         }
@@ -948,6 +1024,11 @@ pub async fn list(
         endpoints,
         next_cursor,
     }))
+}
+
+/// An endpoint's `tenant`, if it has one.
+fn tenant_of(endpoint: &Map<String, Value>) -> Option<&str> {
+    endpoint.get("tenant").and_then(Value::as_str)
 }
 
 /// Whether an endpoint's `events` take events of type `event`.
@@ -1200,6 +1281,65 @@ pub async fn resume(
         )
         .await?;
     Ok(with_etag(StatusCode::OK, view.version, view))
+}
+
+/// Pause every endpoint of a tenant, on every replica, across restarts.
+#[utoipa::path(
+    post, path = "/v1/tenants/{tenant}/pause", tag = "tenants",
+    params(("tenant" = String, Path, description = "The tenant, as in the endpoints' `tenant`")),
+    responses(
+        (status = 200, description = "Every endpoint of the tenant is paused (or already was)", body = TenantResult),
+        (status = 400, description = "Not a tenant (1 to 256 bytes, no control characters)", body = ErrorBody),
+        (status = 404, description = "No endpoint has this tenant", body = ErrorBody),
+        (status = 503, description = "Some endpoints' state could not be written: see `failed` (the status is the first failure's; 409 or 504 too)", body = TenantResult),
+    )
+)]
+pub async fn tenant_pause(
+    State(state): State<ApiState>,
+    Path(tenant): Path<String>,
+    peer: Option<Extension<Peer>>,
+) -> ApiResult<Response> {
+    state
+        .set_tenant_state(&tenant, &pause_state, "tenant pause", peer_of(&peer))
+        .await
+}
+
+/// Resume every endpoint of a tenant. An endpoint that a 410 Gone disabled
+/// is unpaused but stays disabled, unless `clear_disabled=true`.
+#[utoipa::path(
+    post, path = "/v1/tenants/{tenant}/resume", tag = "tenants",
+    params(
+        ("tenant" = String, Path, description = "The tenant, as in the endpoints' `tenant`"),
+        ResumeQuery,
+    ),
+    responses(
+        (status = 200, description = "Every endpoint of the tenant is resumed (a disabled one unpaused but still disabled, without clear_disabled)", body = TenantResult),
+        (status = 400, description = "Not a tenant (1 to 256 bytes, no control characters)", body = ErrorBody),
+        (status = 404, description = "No endpoint has this tenant", body = ErrorBody),
+        (status = 503, description = "Some endpoints' state could not be written: see `failed` (the status is the first failure's; 409 or 504 too)", body = TenantResult),
+    )
+)]
+pub async fn tenant_resume(
+    State(state): State<ApiState>,
+    Path(tenant): Path<String>,
+    Query(query): Query<ResumeQuery>,
+    peer: Option<Extension<Peer>>,
+) -> ApiResult<Response> {
+    let clear_disabled = query.clear_disabled;
+    let change = move |state: EndpointState| -> ApiResult<EndpointState> {
+        Ok(EndpointState {
+            paused: false,
+            disabled: state.disabled && !clear_disabled,
+        })
+    };
+    let action = if clear_disabled {
+        "tenant resume+clear_disabled"
+    } else {
+        "tenant resume"
+    };
+    state
+        .set_tenant_state(&tenant, &change, action, peer_of(&peer))
+        .await
 }
 
 /// Start a signing-secret rotation: a new `whsec_` secret signs first, the

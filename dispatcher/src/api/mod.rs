@@ -268,6 +268,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/endpoints/{id}/rotate-secret", post(e::rotate_secret))
         .route("/v1/endpoints/{id}/replay", post(e::replay))
         .route("/v1/endpoints/{id}/stats", get(e::stats))
+        .route("/v1/tenants/{tenant}/pause", post(e::tenant_pause))
+        .route("/v1/tenants/{tenant}/resume", post(e::tenant_resume))
         .route("/v1/openapi.json", get(e::openapi))
         // The unversioned routes, as aliases on top of the store.
         .route("/endpoints", get(e::legacy_list))

@@ -107,6 +107,30 @@ pub struct ListQuery {
     pub paused: Option<bool>,
     /// Only disabled (`true`) or enabled (`false`) endpoints.
     pub disabled: Option<bool>,
+    /// Only the endpoints of this tenant.
+    pub tenant: Option<String>,
+}
+
+/// What pausing or resuming a tenant did, endpoint by endpoint.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct TenantResult {
+    pub tenant: String,
+    /// The tenant's endpoints now in the state asked for, in id order.
+    pub endpoints: Vec<EndpointView>,
+    /// The tenant's endpoints whose state could not be written (try
+    /// again: pausing and resuming twice is harmless).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub failed: Vec<TenantFailure>,
+    /// When some failed: which, in one sentence.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// One endpoint a tenant's pause or resume did not switch.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct TenantFailure {
+    pub id: String,
+    pub error: String,
 }
 
 /// `?dry_run=true` on a write: check and show what would change, write
@@ -318,9 +342,15 @@ pub struct EndpointSpec {
     pub transport: Option<String>,
     /// Event types, exact or wildcard (`message.*`, `*`).
     pub events: Vec<String>,
-    /// Data fields that must equal a value (or one of a list).
+    /// Conditions on data fields: a value, a list (any of), or operators
+    /// (`$in`, `$neq`, `$exists`, `$gt`/`$gte`/`$lt`/`$lte`, `$prefix`),
+    /// combined with `$and`/`$or` (see docs/configuration.md).
     #[schema(value_type = Object)]
     pub filter: Option<serde_json::Value>,
+    /// The tenant (customer) the endpoint belongs to: it receives only that
+    /// tenant's events (found with `routing.tenant_key`). Unset: every
+    /// tenant's, and those of none.
+    pub tenant: Option<String>,
     /// `http`: the receiver's URL. `slack`: the incoming-webhook URL (secret).
     pub url: Option<String>,
     /// `http`: the Standard Webhooks signing secret (`whsec_...`), secret.

@@ -19,18 +19,20 @@ use super::model::*;
     ),
     paths(
         e::create, e::list, e::get_one, e::put, e::patch, e::delete,
-        e::pause, e::resume, e::rotate_secret, e::replay, e::stats, e::openapi,
+        e::pause, e::resume, e::tenant_pause, e::tenant_resume,
+        e::rotate_secret, e::replay, e::stats, e::openapi,
         e::legacy_list, e::legacy_one, e::legacy_pause, e::legacy_resume,
     ),
     components(schemas(
         EndpointView, Source, ProblemView, ErrorBody, EndpointList, WriteResult, WriteKind,
         Change, RotateRequest, RotateResult, ReplayRequest, ReplayResult, EndpointStats,
-        Outcomes, Attempts, LegacyState, LegacyList, EndpointSpec,
+        Outcomes, Attempts, LegacyState, LegacyList, EndpointSpec, TenantResult, TenantFailure,
     )),
     modifiers(&Security),
     security(("bearer" = [], "dispatcher_api" = [])),
     tags(
         (name = "endpoints", description = "Endpoints, their state, secrets, dead letters and numbers"),
+        (name = "tenants", description = "All the endpoints of a tenant at once"),
         (name = "unversioned", description = "The first routes, kept as aliases on top of the store; use /v1"),
         (name = "meta", description = "This document"),
     )
