@@ -14,7 +14,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use criterion::measurement::{Measurement, ValueFormatter, WallTime};
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
-use dispatcher::route::{RouteTable, Router};
+use dispatcher::route::{LinearRouter, RouteTable, Router, Subscriber};
 use dispatcher::seed::EVENT_TYPES;
 use dispatcher_benches::workload::{self, SECRET};
 use transports::http::signing::Signer;
@@ -55,6 +55,9 @@ fn delivery_id(c: &mut Criterion) {
     });
 }
 
+/// Subscription counts of the routing benchmarks.
+const ROUTE_SIZES: [usize; 3] = [1_000, 10_000, 100_000];
+
 fn route(c: &mut Criterion<ThreadCpuTime>) {
     // One event of every type, routed in turn: the per-type candidate cache
     // is warm after the first round, as in a long-running dispatcher, so
@@ -78,19 +81,15 @@ fn route(c: &mut Criterion<ThreadCpuTime>) {
             })
         });
     }
-    // A multi-tenant platform: endpoints of 100 per tenant plus a few
-    // platform-wide ones, events of every type spread over the tenants,
-    // each event's tenant read from `data.whatsapp_account_id`. What is
-    // measured is what one event costs as the tenants (and endpoints)
-    // grow: reading `data` once, the lookups, and the event's own
-    // subscribers.
-    for n in [1_000, 100_000] {
-        let tenants = (n - workload::UNTENANTED) / workload::ENDPOINTS_PER_TENANT;
-        let events = workload::tenant_events(1_200, tenants).expect("seed events decode");
-        let table = RouteTable::build(
-            Some(workload::tenant_key()),
-            workload::tenant_subscribers(n),
-        );
+    // A multi-tenant platform: ENDPOINTS_PER_TENANT endpoints per tenant
+    // (100,000 endpoints: 10,000 tenants) plus a few platform-wide ones,
+    // events of every type spread over the tenants, each event's tenant
+    // read from `data.whatsapp_account_id`. What is measured is what one
+    // event costs as the tenants (and endpoints) grow: reading `data` once,
+    // the lookups, and the event's own subscribers.
+    for n in ROUTE_SIZES {
+        let (events, subscribers) = tenant_workload(n);
+        let table = RouteTable::build(Some(workload::tenant_key()), subscribers);
         let mut router = Router::from_table(Arc::new(table));
         let mut next = 0usize;
         group.bench_with_input(BenchmarkId::new("tenant_key", n), &n, |b, _| {
@@ -106,7 +105,38 @@ fn route(c: &mut Criterion<ThreadCpuTime>) {
     group.finish();
 }
 
-/// Building the routing table from 100,000 endpoints over 1,000 tenants:
+/// The events and endpoints of the tenant benchmarks at `n` endpoints.
+fn tenant_workload(n: usize) -> (Vec<Event>, Vec<Subscriber>) {
+    let tenants = (n - workload::UNTENANTED) / workload::ENDPOINTS_PER_TENANT;
+    let events = workload::tenant_events(1_200, tenants).expect("seed events decode");
+    (events, workload::tenant_subscribers(n))
+}
+
+/// The naive scan the index replaced, on the same workloads: every
+/// endpoint's tenant, patterns and filter checked against every event
+/// (the reference router the index is tested against).
+fn route_linear(c: &mut Criterion<ThreadCpuTime>) {
+    let mut group = c.benchmark_group("route_linear");
+    group.throughput(Throughput::Elements(1));
+    group.sample_size(10);
+    for n in ROUTE_SIZES {
+        let (events, subscribers) = tenant_workload(n);
+        let router = LinearRouter::new(Some(workload::tenant_key()), subscribers);
+        let mut next = 0usize;
+        group.bench_with_input(BenchmarkId::new("tenant_key", n), &n, |b, _| {
+            b.iter(|| {
+                let event = &events[next % events.len()];
+                next = next.wrapping_add(1);
+                let mut matched = 0usize;
+                router.route(black_box(event), &(), |i| matched = matched.wrapping_add(i));
+                matched
+            })
+        });
+    }
+    group.finish();
+}
+
+/// Building the routing table from 100,000 endpoints over 10,000 tenants:
 /// what a change of endpoints costs when the table is rebuilt whole.
 fn route_table(c: &mut Criterion<ThreadCpuTime>) {
     let subscribers = workload::tenant_subscribers(100_000);
@@ -250,6 +280,6 @@ criterion_group! {
 criterion_group! {
     name = routing;
     config = cpu_config();
-    targets = route, route_table
+    targets = route, route_linear, route_table
 }
 criterion_main!(hot_paths, routing);

@@ -122,7 +122,7 @@ pub fn subscriptions(n: usize) -> Vec<Subscription> {
 pub const TENANT_KEY: &str = "data.whatsapp_account_id";
 
 /// Endpoints per tenant in [`tenant_subscribers`].
-pub const ENDPOINTS_PER_TENANT: usize = 100;
+pub const ENDPOINTS_PER_TENANT: usize = 10;
 
 /// Endpoints without a tenant in [`tenant_subscribers`]: the platform's
 /// own consumers (analytics, audit), which take every tenant's events.
