@@ -82,6 +82,8 @@ pub struct Metrics {
     pub backlog: IntGaugeVec,
     pub backlog_age: GaugeVec,
     pub backlog_drained: IntCounterVec,
+    pub backlog_lost: IntCounterVec,
+    pub internal_records_lost: IntCounterVec,
     pub endpoint_spilling: IntGaugeVec,
     pub throttled: IntCounterVec,
     pub store_bad_records: IntCounter,
@@ -370,6 +372,18 @@ impl Metrics {
                 "Deliveries brought back from an endpoint's backlog in Kafka to its lane.",
                 &["endpoint"],
             ),
+            internal_records_lost: counter(
+                &r,
+                "dispatcher_internal_records_lost_total",
+                "Records of an internal topic (spill, retry tiers) deleted (retention) before the dispatcher read them: each a lost delivery, of an endpoint it cannot tell.",
+                &["topic"],
+            ),
+            backlog_lost: counter(
+                &r,
+                "dispatcher_backlog_lost_total",
+                "Deliveries of an endpoint's backlog deleted from Kafka (retention) before they came back: lost.",
+                &["endpoint"],
+            ),
             endpoint_spilling: gauge_vec(
                 &r,
                 "dispatcher_endpoint_spilling",
@@ -456,6 +470,7 @@ impl Metrics {
             backlog: self.backlog.with_label_values(&[endpoint]),
             backlog_age: self.backlog_age.with_label_values(&[endpoint]),
             backlog_drained: self.backlog_drained.with_label_values(&[endpoint]),
+            backlog_lost: self.backlog_lost.with_label_values(&[endpoint]),
             spilling: self.endpoint_spilling.with_label_values(&[endpoint]),
             throttled: self.throttled.with_label_values(&[endpoint]),
         }
@@ -530,6 +545,7 @@ impl Metrics {
         touch(&self.rate_limit_waits, &[id]);
         touch(&self.spilled, &[id]);
         touch(&self.backlog_drained, &[id]);
+        touch(&self.backlog_lost, &[id]);
         touch(&self.throttled, &[id]);
         self.backlog_age.with_label_values(&[id]);
         // Gauges whose zero is the truth until the lane says otherwise.
@@ -569,6 +585,7 @@ impl Metrics {
             &self.rate_limit_waits,
             &self.spilled,
             &self.backlog_drained,
+            &self.backlog_lost,
             &self.throttled,
         ] {
             let _ = vec.remove_label_values(&[id]);
@@ -622,6 +639,7 @@ pub struct EndpointMetrics {
     pub backlog: IntGauge,
     pub backlog_age: Gauge,
     pub backlog_drained: IntCounter,
+    pub backlog_lost: IntCounter,
     pub spilling: IntGauge,
     pub throttled: IntCounter,
 }

@@ -363,10 +363,12 @@ impl PartitionOffsets {
         }
         if decided.is_none_or(|d| offset >= d) {
             // Caught up: from here the main reader hands its records over.
+            let lost = std::mem::take(&mut h.waiting);
             h.open = false;
-            h.waiting = 0;
             h.oldest_ms = None;
             s.drop_finished_holds();
+            drop(s);
+            self.report_lost(lane, lost);
             return ReaderStep::Stop;
         }
         h.next_unread = offset + 1;
@@ -376,6 +378,60 @@ impl PartitionOffsets {
         h.window.push(offset);
         h.waiting = h.waiting.saturating_sub(1);
         ReaderStep::Take
+    }
+
+    /// The main reader is at `offset` of this internal-topic partition:
+    /// records between the last one it read and this one were deleted
+    /// (retention) before it read them. Internal topics are written without
+    /// transactions and never compacted, so their offsets have no other
+    /// gaps.
+    pub fn check_gap(&self, offset: i64) {
+        let next = self.lock().next;
+        if let Some(next) = next.filter(|&n| offset > n) {
+            self.holds.lost(Lost {
+                lane: None,
+                topic: self.topic.clone(),
+                partition: self.partition,
+                deliveries: (offset - next) as u64,
+            });
+        }
+    }
+
+    /// `lane`'s reader found nothing more to read here. If it has looked at
+    /// every record the main reader decided on, it is caught up: the hold
+    /// closes, as when it reads past that point (a quiet partition may give
+    /// it no record to read past). Returns whether it closed.
+    pub fn reader_idle(&self, lane: usize) -> bool {
+        let mut s = self.lock();
+        let decided = s.decided();
+        let Some(h) = s.hold(lane).filter(|h| h.open && !h.rewound) else {
+            return false;
+        };
+        if decided.is_some_and(|d| h.next_unread < d) {
+            return false;
+        }
+        let lost = std::mem::take(&mut h.waiting);
+        h.open = false;
+        h.oldest_ms = None;
+        s.drop_finished_holds();
+        drop(s);
+        self.report_lost(lane, lost);
+        true
+    }
+
+    /// A hold closed with records of its endpoint its reader never saw:
+    /// they were counted as waiting when the main reader passed them, so
+    /// they were deleted from the topic before they came back (its
+    /// retention is shorter than the backlog was old).
+    fn report_lost(&self, lane: usize, lost: u64) {
+        if lost > 0 {
+            self.holds.lost(Lost {
+                lane: Some(lane),
+                topic: self.topic.clone(),
+                partition: self.partition,
+                deliveries: lost,
+            });
+        }
     }
 
     /// Where `lane`'s reader should read from, if it has an open hold here.
@@ -644,6 +700,21 @@ pub struct HoldIndex {
     /// Lanes that got a hold while they had none: their reader must start.
     started: mpsc::UnboundedSender<usize>,
     wake: Mutex<HashMap<usize, Arc<Notify>>>,
+    /// Losses found since the backlog metrics last took them (bounded: one
+    /// entry per closed hold, taken every second).
+    lost: Mutex<Vec<Lost>>,
+}
+
+/// Deliveries of an endpoint that were waiting under a hold and are no
+/// longer in the topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lost {
+    /// Whose they were, when known: a hold's. The main reader finding a
+    /// gap cannot tell.
+    pub lane: Option<usize>,
+    pub topic: Arc<str>,
+    pub partition: i32,
+    pub deliveries: u64,
 }
 
 impl HoldIndex {
@@ -657,6 +728,7 @@ impl HoldIndex {
                 lanes: Mutex::default(),
                 started: tx,
                 wake: Mutex::default(),
+                lost: Mutex::default(),
             }),
             rx,
         )
@@ -700,6 +772,18 @@ impl HoldIndex {
             lanes.remove(&lane);
         }
         out
+    }
+
+    fn lost(&self, lost: Lost) {
+        self.lost
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(lost);
+    }
+
+    /// The losses found since the last call.
+    pub fn take_lost(&self) -> Vec<Lost> {
+        std::mem::take(&mut *self.lost.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// Every partition with a hold of `lane` (for the backlog metrics).

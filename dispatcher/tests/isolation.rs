@@ -239,3 +239,106 @@ async fn a_rate_limited_backlog_holds_little_memory_and_starves_nothing() {
     );
     running.shutdown().await.unwrap();
 }
+
+/// A backlog older than the spill topic's retention loses its oldest
+/// deliveries: that must be said (ERROR, `dispatcher_backlog_lost_total`),
+/// and must not keep the endpoint spilling, its backlog shown, or its
+/// partition's commits held for ever. The embedded broker keeps at most
+/// 5 MiB per partition, which stands in for retention here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_deleted_by_retention_is_reported_lost_and_the_endpoint_flows_again() {
+    use dispatcher::store::EndpointState;
+    support::init_logging();
+    let kafka =
+        dispatcher::embedded::EmbeddedKafka::start(&["events", "dispatcher.dlq"], 4).unwrap();
+    for tier in support::RETRY_TOPICS {
+        kafka.create_topic(tier, 1).unwrap();
+    }
+    kafka.create_topic(support::SPILL_TOPIC, 1).unwrap();
+    kafka.create_topic(support::ENDPOINTS_TOPIC, 1).unwrap();
+    let sink = Sink::start(Behaviour::Ok).await;
+    let running = start(config(kafka.bootstrap(), "retention", "", "")).await;
+    let spec = serde_json::json!({"id": "away", "url": sink.url("/a"), "events": ["*"]})
+        .as_object()
+        .unwrap()
+        .clone();
+    let state = |paused| EndpointState {
+        paused,
+        disabled: false,
+    };
+    running
+        .store
+        .write("away", 0, Some((spec.clone(), state(true))))
+        .await
+        .unwrap();
+    let m = running.metrics.clone();
+    wait_until(Duration::from_secs(10), "the endpoint is in force", || {
+        m.endpoint_paused.with_label_values(&["away"]).get() == 1
+    })
+    .await;
+
+    // 400 events of about 20 KB over four source partitions (2 MB each),
+    // spilled into one partition (8 MB), of which the broker keeps the
+    // last 5 MiB or so.
+    const N: usize = 400;
+    let mut seeds = SeedEvents::new(77);
+    let padding = "x".repeat(20_000);
+    let values: Vec<Vec<u8>> = (0..N)
+        .map(|_| {
+            let raw = seeds.next_event(chrono::Utc::now().timestamp_millis()).2;
+            let mut v: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+            v["data"]["padding"] = serde_json::Value::from(padding.as_str());
+            serde_json::to_vec(&v).unwrap()
+        })
+        .collect();
+    produce(kafka.bootstrap(), "events", &values).await;
+    let spilled = || m.spilled.with_label_values(&["away"]).get() as usize;
+    wait_until(Duration::from_secs(60), "every delivery spilled", || {
+        spilled() == N
+    })
+    .await;
+
+    running
+        .store
+        .write("away", 1, Some((spec, state(false))))
+        .await
+        .unwrap();
+    // Lost either under the endpoint's hold (its reader never saw them) or
+    // before the main reader came to them (whose, it cannot tell).
+    let lost = || {
+        m.backlog_lost.with_label_values(&["away"]).get() as usize
+            + m.internal_records_lost
+                .with_label_values(&[support::SPILL_TOPIC])
+                .get() as usize
+    };
+    wait_until(
+        Duration::from_secs(60),
+        "what is left arrives and the rest is counted lost",
+        || lost() > 0 && sink.count() + lost() == N,
+    )
+    .await;
+    assert!(
+        sink.count() > 0 && lost() < N,
+        "the broker kept the newest part: {} delivered, {} lost",
+        sink.count(),
+        lost()
+    );
+    wait_until(Duration::from_secs(10), "no backlog is shown", || {
+        m.backlog.with_label_values(&["away"]).get() == 0
+    })
+    .await;
+
+    // The endpoint flows again: new events are delivered, not spilled, and
+    // the source partition's commits move past everything.
+    let before = (sink.count(), spilled());
+    let more: Vec<Vec<u8>> = (0..20)
+        .map(|_| seeds.next_event(chrono::Utc::now().timestamp_millis()).2)
+        .collect();
+    produce(kafka.bootstrap(), "events", &more).await;
+    wait_until(Duration::from_secs(30), "new events arrive", || {
+        sink.count() == before.0 + 20
+    })
+    .await;
+    assert_eq!(spilled(), before.1, "nothing more was spilled");
+    running.shutdown().await.unwrap();
+}

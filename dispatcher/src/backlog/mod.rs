@@ -52,6 +52,8 @@ pub struct Backlogs {
     pub max_event_bytes: usize,
     /// Bounds the readers' open consumers.
     pub permits: Arc<Semaphore>,
+    /// Internal-topic records the main reader found deleted, by topic.
+    pub lost_records: prometheus::IntCounterVec,
 }
 
 impl Backlogs {
@@ -105,6 +107,27 @@ impl Backlogs {
         let now_ms = chrono::Utc::now().timestamp_millis();
         let lanes = self.tracker.holds().lanes();
         let routing = self.routing.borrow().clone();
+        for lost in self.tracker.holds().take_lost() {
+            match lost.lane.and_then(|l| routing.lane(l)) {
+                Some(h) => {
+                    tracing::error!(
+                        endpoint = %h.endpoint_id, topic = %lost.topic, partition = lost.partition,
+                        deliveries = lost.deliveries,
+                        "DELIVERIES LOST: deleted from the topic before they came back (its retention is shorter than the backlog was old)"
+                    );
+                    h.metrics.backlog_lost.inc_by(lost.deliveries);
+                }
+                None => {
+                    tracing::error!(
+                        topic = %lost.topic, partition = lost.partition, records = lost.deliveries,
+                        "DELIVERIES LOST: records deleted from an internal topic before they were read (its retention is shorter than the backlog was old)"
+                    );
+                    self.lost_records
+                        .with_label_values(&[&lost.topic])
+                        .inc_by(lost.deliveries);
+                }
+            }
+        }
         for &lane in before.iter().filter(|l| !lanes.contains(l)) {
             if let Some(h) = routing.lane(lane) {
                 h.metrics.backlog.set(0);
@@ -226,8 +249,13 @@ impl Backlogs {
                     tracing::warn!(endpoint = %handle.endpoint_id, error = %e, "backlog reader error");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
-                // Nothing to read right now: look at the holds again.
-                Err(_) => refresh_at = Instant::now(),
+                // Nothing to read right now: a hold whose reader has seen
+                // everything is done, even without a later record to show
+                // it; then look at the holds again.
+                Err(_) => {
+                    assigned.retain(|_, (partition, _)| !partition.reader_idle(lane));
+                    refresh_at = Instant::now();
+                }
             }
         }
     }

@@ -265,3 +265,82 @@ fn a_record_handed_over_twice_is_skipped_and_a_dropped_one_is_read_again() {
     r1.finish_one();
     assert_eq!(p.watermark(), Some(2));
 }
+
+#[test]
+fn a_hold_on_a_quiet_partition_closes_once_its_reader_has_seen_everything() {
+    let (t, p, _rx) = internal();
+    const LANE: usize = 2;
+    drop(p.read_internal(0, LANE, 10, 1_000).unwrap());
+    assert!(p.read_internal(1, LANE, 10, 1_001).is_none());
+    // Nothing after offset 1: no record will ever show the reader it
+    // caught up.
+    assert_eq!(p.reader_position(LANE), Some(0));
+    assert_eq!(p.reader_step(LANE, 0, true), ReaderStep::Take);
+    let r0 = Ticket::issue_held(p.clone(), 0, LANE, 10, 1_000);
+    assert!(!p.reader_idle(LANE), "offset 1 is still to be read");
+    assert!(p.has_open_hold(LANE));
+    assert_eq!(p.reader_step(LANE, 1, true), ReaderStep::Take);
+    let r1 = Ticket::issue_held(p.clone(), 1, LANE, 10, 1_001);
+    assert!(p.reader_idle(LANE), "everything decided was seen");
+    assert!(!p.has_open_hold(LANE));
+    assert_eq!(p.backlog(LANE), None);
+    assert!(t.holds().take_lost().is_empty(), "nothing was lost");
+    r0.finish_one();
+    r1.finish_one();
+    assert_eq!(p.watermark(), Some(2));
+    // Caught up, the main reader hands the endpoint's records over again.
+    assert!(p.read_internal(2, LANE, 10, 1_002).is_some());
+}
+
+#[test]
+fn records_deleted_under_a_hold_are_reported_lost_and_do_not_keep_it_open() {
+    let (t, p, _rx) = internal();
+    const SLOW: usize = 7;
+    const FAST: usize = 3;
+    drop(p.read_internal(0, SLOW, 10, 1_000).unwrap());
+    assert!(p.read_internal(1, SLOW, 10, 1_001).is_none());
+    p.read_internal(2, FAST, 10, 1_002).unwrap().finish_one();
+    assert!(p.read_internal(3, SLOW, 10, 1_003).is_none());
+    assert!(p.read_internal(4, SLOW, 10, 1_004).is_none());
+    assert_eq!(p.backlog(SLOW), Some((4, Some(1_000))));
+    // Retention deleted offsets 0 to 3 before the reader came: its
+    // consumer starts at 4, the first offset still there.
+    assert_eq!(p.reader_position(SLOW), Some(0));
+    assert_eq!(p.reader_step(SLOW, 4, true), ReaderStep::Take);
+    let r4 = Ticket::issue_held(p.clone(), 4, SLOW, 10, 1_004);
+    assert!(p.reader_idle(SLOW));
+    assert_eq!(
+        t.holds().take_lost(),
+        vec![Lost {
+            lane: Some(SLOW),
+            topic: "dispatcher.spill".into(),
+            partition: 0,
+            deliveries: 3,
+        }],
+        "offsets 0, 1 and 3 were the slow endpoint's and never came back"
+    );
+    assert_eq!(p.backlog(SLOW), None, "no backlog left to show");
+    r4.finish_one();
+    assert_eq!(p.watermark(), Some(5), "the commit moves past the gap");
+    assert!(t.holds().take_lost().is_empty(), "reported once");
+}
+
+#[test]
+fn a_gap_the_main_reader_finds_in_an_internal_topic_is_reported() {
+    let (t, p, _rx) = internal();
+    p.check_gap(0);
+    p.read_internal(0, 1, 10, 0).unwrap().finish_one();
+    p.check_gap(1);
+    assert!(t.holds().take_lost().is_empty(), "no gap yet");
+    // Offsets 1 to 9 were deleted before the main reader came to them.
+    p.check_gap(10);
+    assert_eq!(
+        t.holds().take_lost(),
+        vec![Lost {
+            lane: None,
+            topic: "dispatcher.spill".into(),
+            partition: 0,
+            deliveries: 9,
+        }]
+    );
+}

@@ -386,6 +386,7 @@ impl Source {
         let Some((partition, source)) = self.owned(msg) else {
             return;
         };
+        partition.check_gap(msg.offset());
         let mut parked = match park::parse(msg, self.max_event_bytes) {
             Ok(p) => p,
             Err(error) => {
