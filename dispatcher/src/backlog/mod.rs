@@ -169,6 +169,8 @@ impl Backlogs {
         let mut holds: Vec<Arc<PartitionOffsets>> = Vec::new();
         let mut refresh_at = Instant::now();
         let mut no_room_since: Option<Instant> = None;
+        // Since when its consumer has had nothing to read.
+        let mut quiet_since: Option<Instant> = None;
         loop {
             if *shutdown.borrow() {
                 return;
@@ -183,6 +185,7 @@ impl Backlogs {
                 }
             }
             if !handle.inbox.has_room() {
+                quiet_since = None;
                 let since = *no_room_since.get_or_insert_with(Instant::now);
                 if reader.is_some() && since.elapsed() >= IDLE_CLOSE {
                     // Give the consumer (and its permit) up while the lane
@@ -240,6 +243,7 @@ impl Backlogs {
             };
             match msg {
                 Ok(Ok(msg)) => {
+                    quiet_since = None;
                     if let Some(stopped) = self.take(lane, handle, assigned, &msg) {
                         assigned.remove(&stopped);
                         refresh_at = Instant::now();
@@ -253,7 +257,13 @@ impl Backlogs {
                 // everything is done, even without a later record to show
                 // it; then look at the holds again.
                 Err(_) => {
-                    assigned.retain(|_, (partition, _)| !partition.reader_idle(lane));
+                    // Only once quiet for a while: closing a hold at every
+                    // pause between spilled records would make the lane
+                    // switch between spilling and not, and lose its pace.
+                    let quiet = *quiet_since.get_or_insert_with(Instant::now);
+                    if quiet.elapsed() >= IDLE_CLOSE {
+                        assigned.retain(|_, (partition, _)| !partition.reader_idle(lane));
+                    }
                     refresh_at = Instant::now();
                 }
             }
