@@ -21,6 +21,8 @@ line; the script exits 1 if any failed.
 from __future__ import annotations
 
 import argparse
+import base64
+import hashlib
 import json
 import math
 import os
@@ -317,8 +319,10 @@ def check_dispatcher_validate(name: str, docs: list[dict[str, Any]], binary: str
             env[e["name"]] = e["value"]
         elif "secretKeyRef" in e.get("valueFrom", {}):
             if "SECRETS_KEY" in e["name"]:
-                # An encryption key: 32 bytes in base64.
-                env[e["name"]] = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="
+                # An encryption key: 32 bytes in base64, one per variable
+                # (the dispatcher refuses a key listed twice).
+                digest = hashlib.sha256(e["name"].encode()).digest()
+                env[e["name"]] = base64.b64encode(digest).decode()
             elif "SECRET" in e["name"]:
                 env[e["name"]] = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
             elif "TOKEN" in e["name"]:
