@@ -116,6 +116,11 @@ pub fn reader(kafka: &KafkaConfig, bootstrap: &str, purpose: &str) -> ClientConf
         ("queued.max.messages.kbytes", "2048"),
         ("queued.min.messages", "1000"),
         ("fetch.wait.max.ms", "100"),
+        // With queue thresholds this small, librdkafka's default 1 s pause
+        // after the queue was full left a reader idle most of the time: a
+        // spilled backlog drained at a tenth of the pace the same events
+        // flow fresh (tests/backlog_drain.rs).
+        ("fetch.queue.backoff.ms", "10"),
         ("auto.offset.reset", "earliest"),
     ] {
         if !kafka.options.contains_key(key) {
@@ -300,5 +305,24 @@ mod tests {
         let group: Result<rdkafka::consumer::BaseConsumer, _> =
             consumer(&k, "127.0.0.1:9").create();
         assert!(group.is_ok(), "{:?}", group.err());
+    }
+
+    #[test]
+    fn readers_fetch_again_soon_after_their_small_queue_was_full() {
+        let k = KafkaConfig::default();
+        for purpose in ["store", "backlog"] {
+            let c = reader(&k, "b:9092", purpose);
+            assert_eq!(c.get("fetch.queue.backoff.ms"), Some("10"), "{purpose}");
+        }
+        let mut k = KafkaConfig::default();
+        k.options.insert(
+            "fetch.queue.backoff.ms".into(),
+            crate::config::Scalar("250".into()),
+        );
+        assert_eq!(
+            reader(&k, "b:9092", "backlog").get("fetch.queue.backoff.ms"),
+            Some("250"),
+            "the user's choice wins"
+        );
     }
 }
