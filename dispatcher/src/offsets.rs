@@ -363,12 +363,7 @@ impl PartitionOffsets {
         }
         if decided.is_none_or(|d| offset >= d) {
             // Caught up: from here the main reader hands its records over.
-            let lost = std::mem::take(&mut h.waiting);
-            h.open = false;
-            h.oldest_ms = None;
-            s.drop_finished_holds();
-            drop(s);
-            self.report_lost(lane, lost);
+            self.close_hold(s, lane);
             return ReaderStep::Stop;
         }
         h.next_unread = offset + 1;
@@ -410,13 +405,22 @@ impl PartitionOffsets {
         if decided.is_some_and(|d| h.next_unread < d) {
             return false;
         }
+        self.close_hold(s, lane);
+        true
+    }
+
+    /// `lane`'s reader caught up: its hold closes (kept until its window
+    /// empties), and what it still counted as waiting never came back.
+    fn close_hold(&self, mut s: MutexGuard<'_, State>, lane: usize) {
+        let Some(h) = s.hold(lane) else {
+            return;
+        };
         let lost = std::mem::take(&mut h.waiting);
         h.open = false;
         h.oldest_ms = None;
         s.drop_finished_holds();
         drop(s);
         self.report_lost(lane, lost);
-        true
     }
 
     /// A hold closed with records of its endpoint its reader never saw:
