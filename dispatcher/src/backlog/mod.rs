@@ -28,7 +28,7 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
-use crate::dlq::{DeadLetter, DeadLetters};
+use crate::dlq::DeadLetters;
 use crate::endpoints::Routing;
 use crate::kafka::header_str;
 use crate::lane::{Job, LaneHandle, Refused};
@@ -320,41 +320,11 @@ impl Backlogs {
             // No room after all: dropping it puts it back under the hold,
             // and the cursor with it.
             Err(Refused::NoRoom(job)) => drop(job),
-            Err(Refused::Closed(job)) => self.dead_letter_deleted(handle, job),
+            Err(Refused::Closed(job)) => {
+                job.dead_letter_deleted(handle.endpoint_id.clone(), &self.dead_letters)
+            }
         }
         None
-    }
-}
-
-impl Backlogs {
-    /// A record of an endpoint deleted while it waited: dead-lettered as a
-    /// delivery, so a replay finds it if the endpoint comes back.
-    fn dead_letter_deleted(&self, handle: &LaneHandle, job: Job) {
-        let Some(parked) = job.parked else {
-            return;
-        };
-        let (id, state) = *parked;
-        let delivery = transports::Delivery {
-            event: job.event,
-            endpoint_id: handle.endpoint_id.clone(),
-            id,
-            body: bytes::Bytes::new(),
-            attempt: state.attempts + 1,
-        };
-        let letter = DeadLetter::failed_delivery(
-            &delivery,
-            "endpoint_deleted",
-            "the endpoint was deleted",
-            &state.history,
-            None,
-        );
-        let dead_letters = self.dead_letters.clone();
-        let ticket = job.ticket;
-        tokio::spawn(async move {
-            if dead_letters.write(letter).await.is_ok() {
-                ticket.finish_one();
-            }
-        });
     }
 }
 

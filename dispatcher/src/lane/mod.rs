@@ -79,6 +79,43 @@ pub struct Job {
     pub parked: Option<Box<(DeliveryId, RetryState)>>,
 }
 
+impl Job {
+    /// A delivery of a deleted endpoint that a lane can no longer take: to
+    /// the dead-letter topic as a delivery (reason `endpoint_deleted`), so
+    /// a replay finds it once the endpoint exists again. Its record is
+    /// final once the letter is written.
+    pub fn dead_letter_deleted(self, endpoint: Arc<str>, dead_letters: &Arc<DeadLetters>) {
+        let (id, state) = match self.parked {
+            Some(p) => *p,
+            None => (
+                DeliveryId::derive(&self.event, &endpoint),
+                RetryState::default(),
+            ),
+        };
+        let delivery = transports::Delivery {
+            event: self.event,
+            endpoint_id: endpoint,
+            id,
+            body: bytes::Bytes::new(),
+            attempt: state.attempts + 1,
+        };
+        let letter = DeadLetter::failed_delivery(
+            &delivery,
+            "endpoint_deleted",
+            "the endpoint was deleted",
+            &state.history,
+            None,
+        );
+        let dead_letters = dead_letters.clone();
+        let ticket = self.ticket;
+        tokio::spawn(async move {
+            if dead_letters.write(letter).await.is_ok() {
+                ticket.finish_one();
+            }
+        });
+    }
+}
+
 /// Pause and disable switches, shared with the admin API.
 #[derive(Default)]
 pub struct Control {

@@ -545,41 +545,8 @@ impl Source {
         };
         match refused {
             Refused::NoRoom(job) => drop(job),
-            Refused::Closed(job) => self.dead_letter_deleted(endpoint, job),
+            Refused::Closed(job) => job.dead_letter_deleted(endpoint, &self.dead_letters),
         }
-    }
-
-    /// A delivery of a deleted endpoint: to the dead-letter topic, as a
-    /// delivery (so a replay finds it once the endpoint exists again).
-    fn dead_letter_deleted(&self, endpoint: Arc<str>, job: Job) {
-        let (id, state) = match job.parked {
-            Some(p) => (p.0, p.1),
-            None => (
-                transports::DeliveryId::derive(&job.event, &endpoint),
-                crate::park::RetryState::default(),
-            ),
-        };
-        let delivery = transports::Delivery {
-            event: job.event,
-            endpoint_id: endpoint,
-            id,
-            body: Bytes::new(),
-            attempt: state.attempts + 1,
-        };
-        let letter = DeadLetter::failed_delivery(
-            &delivery,
-            "endpoint_deleted",
-            "the endpoint was deleted",
-            &state.history,
-            None,
-        );
-        let dead_letters = self.dead_letters.clone();
-        let ticket = job.ticket;
-        tokio::spawn(async move {
-            if dead_letters.write(letter).await.is_ok() {
-                ticket.finish_one();
-            }
-        });
     }
 
     /// After a rebalance: forget what is held for partitions no longer
