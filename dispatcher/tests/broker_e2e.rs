@@ -12,33 +12,8 @@ use dispatcher::seed::{SeedEvents, EVENT_TYPES};
 use rdkafka::message::Message;
 use support::kafka::{committed_total, header, produce, read_all};
 use support::sink::{Behaviour, Sink};
-use support::tansu::{tansu_available, Tansu};
+use support::tansu::{dispatcher_broker as broker, tansu_available, Tansu};
 use support::{config, raw_data, start, verify_signature, wait_until, SECRET_A, SECRET_B};
-
-/// The broker with the dispatcher's topics (`events` with `partitions`), or
-/// `None` to skip: CI always has it (scripts/test installs it); only a bare
-/// `cargo test` on a developer machine may go without.
-async fn broker(partitions: i32) -> Option<Tansu> {
-    if !tansu_available() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "TANSU_BIN is required in CI: run scripts/test"
-        );
-        eprintln!("skipped: TANSU_BIN not set (run scripts/test to include the real-broker tests)");
-        return None;
-    }
-    let broker = Tansu::start();
-    broker.create_topic("events", partitions).await;
-    broker.create_topic("dispatcher.dlq", 1).await;
-    for tier in support::RETRY_TOPICS {
-        broker.create_topic(tier, 2).await;
-    }
-    broker
-        .create_topic(support::SPILL_TOPIC, support::SPILL_PARTITIONS)
-        .await;
-    broker.create_topic(support::ENDPOINTS_TOPIC, 2).await;
-    Some(broker)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_broker_fan_out_and_dead_letters() {

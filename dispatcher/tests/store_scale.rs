@@ -1,6 +1,7 @@
 //! The endpoint store at scale: a dispatcher starts from a topic holding
-//! 10,000 endpoints, and (ignored, a benchmark) how many writes per second
-//! the management API takes.
+//! 10,000 endpoints, and (ignored, benchmarks) start-up from 100,000 on a
+//! real broker, how many writes per second the management API takes, and
+//! how long a change takes to apply on two replicas.
 //!
 //! The figures go to docs/benchmarks.md; they are printed, never asserted:
 //!
@@ -27,50 +28,75 @@ const ENDPOINTS: usize = 10_000;
 async fn a_dispatcher_starts_from_a_store_of_ten_thousand_endpoints() {
     support::init_logging();
     let kafka = support::embedded_kafka(1);
-    let bootstrap = kafka.bootstrap().to_owned();
+    start_from_a_store(kafka.bootstrap(), ENDPOINTS, "embedded Kafka").await;
+}
+
+/// The same at 100,000 endpoints (`STORE_ENDPOINTS` to change it), on a
+/// real broker: the embedded one keeps at most 5 MiB per partition, less
+/// than such a store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark: run it in release, see docs/benchmarks.md"]
+async fn start_up_from_a_large_store_on_a_real_broker() {
+    support::init_logging();
+    let Some(broker) = support::tansu::dispatcher_broker(1).await else {
+        return;
+    };
+    let n = std::env::var("STORE_ENDPOINTS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(100_000);
+    start_from_a_store(&broker.bootstrap(), n, "tansu").await;
+}
+
+/// Writes `n` endpoints straight into the store's topic, starts a
+/// dispatcher on it, checks it read them all and prints how long it took.
+async fn start_from_a_store(bootstrap: &str, n: usize, broker: &str) {
     let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &bootstrap)
+        .set("bootstrap.servers", bootstrap)
         .set("linger.ms", "20")
         .create()
         .unwrap();
     let written = Instant::now();
-    let sends = (0..ENDPOINTS).map(|i| {
-        let producer = &producer;
-        async move {
-            let id = format!("tenant-{i:05}");
-            let value = serde_json::json!({
-                "version": 1,
-                "endpoint": {
-                    "id": id,
-                    "url": format!("https://hooks.example/{i}"),
-                    "events": ["message.*"],
-                    "filter": {"data.whatsapp_account_id": format!("acct-{i}")},
-                },
-                "state": {"paused": false, "disabled": false},
-            })
-            .to_string();
-            let headers = OwnedHeaders::new().insert(Header {
-                key: dispatcher::store::VERSION_HEADER,
-                value: Some("1"),
-            });
-            producer
-                .send(
-                    FutureRecord::to(support::ENDPOINTS_TOPIC)
-                        .key(&id)
-                        .payload(&value)
-                        .headers(headers),
-                    Duration::from_secs(60),
-                )
-                .await
-                .map_err(|(e, _)| e)
-                .unwrap();
-        }
-    });
-    futures::future::join_all(sends).await;
+    // In slices, so librdkafka's local queue (100,000 records) never fills.
+    for first in (0..n).step_by(10_000) {
+        let sends = (first..n.min(first + 10_000)).map(|i| {
+            let producer = &producer;
+            async move {
+                let id = format!("tenant-{i:06}");
+                let value = serde_json::json!({
+                    "version": 1,
+                    "endpoint": {
+                        "id": id,
+                        "url": format!("https://hooks.example/{i}"),
+                        "events": ["message.*"],
+                        "filter": {"data.whatsapp_account_id": format!("acct-{i}")},
+                    },
+                    "state": {"paused": false, "disabled": false},
+                })
+                .to_string();
+                let headers = OwnedHeaders::new().insert(Header {
+                    key: dispatcher::store::VERSION_HEADER,
+                    value: Some("1"),
+                });
+                producer
+                    .send(
+                        FutureRecord::to(support::ENDPOINTS_TOPIC)
+                            .key(&id)
+                            .payload(&value)
+                            .headers(headers),
+                        Duration::from_secs(60),
+                    )
+                    .await
+                    .map_err(|(e, _)| e)
+                    .unwrap();
+            }
+        });
+        futures::future::join_all(sends).await;
+    }
     let write_s = written.elapsed().as_secs_f64();
 
     let started = Instant::now();
-    let running = dispatcher::app::start(config(&bootstrap, "scale", "", ""))
+    let running = dispatcher::app::start(config(bootstrap, "scale", "", ""))
         .await
         .expect("the dispatcher starts");
     let caught_up_s = started.elapsed().as_secs_f64();
@@ -79,11 +105,11 @@ async fn a_dispatcher_starts_from_a_store_of_ten_thousand_endpoints() {
     })
     .await;
     let ready_s = started.elapsed().as_secs_f64();
-    assert_eq!(running.store.list().len(), ENDPOINTS);
-    assert_eq!(running.metrics.store_endpoints.get(), ENDPOINTS as i64);
+    assert_eq!(running.store.list().len(), n);
+    assert_eq!(running.metrics.store_endpoints.get(), n as i64);
     assert_eq!(running.metrics.store_bad_records.get(), 0);
     println!(
-        "store of {ENDPOINTS} endpoints: written in {write_s:.1} s; start() returned (store read, lanes started) after {caught_up_s:.1} s; ready after {ready_s:.1} s; RSS {} MiB",
+        "store of {n} endpoints on {broker}: written in {write_s:.1} s; start() returned (store read, lanes started) after {caught_up_s:.1} s; ready after {ready_s:.1} s; RSS {} MiB",
         rss_mib()
     );
     running.shutdown().await.unwrap();
@@ -169,4 +195,62 @@ async fn api_write_throughput() {
         p(0.99)
     );
     running.shutdown().await.unwrap();
+}
+
+/// Change-to-effect latency across two replicas on a real broker: an
+/// endpoint is paused and resumed CHANGES times, each change made through
+/// one replica's API in turn, and timed from the request until both
+/// replicas' lanes have applied it (their `dispatcher_endpoint_paused`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark: run it in release, see docs/benchmarks.md"]
+async fn change_to_effect_across_two_replicas() {
+    const CHANGES: usize = 200;
+    support::init_logging();
+    let Some(broker) = support::tansu::dispatcher_broker(2).await else {
+        return;
+    };
+    let endpoints = "  - id: probe\n    url: \"http://127.0.0.1:9/\"\n    events: [\"*\"]\n";
+    let cfg = || config(&broker.bootstrap(), "effect", "", endpoints);
+    let a = support::start(cfg()).await;
+    let b = support::start(cfg()).await;
+    let paused = |r: &dispatcher::app::Running| {
+        r.metrics
+            .endpoint_paused
+            .with_label_values(&["probe"])
+            .get()
+    };
+    let (mut acked, mut applied) = (Vec::new(), Vec::new());
+    for i in 0..CHANGES {
+        let (via, action, want) = if i % 2 == 0 {
+            (&a, "pause", 1)
+        } else {
+            (&b, "resume", 0)
+        };
+        let t = Instant::now();
+        let (status, body) =
+            support::api(via, "POST", &format!("/v1/endpoints/probe/{action}")).await;
+        assert_eq!(status, 200, "{action}: {body}");
+        acked.push(t.elapsed());
+        while paused(&a) != want || paused(&b) != want {
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "change {i} never applied"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        applied.push(t.elapsed());
+    }
+    acked.sort();
+    applied.sort();
+    let p = |v: &[Duration], q: f64| v[((v.len() as f64 * q) as usize).min(v.len() - 1)];
+    println!(
+        "change to effect on both replicas (tansu), {CHANGES} changes: p50 {:?}, p99 {:?}, max {:?}; API answered after p50 {:?}, p99 {:?}",
+        p(&applied, 0.5),
+        p(&applied, 0.99),
+        applied[applied.len() - 1],
+        p(&acked, 0.5),
+        p(&acked, 0.99)
+    );
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
 }

@@ -46,6 +46,31 @@ const TOPIC_TIMEOUT: Duration = Duration::from_secs(20);
 /// take ~23 s.
 pub const GROUP_SESSION_TIMEOUT_MS: u32 = 6000;
 
+/// The broker with the dispatcher's topics (`events` with `partitions`), or
+/// `None` to skip: CI always has it (scripts/test installs it); only a bare
+/// `cargo test` on a developer machine may go without.
+pub async fn dispatcher_broker(partitions: i32) -> Option<Tansu> {
+    if !tansu_available() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "TANSU_BIN is required in CI: run scripts/test"
+        );
+        eprintln!("skipped: TANSU_BIN not set (run scripts/test to include the real-broker tests)");
+        return None;
+    }
+    let broker = Tansu::start();
+    broker.create_topic("events", partitions).await;
+    broker.create_topic("dispatcher.dlq", 1).await;
+    for tier in super::RETRY_TOPICS {
+        broker.create_topic(tier, 2).await;
+    }
+    broker
+        .create_topic(super::SPILL_TOPIC, super::SPILL_PARTITIONS)
+        .await;
+    broker.create_topic(super::ENDPOINTS_TOPIC, 2).await;
+    Some(broker)
+}
+
 /// True when `TANSU_BIN` is set and names an existing file.
 pub fn tansu_available() -> bool {
     std::env::var_os("TANSU_BIN").is_some_and(|p| Path::new(&p).is_file())
