@@ -347,6 +347,7 @@ pub async fn start_with(config: Config, registry: &Registry) -> anyhow::Result<R
         rebalanced,
         max_event_bytes: p.max_event_bytes,
         commit_interval: p.commit_interval,
+        spill_after: p.spill_after,
         max_pending_per_partition: p.max_pending_per_partition,
     };
     let mut source_task = tokio::spawn(source.run(halt_rx));

@@ -256,8 +256,12 @@ async fn real_broker_a_slow_and_a_rate_limited_endpoint_do_not_slow_the_fast_one
         .map(|_| seeds.next_event(chrono::Utc::now().timestamp_millis()).2)
         .collect();
     let produced: BTreeSet<String> = values.iter().map(|v| raw_data(v)).collect();
-    produce(&broker.bootstrap(), "events", &values).await;
+    // Two bursts: by the second, the fast endpoints move on to events newer
+    // than what the slow ones hold, so those lag the others and spill.
+    produce(&broker.bootstrap(), "events", &values[..150]).await;
     let started = std::time::Instant::now();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    produce(&broker.bootstrap(), "events", &values[150..]).await;
     let on = |sink: &Sink, path: &str| -> BTreeSet<String> {
         sink.received()
             .iter()

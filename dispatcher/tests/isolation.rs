@@ -58,8 +58,13 @@ async fn a_slow_and_a_rate_limited_endpoint_do_not_slow_the_fast_ones() {
     const N: usize = 400;
     let values = events(41, N);
     let produced: BTreeSet<String> = values.iter().map(|v| raw_data(v)).collect();
-    produce(kafka.bootstrap(), "events", &values).await;
+    // Two bursts 3 s apart: by the second, the fast endpoints move on to
+    // events newer than what the slow ones still hold, which is what makes
+    // those lag the others (a wait alone, with nothing newer, is not).
+    produce(kafka.bootstrap(), "events", &values[..N / 2]).await;
     let started = Instant::now();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    produce(kafka.bootstrap(), "events", &values[N / 2..]).await;
 
     wait_until(
         Duration::from_secs(60),
@@ -89,8 +94,8 @@ async fn a_slow_and_a_rate_limited_endpoint_do_not_slow_the_fast_ones() {
     for sink in [&fast, &slow, &limited] {
         assert_one_id_per_event(sink);
     }
-    // Their backlogs waited in Kafka (they lagged for longer than
-    // pipeline.spill_after), each delivery written there once.
+    // Their backlogs waited in Kafka (they lagged the fast ones by more
+    // than pipeline.spill_after), each delivery written there once.
     let m = running.metrics.clone();
     let spilled = |ep: &str| m.spilled.with_label_values(&[ep]).get() as usize;
     assert!(spilled("slow") > 0 && spilled("limited") > 0);
@@ -100,6 +105,125 @@ async fn a_slow_and_a_rate_limited_endpoint_do_not_slow_the_fast_ones() {
         spilled("slow"),
         spilled("limited")
     );
+    running.shutdown().await.unwrap();
+}
+
+/// A backlog drain where every endpoint is as slow as the others: they wait
+/// alike, none lags the rest, and nothing spills (spilling them all would
+/// only copy the backlog from one topic to another).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_that_wait_alike_in_a_backlog_drain_do_not_spill() {
+    support::init_logging();
+    let kafka = support::embedded_kafka(4);
+    // 5 ms per answer, two at a time: at most 400 deliveries/s each, so
+    // the backlog takes about 5 s, well past pipeline.spill_after (2 s).
+    let sink = Sink::start(Behaviour::Delay { ms: 5 }).await;
+    let mut endpoints = String::new();
+    for i in 0..4 {
+        endpoints += &format!(
+            "  - id: even-{i}\n    url: \"{}\"\n    events: [\"*\"]\n    max_in_flight: 2\n",
+            sink.url(&format!("/e{i}"))
+        );
+    }
+    const N: usize = 2000;
+    let values = events(43, N);
+    let produced: BTreeSet<String> = values.iter().map(|v| raw_data(v)).collect();
+    produce(kafka.bootstrap(), "events", &values).await;
+    // A budget the backlog cannot fill: only lagging could make them spill.
+    let pipeline = "  max_events_in_flight: 100000\n";
+    let running = start(config(
+        kafka.bootstrap(),
+        "drain-alike",
+        pipeline,
+        &endpoints,
+    ))
+    .await;
+    wait_until(
+        Duration::from_secs(90),
+        "every endpoint got every event",
+        || (0..4).all(|i| delivered(&sink, &format!("/e{i}")) == produced),
+    )
+    .await;
+    assert_one_id_per_event(&sink);
+    let spilled: Vec<u64> = (0..4)
+        .map(|i| {
+            running
+                .metrics
+                .spilled
+                .with_label_values(&[format!("even-{i}").as_str()])
+                .get()
+        })
+        .collect();
+    assert_eq!(
+        spilled,
+        vec![0; 4],
+        "endpoints that kept pace with each other were spilled"
+    );
+    running.shutdown().await.unwrap();
+}
+
+/// One slow endpoint fills the memory budget while the only other endpoint
+/// has nothing queued, so no other lane's progress shows it lagging: once
+/// the budget has kept the source paused for pipeline.spill_after, the
+/// slow lane spills, and the other endpoint's events, further on in the
+/// partition, are read and delivered long before the slow one is through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_slow_endpoint_that_fills_the_budget_is_spilled_so_the_source_reads_on() {
+    support::init_logging();
+    let kafka = support::embedded_kafka(1);
+    // 100 ms per answer, two at a time: 20 deliveries/s.
+    let slow = Sink::start(Behaviour::Delay { ms: 100 }).await;
+    let other = Sink::start(Behaviour::Ok).await;
+    let endpoints = format!(
+        "  - id: slow\n    url: \"{}\"\n    events: [\"message.*\"]\n    max_in_flight: 2\n  - id: other\n    url: \"{}\"\n    events: [contact.created]\n",
+        slow.url("/slow"),
+        other.url("/other")
+    );
+    const SLOW: usize = 2000;
+    let mut seeds = SeedEvents::new(44);
+    let now = chrono::Utc::now().timestamp_millis();
+    let mut values: Vec<Vec<u8>> = (0..SLOW)
+        .map(|_| seeds.event("message.sent", now).1)
+        .collect();
+    let theirs: Vec<Vec<u8>> = (0..3)
+        .map(|_| seeds.event("contact.created", now).1)
+        .collect();
+    values.extend(theirs.iter().cloned());
+    let slow_events: BTreeSet<String> = values[..SLOW].iter().map(|v| raw_data(v)).collect();
+    let other_events: BTreeSet<String> = theirs.iter().map(|v| raw_data(v)).collect();
+    // About a thousand of those records fill 1 MiB: at 20/s the slow lane
+    // alone would hold the source for a minute before the other
+    // endpoint's events are read.
+    let pipeline = "  memory_budget: 1MiB\n  max_events_in_flight: 100000\n";
+    let running = start(config(kafka.bootstrap(), "lone-slow", pipeline, &endpoints)).await;
+    produce(kafka.bootstrap(), "events", &values).await;
+    let started = Instant::now();
+    wait_until(
+        Duration::from_secs(90),
+        "the other endpoint got its events",
+        || delivered(&other, "/other") == other_events,
+    )
+    .await;
+    let other_done = started.elapsed();
+    assert!(
+        other_done < Duration::from_secs(15),
+        "the other endpoint waited {other_done:?} for the slow one"
+    );
+    assert!(
+        slow.count() < SLOW / 2,
+        "the slow one cannot be through yet: {}",
+        slow.count()
+    );
+    assert!(running.metrics.spilled.with_label_values(&["slow"]).get() > 0);
+    // The slow receiver recovers: everything arrives, each id once.
+    slow.set(Behaviour::Ok);
+    wait_until(
+        Duration::from_secs(120),
+        "the slow endpoint got every event, later",
+        || delivered(&slow, "/slow") == slow_events,
+    )
+    .await;
+    assert_one_id_per_event(&slow);
     running.shutdown().await.unwrap();
 }
 

@@ -216,9 +216,11 @@ pub struct PipelineConfig {
     /// in flight). Past this the consumer pauses; it resumes at three
     /// quarters. The source's only back-pressure: no endpoint makes it wait.
     pub memory_budget: bytesize::ByteSize,
-    /// A fresh delivery queued longer than this in its endpoint's inbox
-    /// means the endpoint does not keep up: its queue and what follows go
-    /// to the spill topic until its backlog is drained.
+    /// An endpoint whose oldest queued fresh delivery is this far behind
+    /// the newest one any endpoint has started does not keep up: its queue
+    /// and what follows go to the spill topic until its backlog is drained.
+    /// Also how long a full memory budget may keep the source paused
+    /// before the endpoint holding the most spills.
     #[serde(with = "humantime_serde")]
     pub spill_after: Duration,
     /// Consumers open at once to bring endpoints' backlogs back from Kafka.

@@ -12,7 +12,7 @@
 //! fresh deliveries still queued to the spill topic: they waited too long).
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -48,15 +48,30 @@ impl Evictions {
     }
 }
 
-/// How the memory budget is shared out between lanes: a lane may hold up
-/// to one and a half times an even share among the lanes that hold
-/// anything. When every lane is as slow as the others the budget fills
-/// first and pauses the source (back-pressure); a lane slower than the
-/// rest reaches its share first and spills.
+/// What the lanes share: how the memory budget is shared out between them,
+/// and how far the fastest of them has got.
+///
+/// A lane may hold up to one and a half times an even share of the budget
+/// among the lanes that hold anything. When every lane is as slow as the
+/// others the budget fills first and pauses the source (back-pressure); a
+/// lane slower than the rest reaches its share first and spills.
+///
+/// The **front** is when the newest fresh delivery any lane has started
+/// was queued. A lane whose oldest queued delivery is far behind it lags
+/// the others: they have moved on to work that arrived after it. That is
+/// what makes a lane spill for waiting (`pipeline.spill_after`), not the
+/// wait alone: in a backlog drain, or whenever this replica is the
+/// bottleneck, every lane waits alike, the front moves with them, and the
+/// answer is back-pressure, not spilling everyone.
 pub struct Shares {
     budget: usize,
     /// Lanes with anything queued.
     active: AtomicUsize,
+    /// The origin of `front`.
+    base: Instant,
+    /// Nanoseconds from `base` to when the newest started fresh delivery
+    /// was queued.
+    front: AtomicU64,
 }
 
 impl Shares {
@@ -64,12 +79,30 @@ impl Shares {
         Shares {
             budget,
             active: AtomicUsize::new(0),
+            base: Instant::now(),
+            front: AtomicU64::new(0),
         }
     }
 
     fn share(&self) -> usize {
         let active = self.active.load(Ordering::Acquire).max(1);
         self.budget / active * 3 / 2
+    }
+
+    fn since_base(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.base).as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// A lane started a fresh delivery queued at `queued_at`.
+    fn advance(&self, queued_at: Instant) {
+        self.front
+            .fetch_max(self.since_base(queued_at), Ordering::Relaxed);
+    }
+
+    /// How far a delivery queued at `queued_at` is behind the front.
+    fn lag(&self, queued_at: Instant) -> Duration {
+        let front = self.front.load(Ordering::Relaxed);
+        Duration::from_nanos(front.saturating_sub(self.since_base(queued_at)))
     }
 }
 
@@ -346,15 +379,16 @@ impl Inbox {
     /// or when no fresh one waits.
     pub(super) fn pop(&self, prefer_returned: bool) -> Option<Job> {
         let mut q = self.lock();
+        let fresh = |q: &mut Queues| {
+            q.fresh.pop_front().map(|f| {
+                self.shares.advance(f.at);
+                f.job
+            })
+        };
         let job = if prefer_returned {
-            q.returned
-                .pop_front()
-                .or_else(|| q.fresh.pop_front().map(|f| f.job))
+            q.returned.pop_front().or_else(|| fresh(&mut q))
         } else {
-            q.fresh
-                .pop_front()
-                .map(|f| f.job)
-                .or_else(|| q.returned.pop_front())
+            fresh(&mut q).or_else(|| q.returned.pop_front())
         };
         if let Some(job) = &job {
             self.left(&mut q, std::iter::once(job));
@@ -395,11 +429,20 @@ impl Inbox {
         self.len() == 0
     }
 
-    /// How long the oldest fresh delivery has waited.
-    pub(super) fn oldest_fresh(&self, now: Instant) -> Option<Duration> {
+    /// How long the oldest fresh delivery has waited, and how far it is
+    /// behind the lanes' front: how much newer the work is that other
+    /// lanes (or this one) have started since it was queued (never more
+    /// than its wait).
+    pub(super) fn oldest_fresh_and_lag(&self, now: Instant) -> Option<(Duration, Duration)> {
         self.lock()
             .fresh
             .front()
-            .map(|f| now.saturating_duration_since(f.at))
+            .map(|f| (now.saturating_duration_since(f.at), self.shares.lag(f.at)))
+    }
+
+    /// What the queued fresh deliveries weigh, if any are queued.
+    pub fn fresh_bytes(&self) -> Option<usize> {
+        let q = self.lock();
+        (!q.fresh.is_empty()).then_some(q.bytes)
     }
 }

@@ -184,8 +184,9 @@ pub struct LaneSettings {
     /// How long a paused endpoint's retries wait in the retry topics before
     /// they look again.
     pub paused_recheck: Duration,
-    /// A fresh delivery queued longer than this means the lane does not keep
-    /// up: what it has queued, and what follows, is spilled.
+    /// A lane whose oldest fresh delivery is this far behind the lanes'
+    /// front (see [`Shares`]) does not keep up: what it has queued, and
+    /// what follows, is spilled.
     pub spill_after: Duration,
     pub paused: bool,
 }
@@ -272,6 +273,10 @@ struct Lane {
 /// takes no more work until some finish, so a dead endpoint's dead letters
 /// cannot pile up in memory.
 const MAX_WRITES: usize = 64;
+
+/// How often a lane whose oldest delivery has waited `spill_after` looks
+/// again at whether it lags the others (while they wait alike, it does not).
+const LAG_CHECK: Duration = Duration::from_millis(100);
 
 /// Start a lane task; it ends once its inbox is closed and everything it
 /// holds is final (or, for a deleted endpoint, once nothing of its work is
@@ -398,14 +403,30 @@ impl Lane {
                 Admit::No(wait) => Some(tokio::time::Instant::now() + wait),
                 Admit::Yes => None,
             };
-            // When the oldest fresh delivery will have waited too long. Only
-            // while the memory budget is not under pressure: when it is, all
-            // lanes wait alike, and that is back-pressure, not lagging (the
-            // shares sort out which lane is slower than the rest).
-            let too_old = inbox
-                .oldest_fresh(now)
-                .filter(|_| !inbox.evict_requested() && self.d.budget.pressure() < 0.5)
-                .map(|age| tokio::time::Instant::now() + self.s.spill_after.saturating_sub(age));
+            // Whether the oldest fresh delivery lags the other lanes by
+            // `spill_after` (see `Shares`), and if not yet, when to look
+            // again: once it has waited that long, then every LAG_CHECK
+            // from then on (fixed instants, so that other wake-ups do not
+            // keep putting the look off).
+            let spill_after = self.s.spill_after;
+            let too_old = match inbox.oldest_fresh_and_lag(now) {
+                Some((_, lag)) if lag >= spill_after && !inbox.evict_requested() => {
+                    tracing::debug!(endpoint = %self.s.endpoint_id, "lane lags the others; spilling its queue");
+                    inbox.request_eviction();
+                    None
+                }
+                Some((age, _)) if !inbox.evict_requested() => {
+                    let next = match age.checked_sub(spill_after) {
+                        None => spill_after - age,
+                        Some(past) => {
+                            let into = past.as_nanos() % LAG_CHECK.as_nanos();
+                            LAG_CHECK - Duration::from_nanos(into as u64)
+                        }
+                    };
+                    Some(tokio::time::Instant::now() + next)
+                }
+                _ => None,
+            };
             tokio::select! {
                 biased;
                 _ = control.changed.notified() => {
@@ -418,12 +439,8 @@ impl Lane {
                 }
                 _ = sleep_until(blocked), if blocked.is_some() => self.blocked_until = None,
                 _ = sleep_until(reopen), if reopen.is_some() => {}
-                _ = sleep_until(too_old), if too_old.is_some() => {
-                    if inbox.oldest_fresh(Instant::now()).is_some_and(|a| a >= self.s.spill_after) {
-                        tracing::debug!(endpoint = %self.s.endpoint_id, "lane does not keep up; spilling its queue");
-                        inbox.request_eviction();
-                    }
-                }
+                // Looked at again at the top of the loop.
+                _ = sleep_until(too_old), if too_old.is_some() => {}
                 _ = inbox.notified(), if can_take => {}
                 update = self.updates.recv(), if updates_open => match update {
                     Some(update) => self.update(update),
@@ -1009,7 +1026,7 @@ impl Lane {
     }
 }
 
-async fn sleep_until(at: Option<tokio::time::Instant>) {
+pub(crate) async fn sleep_until(at: Option<tokio::time::Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,

@@ -9,7 +9,9 @@
 //! paused, and resumed at three quarters. The loop keeps polling while
 //! paused, so group membership and rebalances are served. A lane with no
 //! room refuses a delivery at once, and the delivery is spilled (see
-//! [`crate::spill`]).
+//! [`crate::spill`]); and when the budget has kept the source paused for
+//! `pipeline.spill_after`, the lane holding the most is made to spill, so
+//! that one endpoint cannot hold the budget for the others.
 //!
 //! Internal-topic partitions (retry tiers and the spill topic) are FIFO by
 //! due time (see [`crate::park`]): a record read before it is due is held,
@@ -43,7 +45,7 @@ use crate::dlq::{DeadLetter, DeadLetters};
 use crate::endpoints::Routing;
 use crate::fatal::Fatal;
 use crate::kafka::{classify, Severity};
-use crate::lane::{Evictions, Job, Refused, MAX_RETRY_AFTER};
+use crate::lane::{sleep_until, Evictions, Job, Refused, MAX_RETRY_AFTER};
 use crate::metrics::Metrics;
 use crate::offsets::{OffsetTracker, PartitionOffsets, Ticket};
 use crate::park::{self, Tiers};
@@ -71,6 +73,9 @@ pub struct Source {
     pub rebalanced: Arc<AtomicBool>,
     pub max_event_bytes: usize,
     pub commit_interval: Duration,
+    /// How long the memory budget may stay full before the lane holding
+    /// the most is made to spill (`pipeline.spill_after`).
+    pub spill_after: Duration,
     /// Entries one partition's window may hold before that partition is
     /// paused (records read behind one that is not final yet).
     pub max_pending_per_partition: usize,
@@ -134,6 +139,8 @@ impl Source {
         let mut due: DelayQueue<PartitionKey> = DelayQueue::new();
         let mut overfull: HashSet<PartitionKey> = HashSet::new();
         let mut failing_since: Option<(Instant, Instant)> = None;
+        // Since when the memory budget has kept the source paused.
+        let mut stalled_since: Option<tokio::time::Instant> = None;
         // Local handles: received messages borrow the consumer, not `self`.
         let consumer = self.consumer.clone();
         let evictions = self.evictions.clone();
@@ -162,11 +169,21 @@ impl Source {
                 self.set_paused(false, &held, &overfull);
             }
             let paused = self.paused.load(Ordering::Acquire);
+            match (paused, stalled_since) {
+                (true, None) => stalled_since = Some(tokio::time::Instant::now()),
+                (false, Some(_)) => stalled_since = None,
+                _ => {}
+            }
+            let stall_deadline = stalled_since.map(|since| since + self.spill_after);
 
             tokio::select! {
                 biased;
                 _ = shutdown.changed() => break,
                 _ = budget.drained(), if paused => {}
+                _ = sleep_until(stall_deadline), if stall_deadline.is_some() => {
+                    stalled_since = Some(tokio::time::Instant::now());
+                    self.spill_heaviest(&current.routing).await;
+                }
                 done = self.spill.next_finished() => self.spill.finish(done, &current.routing),
                 _ = evictions.requested() => {
                     for lane in evictions.take() {
@@ -360,6 +377,36 @@ impl Source {
                 lane.inbox.stop_spilling();
             }
         }
+    }
+
+    /// The memory budget stayed full for `spill_after`: the lane holding
+    /// the most fresh deliveries spills them. When one endpoint is slower
+    /// than its input and no other has work queued, nothing else shows it
+    /// lagging (see `Shares`), yet its queue holds the source for every
+    /// other endpoint; when all lanes are busy alike, the budget empties
+    /// to its low mark long before this fires.
+    async fn spill_heaviest(&mut self, routing: &Routing) {
+        let heaviest = routing
+            .lanes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, lane)| {
+                let lane = lane.as_ref()?;
+                Some((lane.inbox.fresh_bytes()?, i))
+            })
+            .max();
+        let Some((bytes, i)) = heaviest else {
+            return;
+        };
+        if let Some(lane) = routing.lane(i) {
+            tracing::debug!(
+                endpoint = %lane.endpoint_id,
+                queued_bytes = bytes,
+                "memory budget full for spill_after; spilling the lane that holds the most"
+            );
+            lane.inbox.request_eviction();
+        }
+        self.evict(routing, i).await;
     }
 
     /// Spill what lane `i` still has queued, in order, before anything newer.
