@@ -30,7 +30,7 @@ use crate::embedded::EmbeddedKafka;
 use crate::endpoints::{Endpoints, LaneKit};
 use crate::fatal::Fatal;
 use crate::kafka;
-use crate::lane::{Dedup, Evictions, Shares};
+use crate::lane::{Dedup, Evictions, Front, Shares};
 use crate::metrics::Metrics;
 use crate::offsets::{Budget, HoldIndex, OffsetTracker};
 use crate::park::{Parker, Tiers};
@@ -233,6 +233,7 @@ pub async fn start_with(config: Config, registry: &Registry) -> anyhow::Result<R
     let (holds, holds_started) = HoldIndex::new();
     let tracker = Arc::new(OffsetTracker::new(budget.clone(), holds.clone()));
     let evictions = Arc::new(Evictions::default());
+    let front = Arc::new(Front::default());
     let shared_config = Arc::new(config.clone());
     let (endpoints, routing) = Endpoints::start(
         shared_config.clone(),
@@ -247,7 +248,10 @@ pub async fn start_with(config: Config, registry: &Registry) -> anyhow::Result<R
             metrics: metrics.clone(),
             budget,
             evictions: evictions.clone(),
-            shares: Arc::new(Shares::new(p.memory_budget.as_u64() as usize)),
+            shares: Arc::new(Shares::new(
+                p.memory_budget.as_u64() as usize,
+                front.clone(),
+            )),
             holds,
         },
         store.clone(),
@@ -348,6 +352,7 @@ pub async fn start_with(config: Config, registry: &Registry) -> anyhow::Result<R
         max_event_bytes: p.max_event_bytes,
         commit_interval: p.commit_interval,
         spill_after: p.spill_after,
+        front,
         max_pending_per_partition: p.max_pending_per_partition,
     };
     let mut source_task = tokio::spawn(source.run(halt_rx));

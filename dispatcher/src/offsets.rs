@@ -85,11 +85,6 @@ impl Budget {
         self.records() <= self.max_records * 3 / 4 && self.bytes() <= self.max_bytes * 3 / 4
     }
 
-    /// The share of the byte budget in use, 0.0 to 1.0 and beyond.
-    pub fn pressure(&self) -> f64 {
-        self.bytes() as f64 / self.max_bytes as f64
-    }
-
     pub fn charge(&self, records: usize, bytes: usize) {
         self.records.fetch_add(records, Ordering::AcqRel);
         self.bytes.fetch_add(bytes, Ordering::AcqRel);

@@ -220,7 +220,7 @@ pub struct PipelineConfig {
     /// the newest one any endpoint has started does not keep up: its queue
     /// and what follows go to the spill topic until its backlog is drained.
     /// Also how long a full memory budget may keep the source paused
-    /// before the endpoint holding the most spills.
+    /// before the endpoints still holding fresh deliveries spill them.
     #[serde(with = "humantime_serde")]
     pub spill_after: Duration,
     /// Consumers open at once to bring endpoints' backlogs back from Kafka.

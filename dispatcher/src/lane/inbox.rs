@@ -9,15 +9,17 @@
 //! `accepting` (false while it cannot send at all: paused, breaker open),
 //! `spilling` (fresh deliveries go to the spill topic, so a backlog that
 //! started there keeps its order) and `evict` (the source should move the
-//! fresh deliveries still queued to the spill topic: they waited too long).
+//! fresh deliveries still queued to the spill topic: the lane lags the
+//! others, or it is full).
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::Notify;
 
+use super::front::Front;
 use super::Job;
 
 /// Lanes that asked the source to spill what they queued: the source acts
@@ -49,60 +51,31 @@ impl Evictions {
 }
 
 /// What the lanes share: how the memory budget is shared out between them,
-/// and how far the fastest of them has got.
+/// and their [`Front`].
 ///
 /// A lane may hold up to one and a half times an even share of the budget
 /// among the lanes that hold anything. When every lane is as slow as the
 /// others the budget fills first and pauses the source (back-pressure); a
 /// lane slower than the rest reaches its share first and spills.
-///
-/// The **front** is when the newest fresh delivery any lane has started
-/// was queued. A lane whose oldest queued delivery is far behind it lags
-/// the others: they have moved on to work that arrived after it. That is
-/// what makes a lane spill for waiting (`pipeline.spill_after`), not the
-/// wait alone: in a backlog drain, or whenever this replica is the
-/// bottleneck, every lane waits alike, the front moves with them, and the
-/// answer is back-pressure, not spilling everyone.
 pub struct Shares {
     budget: usize,
     /// Lanes with anything queued.
     active: AtomicUsize,
-    /// The origin of `front`.
-    base: Instant,
-    /// Nanoseconds from `base` to when the newest started fresh delivery
-    /// was queued.
-    front: AtomicU64,
+    pub front: Arc<Front>,
 }
 
 impl Shares {
-    pub fn new(budget: usize) -> Shares {
+    pub fn new(budget: usize, front: Arc<Front>) -> Shares {
         Shares {
             budget,
             active: AtomicUsize::new(0),
-            base: Instant::now(),
-            front: AtomicU64::new(0),
+            front,
         }
     }
 
     fn share(&self) -> usize {
         let active = self.active.load(Ordering::Acquire).max(1);
         self.budget / active * 3 / 2
-    }
-
-    fn since_base(&self, at: Instant) -> u64 {
-        u64::try_from(at.saturating_duration_since(self.base).as_nanos()).unwrap_or(u64::MAX)
-    }
-
-    /// A lane started a fresh delivery queued at `queued_at`.
-    fn advance(&self, queued_at: Instant) {
-        self.front
-            .fetch_max(self.since_base(queued_at), Ordering::Relaxed);
-    }
-
-    /// How far a delivery queued at `queued_at` is behind the front.
-    fn lag(&self, queued_at: Instant) -> Duration {
-        let front = self.front.load(Ordering::Relaxed);
-        Duration::from_nanos(front.saturating_sub(self.since_base(queued_at)))
     }
 }
 
@@ -115,10 +88,11 @@ pub enum Refused {
     Closed(Job),
 }
 
-/// A fresh delivery and when it was queued.
+/// A fresh delivery and when it was queued, in reading time (see
+/// [`Front`]).
 struct Queued {
     job: Job,
-    at: Instant,
+    stamp: u64,
 }
 
 #[derive(Default)]
@@ -222,7 +196,7 @@ impl Inbox {
         self.push(&mut q, w);
         q.fresh.push_back(Queued {
             job,
-            at: Instant::now(),
+            stamp: self.shares.front.now(),
         });
         drop(q);
         self.work.notify_one();
@@ -381,7 +355,7 @@ impl Inbox {
         let mut q = self.lock();
         let fresh = |q: &mut Queues| {
             q.fresh.pop_front().map(|f| {
-                self.shares.advance(f.at);
+                self.shares.front.started(f.stamp);
                 f.job
             })
         };
@@ -430,19 +404,18 @@ impl Inbox {
     }
 
     /// How long the oldest fresh delivery has waited, and how far it is
-    /// behind the lanes' front: how much newer the work is that other
-    /// lanes (or this one) have started since it was queued (never more
-    /// than its wait).
-    pub(super) fn oldest_fresh_and_lag(&self, now: Instant) -> Option<(Duration, Duration)> {
+    /// behind the lanes' front (never more than its wait), both in reading
+    /// time (see [`Front`]).
+    pub(super) fn oldest_fresh_and_lag(&self) -> Option<(Duration, Duration)> {
+        let front = &self.shares.front;
         self.lock()
             .fresh
             .front()
-            .map(|f| (now.saturating_duration_since(f.at), self.shares.lag(f.at)))
+            .map(|f| (front.waited(f.stamp), front.lag(f.stamp)))
     }
 
-    /// What the queued fresh deliveries weigh, if any are queued.
-    pub fn fresh_bytes(&self) -> Option<usize> {
-        let q = self.lock();
-        (!q.fresh.is_empty()).then_some(q.bytes)
+    /// Whether any fresh delivery is queued (one the source could spill).
+    pub fn has_fresh(&self) -> bool {
+        !self.lock().fresh.is_empty()
     }
 }

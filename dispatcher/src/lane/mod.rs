@@ -26,11 +26,13 @@
 
 mod breaker;
 mod concurrency;
+mod front;
 mod inbox;
 mod retry;
 
 pub use breaker::{BreakerConfig, State as BreakerState};
 pub use concurrency::Concurrency;
+pub use front::Front;
 pub use inbox::{Evictions, Inbox, Refused, Shares};
 pub use retry::{RetryConfig, MAX_RETRY_AFTER};
 
@@ -185,7 +187,7 @@ pub struct LaneSettings {
     /// they look again.
     pub paused_recheck: Duration,
     /// A lane whose oldest fresh delivery is this far behind the lanes'
-    /// front (see [`Shares`]) does not keep up: what it has queued, and
+    /// front (see [`Front`]) does not keep up: what it has queued, and
     /// what follows, is spilled.
     pub spill_after: Duration,
     pub paused: bool,
@@ -267,6 +269,8 @@ struct Lane {
     updates: mpsc::UnboundedReceiver<LaneUpdate>,
     /// Its endpoint was deleted.
     deleting: bool,
+    /// When to look again whether the oldest fresh delivery lags.
+    lag_check: Option<tokio::time::Instant>,
 }
 
 /// Park and dead-letter writes one lane may have in flight: beyond this it
@@ -274,8 +278,9 @@ struct Lane {
 /// cannot pile up in memory.
 const MAX_WRITES: usize = 64;
 
-/// How often a lane whose oldest delivery has waited `spill_after` looks
-/// again at whether it lags the others (while they wait alike, it does not).
+/// How often, at least, a lane whose oldest delivery has waited
+/// `spill_after` looks again at whether it lags the others (while they
+/// wait alike, it does not): a tenth of `spill_after`, not under this.
 const LAG_CHECK: Duration = Duration::from_millis(100);
 
 /// Start a lane task; it ends once its inbox is closed and everything it
@@ -313,6 +318,7 @@ pub fn spawn(
     let lane = Lane {
         updates,
         deleting: false,
+        lag_check: None,
         breaker: Breaker::new(settings.breaker.clone(), Instant::now()),
         concurrency: Concurrency::new(settings.max_in_flight, settings.adaptive_concurrency),
         limiter: settings.rate_limit.as_ref().map(|r| limiter(r, share)),
@@ -404,29 +410,33 @@ impl Lane {
                 Admit::Yes => None,
             };
             // Whether the oldest fresh delivery lags the other lanes by
-            // `spill_after` (see `Shares`), and if not yet, when to look
-            // again: once it has waited that long, then every LAG_CHECK
-            // from then on (fixed instants, so that other wake-ups do not
-            // keep putting the look off).
+            // `spill_after` (see `Front`), and if not yet, when to look
+            // again: once it has waited that long, then every
+            // `lag_check_every`. The instant is kept across passes, so that
+            // other wake-ups do not keep putting the look off.
             let spill_after = self.s.spill_after;
-            let too_old = match inbox.oldest_fresh_and_lag(now) {
-                Some((_, lag)) if lag >= spill_after && !inbox.evict_requested() => {
+            let too_old = match inbox.oldest_fresh_and_lag() {
+                Some(_) if inbox.evict_requested() => None,
+                Some((_, lag)) if lag >= spill_after => {
                     tracing::debug!(endpoint = %self.s.endpoint_id, "lane lags the others; spilling its queue");
                     inbox.request_eviction();
                     None
                 }
-                Some((age, _)) if !inbox.evict_requested() => {
-                    let next = match age.checked_sub(spill_after) {
-                        None => spill_after - age,
-                        Some(past) => {
-                            let into = past.as_nanos() % LAG_CHECK.as_nanos();
-                            LAG_CHECK - Duration::from_nanos(into as u64)
-                        }
-                    };
-                    Some(tokio::time::Instant::now() + next)
+                Some((waited, _)) => {
+                    let wait = spill_after
+                        .checked_sub(waited)
+                        .unwrap_or((spill_after / 10).max(LAG_CHECK));
+                    Some(
+                        *self
+                            .lag_check
+                            .get_or_insert(tokio::time::Instant::now() + wait),
+                    )
                 }
-                _ => None,
+                None => None,
             };
+            if too_old.is_none() {
+                self.lag_check = None;
+            }
             tokio::select! {
                 biased;
                 _ = control.changed.notified() => {
@@ -440,7 +450,7 @@ impl Lane {
                 _ = sleep_until(blocked), if blocked.is_some() => self.blocked_until = None,
                 _ = sleep_until(reopen), if reopen.is_some() => {}
                 // Looked at again at the top of the loop.
-                _ = sleep_until(too_old), if too_old.is_some() => {}
+                _ = sleep_until(too_old), if too_old.is_some() => self.lag_check = None,
                 _ = inbox.notified(), if can_take => {}
                 update = self.updates.recv(), if updates_open => match update {
                     Some(update) => self.update(update),

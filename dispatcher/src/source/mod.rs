@@ -10,8 +10,8 @@
 //! paused, so group membership and rebalances are served. A lane with no
 //! room refuses a delivery at once, and the delivery is spilled (see
 //! [`crate::spill`]); and when the budget has kept the source paused for
-//! `pipeline.spill_after`, the lane holding the most is made to spill, so
-//! that one endpoint cannot hold the budget for the others.
+//! `pipeline.spill_after`, the lanes still holding fresh deliveries are
+//! made to spill, so that slow endpoints cannot hold it for the others.
 //!
 //! Internal-topic partitions (retry tiers and the spill topic) are FIFO by
 //! due time (see [`crate::park`]): a record read before it is due is held,
@@ -45,7 +45,7 @@ use crate::dlq::{DeadLetter, DeadLetters};
 use crate::endpoints::Routing;
 use crate::fatal::Fatal;
 use crate::kafka::{classify, Severity};
-use crate::lane::{sleep_until, Evictions, Job, Refused, MAX_RETRY_AFTER};
+use crate::lane::{sleep_until, Evictions, Front, Job, Refused, MAX_RETRY_AFTER};
 use crate::metrics::Metrics;
 use crate::offsets::{OffsetTracker, PartitionOffsets, Ticket};
 use crate::park::{self, Tiers};
@@ -73,9 +73,13 @@ pub struct Source {
     pub rebalanced: Arc<AtomicBool>,
     pub max_event_bytes: usize,
     pub commit_interval: Duration,
-    /// How long the memory budget may stay full before the lane holding
-    /// the most is made to spill (`pipeline.spill_after`).
+    /// How long the memory budget may keep the source paused before the
+    /// lanes still holding fresh deliveries are made to spill
+    /// (`pipeline.spill_after`).
     pub spill_after: Duration,
+    /// Told when the source pauses and resumes, so that lanes measure how
+    /// far they lag in reading time.
+    pub front: Arc<Front>,
     /// Entries one partition's window may hold before that partition is
     /// paused (records read behind one that is not final yet).
     pub max_pending_per_partition: usize,
@@ -182,7 +186,7 @@ impl Source {
                 _ = budget.drained(), if paused => {}
                 _ = sleep_until(stall_deadline), if stall_deadline.is_some() => {
                     stalled_since = Some(tokio::time::Instant::now());
-                    self.spill_heaviest(&current.routing).await;
+                    self.spill_stalled(&current.routing).await;
                 }
                 done = self.spill.next_finished() => self.spill.finish(done, &current.routing),
                 _ = evictions.requested() => {
@@ -379,34 +383,35 @@ impl Source {
         }
     }
 
-    /// The memory budget stayed full for `spill_after`: the lane holding
-    /// the most fresh deliveries spills them. When one endpoint is slower
-    /// than its input and no other has work queued, nothing else shows it
-    /// lagging (see `Shares`), yet its queue holds the source for every
-    /// other endpoint; when all lanes are busy alike, the budget empties
-    /// to its low mark long before this fires.
-    async fn spill_heaviest(&mut self, routing: &Routing) {
-        let heaviest = routing
+    /// The memory budget has kept the source paused for `spill_after`:
+    /// every lane that still holds fresh deliveries spills them. Nothing
+    /// was queued during the pause, so these lanes could not clear in
+    /// `spill_after` what they held when it began. One of them alone may be
+    /// slower than its input while no other lane starts newer work (the
+    /// front cannot show it lagging); several may be slow alike on the same
+    /// records, which stay in memory until all their deliveries are final,
+    /// so spilling only one would free nothing. When lanes are busy alike
+    /// and quick, the budget is back at its low mark long before this.
+    async fn spill_stalled(&mut self, routing: &Routing) {
+        let stalled: Vec<usize> = routing
             .lanes
             .iter()
             .enumerate()
-            .filter_map(|(i, lane)| {
-                let lane = lane.as_ref()?;
-                Some((lane.inbox.fresh_bytes()?, i))
-            })
-            .max();
-        let Some((bytes, i)) = heaviest else {
-            return;
-        };
-        if let Some(lane) = routing.lane(i) {
+            .filter(|(_, lane)| lane.as_ref().is_some_and(|l| l.inbox.has_fresh()))
+            .map(|(i, _)| i)
+            .collect();
+        if !stalled.is_empty() {
             tracing::debug!(
-                endpoint = %lane.endpoint_id,
-                queued_bytes = bytes,
-                "memory budget full for spill_after; spilling the lane that holds the most"
+                lanes = stalled.len(),
+                "memory budget full for spill_after; spilling the lanes that still hold fresh deliveries"
             );
-            lane.inbox.request_eviction();
         }
-        self.evict(routing, i).await;
+        for i in stalled {
+            if let Some(lane) = routing.lane(i) {
+                lane.inbox.request_eviction();
+            }
+            self.evict(routing, i).await;
+        }
     }
 
     /// Spill what lane `i` still has queued, in order, before anything newer.
@@ -697,6 +702,7 @@ impl Source {
     /// stay paused either way.
     fn set_paused(&self, pause: bool, held: &HeldRecords, overfull: &HashSet<PartitionKey>) {
         self.paused.store(pause, Ordering::Release);
+        self.front.set_paused(pause);
         self.metrics.source_paused.set(pause as i64);
         let assignment = match self.consumer.assignment() {
             Ok(a) => a,

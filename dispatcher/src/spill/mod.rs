@@ -5,7 +5,7 @@
 //! A lane asks for it (its inbox is full, it lags the other lanes by
 //! `pipeline.spill_after`, it is over its share of the memory budget, or it
 //! cannot send at all), or the source does (the budget kept it paused for
-//! `spill_after`, and this lane holds the most). From then on every fresh delivery for it goes to
+//! `spill_after`, and this lane still holds fresh deliveries). From then on every fresh delivery for it goes to
 //! the spill topic, and what it still had queued goes first, all written
 //! from the source task, so the spilled backlog keeps the source's order.
 //! Records are keyed by endpoint and source partition: what an endpoint
