@@ -27,6 +27,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 use tokio::sync::{mpsc, Notify};
 
@@ -578,6 +579,8 @@ pub struct Ticket {
     /// Bytes charged for the record itself (payload and overhead).
     bytes: usize,
     timestamp_ms: i64,
+    /// When this replica read the record: where dispatch latency starts.
+    read_at: Instant,
 }
 
 impl Ticket {
@@ -643,6 +646,7 @@ impl Ticket {
             remaining: AtomicUsize::new(deliveries),
             bytes,
             timestamp_ms,
+            read_at: Instant::now(),
         })
     }
 
@@ -667,6 +671,11 @@ impl Ticket {
 
     pub fn offset(&self) -> i64 {
         self.offset
+    }
+
+    /// When this replica read the record.
+    pub fn read_at(&self) -> Instant {
+        self.read_at
     }
 
     pub fn partition(&self) -> &Arc<PartitionOffsets> {

@@ -796,6 +796,21 @@ async fn metrics_add_up_and_cover_the_dashboard_and_alerts() {
         delivered_total,
         "one end-to-end age per delivered delivery"
     );
+    assert_eq!(
+        end.sum(
+            "dispatcher_dispatch_latency_seconds_count",
+            &[("transport", "http")]
+        ),
+        delivered_total,
+        "one dispatch latency per delivered delivery"
+    );
+    // The dispatcher's share of the age cannot be more than the age (which
+    // is counted in whole milliseconds: allow one per delivery).
+    assert!(
+        end.sum("dispatcher_dispatch_latency_seconds_sum", &[])
+            <= end.sum("dispatcher_event_age_seconds_sum", &[]) + delivered_total * 0.001,
+        "dispatch latency above the end-to-end age"
+    );
 
     // Bounded labels: only configured, enabled endpoints; only the
     // configured topics (the internal topics' counters exist from the start).

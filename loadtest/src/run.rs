@@ -928,6 +928,9 @@ async fn drive(
             deliveries_per_s: delivered as f64 / window,
             ceiling_ratio: None,
             age: None, // ages of a backlog are its waiting time, not latency
+            // So is its dispatch latency, as the source reads the backlog
+            // far ahead of the lanes.
+            dispatch_latency: None,
             ceiling_latency: None,
             p99_ratio: None,
             healthy_keep_up: None,
@@ -973,6 +976,7 @@ async fn drive(
                 .collect()
         };
         let busy_start = busy(live);
+        let dispatch_start = lock(&live.metrics).dispatch();
         let backlog_start: Vec<f64> = {
             let m = lock(&live.metrics);
             endpoints.iter().map(|e| m.backlog_of(&e.id)).collect()
@@ -1092,6 +1096,10 @@ async fn drive(
             deliveries_per_s: delivered as f64 / elapsed.max(1e-3),
             ceiling_ratio: None,
             age: Percentiles::of(&ages),
+            dispatch_latency: crate::scrape::dispatch_between(
+                &dispatch_start,
+                &lock(&live.metrics).dispatch(),
+            ),
             ceiling_latency: None,
             p99_ratio: None,
             healthy_keep_up: (want > 0).then(|| got as f64 / want as f64),

@@ -810,6 +810,10 @@ impl Lane {
                     .metrics
                     .event_age
                     .observe(age_ms.max(0) as f64 / 1000.0);
+                self.d
+                    .metrics
+                    .dispatch_latency
+                    .observe(item.ticket.read_at().elapsed().as_secs_f64());
                 self.d.dedup.insert(item.id, ());
                 item.ticket.finish_one();
             }

@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use crate::broker::Written;
 use crate::ledger::Tally;
-use crate::scrape::EndpointTotals;
+use crate::scrape::{BucketQuantiles, EndpointTotals};
 use crate::sink::faults::FaultKind;
 use crate::sink::Counts;
 use crate::stats::Percentiles;
@@ -158,6 +158,11 @@ pub struct PhaseReport {
     /// End-to-end age of the deliveries first accepted during the phase.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub age: Option<Percentiles>,
+    /// The dispatchers' `dispatcher_dispatch_latency_seconds` over the
+    /// phase (record read to 2xx): their own share of the age, to the
+    /// histogram's bucket.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dispatch_latency: Option<BucketQuantiles>,
     /// The ceiling client's latency at this phase's delivery rate.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ceiling_latency: Option<Percentiles>,
@@ -385,6 +390,24 @@ pub fn text(r: &Report) -> String {
             opt(p.healthy_keep_up, 3),
             if p.complete { "yes" } else { "NO" }
         );
+    }
+    let dispatch: Vec<(&str, BucketQuantiles)> = r
+        .phases
+        .iter()
+        .filter_map(|p| Some((p.name.as_str(), p.dispatch_latency?)))
+        .collect();
+    if !dispatch.is_empty() {
+        let _ = writeln!(
+            o,
+            "dispatch latency, record read to 2xx (the dispatchers' histogram, to its bucket):"
+        );
+        for (phase, q) in dispatch {
+            let _ = writeln!(
+                o,
+                "  {phase:<12} p50 {:.1} ms  p99 {:.1} ms  p99.9 {:.1} ms  ({} deliveries)",
+                q.p50_ms, q.p99_ms, q.p999_ms, q.count
+            );
+        }
     }
     if let Some(c) = &r.ceiling {
         let _ = writeln!(
