@@ -65,13 +65,22 @@ impl Running {
 
     /// Ask for a graceful shutdown and wait until it is done.
     pub async fn shutdown(self) -> anyhow::Result<()> {
-        let _ = self.shutdown.send(true);
-        let result = self
-            .task
+        let Running {
+            shutdown,
+            task,
+            store,
+            embedded,
+            ..
+        } = self;
+        let _ = shutdown.send(true);
+        let result = task
             .await
-            .map_err(|e| anyhow!("dispatcher task failed: {e}"))?;
-        drop(self.embedded);
-        result
+            .map_err(|e| anyhow!("dispatcher task failed: {e}"));
+        // The store's producer before the embedded broker: a client left
+        // without its broker logs errors while it closes.
+        drop(store);
+        drop(embedded);
+        result?
     }
 
     /// The embedded broker, when one was started.

@@ -53,3 +53,33 @@ fn run_fails_at_start_up_on_a_missing_file() {
         "{err}"
     );
 }
+
+/// The README's first command, small: it runs the whole pipeline on its
+/// embedded Kafka, delivers everything, and stops without an error line.
+#[test]
+fn the_demo_delivers_everything_and_stops_cleanly() {
+    let out = Command::new(env!("CARGO_BIN_EXE_dispatcher"))
+        .args(["demo", "--events", "400", "--json", "--timeout", "3m"])
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run dispatcher demo");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "demo failed:\n{stderr}");
+    let summary: serde_json::Value = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("demo --json printed no summary ({e}):\n{stdout}"));
+    assert_eq!(summary["complete"], true);
+    assert_eq!(summary["delivered"], summary["deliveries"]);
+    for ep in summary["endpoints"].as_array().expect("endpoints") {
+        assert_eq!(ep["delivered"], ep["expected"], "{ep}");
+    }
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.contains("ERROR")).collect();
+    assert!(
+        errors.is_empty(),
+        "error lines from a clean run:\n{}",
+        errors.join("\n")
+    );
+}
