@@ -82,6 +82,15 @@ pub fn consumer(kafka: &KafkaConfig, bootstrap: &str) -> ClientConfig {
     for (key, default) in [
         ("queued.max.messages.kbytes", "16384"),
         ("queued.min.messages", "10000"),
+        // librdkafka's 45 s is how long a crashed replica's partitions wait
+        // before another replica takes them over, and some brokers (tansu)
+        // hold a new group's first JoinGroup for half of it: 23 s from
+        // start to first delivery there, 5 s with 10 s (broker_e2e.rs,
+        // start_up_to_first_delivery_against_a_bare_consumer). 10 s was
+        // Kafka's default before 3.0 and is Vector's; heartbeats run on
+        // librdkafka's own thread (every 3 s), so a busy dispatcher never
+        // misses one.
+        ("session.timeout.ms", "10000"),
     ] {
         if !kafka.options.contains_key(key) {
             c.set(key, default);
@@ -270,7 +279,13 @@ mod tests {
         let c = consumer(&k, "b:9092");
         assert_eq!(c.get("enable.auto.commit"), Some("false"));
         assert_eq!(c.get("auto.offset.reset"), Some("earliest"));
-        assert_eq!(c.get("session.timeout.ms"), Some("6000"));
+        assert_eq!(
+            c.get("session.timeout.ms"),
+            Some("6000"),
+            "the user's session timeout wins over the default"
+        );
+        let default = consumer(&KafkaConfig::default(), "b:9092");
+        assert_eq!(default.get("session.timeout.ms"), Some("10000"));
         let p = producer(&k, "b:9092", 1 << 20);
         assert_eq!(
             p.get("linger.ms"),

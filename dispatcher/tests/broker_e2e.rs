@@ -517,3 +517,84 @@ async fn real_broker_two_replicas_apply_store_changes_and_agree_on_pauses() {
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
 }
+
+/// Start-up on a real broker, a benchmark (ignored): from `start` to the
+/// first delivery, against a bare rdkafka consumer that joins a group of
+/// the same shape (the same topics: source, retry tiers, spill) and reads
+/// its first record. `SESSION_TIMEOUT_MS` sets both clients'
+/// `session.timeout.ms`; unset, each keeps its default.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark: see docs/benchmarks.md"]
+async fn start_up_to_first_delivery_against_a_bare_consumer() {
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    support::init_logging();
+    let Some(broker) = broker(8).await else {
+        return;
+    };
+    let bootstrap = broker.bootstrap();
+    let session = std::env::var("SESSION_TIMEOUT_MS")
+        .ok()
+        .filter(|s| !s.is_empty());
+    let mut seeds = SeedEvents::new(9);
+    let now = chrono::Utc::now().timestamp_millis();
+    produce(&bootstrap, "events", &[seeds.next_event(now).2]).await;
+
+    let mut topics = vec!["events"];
+    topics.extend(support::RETRY_TOPICS);
+    topics.push(support::SPILL_TOPIC);
+    let mut bare = rdkafka::ClientConfig::new();
+    bare.set("bootstrap.servers", &bootstrap)
+        .set("group.id", "bare-start")
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest");
+    if let Some(s) = &session {
+        bare.set("session.timeout.ms", s);
+    }
+    let started = std::time::Instant::now();
+    let consumer: StreamConsumer = bare.create().unwrap();
+    consumer.subscribe(&topics).unwrap();
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(120), consumer.recv())
+            .await
+            .expect("the bare consumer read nothing in 120 s")
+            .unwrap();
+        if m.topic() == "events" {
+            break;
+        }
+    }
+    let bare_first = started.elapsed();
+    drop(consumer);
+
+    let sink = Sink::start(Behaviour::Ok).await;
+    let endpoints = format!(
+        "  - id: all\n    url: \"{}\"\n    events: [\"*\"]\n",
+        sink.url("/")
+    );
+    let mut cfg = config(&bootstrap, "dispatcher-start", "", &endpoints);
+    // The test config's short group timings out: the defaults, or the given one.
+    cfg.kafka.options.remove("session.timeout.ms");
+    cfg.kafka.options.remove("heartbeat.interval.ms");
+    if let Some(s) = &session {
+        cfg.kafka.options.insert(
+            "session.timeout.ms".into(),
+            dispatcher::config::Scalar(s.clone()),
+        );
+    }
+    let started = std::time::Instant::now();
+    let running = dispatcher::app::start(cfg)
+        .await
+        .expect("dispatcher starts");
+    wait_until(Duration::from_secs(120), "the first delivery", || {
+        sink.count() > 0
+    })
+    .await;
+    let dispatcher_first = started.elapsed();
+    println!(
+        "start to first record on tansu ({} partitions, session.timeout.ms {}): bare consumer {:.1} s, dispatcher (first delivery) {:.1} s",
+        8 + 2 * support::RETRY_TOPICS.len() + support::SPILL_PARTITIONS as usize,
+        session.as_deref().unwrap_or("default"),
+        bare_first.as_secs_f64(),
+        dispatcher_first.as_secs_f64()
+    );
+    running.shutdown().await.unwrap();
+}
