@@ -518,6 +518,7 @@ impl Metrics {
         }
         for topic in Tiers::new(&k.retry_topic, &k.retry_tiers, &k.spill_topic).internal_topics() {
             touch(&self.events_consumed, &[topic]);
+            touch(&self.internal_records_lost, &[topic]);
         }
         for reason in transports::EventError::CODES {
             touch(&self.dead_letters, &["decode", reason]);
