@@ -18,7 +18,7 @@
 //! holds are gone. Their consumers are opened only while there is room to
 //! fill, at most `pipeline.backlog_readers` at a time.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -214,6 +214,7 @@ impl Backlogs {
                         reader = Some(Reader {
                             consumer,
                             assigned: HashMap::new(),
+                            in_consumer: HashSet::new(),
                             _permit: permit,
                         })
                     }
@@ -225,12 +226,15 @@ impl Backlogs {
                 }
             }
             let Some(Reader {
-                consumer, assigned, ..
+                consumer,
+                assigned,
+                in_consumer,
+                ..
             }) = reader.as_mut()
             else {
                 continue;
             };
-            if let Err(e) = sync(consumer, assigned, lane, &holds) {
+            if let Err(e) = sync(consumer, assigned, in_consumer, lane, &holds) {
                 tracing::warn!(endpoint = %handle.endpoint_id, error = %e, "backlog reader assignment failed; reopening");
                 reader = None;
                 tokio::time::sleep(Duration::from_millis(200)).await;
@@ -335,14 +339,28 @@ type Assigned = HashMap<(Arc<str>, i32), (Arc<PartitionOffsets>, i64)>;
 struct Reader {
     consumer: StreamConsumer,
     assigned: Assigned,
+    /// The partitions the consumer has assigned (`assigned` forgets one it
+    /// stopped reading; the consumer still has it).
+    in_consumer: HashSet<(Arc<str>, i32)>,
     _permit: OwnedSemaphorePermit,
 }
 
 /// Read exactly the open holds, each from its cursor: assign again when a
-/// hold came or went, or a cursor moved back (a record given back).
+/// hold came or went; seek when only a cursor moved (a record given back,
+/// which happens whenever the lane has no room).
+///
+/// Seeking rather than assigning again matters beyond the cost: an assign
+/// stops every partition's fetcher and starts it again. A reader whose
+/// lane refused records every few milliseconds (a 32 MiB memory budget,
+/// the `slow-mix` load scenario) assigned that often, and the process
+/// aborted in librdkafka (assertion `rktp->rktp_started` in
+/// `rd_kafka_assignment_partition_stopped`): as far as we can tell the
+/// race of librdkafka issue 5573 (stops of one assignment still pending
+/// when the next replaces it), fixed after 2.15; we bundle 2.12.
 fn sync(
     consumer: &StreamConsumer,
     assigned: &mut Assigned,
+    in_consumer: &mut HashSet<(Arc<str>, i32)>,
     lane: usize,
     holds: &[Arc<PartitionOffsets>],
 ) -> rdkafka::error::KafkaResult<()> {
@@ -368,11 +386,34 @@ fn sync(
     if unchanged {
         return Ok(());
     }
+    let same_partitions =
+        want.len() == in_consumer.len() && want.keys().all(|k| in_consumer.contains(k));
+    if same_partitions {
+        let sought = want.iter().all(|(key, (p, pos))| {
+            let moved = assigned
+                .get(key)
+                .is_none_or(|(q, next)| !Arc::ptr_eq(p, q) || next != pos);
+            !moved
+                || consumer
+                    .seek(&key.0, key.1, Offset::Offset(*pos), SEEK_TIMEOUT)
+                    .is_ok()
+        });
+        if sought {
+            *assigned = want;
+            return Ok(());
+        }
+        // A partition not started yet, say: assigning again does it.
+    }
     let mut list = TopicPartitionList::new();
     for ((topic, partition), (_, pos)) in &want {
         list.add_partition_offset(topic, *partition, Offset::Offset(*pos))?;
     }
     consumer.assign(&list)?;
+    *in_consumer = want.keys().cloned().collect();
     *assigned = want;
     Ok(())
 }
+
+/// How long a seek may take: a local operation (the fetcher's position),
+/// answered by librdkafka's main thread, not by a broker.
+const SEEK_TIMEOUT: Duration = Duration::from_secs(1);
