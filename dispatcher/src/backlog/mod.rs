@@ -215,6 +215,7 @@ impl Backlogs {
                             consumer,
                             assigned: HashMap::new(),
                             in_consumer: HashSet::new(),
+                            paused: HashSet::new(),
                             _permit: permit,
                         })
                     }
@@ -225,21 +226,18 @@ impl Backlogs {
                     }
                 }
             }
-            let Some(Reader {
-                consumer,
-                assigned,
-                in_consumer,
-                ..
-            }) = reader.as_mut()
-            else {
+            let Some(r) = reader.as_mut() else {
                 continue;
             };
-            if let Err(e) = sync(consumer, assigned, in_consumer, lane, &holds) {
+            if let Err(e) = sync(r, lane, &holds) {
                 tracing::warn!(endpoint = %handle.endpoint_id, error = %e, "backlog reader assignment failed; reopening");
                 reader = None;
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 continue;
             }
+            let Reader {
+                consumer, assigned, ..
+            } = r;
             let msg = tokio::select! {
                 m = tokio::time::timeout(REFRESH, consumer.recv()) => m,
                 _ = waker.notified() => { refresh_at = Instant::now(); continue }
@@ -339,31 +337,40 @@ type Assigned = HashMap<(Arc<str>, i32), (Arc<PartitionOffsets>, i64)>;
 struct Reader {
     consumer: StreamConsumer,
     assigned: Assigned,
-    /// The partitions the consumer has assigned (`assigned` forgets one it
-    /// stopped reading; the consumer still has it).
+    /// The partitions in the consumer's assignment: once added, never
+    /// removed while it lives (see [`sync`]); those without a hold paused.
     in_consumer: HashSet<(Arc<str>, i32)>,
+    paused: HashSet<(Arc<str>, i32)>,
     _permit: OwnedSemaphorePermit,
 }
 
-/// Read exactly the open holds, each from its cursor: assign again when a
-/// hold came or went; seek when only a cursor moved (a record given back,
-/// which happens whenever the lane has no room).
+/// Read exactly the open holds, each from its cursor.
 ///
-/// Seeking rather than assigning again matters beyond the cost: an assign
-/// stops every partition's fetcher and starts it again. A reader whose
-/// lane refused records every few milliseconds (a 32 MiB memory budget,
-/// the `slow-mix` load scenario) assigned that often, and the process
-/// aborted in librdkafka (assertion `rktp->rktp_started` in
-/// `rd_kafka_assignment_partition_stopped`): as far as we can tell the
-/// race of librdkafka issue 5573 (stops of one assignment still pending
-/// when the next replaces it), fixed after 2.15; we bundle 2.12.
+/// A partition joins the consumer's assignment (incrementally) the first
+/// time one of its holds needs it, and stays: when its hold goes it is
+/// paused, when it is needed again it is resumed, and when a cursor moved
+/// (a record given back, whenever the lane has no room) it is sought. A
+/// partition is never removed from a live reader's assignment, because
+/// assigning again stops every partition's fetcher and starts it again,
+/// and a reader whose holds came and went every few milliseconds (a
+/// 32 MiB memory budget, the `slow-mix` load scenario) made librdkafka
+/// abort the whole process: assertion `rktp->rktp_started` in
+/// `rd_kafka_assignment_partition_stopped`, after a stop was requested
+/// twice for one partition, as far as we can tell the race of librdkafka
+/// issue 5573 (fixed after 2.15; we bundle 2.12). The assignment is bounded
+/// by the internal topics' partitions.
 fn sync(
-    consumer: &StreamConsumer,
-    assigned: &mut Assigned,
-    in_consumer: &mut HashSet<(Arc<str>, i32)>,
+    reader: &mut Reader,
     lane: usize,
     holds: &[Arc<PartitionOffsets>],
 ) -> rdkafka::error::KafkaResult<()> {
+    let Reader {
+        consumer,
+        assigned,
+        in_consumer,
+        paused,
+        ..
+    } = reader;
     let mut want: HashMap<(Arc<str>, i32), (Arc<PartitionOffsets>, i64)> = HashMap::new();
     for p in holds {
         if let Some(pos) = p.reader_position(lane) {
@@ -386,30 +393,46 @@ fn sync(
     if unchanged {
         return Ok(());
     }
-    let same_partitions =
-        want.len() == in_consumer.len() && want.keys().all(|k| in_consumer.contains(k));
-    if same_partitions {
-        let sought = want.iter().all(|(key, (p, pos))| {
-            let moved = assigned
-                .get(key)
-                .is_none_or(|(q, next)| !Arc::ptr_eq(p, q) || next != pos);
-            !moved
-                || consumer
-                    .seek(&key.0, key.1, Offset::Offset(*pos), SEEK_TIMEOUT)
-                    .is_ok()
-        });
-        if sought {
-            *assigned = want;
-            return Ok(());
-        }
-        // A partition not started yet, say: assigning again does it.
-    }
-    let mut list = TopicPartitionList::new();
+    let mut add = TopicPartitionList::new();
     for ((topic, partition), (_, pos)) in &want {
-        list.add_partition_offset(topic, *partition, Offset::Offset(*pos))?;
+        if !in_consumer.contains(&(topic.clone(), *partition)) {
+            add.add_partition_offset(topic, *partition, Offset::Offset(*pos))?;
+        }
     }
-    consumer.assign(&list)?;
-    *in_consumer = want.keys().cloned().collect();
+    if add.count() > 0 {
+        consumer.incremental_assign(&add)?;
+    }
+    let mut pause = TopicPartitionList::new();
+    for key in in_consumer.iter() {
+        if !want.contains_key(key) && !paused.contains(key) {
+            pause.add_partition(&key.0, key.1);
+        }
+    }
+    if pause.count() > 0 {
+        consumer.pause(&pause)?;
+        for e in pause.elements() {
+            paused.insert((Arc::from(e.topic()), e.partition()));
+        }
+    }
+    let mut resume = TopicPartitionList::new();
+    for (key, (p, pos)) in &want {
+        if !in_consumer.contains(key) {
+            continue; // just added, at its cursor
+        }
+        let moved = assigned
+            .get(key)
+            .is_none_or(|(q, next)| !Arc::ptr_eq(p, q) || next != pos);
+        if moved {
+            consumer.seek(&key.0, key.1, Offset::Offset(*pos), SEEK_TIMEOUT)?;
+        }
+        if paused.remove(key) {
+            resume.add_partition(&key.0, key.1);
+        }
+    }
+    if resume.count() > 0 {
+        consumer.resume(&resume)?;
+    }
+    in_consumer.extend(want.keys().cloned());
     *assigned = want;
     Ok(())
 }
