@@ -42,6 +42,13 @@ use crate::park::Parker;
 use crate::route::{EventPattern, Filter, RouteTable, Subscriber, Subscription, Tenant, TenantKey};
 use crate::store::{Change, EndpointState, Store, StoredEndpoint};
 
+/// A [`Routing`] before its table is built.
+struct Snapshot {
+    lanes: Vec<Option<LaneHandle>>,
+    by_id: HashMap<Arc<str>, usize>,
+    routed: Vec<bool>,
+}
+
 /// The endpoints as the source and the readers see them at one moment.
 pub struct Routing {
     /// Lanes by index; `None` where an endpoint was deleted and its lane
@@ -438,7 +445,7 @@ impl Endpoints {
 
     /// Everything of the next snapshot but its routing table, and the
     /// subscribers to build that from.
-    fn snapshot(&self) -> (Routing, Vec<Subscriber>) {
+    fn snapshot(&self) -> (Snapshot, Vec<Subscriber>) {
         let mut by_id = HashMap::with_capacity(self.by_id.len());
         let mut lanes = Vec::with_capacity(self.lanes.len());
         let mut subscribers = Vec::with_capacity(self.lanes.len());
@@ -466,18 +473,28 @@ impl Endpoints {
                 None => lanes.push(None),
             }
         }
-        let snapshot = Routing {
-            lanes,
-            by_id,
-            table: Arc::new(RouteTable::build(None, [])),
-            routed,
-        };
-        (snapshot, subscribers)
+        (
+            Snapshot {
+                lanes,
+                by_id,
+                routed,
+            },
+            subscribers,
+        )
     }
 
-    fn send(&self, mut snapshot: Routing, table: RouteTable) {
-        snapshot.table = Arc::new(table);
-        self.routing.send_replace(Arc::new(snapshot));
+    fn send(&self, snapshot: Snapshot, table: RouteTable) {
+        let Snapshot {
+            lanes,
+            by_id,
+            routed,
+        } = snapshot;
+        self.routing.send_replace(Arc::new(Routing {
+            lanes,
+            by_id,
+            table: Arc::new(table),
+            routed,
+        }));
         self.kit
             .metrics
             .store_endpoints
