@@ -406,6 +406,7 @@ async fn sink(a: SinkArgs) -> anyhow::Result<()> {
                 secrets: secret.iter().cloned().collect(),
                 faults: faults.clone(),
                 port: if a.port == 0 { 0 } else { a.port + i as u16 },
+                healthy: faults.is_empty(),
             })
             .collect(),
         1,

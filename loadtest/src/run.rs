@@ -216,6 +216,7 @@ async fn monitor(live: Arc<Live>) {
             let dt = (now - last_sample).as_secs_f64();
             let produced = live.produced.load(Ordering::Relaxed);
             let ages = Percentiles::of(&live.sink.take_interval_ages());
+            let healthy_ages = Percentiles::of(&live.sink.take_healthy_interval_ages());
             let cpu = usage.map(|u| u.cpu);
             let cores = match (cpu, last_cpu) {
                 (Some(c), Some(l)) => Some(c.saturating_sub(l).as_secs_f64() / dt),
@@ -229,6 +230,7 @@ async fn monitor(live: Arc<Live>) {
                 age_p50_ms: ages.map(|a| a.p50_ms),
                 age_p99_ms: ages.map(|a| a.p99_ms),
                 age_max_ms: ages.map(|a| a.max_ms),
+                healthy_age_p99_ms: healthy_ages.map(|a| a.p99_ms),
                 rss_mb: usage.map(|u| mb(u.rss_bytes)),
                 cpu_cores: cores,
                 loadtest_cores: own_cores,
@@ -466,6 +468,7 @@ async fn run_once(scenario: &Scenario, opts: &RunOptions) -> anyhow::Result<Repo
                 secrets: e.secret.iter().cloned().collect(),
                 faults: e.faults.clone(),
                 port: 0,
+                healthy: e.healthy(),
             })
             .collect(),
         scenario.sink.threads,

@@ -72,6 +72,7 @@ fn endpoint(id: &str, faults: Vec<Fault>) -> SinkEndpoint {
     SinkEndpoint {
         id: id.into(),
         secrets: vec![DEFAULT_SECRET.into()],
+        healthy: faults.is_empty(),
         faults,
         port: 0,
     }

@@ -190,6 +190,7 @@ pub fn render(r: &Report) -> Result<String, ChartError> {
             ("p50", series(|x| x.age_p50_ms), GREEN),
             ("p99", series(|x| x.age_p99_ms), BLUE),
             ("max", series(|x| x.age_max_ms), RED),
+            ("healthy p99", series(|x| x.healthy_age_p99_ms), CYAN),
         ],
     )?);
     o.push_str(&chart(

@@ -294,6 +294,9 @@ pub struct Sample {
     pub age_p99_ms: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub age_max_ms: Option<f64>,
+    /// p99 age at the healthy endpoints alone (no faults, no rate limit).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub healthy_age_p99_ms: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rss_mb: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -62,6 +62,10 @@ pub struct SinkEndpoint {
     pub faults: Vec<Fault>,
     /// Port to listen on (0: any free port).
     pub port: u16,
+    /// Its ages also go into [`Sink::take_healthy_interval_ages`]: an
+    /// endpoint with no faults and no rate limit, whose age over time shows
+    /// whether the others slow it.
+    pub healthy: bool,
 }
 
 /// Counters of one receiver.
@@ -161,6 +165,7 @@ struct Receiver {
     verifier: Option<Verifier>,
     faults: Vec<Fault>,
     counters: Counters,
+    healthy: bool,
     /// End-to-end age of first acceptances, microseconds.
     ages: Mutex<Histogram<u64>>,
     /// The same since the phase began.
@@ -211,6 +216,8 @@ impl Drop for InProgress<'_> {
 /// the phase began, and over the whole run.
 struct Ages {
     interval: Histogram<u64>,
+    /// The interval's ages at healthy receivers only.
+    healthy_interval: Histogram<u64>,
     phase: Histogram<u64>,
     total: Histogram<u64>,
 }
@@ -242,6 +249,9 @@ impl Shared {
         lock(&receiver.phase_ages).saturating_record(age_us);
         let mut ages = lock(&self.ages);
         ages.interval.saturating_record(age_us);
+        if receiver.healthy {
+            ages.healthy_interval.saturating_record(age_us);
+        }
         ages.phase.saturating_record(age_us);
         ages.total.saturating_record(age_us);
     }
@@ -288,6 +298,7 @@ impl Sink {
                 verifier,
                 faults: ep.faults,
                 counters: Counters::default(),
+                healthy: ep.healthy,
                 ages: Mutex::new(new_histogram()),
                 phase_ages: Mutex::new(new_histogram()),
                 busy: Mutex::new(Busy {
@@ -308,6 +319,7 @@ impl Sink {
             faults_on: AtomicBool::new(false),
             ages: Mutex::new(Ages {
                 interval: new_histogram(),
+                healthy_interval: new_histogram(),
                 phase: new_histogram(),
                 total: new_histogram(),
             }),
@@ -410,6 +422,14 @@ impl Sink {
     /// Ages recorded since the last call (for time series).
     pub fn take_interval_ages(&self) -> Histogram<u64> {
         std::mem::replace(&mut lock(&self.shared.ages).interval, new_histogram())
+    }
+
+    /// The same at healthy receivers only ([`SinkEndpoint::healthy`]).
+    pub fn take_healthy_interval_ages(&self) -> Histogram<u64> {
+        std::mem::replace(
+            &mut lock(&self.shared.ages).healthy_interval,
+            new_histogram(),
+        )
     }
 
     /// Ages recorded since the last call (for per-phase figures); each
