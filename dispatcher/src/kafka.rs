@@ -82,11 +82,6 @@ pub fn consumer(kafka: &KafkaConfig, bootstrap: &str) -> ClientConfig {
     for (key, default) in [
         ("queued.max.messages.kbytes", "16384"),
         ("queued.min.messages", "10000"),
-        // The queue bound is checked between fetches, and one fetch response
-        // (librdkafka's default: up to 50 MiB over all partitions) comes on
-        // top of it: with hundreds of partitions to catch up on, that was
-        // most of a replica's memory at start (loadtest slow-mix --backlog).
-        ("fetch.max.bytes", "8388608"),
         // librdkafka's 45 s is how long a crashed replica's partitions wait
         // before another replica takes them over, and some brokers (tansu)
         // hold a new group's first JoinGroup for half of it: 23 s from
@@ -129,8 +124,6 @@ pub fn reader(kafka: &KafkaConfig, bootstrap: &str, purpose: &str) -> ClientConf
     for (key, default) in [
         ("queued.max.messages.kbytes", "2048"),
         ("queued.min.messages", "1000"),
-        // One fetch response on top of the queue, no more than the queue.
-        ("fetch.max.bytes", "2097152"),
         ("fetch.wait.max.ms", "100"),
         // With queue thresholds this small, librdkafka's default 1 s pause
         // after the queue was full left a reader idle most of the time: a
@@ -191,7 +184,11 @@ pub fn producer(kafka: &KafkaConfig, bootstrap: &str, max_event_bytes: usize) ->
     let mut c = base(kafka, bootstrap, "webhook-dispatcher-producer");
     // Room for the largest record we accept plus the headers we add, so
     // parking or dead-lettering an accepted event is never refused locally.
-    let max_message = (max_event_bytes + 256 * 1024).max(1_000_000).to_string();
+    let max_message = (max_event_bytes + 256 * 1024).max(1_000_000);
+    // librdkafka refuses a record larger than its whole queue (QueueFull,
+    // every time): room for two of the largest, at least 16 MiB.
+    let queue_kbytes = (2 * max_message / 1024).max(16 * 1024).to_string();
+    let max_message = max_message.to_string();
     for (key, default) in [
         ("acks", "all"),
         ("enable.idempotence", "true"),
@@ -202,7 +199,7 @@ pub fn producer(kafka: &KafkaConfig, bootstrap: &str, max_event_bytes: usize) ->
         // default. A full queue makes the source wait for acknowledgements,
         // which is the back-pressure a spill needs; 16 MiB still batches
         // thousands of records per request.
-        ("queue.buffering.max.kbytes", "16384"),
+        ("queue.buffering.max.kbytes", queue_kbytes.as_str()),
         // A missing dead-letter, retry or spill topic is a configuration error to
         // report at start-up, never a topic to create by accident.
         ("allow.auto.create.topics", "false"),

@@ -8,12 +8,14 @@ use clap::{Parser, Subcommand, ValueEnum};
 use dispatcher::config::Config;
 use tracing_subscriber::EnvFilter;
 
-/// jemalloc, for the whole process (librdkafka included): under glibc's
+/// jemalloc, for the whole process (librdkafka included: on Linux with
+/// glibc, jemalloc's symbols replace malloc's; elsewhere the system
+/// allocator stays, as jemalloc would be prefixed there): under glibc's
 /// malloc a replica holding a 1,000,000-delivery spilled backlog kept an
 /// RSS of about 250 MB for a heap that never exceeded about 50 MB (freed
 /// memory stayed in per-thread arenas), and jemalloc gives back what it
 /// no longer uses. See docs/benchmarks.md.
-#[cfg(all(unix, not(target_env = "musl")))]
+#[cfg(all(target_os = "linux", not(target_env = "musl")))]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
@@ -23,17 +25,17 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// megabytes a second, and what ten seconds of it held back made the RSS
 /// peak of `loadtest run slow-mix --backlog 1000000` about 250 MB (one second:
 /// 186 MB, at once: 143 MB), for no CPU cost that run could measure.
-#[cfg(all(unix, not(target_env = "musl")))]
+#[cfg(all(target_os = "linux", not(target_env = "musl")))]
 #[export_name = "malloc_conf"]
 static MALLOC_CONF: MallocConf = MallocConf(c"dirty_decay_ms:0,muzzy_decay_ms:0".as_ptr());
 
 /// A C string pointer jemalloc reads once, at its initialisation.
-#[cfg(all(unix, not(target_env = "musl")))]
+#[cfg(all(target_os = "linux", not(target_env = "musl")))]
 #[repr(transparent)]
 struct MallocConf(*const std::ffi::c_char);
 
 // SAFETY: it points to a static, immutable, NUL-terminated byte string.
-#[cfg(all(unix, not(target_env = "musl")))]
+#[cfg(all(target_os = "linux", not(target_env = "musl")))]
 unsafe impl Sync for MallocConf {}
 
 #[derive(Parser)]
