@@ -330,6 +330,48 @@ mod tests {
     }
 
     #[test]
+    fn the_producer_queue_always_holds_the_largest_record() {
+        let k = KafkaConfig::default();
+        let small = producer(&k, "b:9092", 1 << 20);
+        assert_eq!(small.get("queue.buffering.max.kbytes"), Some("16384"));
+        // librdkafka refuses a record larger than the whole queue every
+        // time, which would stall the source on that spill or park write.
+        let big = producer(&k, "b:9092", 20 << 20);
+        let queue_kb: usize = big
+            .get("queue.buffering.max.kbytes")
+            .and_then(|v| v.parse().ok())
+            .expect("a queue size");
+        let record: usize = big
+            .get("message.max.bytes")
+            .and_then(|v| v.parse().ok())
+            .expect("a record size");
+        assert!(
+            queue_kb * 1024 >= 2 * record,
+            "{queue_kb} KiB for {record} B records"
+        );
+    }
+
+    #[test]
+    fn a_large_message_max_bytes_is_accepted_by_every_consumer() {
+        // librdkafka sizes a fetch from the prefetch queue unless
+        // fetch.max.bytes is given, and then requires it to be at least
+        // message.max.bytes: a default for it would refuse this option.
+        let mut k = KafkaConfig::default();
+        k.options.insert(
+            "message.max.bytes".into(),
+            crate::config::Scalar("10000000".into()),
+        );
+        for purpose in ["store", "backlog"] {
+            let made: Result<rdkafka::consumer::BaseConsumer, _> =
+                reader(&k, "127.0.0.1:9", purpose).create();
+            assert!(made.is_ok(), "{purpose} reader: {:?}", made.err());
+        }
+        let group: Result<rdkafka::consumer::BaseConsumer, _> =
+            consumer(&k, "127.0.0.1:9").create();
+        assert!(group.is_ok(), "{:?}", group.err());
+    }
+
+    #[test]
     fn readers_fetch_again_soon_after_their_small_queue_was_full() {
         let k = KafkaConfig::default();
         for purpose in ["store", "backlog"] {
