@@ -5,8 +5,10 @@
 //!
 //! The binary is found as the `loadtest` command finds it: next to this
 //! test's executable, (re)built first with `cargo build -p dispatcher` for
-//! the same profile (a no-op when `cargo test --workspace` built it already),
-//! so a test never runs a stale dispatcher. `LOADTEST_DISPATCHER` overrides.
+//! the same profile, so a test never runs a stale dispatcher.
+//! `LOADTEST_DISPATCHER` overrides: `scripts/test` sets it to the binary
+//! `cargo test --workspace` has just built, because `-p dispatcher` resolves
+//! features differently and would build most dependencies a second time.
 
 use std::sync::OnceLock;
 use std::time::Duration;

@@ -137,6 +137,9 @@ impl Tansu {
             .args(["--storage-engine", "memory://tansu/"])
             // Plain text in the log (it is quoted in panic messages).
             .env("NO_COLOR", "1")
+            // A RUST_LOG meant for the code under test would turn tansu's
+            // log into gigabytes of protocol traces (8 GB in one run).
+            .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log_err))

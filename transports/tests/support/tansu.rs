@@ -52,6 +52,9 @@ impl Tansu {
             ])
             .args(["--storage-engine", "memory://tansu/"])
             .env("NO_COLOR", "1")
+            // A RUST_LOG meant for the code under test would turn tansu's
+            // log into gigabytes of protocol traces (8 GB in one run).
+            .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::from(log.try_clone().expect("log handle")))
             .stderr(Stdio::from(log))
