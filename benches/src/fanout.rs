@@ -208,30 +208,19 @@ pub async fn run(
         .await
         .context("starting the dispatcher")?;
     let metrics = running.metrics.clone();
-    let counters = |outcome: &str| -> Vec<_> {
-        ids.iter()
-            .map(|id| {
-                metrics
-                    .deliveries
-                    .with_label_values(&[id.as_str(), "http", outcome])
-            })
-            .collect()
-    };
-    let (ok, dead) = (counters("delivered"), counters("dead_lettered"));
-    let lane_gauges: Vec<_> = ids
+    let lanes: Vec<_> = ids
         .iter()
         .map(|id| {
-            (
-                metrics.in_flight.with_label_values(&[id.as_str()]),
-                metrics.queue_depth.with_label_values(&[id.as_str()]),
-            )
+            metrics
+                .endpoint_counters(id)
+                .with_context(|| format!("endpoint {id} has no lane"))
         })
-        .collect();
+        .collect::<anyhow::Result<_>>()?;
 
     let mut first_delivery = None;
     let mut sums = OccupancySums::default();
     let elapsed = loop {
-        let n: u64 = ok.iter().map(|c| c.get()).sum();
+        let n: u64 = lanes.iter().map(|c| c.delivered.get()).sum();
         delivered.store(n, Ordering::Relaxed);
         if n > 0 && first_delivery.is_none() {
             first_delivery = Some(started.elapsed());
@@ -242,9 +231,9 @@ pub async fn run(
         if n > 0 {
             sums.samples += 1;
             let mut any_empty = false;
-            for (in_flight, queued) in &lane_gauges {
-                sums.in_flight += in_flight.get();
-                let q = queued.get();
+            for lane in &lanes {
+                sums.in_flight += lane.in_flight.get();
+                let q = lane.queue_depth.get();
                 sums.queued += q;
                 any_empty |= q <= 0;
             }
@@ -252,7 +241,7 @@ pub async fn run(
             sums.events += metrics.events_in_flight.get();
             sums.paused += u64::from(metrics.source_paused.get() > 0);
         }
-        let lost: u64 = dead.iter().map(|c| c.get()).sum();
+        let lost: u64 = lanes.iter().map(|c| c.dead_lettered.get()).sum();
         if lost > 0 {
             bail!("{lost} deliveries were dead-lettered; the sink accepts everything, so something is wrong (run with RUST_LOG=warn)");
         }

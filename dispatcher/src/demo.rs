@@ -30,6 +30,7 @@ use tokio::net::TcpListener;
 use transports::{Event, SourceRef};
 
 use crate::config::{Config, EndpointConfig, FilterValue, Scalar};
+use crate::metrics::EndpointCounters;
 use crate::route::{EventPattern, Filter, Router, Subscription};
 use crate::seed::SeedEvents;
 
@@ -117,11 +118,14 @@ struct BacklogSummary {
 impl BacklogSummary {
     /// The metrics now; `peak` and `oldest_age_max_s` are what waits now.
     fn now(m: &crate::metrics::Metrics, id: &str) -> BacklogSummary {
+        let Some(c) = m.endpoint_counters(id) else {
+            return BacklogSummary::default();
+        };
         BacklogSummary {
-            spilled: m.spilled.with_label_values(&[id]).get(),
-            drained: m.backlog_drained.with_label_values(&[id]).get(),
-            peak: m.backlog.with_label_values(&[id]).get().max(0) as u64,
-            oldest_age_max_s: m.backlog_age.with_label_values(&[id]).get(),
+            spilled: c.spilled.get(),
+            drained: c.backlog_drained.get(),
+            peak: c.backlog.get().max(0) as u64,
+            oldest_age_max_s: c.backlog_age.get(),
         }
     }
 
@@ -310,15 +314,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let mut seeds = SeedEvents::new(0x5eed);
     let topic = config.kafka.topics[0].clone();
     let m = running.metrics.clone();
-    let endpoint_total = |outcome: &str| -> u64 {
-        receivers
-            .iter()
-            .map(|r| {
-                m.deliveries
-                    .with_label_values(&[r.id, "http", outcome])
-                    .get()
-            })
-            .sum()
+    let count = |id: &str, of: fn(&EndpointCounters) -> u64| -> u64 {
+        m.endpoint_counters(id).map_or(0, |c| of(&c))
+    };
+    let endpoint_total = |of: fn(&EndpointCounters) -> u64| -> u64 {
+        receivers.iter().map(|r| count(r.id, of)).sum()
     };
     let mut produced = 0u64;
     let mut backlogs = vec![BacklogSummary::default(); receivers.len()];
@@ -368,7 +368,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             b.update(BacklogSummary::now(&m, r.id));
         }
         let want: u64 = expected.iter().sum();
-        let done = endpoint_total("delivered") + endpoint_total("dead_lettered");
+        let done =
+            endpoint_total(|c| c.delivered.get()) + endpoint_total(|c| c.dead_lettered.get());
         if last_report.elapsed() >= Duration::from_secs(1) {
             last_report = Instant::now();
             eprintln!(
@@ -376,7 +377,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
                 started.elapsed().as_secs_f64(),
                 args.events,
                 m.events_consumed.with_label_values(&[&topic]).get(),
-                endpoint_total("dead_lettered"),
+                endpoint_total(|c| c.dead_lettered.get()),
                 m.events_in_flight.get(),
                 done as f64 / started.elapsed().as_secs_f64()
             );
@@ -414,14 +415,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             subscribed_to: spec.events.clone(),
             behaviour: r.behaviour,
             expected: expected[endpoints.len()],
-            delivered: m
-                .deliveries
-                .with_label_values(&[r.id, "http", "delivered"])
-                .get(),
-            dead_lettered: m
-                .deliveries
-                .with_label_values(&[r.id, "http", "dead_lettered"])
-                .get(),
+            delivered: count(r.id, |c| c.delivered.get()),
+            dead_lettered: count(r.id, |c| c.dead_lettered.get()),
             received_unique: r
                 .stats
                 .unique
@@ -437,20 +432,17 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             },
         });
     }
-    let retries: u64 = receivers
-        .iter()
-        .map(|r| m.attempts.with_label_values(&[r.id, "http", "retry"]).get())
-        .sum();
+    let retries = endpoint_total(|c| c.attempt_retry.get());
     let summary = Summary {
         events: produced,
         deliveries: expected.iter().sum(),
-        delivered: endpoint_total("delivered"),
-        dead_lettered: endpoint_total("dead_lettered"),
+        delivered: endpoint_total(|c| c.delivered.get()),
+        dead_lettered: endpoint_total(|c| c.dead_lettered.get()),
         retries,
         complete,
         elapsed_s: elapsed,
         events_per_s: produced as f64 / elapsed,
-        deliveries_per_s: endpoint_total("delivered") as f64 / elapsed,
+        deliveries_per_s: endpoint_total(|c| c.delivered.get()) as f64 / elapsed,
         latency_ms: Percentiles::of(&all_ages),
         endpoints,
     };

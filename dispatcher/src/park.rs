@@ -199,10 +199,14 @@ impl Parker {
             &self.fatal,
         )
         .await?;
-        self.metrics
-            .parked
-            .with_label_values(&[&delivery.endpoint_id, reason])
-            .inc();
+        if let Some(counter) = self
+            .metrics
+            .endpoint_counters(&delivery.endpoint_id)
+            .as_deref()
+            .and_then(|c| c.parked_for(reason))
+        {
+            counter.inc();
+        }
         Ok(())
     }
 

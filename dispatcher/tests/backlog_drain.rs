@@ -74,7 +74,7 @@ async fn spilled_backlogs_drain_against_fresh_events() {
     let m = running.metrics.clone();
     wait_until(Duration::from_secs(10), "every endpoint in force", || {
         ids.iter()
-            .all(|id| m.endpoint_paused.with_label_values(&[id]).get() == 1)
+            .all(|id| m.endpoint_counters(id).map_or(0, |c| c.paused.get()) == 1)
     })
     .await;
 
@@ -87,7 +87,7 @@ async fn spilled_backlogs_drain_against_fresh_events() {
     produce(kafka.bootstrap(), "events", &batch()).await;
     wait_until(Duration::from_secs(120), "every delivery spilled", || {
         ids.iter()
-            .all(|id| m.spilled.with_label_values(&[id]).get() as usize == n)
+            .all(|id| m.endpoint_counters(id).map_or(0, |c| c.spilled.get()) as usize == n)
     })
     .await;
 

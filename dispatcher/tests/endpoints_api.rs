@@ -686,7 +686,7 @@ async fn a_deleted_endpoints_work_is_dead_lettered_and_replayed_after_it_is_recr
     wait_until(
         Duration::from_secs(30),
         "deliveries set aside while paused",
-        || m.spilled.with_label_values(&["doomed"]).get() >= 4,
+        || m.endpoint_counters("doomed").map_or(0, |c| c.spilled.get()) >= 4,
     )
     .await;
     assert_eq!(sink.count(), 0, "a paused endpoint gets nothing");
@@ -799,9 +799,8 @@ async fn a_pause_on_one_replica_holds_on_the_other_and_after_restarts() {
     assert_eq!(status, 200, "{body}");
     let paused_on = |r: &Running| {
         r.metrics
-            .endpoint_paused
-            .with_label_values(&["shared"])
-            .get()
+            .endpoint_counters("shared")
+            .map_or(0, |c| c.paused.get())
             == 1
     };
     wait_until(Duration::from_secs(10), "both replicas paused", || {
@@ -828,8 +827,8 @@ async fn a_pause_on_one_replica_holds_on_the_other_and_after_restarts() {
         Duration::from_secs(30),
         "deliveries set aside while paused",
         || {
-            m.spilled.with_label_values(&["shared"]).get()
-                + n.spilled.with_label_values(&["shared"]).get()
+            m.endpoint_counters("shared").map_or(0, |c| c.spilled.get())
+                + n.endpoint_counters("shared").map_or(0, |c| c.spilled.get())
                 >= 3
         },
     )

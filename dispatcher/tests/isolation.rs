@@ -97,7 +97,7 @@ async fn a_slow_and_a_rate_limited_endpoint_do_not_slow_the_fast_ones() {
     // Their backlogs waited in Kafka (they lagged the fast ones by more
     // than pipeline.spill_after), each delivery written there once.
     let m = running.metrics.clone();
-    let spilled = |ep: &str| m.spilled.with_label_values(&[ep]).get() as usize;
+    let spilled = |ep: &str| m.endpoint_counters(ep).map_or(0, |c| c.spilled.get()) as usize;
     assert!(spilled("slow") > 0 && spilled("limited") > 0);
     assert!(
         spilled("slow") <= N && spilled("limited") <= N,
@@ -149,9 +149,8 @@ async fn endpoints_that_wait_alike_in_a_backlog_drain_do_not_spill() {
         .map(|i| {
             running
                 .metrics
-                .spilled
-                .with_label_values(&[format!("even-{i}").as_str()])
-                .get()
+                .endpoint_counters(format!("even-{i}").as_str())
+                .map_or(0, |c| c.spilled.get())
         })
         .collect();
     assert_eq!(
@@ -214,7 +213,15 @@ async fn a_lone_slow_endpoint_that_fills_the_budget_is_spilled_so_the_source_rea
         "the slow one cannot be through yet: {}",
         slow.count()
     );
-    assert!(running.metrics.spilled.with_label_values(&["slow"]).get() > 0);
+    assert!(
+        running
+            .metrics
+            .endpoint_counters("slow")
+            .expect("a running endpoint")
+            .spilled
+            .get()
+            > 0
+    );
     // The slow receiver recovers: everything arrives, each id once.
     slow.set(Behaviour::Ok);
     wait_until(
@@ -279,8 +286,8 @@ async fn two_lagging_endpoints_on_one_spill_partition_each_drain_at_their_own_pa
         crawl.count()
     );
     let m = running.metrics.clone();
-    assert!(m.spilled.with_label_values(&["quick"]).get() > 0);
-    assert!(m.spilled.with_label_values(&["crawl"]).get() > 0);
+    assert!(m.endpoint_counters("quick").map_or(0, |c| c.spilled.get()) > 0);
+    assert!(m.endpoint_counters("crawl").map_or(0, |c| c.spilled.get()) > 0);
 
     // The crawler recovers its pace: everything arrives, under its ids.
     crawl.set(Behaviour::Ok);
@@ -397,7 +404,7 @@ async fn a_backlog_deleted_by_retention_is_reported_lost_and_the_endpoint_flows_
         .unwrap();
     let m = running.metrics.clone();
     wait_until(Duration::from_secs(10), "the endpoint is in force", || {
-        m.endpoint_paused.with_label_values(&["away"]).get() == 1
+        m.endpoint_counters("away").map_or(0, |c| c.paused.get()) == 1
     })
     .await;
 
@@ -432,7 +439,7 @@ async fn a_backlog_deleted_by_retention_is_reported_lost_and_the_endpoint_flows_
     )
     .await;
     produce(kafka.bootstrap(), "events", rest).await;
-    let spilled = || m.spilled.with_label_values(&["away"]).get() as usize;
+    let spilled = || m.endpoint_counters("away").map_or(0, |c| c.spilled.get()) as usize;
     wait_until(Duration::from_secs(60), "every delivery spilled", || {
         spilled() == N
     })
@@ -446,7 +453,8 @@ async fn a_backlog_deleted_by_retention_is_reported_lost_and_the_endpoint_flows_
     // Lost either under the endpoint's hold (its reader never saw them) or
     // before the main reader came to them (whose, it cannot tell).
     let lost = || {
-        m.backlog_lost.with_label_values(&["away"]).get() as usize
+        m.endpoint_counters("away")
+            .map_or(0, |c| c.backlog_lost.get()) as usize
             + m.internal_records_lost
                 .with_label_values(&[support::SPILL_TOPIC])
                 .get() as usize
@@ -464,7 +472,7 @@ async fn a_backlog_deleted_by_retention_is_reported_lost_and_the_endpoint_flows_
         lost()
     );
     wait_until(Duration::from_secs(10), "no backlog is shown", || {
-        m.backlog.with_label_values(&["away"]).get() == 0
+        m.endpoint_counters("away").map_or(0, |c| c.backlog.get()) == 0
     })
     .await;
 

@@ -45,16 +45,17 @@ async fn the_breaker_opens_parks_deliveries_and_closes_when_the_endpoint_returns
 
     let m = running.metrics.clone();
     let transitions = |to: &str| {
-        m.breaker_transitions
-            .with_label_values(&["flaky", to])
-            .get()
+        m.endpoint_counters("flaky")
+            .map_or(0, |c| c.transitions_to(to))
     };
     wait_until(
         Duration::from_secs(30),
         "the breaker opened and parked deliveries",
         || {
             transitions("open") >= 1
-                && m.parked.with_label_values(&["flaky", "breaker_open"]).get() >= 1
+                && m.endpoint_counters("flaky")
+                    .map_or(0, |c| c.parked_count("breaker_open"))
+                    >= 1
         },
     )
     .await;
@@ -79,7 +80,11 @@ async fn the_breaker_opens_parks_deliveries_and_closes_when_the_endpoint_returns
     .await;
     assert!(transitions("half_open") >= 1, "it half-opened to probe");
     assert!(transitions("closed") >= 1, "and closed on success");
-    assert_eq!(m.breaker_state.with_label_values(&["flaky"]).get(), 0);
+    assert_eq!(
+        m.endpoint_counters("flaky")
+            .map_or(0, |c| c.breaker_state.get()),
+        0
+    );
     running.shutdown().await.unwrap();
 }
 
@@ -184,9 +189,8 @@ async fn retry_after_is_waited_out_410_disables_and_400_dead_letters_at_once() {
     assert_eq!(
         running
             .metrics
-            .endpoint_disabled
-            .with_label_values(&["gone"])
-            .get(),
+            .endpoint_counters("gone")
+            .map_or(0, |c| c.disabled.get()),
         1
     );
     running.shutdown().await.unwrap();
@@ -225,9 +229,8 @@ async fn a_long_outage_moves_the_backlog_to_retry_topics_and_it_all_arrives_late
     assert!(
         running
             .metrics
-            .parked
-            .with_label_values(&["down", "retry"])
-            .get()
+            .endpoint_counters("down")
+            .map_or(0, |c| c.parked_count("retry"))
             >= 200
     );
     assert!(
@@ -273,7 +276,12 @@ async fn pause_and_resume_through_the_management_api() {
     .await;
     assert_eq!(sink.count(), 0, "nothing is sent to a paused endpoint");
     assert_eq!(
-        running.metrics.spilled.with_label_values(&["ep"]).get(),
+        running
+            .metrics
+            .endpoint_counters("ep")
+            .expect("a running endpoint")
+            .spilled
+            .get(),
         10,
         "each waits in the spill topic, written once"
     );
@@ -301,7 +309,12 @@ async fn pause_and_resume_through_the_management_api() {
     .await;
     assert_eq!(sink.count(), 10);
     assert_eq!(
-        running.metrics.spilled.with_label_values(&["ep"]).get(),
+        running
+            .metrics
+            .endpoint_counters("ep")
+            .expect("a running endpoint")
+            .spilled
+            .get(),
         15,
         "nothing was written twice"
     );
@@ -389,10 +402,8 @@ async fn replay_redelivers_dead_letters_with_their_ids_and_valid_signatures() {
         Duration::from_secs(30),
         "second replay deduplicated",
         || {
-            m.deliveries
-                .with_label_values(&["ep", "http", "deduplicated"])
-                .get()
-                == 5
+            m.endpoint_counters("ep")
+                .is_some_and(|c| c.deduplicated.get() == 5)
         },
     )
     .await;

@@ -61,7 +61,7 @@ async fn unknown_endpoint_dead_letters_are_replayed_once_the_endpoint_is_back() 
     produce(&bootstrap, "events", &values).await;
     let m = running.metrics.clone();
     wait_until(Duration::from_secs(30), "deliveries spilled", || {
-        m.spilled.with_label_values(&["ep"]).get() >= 3
+        m.endpoint_counters("ep").map_or(0, |c| c.spilled.get()) >= 3
             && committed_total(&bootstrap, group, "events") == 3
     })
     .await;

@@ -215,9 +215,8 @@ async fn change_to_effect_across_two_replicas() {
     let b = support::start(cfg()).await;
     let paused = |r: &dispatcher::app::Running| {
         r.metrics
-            .endpoint_paused
-            .with_label_values(&["probe"])
-            .get()
+            .endpoint_counters("probe")
+            .map_or(0, |c| c.paused.get())
     };
     let (mut acked, mut applied) = (Vec::new(), Vec::new());
     for i in 0..CHANGES {

@@ -155,10 +155,8 @@ async fn the_kafka_transport_forwards_events_keyed_by_a_data_field() {
     }
     let m = running.metrics.clone();
     wait_until(Duration::from_secs(10), "counted as delivered", || {
-        m.deliveries
-            .with_label_values(&["to-crm", "kafka", "delivered"])
-            .get()
-            == 20
+        m.endpoint_counters("to-crm")
+            .is_some_and(|c| c.delivered.get() == 20)
     })
     .await;
     running.shutdown().await.unwrap();

@@ -70,6 +70,7 @@ const VARIABLES: &[(&str, &str)] = &[
     ("$namespace", ".*"),
     ("$pod", ".*"),
     ("$endpoint", ".*"),
+    ("$tenant", ".*"),
     ("$retry_topic", "dispatcher.retry"),
 ];
 

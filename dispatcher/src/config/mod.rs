@@ -34,6 +34,8 @@ pub struct Config {
     /// Keys that encrypt endpoints' secrets in the endpoint store.
     pub secrets: crate::secrets::SecretsConfig,
     pub routing: RoutingConfig,
+    /// How many endpoints have series of their own on `/metrics`.
+    pub metrics: crate::metrics::MetricsConfig,
     pub endpoints: Vec<EndpointConfig>,
 }
 
@@ -328,6 +330,10 @@ pub struct EndpointConfig {
     /// waits in the spill topic.
     #[serde(default = "default_queue_capacity")]
     pub queue_capacity: usize,
+    /// `detailed`: series of its own on `/metrics` even when the replica
+    /// runs too many endpoints to give every one (see `metrics:`).
+    #[serde(default)]
+    pub metrics: crate::metrics::EndpointDetail,
     /// The transport's own keys (`url` and `secret` for http, `topic` for
     /// kafka, ...): every key that is not one of the above. Checked by the
     /// transport's factory, which names any key it does not know.
@@ -375,6 +381,7 @@ const ENDPOINT_KEYS: &[&str] = &[
     "circuit_breaker",
     "retry",
     "queue_capacity",
+    "metrics",
 ];
 
 impl Default for EndpointConfig {
@@ -394,6 +401,7 @@ impl Default for EndpointConfig {
             circuit_breaker: BreakerConfig::default(),
             retry: RetryConfig::default(),
             queue_capacity: default_queue_capacity(),
+            metrics: crate::metrics::EndpointDetail::Auto,
             settings: serde_json::Map::new(),
             source: serde_json::Map::new(),
         }
@@ -700,6 +708,7 @@ impl Config {
             pipeline: section(&mut map, "pipeline", &mut problems),
             secrets: section(&mut map, "secrets", &mut problems),
             routing: section(&mut map, "routing", &mut problems),
+            metrics: section(&mut map, "metrics", &mut problems),
             endpoints: Vec::new(),
         };
         config.secrets.load(&mut problems);
@@ -733,7 +742,7 @@ impl Config {
                 .unwrap_or_else(|| format!("{key:?}"));
             problems.push(Problem::new(
                 key,
-                "unknown key (expected one of kafka, admin, api, http, pipeline, secrets, routing, endpoints)",
+                "unknown key (expected one of kafka, admin, api, http, pipeline, secrets, routing, metrics, endpoints)",
             ));
         }
 
@@ -937,6 +946,12 @@ impl Config {
             problems.push(Problem::new(
                 "endpoints",
                 "every endpoint is disabled: the dispatcher would commit past every event without delivering it",
+            ));
+        }
+        if self.metrics.endpoint_series_max > 100_000 {
+            problems.push(Problem::new(
+                "metrics.endpoint_series_max",
+                "must be at most 100000: each endpoint shown costs ~50 series",
             ));
         }
         if let Some(key) = &self.routing.tenant_key {

@@ -289,8 +289,13 @@ impl Endpoints {
     ) -> anyhow::Result<()> {
         let transport = self.transport(&ep)?;
         let index = self.lanes.len();
-        let metrics = self.kit.metrics.endpoint(&ep.id, transport.kind());
-        self.kit.metrics.init_endpoint_series(&ep.id, &ep.transport);
+        let metrics = self.kit.metrics.endpoint_of(
+            &ep.id,
+            transport.kind(),
+            ep.tenant.as_deref(),
+            ep.metrics,
+        );
+        self.kit.metrics.init_transport_series(transport.kind());
         let deps = LaneDeps {
             parker: self.kit.parker.clone(),
             dead_letters: self.kit.dead_letters.clone(),
@@ -414,6 +419,12 @@ impl Endpoints {
         };
         let _ = m.updates.send(LaneUpdate::Settings(Box::new(settings)));
         m.handle.control.set(state.paused, state.disabled);
+        self.kit.metrics.endpoint_changed(
+            &ep.id,
+            transport.kind(),
+            ep.tenant.as_deref(),
+            ep.metrics,
+        );
         m.config = ep;
         m.transport = transport;
         m.origin = Origin::Store(version);
@@ -539,9 +550,7 @@ impl Endpoints {
         if deleting && ended.is_ok() {
             if let Some(m) = self.lanes[i].take() {
                 self.by_id.remove(&m.config.id);
-                self.kit
-                    .metrics
-                    .forget_endpoint(&m.config.id, &m.config.transport);
+                self.kit.metrics.forget_endpoint(&m.config.id);
                 tracing::info!(endpoint = %m.config.id, "deleted endpoint's lane finished");
             }
             self.publish();

@@ -950,16 +950,15 @@ impl Lane {
 
     fn park(&self, item: Item, wait: Duration, reason: &'static str) -> BoxFuture<'static, Done> {
         let parker = self.d.parker.clone();
-        let counter = self.d.metrics.parked.clone();
+        let metrics = self.d.metrics.clone();
         let dead_letters = self.d.dead_letters.clone();
-        let dead_lettered = self.d.metrics.dead_lettered.clone();
         let delivery = self.bare(&item);
         Box::pin(async move {
             let mut state = item.state;
             let now_ms = chrono::Utc::now().timestamp_millis();
             state.not_before_ms = state.not_before_ms.max(now_ms + wait.as_millis() as i64);
             match parker.park(&delivery, &state, wait, reason).await {
-                Ok(()) => counter.inc(),
+                Ok(()) => metrics.parked.inc(),
                 Err(WriteError::Refused(e)) => {
                     // The retry topic refuses it (too large): dead-letter
                     // rather than lose it.
@@ -975,7 +974,7 @@ impl Lane {
                     if dead_letters.write(letter).await.is_err() {
                         return None;
                     }
-                    dead_lettered.inc();
+                    metrics.dead_lettered.inc();
                 }
                 // Stopping: left unfinished, read again after the restart.
                 Err(WriteError::Fatal(_)) => return None,
@@ -1003,7 +1002,7 @@ impl Lane {
         sent: Option<bytes::Bytes>,
     ) -> BoxFuture<'static, Done> {
         let dead_letters = self.d.dead_letters.clone();
-        let counter = self.d.metrics.dead_lettered.clone();
+        let metrics = self.d.metrics.clone();
         let delivery = self.bare(&item);
         Box::pin(async move {
             let letter = DeadLetter::failed_delivery(
@@ -1014,7 +1013,7 @@ impl Lane {
                 sent.as_deref(),
             );
             if dead_letters.write(letter).await.is_ok() {
-                counter.inc();
+                metrics.dead_lettered.inc();
                 item.ticket.finish_one();
             }
             None
@@ -1023,11 +1022,7 @@ impl Lane {
 
     fn breaker_changed(&mut self, state: BreakerState) {
         self.d.metrics.breaker_state.set(state.gauge());
-        self.d
-            .metrics
-            .breaker_transitions
-            .with_label_values(&[&self.s.endpoint_id, state.name()])
-            .inc();
+        self.d.metrics.breaker_transition(state.name());
         match state {
             BreakerState::Open { .. } => tracing::warn!(
                 endpoint = %self.s.endpoint_id, open_for_s = self.s.breaker.open_for.as_secs_f64(),

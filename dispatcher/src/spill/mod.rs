@@ -226,7 +226,7 @@ impl Spill {
                     // it): dead-letter it rather than lose it.
                     tracing::error!(endpoint = %handle.endpoint_id, delivery_id = %id, error = %e, "cannot spill; dead-lettering");
                     let dead_letters = self.dead_letters.clone();
-                    let counter = handle.metrics.dead_lettered.clone();
+                    let metrics = handle.metrics.clone();
                     let delivery = Delivery {
                         event: job.event.clone(),
                         endpoint_id: handle.endpoint_id.clone(),
@@ -245,7 +245,7 @@ impl Spill {
                             None,
                         );
                         if dead_letters.write(letter).await.is_ok() {
-                            counter.inc();
+                            metrics.dead_lettered.inc();
                             job.ticket.finish_one();
                         }
                         Finished::DeadLettered

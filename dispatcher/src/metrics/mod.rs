@@ -1,18 +1,77 @@
 //! Prometheus metrics: one registry per dispatcher, documented in
 //! `docs/metrics.md`.
 //!
-//! Per-endpoint series use the configured endpoint id as label, so their
-//! number is bounded by the config, never by traffic. Hot paths hold resolved
-//! children ([`EndpointMetrics`]) instead of looking labels up per event.
+//! Replica-wide series (by topic, transport, stage) are registered here.
+//! Endpoints' numbers are atomics each lane owns ([`endpoint`]); which of
+//! them become series of their own, and the per-tenant sums that stand for
+//! the rest, is [`table`]'s business, decided at scrape time so that the
+//! series count stays bounded at any number of endpoints. Hot paths hold
+//! their handles and never look a label up per event.
+
+mod endpoint;
+mod table;
+
+pub use endpoint::{Counter, EndpointCounters, EndpointMetrics, Gauge, Latency, SecondsGauge};
+pub use table::EndpointTable;
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use prometheus::{
-    exponential_buckets, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
-    IntGauge, IntGaugeVec, Opts, Registry,
+    exponential_buckets, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry,
 };
-use prometheus::{Gauge, GaugeVec};
+use serde::Deserialize;
 
 use crate::config::Config;
 use crate::park::Tiers;
+
+/// `metrics:` of the config: how many endpoints get series of their own.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// `auto` or `all` (see [`EndpointSeries`]).
+    pub endpoint_series: EndpointSeries,
+    /// With `auto`: up to this many endpoints, all have their own series;
+    /// past it, at most this many do (marked, then troubled ones).
+    pub endpoint_series_max: usize,
+    /// How long an endpoint keeps its own series after its last trouble.
+    #[serde(with = "humantime_serde")]
+    pub linger: Duration,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            endpoint_series: EndpointSeries::Auto,
+            endpoint_series_max: 500,
+            linger: Duration::from_secs(600),
+        }
+    }
+}
+
+/// Which endpoints have series of their own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndpointSeries {
+    /// All while there are few; past `endpoint_series_max`, the marked and
+    /// the troubled ones.
+    #[default]
+    Auto,
+    /// Every endpoint, however many (the series grow with the endpoints).
+    All,
+}
+
+/// `metrics:` of an endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndpointDetail {
+    /// Its own series when the replica's `metrics.endpoint_series` says so.
+    #[default]
+    Auto,
+    /// Always its own series (within `metrics.endpoint_series_max`).
+    Detailed,
+}
 
 /// Every `outcome` of `dispatcher_deliveries_total`.
 pub const DELIVERY_OUTCOMES: &[&str] = &[
@@ -50,24 +109,12 @@ pub struct Metrics {
     pub events_unrouted: IntCounterVec,
     pub events_in_flight: IntGauge,
     pub source_paused: IntGauge,
-    pub deliveries: IntCounterVec,
-    pub attempts: IntCounterVec,
-    pub attempt_duration: HistogramVec,
     pub event_age: HistogramVec,
     pub dispatch_latency: HistogramVec,
-    pub queue_depth: IntGaugeVec,
-    pub in_flight: IntGaugeVec,
     pub dead_letters: IntCounterVec,
     pub dead_letter_errors: IntCounter,
-    pub parked: IntCounterVec,
     pub park_write_errors: IntCounter,
     pub parked_held: IntGauge,
-    pub breaker_state: IntGaugeVec,
-    pub breaker_transitions: IntCounterVec,
-    pub concurrency_limit: IntGaugeVec,
-    pub rate_limit_waits: IntCounterVec,
-    pub endpoint_paused: IntGaugeVec,
-    pub endpoint_disabled: IntGaugeVec,
     pub rate_limit_share: prometheus::Gauge,
     pub committed_offset: IntGaugeVec,
     pub consumer_lag: IntGaugeVec,
@@ -78,17 +125,12 @@ pub struct Metrics {
     pub memory_used: IntGauge,
     pub memory_budget: IntGauge,
     pub partitions_over_cap: IntGauge,
-    pub spilled: IntCounterVec,
     pub spill_write_errors: IntCounter,
-    pub backlog: IntGaugeVec,
-    pub backlog_age: GaugeVec,
-    pub backlog_drained: IntCounterVec,
-    pub backlog_lost: IntCounterVec,
     pub internal_records_lost: IntCounterVec,
-    pub endpoint_spilling: IntGaugeVec,
-    pub throttled: IntCounterVec,
     pub store_bad_records: IntCounter,
     pub store_endpoints: IntGauge,
+    /// Every endpoint's counters, and what of them the scrape shows.
+    pub endpoints: Arc<EndpointTable>,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -139,8 +181,6 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Metrics {
         let r = Registry::new();
-        // 1 ms .. ~65 s: webhook latencies span local sinks to the 10 s timeout.
-        let latency = exponential_buckets(0.001, 2.0, 17).expect("valid buckets");
         // 1 ms .. ~4.7 h: an event can wait through long retries.
         let age = exponential_buckets(0.001, 2.0, 25).expect("valid buckets");
         let m = Metrics {
@@ -178,25 +218,6 @@ impl Metrics {
                 "dispatcher_source_paused",
                 "1 while the consumer is paused by back-pressure.",
             ),
-            deliveries: counter(
-                &r,
-                "dispatcher_deliveries_total",
-                "Deliveries by outcome: delivered and dead_lettered are final; retried (waiting in memory), parked (waiting in a retry topic) and deduplicated (already delivered, not sent again) are steps.",
-                &["endpoint", "transport", "outcome"],
-            ),
-            attempts: counter(
-                &r,
-                "dispatcher_delivery_attempts_total",
-                "Send attempts by result (delivered, retry, permanent).",
-                &["endpoint", "transport", "result"],
-            ),
-            attempt_duration: histogram(
-                &r,
-                "dispatcher_delivery_attempt_duration_seconds",
-                "Time of one send attempt, from request to classified response.",
-                latency,
-                &["endpoint", "transport"],
-            ),
             dispatch_latency: histogram(
                 &r,
                 "dispatcher_dispatch_latency_seconds",
@@ -216,18 +237,6 @@ impl Metrics {
                 age,
                 &["transport"],
             ),
-            queue_depth: gauge_vec(
-                &r,
-                "dispatcher_endpoint_queue_depth",
-                "Deliveries waiting in an endpoint's inbox (in memory; a backlog beyond it waits in Kafka).",
-                &["endpoint"],
-            ),
-            in_flight: gauge_vec(
-                &r,
-                "dispatcher_endpoint_in_flight",
-                "Sends in flight to an endpoint.",
-                &["endpoint"],
-            ),
             dead_letters: counter(
                 &r,
                 "dispatcher_dead_letters_total",
@@ -239,12 +248,6 @@ impl Metrics {
                 "Failed writes to the dead-letter topic (each is retried until it succeeds).",
             )
             .expect("static metric definition"),
-            parked: counter(
-                &r,
-                "dispatcher_parked_total",
-                "Deliveries written to a retry topic to wait there (retry, throttled, breaker_open, paused, not_due, replay).",
-                &["endpoint", "reason"],
-            ),
             park_write_errors: IntCounter::new(
                 "dispatcher_park_write_errors_total",
                 "Failed writes to a retry topic (each is retried until it succeeds).",
@@ -254,42 +257,6 @@ impl Metrics {
                 &r,
                 "dispatcher_parked_held",
                 "Parked deliveries read back and held until due (at most one per retry-topic partition).",
-            ),
-            breaker_state: gauge_vec(
-                &r,
-                "dispatcher_endpoint_breaker_state",
-                "Circuit breaker state: 0 closed, 1 open, 2 half-open.",
-                &["endpoint"],
-            ),
-            breaker_transitions: counter(
-                &r,
-                "dispatcher_endpoint_breaker_transitions_total",
-                "Circuit breaker state changes, by the state entered.",
-                &["endpoint", "to"],
-            ),
-            concurrency_limit: gauge_vec(
-                &r,
-                "dispatcher_endpoint_concurrency_limit",
-                "Sends an endpoint may have in flight now (max_in_flight, or the adaptive limit).",
-                &["endpoint"],
-            ),
-            rate_limit_waits: counter(
-                &r,
-                "dispatcher_endpoint_rate_limit_waits_total",
-                "Times a send waited for the endpoint's rate limit.",
-                &["endpoint"],
-            ),
-            endpoint_paused: gauge_vec(
-                &r,
-                "dispatcher_endpoint_paused",
-                "1 while an endpoint is paused (its deliveries wait in Kafka).",
-                &["endpoint"],
-            ),
-            endpoint_disabled: gauge_vec(
-                &r,
-                "dispatcher_endpoint_disabled",
-                "1 after an endpoint answered 410 Gone (its deliveries are dead-lettered until resumed).",
-                &["endpoint"],
             ),
             rate_limit_share: {
                 let g = prometheus::Gauge::new(
@@ -350,64 +317,16 @@ impl Metrics {
                 "dispatcher_partitions_over_pending_cap",
                 "Partitions paused because more than pipeline.max_pending_per_partition records wait behind one that is not final.",
             ),
-            spilled: counter(
-                &r,
-                "dispatcher_spilled_total",
-                "Deliveries written to the spill topic because their endpoint did not keep up (each is written once).",
-                &["endpoint"],
-            ),
             spill_write_errors: IntCounter::new(
                 "dispatcher_spill_write_errors_total",
                 "Failed writes to the spill topic (each is retried until it succeeds).",
             )
             .expect("static metric definition"),
-            backlog: gauge_vec(
-                &r,
-                "dispatcher_endpoint_backlog_deliveries",
-                "Deliveries of an endpoint waiting in Kafka (spilled, or due retries) for room in its lane, in the partitions this replica owns.",
-                &["endpoint"],
-            ),
-            backlog_age: {
-                let g = GaugeVec::new(
-                    Opts::new(
-                        "dispatcher_endpoint_backlog_oldest_age_seconds",
-                        "How long the oldest delivery of an endpoint's backlog in Kafka has waited there.",
-                    ),
-                    &["endpoint"],
-                )
-                .expect("static metric definition");
-                r.register(Box::new(g.clone())).expect("metric registered once");
-                g
-            },
-            backlog_drained: counter(
-                &r,
-                "dispatcher_backlog_drained_total",
-                "Deliveries brought back from an endpoint's backlog in Kafka to its lane.",
-                &["endpoint"],
-            ),
             internal_records_lost: counter(
                 &r,
                 "dispatcher_internal_records_lost_total",
                 "Records of an internal topic (spill, retry tiers) deleted (retention) before the dispatcher read them: each a lost delivery, of an endpoint it cannot tell.",
                 &["topic"],
-            ),
-            backlog_lost: counter(
-                &r,
-                "dispatcher_backlog_lost_total",
-                "Deliveries of an endpoint's backlog deleted from Kafka (retention) before they came back: lost.",
-                &["endpoint"],
-            ),
-            endpoint_spilling: gauge_vec(
-                &r,
-                "dispatcher_endpoint_spilling",
-                "1 while an endpoint's fresh deliveries go to the spill topic (it did not keep up and its backlog is not drained yet).",
-                &["endpoint"],
-            ),
-            throttled: counter(
-                &r,
-                "dispatcher_endpoint_throttled_total",
-                "Answers asking the dispatcher to slow down (429, or 502/503/504 with Retry-After): the endpoint waits, no attempt is spent, the breaker does not count it.",
-                &["endpoint"],
             ),
             store_bad_records: IntCounter::new(
                 "dispatcher_endpoint_store_bad_records_total",
@@ -419,6 +338,7 @@ impl Metrics {
                 "dispatcher_endpoint_store_endpoints",
                 "Endpoints in the endpoint store, as this replica reads it.",
             ),
+            endpoints: Arc::new(EndpointTable::new()),
             registry: r,
         };
         for c in [
@@ -431,63 +351,55 @@ impl Metrics {
                 .register(Box::new(c.clone()))
                 .expect("metric registered once");
         }
+        m.registry
+            .register(Box::new(table::TableCollector(m.endpoints.clone())))
+            .expect("metric registered once");
         m.build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
         m
     }
 
-    /// Resolved per-endpoint handles, so deliveries touch no label maps.
-    pub fn endpoint(&self, endpoint: &str, transport: &str) -> EndpointMetrics {
-        EndpointMetrics {
-            delivered: self
-                .deliveries
-                .with_label_values(&[endpoint, transport, "delivered"]),
-            dead_lettered: self.deliveries.with_label_values(&[
-                endpoint,
-                transport,
-                "dead_lettered",
-            ]),
-            retried: self
-                .deliveries
-                .with_label_values(&[endpoint, transport, "retried"]),
-            parked: self
-                .deliveries
-                .with_label_values(&[endpoint, transport, "parked"]),
-            deduplicated: self
-                .deliveries
-                .with_label_values(&[endpoint, transport, "deduplicated"]),
-            breaker_state: self.breaker_state.with_label_values(&[endpoint]),
-            breaker_transitions: self.breaker_transitions.clone(),
-            concurrency_limit: self.concurrency_limit.with_label_values(&[endpoint]),
-            rate_limit_waits: self.rate_limit_waits.with_label_values(&[endpoint]),
-            paused: self.endpoint_paused.with_label_values(&[endpoint]),
-            disabled: self.endpoint_disabled.with_label_values(&[endpoint]),
-            attempt_delivered: self
-                .attempts
-                .with_label_values(&[endpoint, transport, "delivered"]),
-            attempt_retry: self
-                .attempts
-                .with_label_values(&[endpoint, transport, "retry"]),
-            attempt_permanent: self
-                .attempts
-                .with_label_values(&[endpoint, transport, "permanent"]),
-            attempt_duration: self
-                .attempt_duration
-                .with_label_values(&[endpoint, transport]),
-            event_age: self.event_age.with_label_values(&[transport]),
-            dispatch_latency: self.dispatch_latency.with_label_values(&[transport]),
-            queue_depth: self.queue_depth.with_label_values(&[endpoint]),
-            in_flight: self.in_flight.with_label_values(&[endpoint]),
-            spilled: self.spilled.with_label_values(&[endpoint]),
-            spill_write_errors: self.spill_write_errors.clone(),
-            backlog: self.backlog.with_label_values(&[endpoint]),
-            backlog_age: self.backlog_age.with_label_values(&[endpoint]),
-            backlog_drained: self.backlog_drained.with_label_values(&[endpoint]),
-            backlog_lost: self.backlog_lost.with_label_values(&[endpoint]),
-            spilling: self.endpoint_spilling.with_label_values(&[endpoint]),
-            throttled: self.throttled.with_label_values(&[endpoint]),
-        }
+    /// The handle of endpoint `id`'s lane on its numbers: created at zero
+    /// the first time, the same counters on a later call.
+    pub fn endpoint(&self, id: &str, transport: &str) -> EndpointMetrics {
+        self.endpoint_of(id, transport, None, EndpointDetail::Auto)
+    }
+
+    /// [`Metrics::endpoint`] for an endpoint of `tenant`, with its detail.
+    pub fn endpoint_of(
+        &self,
+        id: &str,
+        transport: &str,
+        tenant: Option<&str>,
+        detail: EndpointDetail,
+    ) -> EndpointMetrics {
+        let counters =
+            self.endpoints
+                .register(id, transport, tenant, detail == EndpointDetail::Detailed);
+        EndpointMetrics::new(
+            counters,
+            self.event_age.with_label_values(&[transport]),
+            self.dispatch_latency.with_label_values(&[transport]),
+            self.spill_write_errors.clone(),
+        )
+    }
+
+    /// An endpoint's tenant, detail or transport changed.
+    pub fn endpoint_changed(
+        &self,
+        id: &str,
+        transport: &str,
+        tenant: Option<&str>,
+        detail: EndpointDetail,
+    ) {
+        self.endpoints
+            .update(id, transport, tenant, detail == EndpointDetail::Detailed);
+    }
+
+    /// The counters of endpoint `id`, if it runs here.
+    pub fn endpoint_counters(&self, id: &str) -> Option<Arc<EndpointCounters>> {
+        self.endpoints.get(id)
     }
 
     /// Create every series whose label values the config determines, at
@@ -504,8 +416,9 @@ impl Metrics {
         let touch = |vec: &IntCounterVec, labels: &[&str]| {
             vec.with_label_values(labels);
         };
+        self.endpoints.configure(config.metrics.clone());
         for ep in config.endpoints.iter().filter(|e| e.enabled) {
-            self.init_endpoint_series(&ep.id, &ep.transport);
+            self.init_transport_series(&ep.transport);
         }
         let k = &config.kafka;
         for topic in &k.topics {
@@ -539,87 +452,18 @@ impl Metrics {
         }
     }
 
-    /// Create an endpoint's series at zero (see [`Metrics::init_series`]):
+    /// Create a transport's series at zero (see [`Metrics::init_series`]):
     /// at start-up for the file's endpoints, and when one is added later.
-    pub fn init_endpoint_series(&self, id: &str, transport: &str) {
-        let touch = |vec: &IntCounterVec, labels: &[&str]| {
-            vec.with_label_values(labels);
-        };
-        for outcome in DELIVERY_OUTCOMES {
-            touch(&self.deliveries, &[id, transport, outcome]);
-        }
-        for result in ATTEMPT_RESULTS {
-            touch(&self.attempts, &[id, transport, result]);
-        }
-        for reason in PARK_REASONS {
-            touch(&self.parked, &[id, reason]);
-        }
-        for to in BREAKER_STATES {
-            touch(&self.breaker_transitions, &[id, to]);
-        }
-        touch(&self.rate_limit_waits, &[id]);
-        touch(&self.spilled, &[id]);
-        touch(&self.backlog_drained, &[id]);
-        touch(&self.backlog_lost, &[id]);
-        touch(&self.throttled, &[id]);
-        self.backlog_age.with_label_values(&[id]);
-        // Gauges whose zero is the truth until the lane says otherwise.
-        for gauge in [
-            &self.queue_depth,
-            &self.in_flight,
-            &self.breaker_state,
-            &self.endpoint_paused,
-            &self.endpoint_disabled,
-            &self.backlog,
-            &self.endpoint_spilling,
-        ] {
-            gauge.with_label_values(&[id]);
-        }
-        self.attempt_duration.with_label_values(&[id, transport]);
+    /// An endpoint's own series need nothing: the scrape writes them whole.
+    pub fn init_transport_series(&self, transport: &str) {
         self.event_age.with_label_values(&[transport]);
         self.dispatch_latency.with_label_values(&[transport]);
     }
 
-    /// Drop a deleted endpoint's series, so endpoints that come and go do
-    /// not grow the scrape for ever.
-    pub fn forget_endpoint(&self, id: &str, transport: &str) {
-        for outcome in DELIVERY_OUTCOMES {
-            let _ = self
-                .deliveries
-                .remove_label_values(&[id, transport, outcome]);
-        }
-        for result in ATTEMPT_RESULTS {
-            let _ = self.attempts.remove_label_values(&[id, transport, result]);
-        }
-        for reason in PARK_REASONS {
-            let _ = self.parked.remove_label_values(&[id, reason]);
-        }
-        for to in BREAKER_STATES {
-            let _ = self.breaker_transitions.remove_label_values(&[id, to]);
-        }
-        for vec in [
-            &self.rate_limit_waits,
-            &self.spilled,
-            &self.backlog_drained,
-            &self.backlog_lost,
-            &self.throttled,
-        ] {
-            let _ = vec.remove_label_values(&[id]);
-        }
-        for gauge in [
-            &self.queue_depth,
-            &self.in_flight,
-            &self.breaker_state,
-            &self.endpoint_paused,
-            &self.endpoint_disabled,
-            &self.backlog,
-            &self.endpoint_spilling,
-            &self.concurrency_limit,
-        ] {
-            let _ = gauge.remove_label_values(&[id]);
-        }
-        let _ = self.backlog_age.remove_label_values(&[id]);
-        let _ = self.attempt_duration.remove_label_values(&[id, transport]);
+    /// A deleted endpoint: its series end (what it counted stays in its
+    /// tenant's sums), so endpoints that come and go do not grow the scrape.
+    pub fn forget_endpoint(&self, id: &str) {
+        self.endpoints.forget(id);
     }
 
     /// The text exposition of every metric.
@@ -628,37 +472,6 @@ impl Metrics {
             .encode_to_string(&self.registry.gather())
             .unwrap_or_else(|e| format!("# failed to encode metrics: {e}\n"))
     }
-}
-
-#[derive(Clone)]
-pub struct EndpointMetrics {
-    pub delivered: IntCounter,
-    pub dead_lettered: IntCounter,
-    pub retried: IntCounter,
-    pub parked: IntCounter,
-    pub deduplicated: IntCounter,
-    pub breaker_state: IntGauge,
-    pub breaker_transitions: IntCounterVec,
-    pub concurrency_limit: IntGauge,
-    pub rate_limit_waits: IntCounter,
-    pub paused: IntGauge,
-    pub disabled: IntGauge,
-    pub attempt_delivered: IntCounter,
-    pub attempt_retry: IntCounter,
-    pub attempt_permanent: IntCounter,
-    pub attempt_duration: Histogram,
-    pub event_age: Histogram,
-    pub dispatch_latency: Histogram,
-    pub queue_depth: IntGauge,
-    pub in_flight: IntGauge,
-    pub spilled: IntCounter,
-    pub spill_write_errors: IntCounter,
-    pub backlog: IntGauge,
-    pub backlog_age: Gauge,
-    pub backlog_drained: IntCounter,
-    pub backlog_lost: IntCounter,
-    pub spilling: IntGauge,
-    pub throttled: IntCounter,
 }
 
 #[cfg(test)]
@@ -690,6 +503,8 @@ endpoints:
     fn known_label_sets_are_exported_at_zero() {
         let m = Metrics::new();
         m.init_series(&config());
+        // The lane of the enabled endpoint registers it.
+        let _acme = m.endpoint("acme", "http");
         let text = m.render();
         for series in [
             r#"dispatcher_deliveries_total{endpoint="acme",outcome="dead_lettered",transport="http"}"#,
