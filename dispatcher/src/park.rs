@@ -199,14 +199,6 @@ impl Parker {
             &self.fatal,
         )
         .await?;
-        if let Some(counter) = self
-            .metrics
-            .endpoint_counters(&delivery.endpoint_id)
-            .as_deref()
-            .and_then(|c| c.parked_for(reason))
-        {
-            counter.inc();
-        }
         Ok(())
     }
 

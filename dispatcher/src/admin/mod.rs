@@ -51,10 +51,34 @@ pub async fn serve_with(
     shutdown: watch::Receiver<bool>,
 ) {
     let service = service_fn(move |req: Request<Incoming>| {
-        let response = route(&state, req);
-        async move { Ok::<_, Infallible>(response) }
+        let state = state.clone();
+        async move {
+            // HEAD /metrics stays in `route`: no body, nothing to render.
+            if req.uri().path() == "/metrics" && req.method() == Method::GET {
+                return Ok::<_, Infallible>(metrics(state.metrics).await);
+            }
+            Ok(route(&state, req))
+        }
     });
     server::serve(listener, service, limits, "admin", shutdown).await;
+}
+
+/// The scrape, rendered on a blocking thread: with many endpoints it walks
+/// every one of them, which is no work for a runtime worker.
+async fn metrics(metrics: Arc<Metrics>) -> Response<Full<Bytes>> {
+    match tokio::task::spawn_blocking(move || metrics.render()).await {
+        Ok(text) => Response::builder()
+            .header("content-type", "text/plain; version=0.0.4; charset=utf-8")
+            .body(Full::new(Bytes::from(text)))
+            .unwrap_or_default(),
+        Err(e) => {
+            tracing::error!(error = %e, "rendering the metrics failed");
+            text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "rendering the metrics failed\n",
+            )
+        }
+    }
 }
 
 fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {

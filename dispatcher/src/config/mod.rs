@@ -948,6 +948,12 @@ impl Config {
                 "every endpoint is disabled: the dispatcher would commit past every event without delivering it",
             ));
         }
+        if self.metrics.linger < Duration::from_secs(60) {
+            problems.push(Problem::new(
+                "metrics.linger",
+                "must be at least 1m: shorter, a troubled endpoint's series may last a single scrape, too few for rate()",
+            ));
+        }
         if self.metrics.endpoint_series_max > 100_000 {
             problems.push(Problem::new(
                 "metrics.endpoint_series_max",

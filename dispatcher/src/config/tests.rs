@@ -590,3 +590,73 @@ endpoints:
         .message
         .contains("routing.tenant_key is not"));
 }
+
+#[test]
+fn the_metrics_section_and_an_endpoints_detail_are_read_and_checked() {
+    let ok = r#"
+metrics:
+  endpoint_series: all
+  endpoint_series_max: 20
+  linger: 5m
+endpoints:
+  - id: acme
+    metrics: detailed
+    url: "https://hooks.acme.example/in"
+    events: ["*"]
+"#;
+    let c = Config::from_yaml(ok, &no_env).unwrap();
+    assert_eq!(
+        c.metrics,
+        crate::metrics::MetricsConfig {
+            endpoint_series: crate::metrics::EndpointSeries::All,
+            endpoint_series_max: 20,
+            linger: Duration::from_secs(300),
+        }
+    );
+    assert_eq!(
+        c.endpoints[0].metrics,
+        crate::metrics::EndpointDetail::Detailed
+    );
+    let defaults = Config::from_yaml(
+        "endpoints:\n  - id: a\n    url: \"https://a.example/\"\n    events: [\"*\"]\n",
+        &no_env,
+    )
+    .unwrap();
+    assert_eq!(defaults.metrics, crate::metrics::MetricsConfig::default());
+    assert_eq!(
+        defaults.endpoints[0].metrics,
+        crate::metrics::EndpointDetail::Auto
+    );
+
+    let p = problems(
+        r#"
+metrics:
+  linger: 10s
+  endpoint_series_max: 200000
+endpoints:
+  - id: acme
+    metrics: verbose
+    url: "https://hooks.acme.example/in"
+    events: ["*"]
+"#,
+    );
+    assert!(
+        at(&p, "metrics.linger").message.contains("at least 1m"),
+        "{p:?}"
+    );
+    assert!(
+        at(&p, "metrics.endpoint_series_max")
+            .message
+            .contains("100000"),
+        "{p:?}"
+    );
+    assert!(
+        at(&p, "endpoints[0].metrics").message.contains("detailed"),
+        "{p:?}"
+    );
+    let p = problems("metrics:\n  endpoint_series: some\n");
+    assert!(
+        at(&p, "metrics.endpoint_series").message.contains("all"),
+        "{p:?}"
+    );
+}

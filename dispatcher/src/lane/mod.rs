@@ -958,7 +958,12 @@ impl Lane {
             let now_ms = chrono::Utc::now().timestamp_millis();
             state.not_before_ms = state.not_before_ms.max(now_ms + wait.as_millis() as i64);
             match parker.park(&delivery, &state, wait, reason).await {
-                Ok(()) => metrics.parked.inc(),
+                Ok(()) => {
+                    metrics.parked.inc();
+                    if let Some(by_reason) = metrics.parked_for(reason) {
+                        by_reason.inc();
+                    }
+                }
                 Err(WriteError::Refused(e)) => {
                     // The retry topic refuses it (too large): dead-letter
                     // rather than lose it.

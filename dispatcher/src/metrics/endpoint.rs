@@ -72,7 +72,7 @@ pub const LATENCY_BOUNDS: [f64; 17] = [
     8.192, 16.384, 32.768, 65.536,
 ];
 
-/// A histogram of answer times with the fixed [`LATENCY_BOUNDS`]. Buckets
+/// A histogram of answer times with the fixed `LATENCY_BOUNDS`. Buckets
 /// hold their own counts (the scrape accumulates them) plus one past the
 /// last bound, so the total is their sum and never disagrees with them.
 #[derive(Debug, Default)]
@@ -222,19 +222,6 @@ impl EndpointCounters {
             || self.spilling.get() != 0
             || self.backlog.get() > 0
     }
-
-    /// A number that grows with every sign of trouble: failed attempts,
-    /// throttles, dead letters, parks, spills, losses. When it changed
-    /// between two scrapes, the endpoint had trouble in between.
-    pub fn trouble(&self) -> u64 {
-        self.attempt_retry.get()
-            + self.attempt_permanent.get()
-            + self.throttled.get()
-            + self.dead_lettered.get()
-            + self.parked.get()
-            + self.spilled.get()
-            + self.backlog_lost.get()
-    }
 }
 
 /// A lane's handle on its endpoint's numbers, and on the replica-wide
@@ -301,18 +288,6 @@ mod tests {
         let (_, total, sum) = l.snapshot();
         assert_eq!(total, 2);
         assert_eq!(sum, 0.0);
-    }
-
-    #[test]
-    fn trouble_moves_with_failures_and_not_with_successes() {
-        let c = EndpointCounters::default();
-        let before = c.trouble();
-        c.delivered.inc();
-        c.attempt_delivered.inc();
-        c.attempt_duration.observe(0.01);
-        assert_eq!(c.trouble(), before);
-        c.attempt_retry.inc();
-        assert!(c.trouble() > before);
     }
 
     #[test]

@@ -2,9 +2,9 @@
 //! `docs/metrics.md`.
 //!
 //! Replica-wide series (by topic, transport, stage) are registered here.
-//! Endpoints' numbers are atomics each lane owns ([`endpoint`]); which of
+//! Endpoints' numbers are atomics each lane owns (`endpoint.rs`); which of
 //! them become series of their own, and the per-tenant sums that stand for
-//! the rest, is [`table`]'s business, decided at scrape time so that the
+//! the rest, is `table.rs`'s business, decided at scrape time so that the
 //! series count stays bounded at any number of endpoints. Hot paths hold
 //! their handles and never look a label up per event.
 

@@ -15,13 +15,19 @@
 //!   trouble (a failed or throttled attempt, a dead letter, a park, a spill,
 //!   an open breaker, a pause, a backlog in Kafka) until `metrics.linger`
 //!   after the last sign, at most `endpoint_series_max` of them (marked
-//!   ones first, then the most recent trouble).
+//!   ones first, then fresh failures, then lasting states; see
+//!   [`choose`]). How many were left out is a gauge of its own.
 //!
 //! An endpoint's series carry its lifetime values whenever they show, so
-//! each series only ever grows. A tenant's sums must too, or `rate()` reads
-//! a drop as a counter reset: what a deleted endpoint counted, or what an
-//! endpoint counted before it moved to another tenant, stays in its old
-//! tenant's sums (`retired`) for as long as that tenant has endpoints here.
+//! each series only ever grows. The first scrape that shows an endpoint an
+//! earlier scrape passed over exports, for the counters its tenant sums
+//! too, the values of that earlier scrape: the trouble that brought the
+//! series is then an increase `rate()` can see.
+//!
+//! A tenant's sums must only grow too, or `rate()` reads a drop as a
+//! counter reset: what a deleted endpoint counted, or what an endpoint
+//! counted before it moved to another tenant, stays in its old tenant's
+//! sums (`retired`) for as long as that tenant has endpoints here.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -63,14 +69,38 @@ struct Entry {
     /// What this endpoint counted before it joined its current tenant: its
     /// share of that tenant's sums is what it counted since.
     base: Option<Box<Totals>>,
-    /// The last scrape that saw trouble (see [`EndpointCounters::trouble`]).
+    /// The last scrape that saw trouble of any kind (see
+    /// [`EndpointCounters::unwell`] and [`trouble`]).
     last_trouble: Option<Instant>,
-    trouble_seen: u64,
+    /// The last scrape that saw a trouble counter move: a fresh failure,
+    /// which ranks above a lasting state when places are short.
+    last_change: Option<Instant>,
+    /// Its counted totals at the previous scrape: what its series show in
+    /// the first scrape that shows them, so that `rate()` and `increase()`
+    /// see the trouble that put them there.
+    prev: Totals,
+    /// Shown in the previous scrape.
+    shown: bool,
+    /// Seen by a scrape before (`prev` holds something).
+    scraped: bool,
+}
+
+/// The trouble counters among the totals: failed attempts (retry,
+/// permanent), dead letters, parks, throttles, spills, losses.
+fn trouble(t: &Totals) -> u64 {
+    // outcomes: delivered, dead_lettered, retried, parked, deduplicated;
+    // results: delivered, retry, permanent; then throttled, spilled, lost.
+    t[1] + t[3] + t[6] + t[7] + t[8] + t[9] + t[10]
 }
 
 impl Entry {
     fn tenant_share(&self) -> Totals {
-        let mut t = totals(&self.counters);
+        self.share_of(&totals(&self.counters))
+    }
+
+    /// Its share of its tenant's sums, given its totals now.
+    fn share_of(&self, now: &Totals) -> Totals {
+        let mut t = *now;
         if let Some(base) = &self.base {
             for (a, b) in t.iter_mut().zip(base.iter()) {
                 *a = a.saturating_sub(*b);
@@ -143,8 +173,9 @@ const T_LOST: usize = 23;
 const T_ENDPOINTS: usize = 24;
 const T_TROUBLED: usize = 25;
 const SHOWN: usize = 26;
+const HIDDEN: usize = 27;
 
-const FAMILIES: [Family; 27] = [
+const FAMILIES: [Family; 28] = [
     family("dispatcher_deliveries_total", "Deliveries by outcome: delivered and dead_lettered are final; retried (waiting in memory), parked (waiting in a retry topic) and deduplicated (already delivered, not sent again) are steps.", COUNTER, &["endpoint", "outcome", "transport"]),
     family("dispatcher_delivery_attempts_total", "Send attempts by result (delivered, retry, permanent).", COUNTER, &["endpoint", "result", "transport"]),
     family("dispatcher_delivery_attempt_duration_seconds", "Time of one send attempt, from request to classified response.", HISTOGRAM, &["endpoint", "transport"]),
@@ -172,6 +203,7 @@ const FAMILIES: [Family; 27] = [
     family("dispatcher_tenant_endpoints", "Endpoints of a tenant that this replica runs.", GAUGE, &["tenant"]),
     family("dispatcher_tenant_endpoints_troubled", "Endpoints of a tenant with trouble now or within metrics.linger (the ones that keep series of their own).", GAUGE, &["tenant"]),
     family("dispatcher_metrics_endpoints_shown", "Endpoints exported with series of their own in this scrape (see metrics.endpoint_series).", GAUGE, &[]),
+    family("dispatcher_metrics_troubled_endpoints_hidden", "Marked or troubled endpoints left without series of their own because metrics.endpoint_series_max were shown already.", GAUGE, &[]),
 ];
 
 fn label(name: &str, value: &str) -> LabelPair {
@@ -260,7 +292,10 @@ impl EndpointTable {
                 counters: counters.clone(),
                 base: None,
                 last_trouble: None,
-                trouble_seen: 0,
+                last_change: None,
+                prev: [0; TENANT_COUNTERS],
+                shown: false,
+                scraped: false,
             },
         );
         counters
@@ -281,12 +316,14 @@ impl EndpointTable {
             e.transport = transport.into();
         }
         if e.tenant.as_deref() != tenant {
-            // What it counted so far stays with the tenant it counted for.
+            // What it counted so far stays with the tenant it counted for;
+            // one read, so nothing counted in between is in neither.
+            let now = totals(&e.counters);
             add(
                 retired.entry(e.tenant.clone()).or_default(),
-                &e.tenant_share(),
+                &e.share_of(&now),
             );
-            e.base = Some(Box::new(totals(&e.counters)));
+            e.base = Some(Box::new(now));
             e.tenant = tenant.map(Arc::from);
         }
     }
@@ -316,6 +353,7 @@ impl EndpointTable {
     pub fn shown(&self) -> Vec<Arc<str>> {
         let mut inner = self.lock();
         let mut ids: Vec<Arc<str>> = choose(&mut inner, Instant::now())
+            .shown
             .into_iter()
             .map(|(id, _)| id)
             .collect();
@@ -327,16 +365,17 @@ impl EndpointTable {
         // Under the lock only what must be read together; the series are
         // built after it, so a lane that registers or a park that counts
         // waits for one pass over the endpoints, not for the encoding.
-        let (shown, tenants) = {
+        let (Chosen { shown, hidden }, tenants) = {
             let mut inner = self.lock();
-            let shown = choose(&mut inner, now);
-            (shown, tenant_sums(&mut inner, now))
+            let chosen = choose(&mut inner, now);
+            (chosen, tenant_sums(&mut inner, now))
         };
         let mut out: Vec<Vec<proto::Metric>> = (0..FAMILIES.len()).map(|_| Vec::new()).collect();
         for (id, e) in &shown {
             endpoint_series(&mut out, id, e);
         }
         out[SHOWN].push(gauge(Vec::new(), shown.len() as f64));
+        out[HIDDEN].push(gauge(Vec::new(), hidden as f64));
         tenant_series(&mut out, tenants);
         FAMILIES
             .iter()
@@ -353,35 +392,70 @@ impl EndpointTable {
     }
 }
 
+struct Chosen {
+    shown: Vec<(Arc<str>, EntryView)>,
+    /// Marked or troubled endpoints left without series by the cap.
+    hidden: usize,
+}
+
 /// Look at every endpoint for trouble, then pick the ones shown with their
 /// own series (see the module docs).
-fn choose(inner: &mut Inner, now: Instant) -> Vec<(Arc<str>, EntryView)> {
+///
+/// When places are short they go, in this order, to the marked endpoints,
+/// to those whose trouble counters moved within the linger (a fresh
+/// failure), then to those only in a lasting state (paused, disabled, a
+/// breaker left open by an idle endpoint, a backlog); within each, to the
+/// ones already shown (so a series does not come and go), then to the most
+/// recent.
+fn choose(inner: &mut Inner, now: Instant) -> Chosen {
     let linger = inner.config.linger;
-    for e in inner.entries.values_mut() {
-        let trouble = e.counters.trouble();
-        if trouble != e.trouble_seen || e.counters.unwell() {
+    let max = inner.config.endpoint_series_max;
+    let everyone =
+        inner.config.endpoint_series == super::EndpointSeries::All || inner.entries.len() <= max;
+    let recent = |t: Option<Instant>| t.is_some_and(|t| now.saturating_duration_since(t) <= linger);
+    let mut candidates = Vec::new();
+    for (id, e) in inner.entries.iter_mut() {
+        let current = totals(&e.counters);
+        if trouble(&current) != trouble(&e.prev) {
+            e.last_change = Some(now);
+            e.last_trouble = Some(now);
+        } else if e.counters.unwell() {
             e.last_trouble = Some(now);
         }
-        e.trouble_seen = trouble;
+        // An endpoint that an earlier scrape saw without showing it first
+        // shows the totals of that scrape; one new since the last scrape
+        // shows what it has, as a series created at zero would.
+        let first = !e.shown;
+        let exported = if first && e.scraped { e.prev } else { current };
+        e.prev = current;
+        e.shown = false;
+        e.scraped = true;
+        if everyone || e.detailed || recent(e.last_trouble) {
+            let rank = (
+                e.detailed,
+                recent(e.last_change),
+                !first,
+                e.last_change,
+                e.last_trouble,
+            );
+            candidates.push((rank, id.clone(), exported));
+        }
     }
-    let everyone = inner.config.endpoint_series == super::EndpointSeries::All
-        || inner.entries.len() <= inner.config.endpoint_series_max;
-    let mut shown: Vec<(Arc<str>, EntryView)> = inner
-        .entries
-        .iter()
-        .filter(|(_, e)| everyone || e.detailed || troubled(e, now, linger))
-        .map(|(id, e)| (id.clone(), EntryView::of(e)))
+    let mut hidden = 0;
+    if !everyone && candidates.len() > max {
+        candidates.sort_by(|(a, a_id, _), (b, b_id, _)| b.cmp(a).then(a_id.cmp(b_id)));
+        hidden = candidates.len() - max;
+        candidates.truncate(max);
+    }
+    let shown = candidates
+        .into_iter()
+        .filter_map(|(_, id, exported)| {
+            let e = inner.entries.get_mut(&id)?;
+            e.shown = true;
+            Some((id, EntryView::of(e, exported)))
+        })
         .collect();
-    if !everyone && shown.len() > inner.config.endpoint_series_max {
-        shown.sort_by(|(a_id, a), (b_id, b)| {
-            b.detailed
-                .cmp(&a.detailed)
-                .then(b.last_trouble.cmp(&a.last_trouble))
-                .then(a_id.cmp(b_id))
-        });
-        shown.truncate(inner.config.endpoint_series_max);
-    }
-    shown
+    Chosen { shown, hidden }
 }
 
 fn troubled(e: &Entry, now: Instant, linger: Duration) -> bool {
@@ -393,17 +467,17 @@ fn troubled(e: &Entry, now: Instant, linger: Duration) -> bool {
 /// lock's borrow.
 struct EntryView {
     transport: Box<str>,
-    detailed: bool,
-    last_trouble: Option<Instant>,
+    /// Outcomes, results, throttled, spilled, lost: as of the previous
+    /// scrape on a first showing, else now.
+    totals: Totals,
     counters: Arc<EndpointCounters>,
 }
 
 impl EntryView {
-    fn of(e: &Entry) -> EntryView {
+    fn of(e: &Entry, totals: Totals) -> EntryView {
         EntryView {
             transport: e.transport.clone(),
-            detailed: e.detailed,
-            last_trouble: e.last_trouble,
+            totals,
             counters: e.counters.clone(),
         }
     }
@@ -413,11 +487,16 @@ fn endpoint_series(out: &mut [Vec<proto::Metric>], id: &str, e: &EntryView) {
     let c = &e.counters;
     let ep = || label("endpoint", id);
     let tr = || label("transport", &e.transport);
-    for (outcome, v) in DELIVERY_OUTCOMES.iter().zip(c.outcomes()) {
-        out[DELIVERIES].push(counter(vec![ep(), label("outcome", outcome), tr()], v));
+    let (outcomes, rest) = e.totals.split_at(DELIVERY_OUTCOMES.len());
+    let (results, rest) = rest.split_at(ATTEMPT_RESULTS.len());
+    for (outcome, v) in DELIVERY_OUTCOMES.iter().zip(outcomes) {
+        out[DELIVERIES].push(counter(vec![ep(), label("outcome", outcome), tr()], *v));
     }
-    for (result, v) in ATTEMPT_RESULTS.iter().zip(c.results()) {
-        out[ATTEMPTS].push(counter(vec![ep(), label("result", result), tr()], v));
+    for (result, v) in ATTEMPT_RESULTS.iter().zip(results) {
+        out[ATTEMPTS].push(counter(vec![ep(), label("result", result), tr()], *v));
+    }
+    for (family, v) in [THROTTLED, SPILLED, LOST].into_iter().zip(rest) {
+        out[family].push(counter(vec![ep()], *v));
     }
     let (cumulative, total, sum) = c.attempt_duration.snapshot();
     let mut h = proto::Histogram::default();
@@ -446,10 +525,7 @@ fn endpoint_series(out: &mut [Vec<proto::Metric>], id: &str, e: &EntryView) {
     }
     for (family, v) in [
         (RATE_LIMIT_WAITS, &c.rate_limit_waits),
-        (SPILLED, &c.spilled),
         (DRAINED, &c.backlog_drained),
-        (LOST, &c.backlog_lost),
-        (THROTTLED, &c.throttled),
     ] {
         out[family].push(counter(vec![ep()], v.get()));
     }

@@ -130,8 +130,55 @@ fn the_cap_prefers_marked_endpoints_then_the_latest_trouble() {
     let t1 = t0 + Duration::from_secs(1);
     shown_at(&t, t1);
     c[2].dead_lettered.inc();
-    // e0, e1, e2 troubled and e3 marked: 4 candidates for 2 places.
-    assert_eq!(shown_at(&t, t1 + Duration::from_secs(1)), ["e2", "e3"]);
+    // e0, e1, e2 troubled and e3 marked: 4 candidates for 2 places. The
+    // marked one, then the one already shown: a series does not come and go.
+    let t2 = t1 + Duration::from_secs(1);
+    assert_eq!(shown_at(&t, t2), ["e0", "e3"]);
+    let s = samples_at(&t, t2);
+    assert_eq!(s["dispatcher_metrics_troubled_endpoints_hidden{}"], 2.0);
+}
+
+#[test]
+fn a_fresh_failure_takes_the_place_of_a_lasting_state() {
+    let t = table(1);
+    let c: Vec<_> = (0..3)
+        .map(|i| t.register(&format!("e{i}"), "http", None, false))
+        .collect();
+    let t0 = Instant::now();
+    c[0].paused.set(1);
+    assert_eq!(shown_at(&t, t0), ["e0"]);
+    // A paused endpoint is in trouble at every scrape, and shown already;
+    // a receiver that starts failing still gets the place.
+    c[2].attempt_permanent.inc();
+    let t1 = t0 + Duration::from_secs(15);
+    assert_eq!(shown_at(&t, t1), ["e2"]);
+    assert_eq!(
+        samples_at(&t, t1)["dispatcher_metrics_troubled_endpoints_hidden{}"],
+        1.0
+    );
+}
+
+#[test]
+fn a_first_showing_carries_the_values_of_the_scrape_before() {
+    let t = table(1);
+    let c: Vec<_> = (0..2)
+        .map(|i| t.register(&format!("e{i}"), "http", None, false))
+        .collect();
+    let t0 = Instant::now();
+    c[1].delivered.inc_by(1000);
+    assert!(shown_at(&t, t0).is_empty());
+    // A burst of 50 dead letters between two scrapes: the first scrape that
+    // shows e1 says what it had before them, the next one says 50, so
+    // increase() sees the burst.
+    c[1].dead_lettered.inc_by(50);
+    let key = "dispatcher_deliveries_total{endpoint=e1,outcome=dead_lettered,transport=http}";
+    let first = samples_at(&t, t0 + Duration::from_secs(15));
+    assert_eq!(first[key], 0.0);
+    assert_eq!(
+        first["dispatcher_deliveries_total{endpoint=e1,outcome=delivered,transport=http}"],
+        1000.0
+    );
+    assert_eq!(samples_at(&t, t0 + Duration::from_secs(30))[key], 50.0);
 }
 
 #[test]
