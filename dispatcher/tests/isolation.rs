@@ -234,6 +234,92 @@ async fn a_lone_slow_endpoint_that_fills_the_budget_is_spilled_so_the_source_rea
     running.shutdown().await.unwrap();
 }
 
+/// A tenant whose four endpoints cannot keep up with its flood, and a quiet
+/// tenant whose events come after the flood in the same partition. The
+/// flooding tenant's lanes together may hold three quarters of the budget
+/// at most, so they spill before it is full, the source reads on, and the
+/// quiet tenant's events are delivered at its receiver's pace. Without the
+/// tenants' shares the flood filled the budget and held the source until
+/// it drained (100 s here; `spill_after` is set long so that the stall
+/// fallback cannot hide it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_tenant_does_not_hold_up_a_quiet_tenant_behind_it() {
+    support::init_logging();
+    let kafka = support::embedded_kafka(1);
+    // 100 ms per answer, two at a time: 20 deliveries/s per endpoint.
+    let slow = Sink::start(Behaviour::Delay { ms: 100 }).await;
+    let quiet = Sink::start(Behaviour::Ok).await;
+    let mut endpoints = String::new();
+    for i in 0..4 {
+        endpoints += &format!(
+            "  - id: flood-{i}\n    tenant: flood\n    url: \"{}\"\n    events: [\"*\"]\n    max_in_flight: 2\n",
+            slow.url(&format!("/flood-{i}"))
+        );
+    }
+    endpoints += &format!(
+        "  - id: quiet\n    tenant: quiet\n    url: \"{}\"\n    events: [\"*\"]\n",
+        quiet.url("/quiet")
+    );
+    const FLOOD: usize = 2000;
+    let mut seeds = SeedEvents::new(45);
+    let now = chrono::Utc::now().timestamp_millis();
+    let mut of_tenant = |tenant: &str| {
+        let mut v: serde_json::Value =
+            serde_json::from_slice(&seeds.event("message.sent", now).1).unwrap();
+        v["data"]["whatsapp_account_id"] = serde_json::json!(tenant);
+        serde_json::to_vec(&v).unwrap()
+    };
+    let mut values: Vec<Vec<u8>> = (0..FLOOD).map(|_| of_tenant("flood")).collect();
+    let theirs: Vec<Vec<u8>> = (0..3).map(|_| of_tenant("quiet")).collect();
+    values.extend(theirs.iter().cloned());
+    let flood_events: BTreeSet<String> = values[..FLOOD].iter().map(|v| raw_data(v)).collect();
+    let quiet_events: BTreeSet<String> = theirs.iter().map(|v| raw_data(v)).collect();
+    let pipeline = "  memory_budget: 1MiB\n  max_events_in_flight: 100000\n  spill_after: 10m\n";
+    let yaml = support::config_yaml(kafka.bootstrap(), "tenant-flood", pipeline, &endpoints)
+        + "routing:\n  tenant_key: data.whatsapp_account_id\n";
+    let config = dispatcher::config::Config::from_yaml(&yaml, &|_| None).unwrap();
+    let running = start(config).await;
+    produce(kafka.bootstrap(), "events", &values).await;
+    let started = Instant::now();
+    wait_until(
+        Duration::from_secs(150),
+        "the quiet tenant got its events",
+        || delivered(&quiet, "/quiet") == quiet_events,
+    )
+    .await;
+    let quiet_done = started.elapsed();
+    assert!(
+        quiet_done < Duration::from_secs(20),
+        "the quiet tenant waited {quiet_done:?} for the flood"
+    );
+    assert!(
+        slow.count() < 4 * FLOOD / 2,
+        "the flood cannot be through yet: {}",
+        slow.count()
+    );
+    let spilled: u64 = (0..4)
+        .map(|i| {
+            running
+                .metrics
+                .endpoint_counters(&format!("flood-{i}"))
+                .map_or(0, |c| c.spilled.get())
+        })
+        .sum();
+    assert!(spilled > 0, "the flood's lanes spilled");
+    // The flood's receivers speed up: everything arrives.
+    slow.set(Behaviour::Ok);
+    for i in 0..4 {
+        let path = format!("/flood-{i}");
+        wait_until(
+            Duration::from_secs(120),
+            "every flood endpoint got every event, later",
+            || delivered(&slow, &path) == flood_events,
+        )
+        .await;
+    }
+    running.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_lagging_endpoints_on_one_spill_partition_each_drain_at_their_own_pace() {
     support::init_logging();

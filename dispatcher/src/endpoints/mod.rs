@@ -277,6 +277,7 @@ impl Endpoints {
             paused_recheck: p.paused_recheck,
             spill_after: p.spill_after,
             paused,
+            tenant: ep.tenant.as_deref().map(Arc::from),
         }
     }
 

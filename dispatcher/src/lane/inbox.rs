@@ -12,9 +12,9 @@
 //! fresh deliveries still queued to the spill topic: the lane lags the
 //! others, or it is full).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -57,11 +57,33 @@ impl Evictions {
 /// among the lanes that hold anything. When every lane is as slow as the
 /// others the budget fills first and pauses the source (back-pressure); a
 /// lane slower than the rest reaches its share first and spills.
+///
+/// Tenants get the same between them: the lanes of one tenant together may
+/// hold up to one and a half times an even share among the tenants whose
+/// lanes hold anything, and never more than three quarters of the budget
+/// while there are lanes of other tenants (endpoints without a tenant are
+/// one tenant here). A tenant that floods its lanes therefore spills before
+/// the budget is full: the source reads on, and the other tenants' events
+/// behind the flood in the same partitions are read and sent at their own
+/// pace. With one tenant (or none) nothing changes.
 pub struct Shares {
     budget: usize,
     /// Lanes with anything queued.
     active: AtomicUsize,
+    /// Tenants with a lane that has anything queued.
+    active_tenants: AtomicUsize,
+    /// Tenants with a lane at all.
+    known_tenants: AtomicUsize,
+    tenants: Mutex<HashMap<Option<Arc<str>>, Weak<TenantShare>>>,
     pub front: Arc<Front>,
+}
+
+/// What one tenant's lanes hold together.
+#[derive(Default)]
+pub struct TenantShare {
+    bytes: AtomicUsize,
+    /// Its lanes with anything queued.
+    active: AtomicUsize,
 }
 
 impl Shares {
@@ -69,6 +91,9 @@ impl Shares {
         Shares {
             budget,
             active: AtomicUsize::new(0),
+            active_tenants: AtomicUsize::new(0),
+            known_tenants: AtomicUsize::new(0),
+            tenants: Mutex::default(),
             front,
         }
     }
@@ -76,6 +101,49 @@ impl Shares {
     fn share(&self) -> usize {
         let active = self.active.load(Ordering::Acquire).max(1);
         self.budget / active * 3 / 2
+    }
+
+    fn tenant_share(&self) -> usize {
+        // One tenant (or none): the lanes' shares are all there is.
+        if self.known_tenants.load(Ordering::Acquire) <= 1 {
+            return usize::MAX;
+        }
+        // Counted as two at least: the others' events may be unread behind
+        // this tenant's, and only room in the budget lets the source reach
+        // them.
+        let active = self.active_tenants.load(Ordering::Acquire).max(2);
+        self.budget / active * 3 / 2
+    }
+
+    /// The account of `tenant`'s lanes (one for every lane without a
+    /// tenant), shared by all its lanes while any is alive.
+    pub fn tenant(&self, tenant: Option<&str>) -> Arc<TenantShare> {
+        let mut tenants = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
+        let key: Option<Arc<str>> = tenant.map(Arc::from);
+        if let Some(t) = tenants.get(&key).and_then(Weak::upgrade) {
+            return t;
+        }
+        // A tenant whose last lane went is forgotten when a new one comes,
+        // so the map holds the tenants of the lanes there are.
+        tenants.retain(|_, t| t.strong_count() > 0);
+        let t = Arc::new(TenantShare::default());
+        tenants.insert(key, Arc::downgrade(&t));
+        self.known_tenants.store(tenants.len(), Ordering::Release);
+        t
+    }
+
+    fn lane_active(&self, tenant: &TenantShare) {
+        self.active.fetch_add(1, Ordering::AcqRel);
+        if tenant.active.fetch_add(1, Ordering::AcqRel) == 0 {
+            self.active_tenants.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    fn lane_idle(&self, tenant: &TenantShare) {
+        self.active.fetch_sub(1, Ordering::AcqRel);
+        if tenant.active.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.active_tenants.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 }
 
@@ -95,18 +163,28 @@ struct Queued {
     stamp: u64,
 }
 
-#[derive(Default)]
 struct Queues {
     fresh: VecDeque<Queued>,
     returned: VecDeque<Job>,
     /// What the queued deliveries weigh (see [`weight`]).
     bytes: usize,
+    /// What they weigh in their tenant's account (see [`tenant_weight`]).
+    tenant_bytes: usize,
+    tenant: Arc<TenantShare>,
 }
 
 /// What a queued delivery counts against its lane's share: its event (as if
 /// the lane alone held it) and its bookkeeping.
 fn weight(job: &Job) -> usize {
     job.event.payload().len() + crate::offsets::DELIVERY_OVERHEAD
+}
+
+/// What it counts against its tenant's share: as if its record were held
+/// for it alone, the record's bookkeeping too, so that a tenant's share
+/// bounds what its records really take of the budget (a record with one
+/// delivery costs the budget more than the delivery's [`weight`]).
+fn tenant_weight(w: usize) -> usize {
+    w + crate::offsets::RECORD_OVERHEAD
 }
 
 pub struct Inbox {
@@ -139,12 +217,19 @@ impl Inbox {
         lane: usize,
         evictions: Arc<Evictions>,
         shares: Arc<Shares>,
+        tenant: Arc<TenantShare>,
     ) -> Inbox {
         Inbox {
             lane,
             evictions,
             shares,
-            q: Mutex::default(),
+            q: Mutex::new(Queues {
+                fresh: VecDeque::new(),
+                returned: VecDeque::new(),
+                bytes: 0,
+                tenant_bytes: 0,
+                tenant,
+            }),
             work: Notify::new(),
             room: Notify::new(),
             cap: AtomicUsize::new(cap.max(1)),
@@ -176,11 +261,26 @@ impl Inbox {
             .store(returned_cap.clamp(1, cap.max(1)), Ordering::Relaxed);
     }
 
+    /// The endpoint moved to another tenant: what it holds moves with it.
+    pub(super) fn set_tenant(&self, tenant: Arc<TenantShare>) {
+        let mut q = self.lock();
+        if Arc::ptr_eq(&q.tenant, &tenant) {
+            return;
+        }
+        if !(q.fresh.is_empty() && q.returned.is_empty()) {
+            self.shares.lane_idle(&q.tenant);
+            q.tenant.bytes.fetch_sub(q.tenant_bytes, Ordering::AcqRel);
+            self.shares.lane_active(&tenant);
+            tenant.bytes.fetch_add(q.tenant_bytes, Ordering::AcqRel);
+        }
+        q.tenant = tenant;
+    }
+
     /// Queue a fresh delivery, or give it back to be spilled: when the
-    /// lane spills already, cannot send, or is full (`queue_capacity`, or
-    /// its share of the memory budget). A full lane starts spilling, and
-    /// asks for what it queued to be spilled first, so its backlog keeps
-    /// the source's order.
+    /// lane spills already, cannot send, or is full (`queue_capacity`, its
+    /// share of the memory budget, or its tenant's). A full lane starts
+    /// spilling, and asks for what it queued to be spilled first, so its
+    /// backlog keeps the source's order.
     pub fn offer(&self, job: Job) -> Result<(), Job> {
         if self.spilling.load(Ordering::Acquire) || !self.accepting.load(Ordering::Acquire) {
             return Err(job);
@@ -188,7 +288,11 @@ impl Inbox {
         let w = weight(&job);
         let mut q = self.lock();
         let len = q.fresh.len() + q.returned.len();
-        if len >= self.cap() || (len > 0 && q.bytes + w > self.shares.share()) {
+        let tenant_bytes = q.tenant.bytes.load(Ordering::Acquire);
+        if len >= self.cap()
+            || (len > 0 && q.bytes + w > self.shares.share())
+            || (tenant_bytes > 0 && tenant_bytes + tenant_weight(w) > self.shares.tenant_share())
+        {
             drop(q);
             self.request_eviction();
             return Err(job);
@@ -205,22 +309,31 @@ impl Inbox {
 
     fn push(&self, q: &mut Queues, w: usize) {
         if q.fresh.is_empty() && q.returned.is_empty() {
-            self.shares.active.fetch_add(1, Ordering::AcqRel);
+            self.shares.lane_active(&q.tenant);
         }
         q.bytes += w;
+        q.tenant_bytes += tenant_weight(w);
+        q.tenant.bytes.fetch_add(tenant_weight(w), Ordering::AcqRel);
     }
 
     /// Account for `jobs` leaving the queues.
     fn left<'j>(&self, q: &mut Queues, jobs: impl Iterator<Item = &'j Job>) {
+        let before = q.tenant_bytes;
         let mut removed = 0;
         for job in jobs {
-            q.bytes = q.bytes.saturating_sub(weight(job));
+            let w = weight(job);
+            q.bytes = q.bytes.saturating_sub(w);
+            q.tenant_bytes = q.tenant_bytes.saturating_sub(tenant_weight(w));
             removed += 1;
         }
         if removed > 0 && q.fresh.is_empty() && q.returned.is_empty() {
             q.bytes = 0;
-            self.shares.active.fetch_sub(1, Ordering::AcqRel);
+            q.tenant_bytes = 0;
+            self.shares.lane_idle(&q.tenant);
         }
+        q.tenant
+            .bytes
+            .fetch_sub(before - q.tenant_bytes, Ordering::AcqRel);
     }
 
     /// Queue a delivery read back from an internal topic, or refuse it:
@@ -417,5 +530,140 @@ impl Inbox {
     /// Whether any fresh delivery is queued (one the source could spill).
     pub fn has_fresh(&self) -> bool {
         !self.lock().fresh.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use transports::model::SourceRef;
+    use transports::Event;
+
+    use super::*;
+    use crate::offsets::{Budget, HoldIndex, OffsetTracker, Ticket};
+
+    /// A fresh delivery whose weight is 1,000 bytes (payload and overhead).
+    fn job(p: &Arc<crate::offsets::PartitionOffsets>, offset: i64) -> Job {
+        let head = r#"{"event":"message.sent","id":"e","data":{"pad":""}}"#;
+        let pad = "x".repeat(1_000 - crate::offsets::DELIVERY_OVERHEAD - head.len());
+        let raw = head.replace(r#""pad":"""#, &format!(r#""pad":"{pad}""#));
+        let src = SourceRef {
+            topic: "events".into(),
+            partition: 0,
+            offset,
+        };
+        let event = Event::decode(Bytes::from(raw), src, Some(0), 1 << 20).unwrap();
+        Job {
+            ticket: Ticket::issue(p.clone(), offset, 1, event.payload().len()),
+            event: Arc::new(event),
+            parked: None,
+        }
+    }
+
+    fn partition() -> (OffsetTracker, Arc<crate::offsets::PartitionOffsets>) {
+        let (holds, _rx) = HoldIndex::new();
+        let t = OffsetTracker::new(Arc::new(Budget::new(1_000_000, 1 << 30)), holds);
+        t.assign([("events", 0)]);
+        let p = t.partition("events", 0).unwrap();
+        (t, p)
+    }
+
+    /// Offers deliveries to `lanes` in turn until one is refused; how many
+    /// were taken.
+    fn fill(lanes: &[Inbox], p: &Arc<crate::offsets::PartitionOffsets>, from: i64) -> usize {
+        (from..)
+            .enumerate()
+            .find(|&(taken, offset)| lanes[taken % lanes.len()].offer(job(p, offset)).is_err())
+            .map(|(taken, _)| taken)
+            .expect("an offer is refused at last")
+    }
+
+    #[test]
+    fn a_flooding_tenant_stops_at_its_share_and_leaves_room_for_the_others() {
+        let (_t, p) = partition();
+        // A budget of 10 deliveries' weight.
+        let shares = Arc::new(Shares::new(10_000, Arc::new(Front::default())));
+        let evictions = Arc::new(Evictions::default());
+        let inbox = |lane: usize, tenant: &str| {
+            Inbox::new(
+                1_000,
+                16,
+                lane,
+                evictions.clone(),
+                shares.clone(),
+                shares.tenant(Some(tenant)),
+            )
+        };
+        let flood: Vec<Inbox> = (0..4).map(|i| inbox(i, "flood")).collect();
+        let quiet = inbox(4, "quiet");
+        assert_eq!(weight(&job(&p, 0)), 1_000);
+
+        // Alone in the queues, the flooding tenant still stops at three
+        // quarters of the budget (5 x 1,256 <= 7,500: each delivery counts
+        // its record's bookkeeping too), though each of its lanes is within
+        // its own share (1.5 x 10,000 / 4 = 3,750 > 2,000).
+        assert_eq!(fill(&flood, &p, 1), 5);
+        // The quiet tenant's deliveries are taken.
+        assert!(quiet.offer(job(&p, 100)).is_ok());
+        assert!(quiet.offer(job(&p, 101)).is_ok());
+        assert!(
+            flood[2].offer(job(&p, 102)).is_err(),
+            "still over its share"
+        );
+
+        // The flood drains: its share is free again.
+        for lane in &flood {
+            lane.drain_all();
+        }
+        assert!(flood[0].offer(job(&p, 103)).is_ok());
+    }
+
+    #[test]
+    fn without_tenants_only_the_lanes_shares_apply() {
+        let (_t, p) = partition();
+        let shares = Arc::new(Shares::new(10_000, Arc::new(Front::default())));
+        let evictions = Arc::new(Evictions::default());
+        let lanes: Vec<Inbox> = (0..4)
+            .map(|i| {
+                Inbox::new(
+                    1_000,
+                    16,
+                    i,
+                    evictions.clone(),
+                    shares.clone(),
+                    shares.tenant(None),
+                )
+            })
+            .collect();
+        // Each lane up to 1.5 x 10,000 / 4 = 3,750: three deliveries each,
+        // as before tenants had shares.
+        assert_eq!(fill(&lanes, &p, 1), 12);
+    }
+
+    #[test]
+    fn moving_a_lane_to_another_tenant_moves_what_it_holds() {
+        let (_t, p) = partition();
+        let shares = Arc::new(Shares::new(10_000, Arc::new(Front::default())));
+        let a = shares.tenant(Some("a"));
+        let b = shares.tenant(Some("b"));
+        let inbox = Inbox::new(
+            100,
+            16,
+            0,
+            Arc::new(Evictions::default()),
+            shares.clone(),
+            a.clone(),
+        );
+        inbox.offer(job(&p, 1)).ok().unwrap();
+        inbox.offer(job(&p, 2)).ok().unwrap();
+        assert_eq!(a.bytes.load(Ordering::Relaxed), 2 * 1_256);
+        inbox.set_tenant(b.clone());
+        assert_eq!(a.bytes.load(Ordering::Relaxed), 0);
+        assert_eq!(b.bytes.load(Ordering::Relaxed), 2 * 1_256);
+        assert_eq!(shares.active_tenants.load(Ordering::Relaxed), 1);
+        inbox.drain_all();
+        assert_eq!(b.bytes.load(Ordering::Relaxed), 0);
+        assert_eq!(shares.active_tenants.load(Ordering::Relaxed), 0);
+        assert_eq!(shares.active.load(Ordering::Relaxed), 0);
     }
 }

@@ -191,6 +191,8 @@ pub struct LaneSettings {
     /// what follows, is spilled.
     pub spill_after: Duration,
     pub paused: bool,
+    /// Its tenant: whose share of the memory budget its inbox counts in.
+    pub tenant: Option<Arc<str>>,
 }
 
 /// Shared services a lane uses.
@@ -300,6 +302,7 @@ pub fn spawn(
         settings.index,
         deps.evictions.clone(),
         deps.shares.clone(),
+        deps.shares.tenant(settings.tenant.as_deref()),
     ));
     let control = Arc::new(Control::default());
     if settings.paused {
@@ -507,6 +510,10 @@ impl Lane {
                 }
                 self.inbox
                     .set_caps(new.queue_capacity, returned_cap(new.max_in_flight));
+                if new.tenant != s.tenant {
+                    self.inbox
+                        .set_tenant(self.d.shares.tenant(new.tenant.as_deref()));
+                }
                 let (index, id) = (self.s.index, self.s.endpoint_id.clone());
                 self.s = *new;
                 // Its identity is the lane's, whatever the update says.
