@@ -236,8 +236,8 @@ async fn a_lone_slow_endpoint_that_fills_the_budget_is_spilled_so_the_source_rea
 
 /// A tenant whose four endpoints cannot keep up with its flood, and a quiet
 /// tenant whose events come after the flood in the same partition. The
-/// flooding tenant's lanes together may hold three quarters of the budget
-/// at most, so they spill before it is full, the source reads on, and the
+/// flooding tenant's lanes together may hold half the budget at most, so
+/// they spill before it is full, the source reads on, and the
 /// quiet tenant's events are delivered at its receiver's pace. Without the
 /// tenants' shares the flood filled the budget and held the source until
 /// it drained (100 s here; `spill_after` is set long so that the stall

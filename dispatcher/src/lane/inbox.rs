@@ -60,30 +60,50 @@ impl Evictions {
 ///
 /// Tenants get the same between them: the lanes of one tenant together may
 /// hold up to one and a half times an even share among the tenants whose
-/// lanes hold anything, and never more than three quarters of the budget
-/// while there are lanes of other tenants (endpoints without a tenant are
-/// one tenant here). A tenant that floods its lanes therefore spills before
-/// the budget is full: the source reads on, and the other tenants' events
-/// behind the flood in the same partitions are read and sent at their own
-/// pace. With one tenant (or none) nothing changes.
+/// lanes hold anything, and never more than half the budget while other
+/// tenants have lanes. Past it, the tenant's lanes that hold at
+/// least their even part of what it holds take nothing more (they spill);
+/// its lanes that keep up still do. A tenant that floods its lanes
+/// therefore spills before the budget is full: the source reads on, and the
+/// other tenants' events behind the flood in the same partitions are read
+/// and sent at their own pace. Endpoints without a tenant have no such
+/// share, and with one tenant or none nothing changes.
 pub struct Shares {
     budget: usize,
     /// Lanes with anything queued.
     active: AtomicUsize,
     /// Tenants with a lane that has anything queued.
     active_tenants: AtomicUsize,
-    /// Tenants with a lane at all.
-    known_tenants: AtomicUsize,
-    tenants: Mutex<HashMap<Option<Arc<str>>, Weak<TenantShare>>>,
+    /// Tenants with a lane at all (their accounts count themselves out when
+    /// their last lane goes).
+    known_tenants: Arc<AtomicUsize>,
+    tenants: Mutex<HashMap<Arc<str>, Weak<TenantShare>>>,
     pub front: Arc<Front>,
 }
 
-/// What one tenant's lanes hold together.
+/// What one tenant's lanes hold together. Lanes without a tenant have one
+/// too, which no share bounds (`known` is `None`).
 #[derive(Default)]
 pub struct TenantShare {
     bytes: AtomicUsize,
     /// Its lanes with anything queued.
     active: AtomicUsize,
+    /// The count of known tenants, which this one leaves when dropped.
+    known: Option<Arc<AtomicUsize>>,
+}
+
+impl TenantShare {
+    fn named(&self) -> bool {
+        self.known.is_some()
+    }
+}
+
+impl Drop for TenantShare {
+    fn drop(&mut self) {
+        if let Some(known) = &self.known {
+            known.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
 }
 
 impl Shares {
@@ -92,7 +112,7 @@ impl Shares {
             budget,
             active: AtomicUsize::new(0),
             active_tenants: AtomicUsize::new(0),
-            known_tenants: AtomicUsize::new(0),
+            known_tenants: Arc::new(AtomicUsize::new(0)),
             tenants: Mutex::default(),
             front,
         }
@@ -104,44 +124,51 @@ impl Shares {
     }
 
     fn tenant_share(&self) -> usize {
-        // One tenant (or none): the lanes' shares are all there is.
+        // One tenant: the lanes' shares are all there is.
         if self.known_tenants.load(Ordering::Acquire) <= 1 {
             return usize::MAX;
         }
-        // Counted as two at least: the others' events may be unread behind
-        // this tenant's, and only room in the budget lets the source reach
-        // them.
-        let active = self.active_tenants.load(Ordering::Acquire).max(2);
-        self.budget / active * 3 / 2
+        // Never more than half, though it is alone in the queues: the
+        // others' events may be unread behind its own, and only room in the
+        // budget lets the source reach them. A paused source resumes once
+        // the budget is back at three quarters, so a tenant holding three
+        // quarters would keep it paused.
+        let active = self.active_tenants.load(Ordering::Acquire).max(1);
+        (self.budget / active * 3 / 2).min(self.budget / 2)
     }
 
-    /// The account of `tenant`'s lanes (one for every lane without a
-    /// tenant), shared by all its lanes while any is alive.
+    /// The account of `tenant`'s lanes, shared by all its lanes while any
+    /// is alive; a lane without a tenant gets one of its own, unbounded.
     pub fn tenant(&self, tenant: Option<&str>) -> Arc<TenantShare> {
+        let Some(tenant) = tenant else {
+            return Arc::new(TenantShare::default());
+        };
         let mut tenants = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
-        let key: Option<Arc<str>> = tenant.map(Arc::from);
-        if let Some(t) = tenants.get(&key).and_then(Weak::upgrade) {
+        if let Some(t) = tenants.get(tenant).and_then(Weak::upgrade) {
             return t;
         }
-        // A tenant whose last lane went is forgotten when a new one comes,
-        // so the map holds the tenants of the lanes there are.
+        // Tenants whose last lane went are forgotten when a new one comes.
         tenants.retain(|_, t| t.strong_count() > 0);
-        let t = Arc::new(TenantShare::default());
-        tenants.insert(key, Arc::downgrade(&t));
-        self.known_tenants.store(tenants.len(), Ordering::Release);
+        self.known_tenants.fetch_add(1, Ordering::AcqRel);
+        let t = Arc::new(TenantShare {
+            bytes: AtomicUsize::new(0),
+            active: AtomicUsize::new(0),
+            known: Some(self.known_tenants.clone()),
+        });
+        tenants.insert(tenant.into(), Arc::downgrade(&t));
         t
     }
 
     fn lane_active(&self, tenant: &TenantShare) {
         self.active.fetch_add(1, Ordering::AcqRel);
-        if tenant.active.fetch_add(1, Ordering::AcqRel) == 0 {
+        if tenant.active.fetch_add(1, Ordering::AcqRel) == 0 && tenant.named() {
             self.active_tenants.fetch_add(1, Ordering::AcqRel);
         }
     }
 
     fn lane_idle(&self, tenant: &TenantShare) {
         self.active.fetch_sub(1, Ordering::AcqRel);
-        if tenant.active.fetch_sub(1, Ordering::AcqRel) == 1 {
+        if tenant.active.fetch_sub(1, Ordering::AcqRel) == 1 && tenant.named() {
             self.active_tenants.fetch_sub(1, Ordering::AcqRel);
         }
     }
@@ -179,12 +206,14 @@ fn weight(job: &Job) -> usize {
     job.event.payload().len() + crate::offsets::DELIVERY_OVERHEAD
 }
 
-/// What it counts against its tenant's share: as if its record were held
-/// for it alone, the record's bookkeeping too, so that a tenant's share
-/// bounds what its records really take of the budget (a record with one
-/// delivery costs the budget more than the delivery's [`weight`]).
-fn tenant_weight(w: usize) -> usize {
-    w + crate::offsets::RECORD_OVERHEAD
+/// What it counts against its tenant's share: its [`weight`] and its
+/// record's bookkeeping, as if the record were held for it alone. That is
+/// what it keeps in the budget once its record's other deliveries are sent
+/// or spilled (a record stays whole in memory while any delivery of it is
+/// queued), and an upper bound before: a tenant whose endpoints share the
+/// same events reaches its share sooner, never later.
+fn tenant_weight(job: &Job) -> usize {
+    weight(job) + crate::offsets::RECORD_OVERHEAD
 }
 
 pub struct Inbox {
@@ -286,18 +315,18 @@ impl Inbox {
             return Err(job);
         }
         let w = weight(&job);
+        let tw = tenant_weight(&job);
         let mut q = self.lock();
         let len = q.fresh.len() + q.returned.len();
-        let tenant_bytes = q.tenant.bytes.load(Ordering::Acquire);
         if len >= self.cap()
             || (len > 0 && q.bytes + w > self.shares.share())
-            || (tenant_bytes > 0 && tenant_bytes + tenant_weight(w) > self.shares.tenant_share())
+            || (len > 0 && self.over_tenant_share(&q, tw))
         {
             drop(q);
             self.request_eviction();
             return Err(job);
         }
-        self.push(&mut q, w);
+        self.push(&mut q, w, tw);
         q.fresh.push_back(Queued {
             job,
             stamp: self.shares.front.now(),
@@ -307,13 +336,25 @@ impl Inbox {
         Ok(())
     }
 
-    fn push(&self, q: &mut Queues, w: usize) {
+    /// Its tenant holds its share, and this lane at least its even part of
+    /// that: it is one of the tenant's lanes that do not keep up. (Its
+    /// lanes that do still take deliveries.)
+    fn over_tenant_share(&self, q: &Queues, tw: usize) -> bool {
+        if !q.tenant.named() {
+            return false;
+        }
+        let held = q.tenant.bytes.load(Ordering::Acquire);
+        let lanes = q.tenant.active.load(Ordering::Acquire).max(1);
+        held + tw > self.shares.tenant_share() && q.tenant_bytes.saturating_mul(lanes) >= held
+    }
+
+    fn push(&self, q: &mut Queues, w: usize, tw: usize) {
         if q.fresh.is_empty() && q.returned.is_empty() {
             self.shares.lane_active(&q.tenant);
         }
         q.bytes += w;
-        q.tenant_bytes += tenant_weight(w);
-        q.tenant.bytes.fetch_add(tenant_weight(w), Ordering::AcqRel);
+        q.tenant_bytes += tw;
+        q.tenant.bytes.fetch_add(tw, Ordering::AcqRel);
     }
 
     /// Account for `jobs` leaving the queues.
@@ -321,9 +362,8 @@ impl Inbox {
         let before = q.tenant_bytes;
         let mut removed = 0;
         for job in jobs {
-            let w = weight(job);
-            q.bytes = q.bytes.saturating_sub(w);
-            q.tenant_bytes = q.tenant_bytes.saturating_sub(tenant_weight(w));
+            q.bytes = q.bytes.saturating_sub(weight(job));
+            q.tenant_bytes = q.tenant_bytes.saturating_sub(tenant_weight(job));
             removed += 1;
         }
         if removed > 0 && q.fresh.is_empty() && q.returned.is_empty() {
@@ -356,7 +396,7 @@ impl Inbox {
         {
             return Err(Refused::NoRoom(job));
         }
-        self.push(&mut q, weight(&job));
+        self.push(&mut q, weight(&job), tenant_weight(&job));
         q.returned.push_back(job);
         drop(q);
         self.work.notify_one();
@@ -598,11 +638,12 @@ mod tests {
         let quiet = inbox(4, "quiet");
         assert_eq!(weight(&job(&p, 0)), 1_000);
 
-        // Alone in the queues, the flooding tenant still stops at three
-        // quarters of the budget (5 x 1,256 <= 7,500: each delivery counts
-        // its record's bookkeeping too), though each of its lanes is within
-        // its own share (1.5 x 10,000 / 4 = 3,750 > 2,000).
-        assert_eq!(fill(&flood, &p, 1), 5);
+        // Alone in the queues, the flooding tenant still stops at about
+        // half the budget (each delivery counts 1,256: its own 1,000 and its
+        // record's 256): each empty lane takes one, then a lane holding its
+        // even part of the tenant's 5,024 is refused, though it is within
+        // its own share (1.5 x 10,000 / 4 = 3,750 > 2 x 1,000).
+        assert_eq!(fill(&flood, &p, 1), 4);
         // The quiet tenant's deliveries are taken.
         assert!(quiet.offer(job(&p, 100)).is_ok());
         assert!(quiet.offer(job(&p, 101)).is_ok());
@@ -610,12 +651,46 @@ mod tests {
             flood[2].offer(job(&p, 102)).is_err(),
             "still over its share"
         );
+        // A lane of the flooding tenant that keeps up (holds nothing) still
+        // takes its deliveries: only the ones that hold the flood spill.
+        let keeps_up = inbox(6, "flood");
+        assert!(keeps_up.offer(job(&p, 103)).is_ok());
 
         // The flood drains: its share is free again.
         for lane in &flood {
             lane.drain_all();
         }
-        assert!(flood[0].offer(job(&p, 103)).is_ok());
+        assert!(
+            flood[1].offer(job(&p, 104)).is_ok(),
+            "a lane that never spilled takes again"
+        );
+    }
+
+    #[test]
+    fn one_tenant_beside_endpoints_without_one_has_no_cap() {
+        let (_t, p) = partition();
+        let shares = Arc::new(Shares::new(10_000, Arc::new(Front::default())));
+        let evictions = Arc::new(Evictions::default());
+        let lane = |i: usize, tenant: Option<&str>| {
+            Inbox::new(
+                1_000,
+                16,
+                i,
+                evictions.clone(),
+                shares.clone(),
+                shares.tenant(tenant),
+            )
+        };
+        let acme: Vec<Inbox> = (0..4).map(|i| lane(i, Some("acme"))).collect();
+        let _platform = lane(4, None);
+        // Only the lanes' shares: three each, as without tenants.
+        assert_eq!(fill(&acme, &p, 1), 12);
+        // A second tenant's first lane makes the cap apply; when it goes,
+        // the cap goes with it.
+        let other = lane(5, Some("globex"));
+        assert_eq!(shares.known_tenants.load(Ordering::Relaxed), 2);
+        drop(other);
+        assert_eq!(shares.known_tenants.load(Ordering::Relaxed), 1);
     }
 
     #[test]
