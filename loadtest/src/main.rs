@@ -378,6 +378,7 @@ async fn sink(a: SinkArgs) -> anyhow::Result<()> {
                         id: format!("ep-{i}"),
                         events: vec!["*".into()],
                         filter: Default::default(),
+                        tenant: None,
                     },
                     Some(DEFAULT_SECRET.to_owned()),
                     Vec::new(),

@@ -800,7 +800,7 @@ async fn drive(
         overall,
     } = *setup;
     let partitions = scenario.kafka.partitions;
-    let mut workload = Workload::new(scenario.seed);
+    let mut workload = Workload::with_tenants(scenario.seed, scenario.tenants);
     let mut driven = Driven {
         phases: Vec::new(),
         events: 0,
@@ -1250,6 +1250,7 @@ struct CeilingRun {
 fn prepare(
     endpoints: &[Endpoint],
     seed: u64,
+    tenants: usize,
     count: usize,
     sink: &Sink,
 ) -> anyhow::Result<(Vec<Uri>, Vec<Prepared>)> {
@@ -1265,7 +1266,7 @@ fn prepare(
     let ts = (chrono::Utc::now().timestamp()).to_string();
     let ts_value = HeaderValue::from_str(&ts)?;
     let ua = HeaderValue::from_static("loadtest-ceiling");
-    let mut workload = Workload::new(seed);
+    let mut workload = Workload::with_tenants(seed, tenants);
     let mut out = Vec::with_capacity(count);
     let mut expected: Vec<Expected> = Vec::new();
     // Bounded: a subscription set that matches nothing would loop forever.
@@ -1322,7 +1323,7 @@ async fn measure_ceiling(
 ) -> anyhow::Result<CeilingRun> {
     let concurrency: usize = endpoints.iter().map(|e| e.max_in_flight).sum();
     let count = scenario.ceiling.max_requests.max(1);
-    let (urls, requests) = prepare(endpoints, scenario.seed, count, sink)?;
+    let (urls, requests) = prepare(endpoints, scenario.seed, scenario.tenants, count, sink)?;
     let requests: Arc<[Prepared]> = requests.into();
     let budget = || overall.saturating_duration_since(Instant::now());
 

@@ -29,6 +29,10 @@ pub const SHIPPED: &[(&str, &str)] = &[
     ("scale", include_str!("../scenarios/scale.yaml")),
     ("backlog", include_str!("../scenarios/backlog.yaml")),
     ("slow-mix", include_str!("../scenarios/slow-mix.yaml")),
+    (
+        "many-tenants",
+        include_str!("../scenarios/many-tenants.yaml"),
+    ),
 ];
 
 /// Most endpoints a scenario may have.
@@ -112,6 +116,13 @@ pub struct Scenario {
     /// some endpoints, to measure the dispatcher's memory while it waits.
     #[serde(default)]
     pub backlog: Option<BacklogSpec>,
+    /// Spread events and endpoints over this many tenants (`t-0000` …):
+    /// each event's `data.whatsapp_account_id` names one, in turn, and the
+    /// endpoints of a `count` take them in turn too. Needs
+    /// `dispatcher.config.routing.tenant_key: data.whatsapp_account_id`.
+    /// 0: no tenants.
+    #[serde(default)]
+    pub tenants: usize,
 }
 
 /// Which deliveries a phase waits for, and what the run does before its
@@ -293,6 +304,8 @@ fn default_endpoint_timeout() -> Duration {
 #[derive(Debug, Clone)]
 pub struct Endpoint {
     pub id: String,
+    /// Its tenant, when the scenario has `tenants`.
+    pub tenant: Option<String>,
     pub events: Vec<String>,
     pub filter: BTreeMap<String, FilterValue>,
     pub max_in_flight: usize,
@@ -308,6 +321,7 @@ impl Endpoint {
             id: self.id.clone(),
             events: self.events.clone(),
             filter: self.filter.clone(),
+            tenant: self.tenant.clone(),
         }
     }
 
@@ -566,9 +580,16 @@ impl Scenario {
                 None => vec![spec.id.clone()],
                 Some(n) => (0..n).map(|k| format!("{}-{k}", spec.id)).collect(),
             };
-            for id in ids {
+            for (k, id) in ids.into_iter().enumerate() {
+                let tenant =
+                    (self.tenants > 0).then(|| crate::workload::tenant_name(k % self.tenants));
+                let mut config = spec.config.clone();
+                if let Some(t) = &tenant {
+                    config.insert("tenant".into(), t.as_str().into());
+                }
                 out.push(Endpoint {
                     id,
+                    tenant,
                     events: spec.events.clone(),
                     filter: spec.filter.clone(),
                     max_in_flight: spec.max_in_flight,
@@ -579,7 +600,7 @@ impl Scenario {
                         Some(s) => Some(s.to_owned()),
                     },
                     faults: spec.faults.clone(),
-                    config: spec.config.clone(),
+                    config,
                 });
             }
         }
@@ -653,6 +674,20 @@ impl Scenario {
         }
         if let Err(e) = Routing::new(&endpoints.iter().map(Endpoint::route).collect::<Vec<_>>()) {
             problems.push(e);
+        }
+        if self.tenants > 0 {
+            let key = self
+                .dispatcher
+                .config
+                .get("routing")
+                .and_then(|r| r.get("tenant_key"))
+                .and_then(|k| k.as_str());
+            if key != Some(crate::workload::TENANT_KEY) {
+                problems.push(format!(
+                    "tenants: needs dispatcher.config.routing.tenant_key: {}",
+                    crate::workload::TENANT_KEY
+                ));
+            }
         }
         let spec_ids: HashSet<&str> = self.endpoints.iter().map(|e| e.id.as_str()).collect();
         if let Some(r) = &self.reference {
@@ -743,6 +778,26 @@ mod tests {
             assert_eq!(&s.name, name);
             assert!(!s.description.is_empty(), "{name} has no description");
         }
+    }
+
+    #[test]
+    fn tenants_spread_over_the_endpoints_and_need_the_tenant_key() {
+        let s = Scenario::load("many-tenants").unwrap();
+        let eps = s.endpoints();
+        assert_eq!(eps.len(), 1000);
+        assert_eq!(eps[0].tenant.as_deref(), Some("t-0000"));
+        assert_eq!(eps[101].tenant.as_deref(), Some("t-0001"));
+        assert_eq!(
+            eps[101].config.get("tenant").and_then(|t| t.as_str()),
+            Some("t-0001"),
+            "the dispatcher config names it too"
+        );
+        let bad = Scenario::from_yaml(
+            "t",
+            "name: t\ntenants: 3\nendpoints:\n  - {id: ep, count: 3}\nprefill: 10\n",
+        )
+        .expect_err("a scenario with tenants and no tenant key");
+        assert!(bad.to_string().contains("routing.tenant_key"), "{bad}");
     }
 
     #[test]

@@ -8,10 +8,13 @@
 //! it is written with microseconds, so that the end-to-end age a sink
 //! measures is not rounded to whole milliseconds.
 
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use dispatcher::route::{EventPattern, Filter, Router, Subscription};
+use dispatcher::route::{
+    EventPattern, Filter, RouteTable, Router, Subscriber, Subscription, Tenant, TenantKey,
+};
 use dispatcher::seed::SeedEvents;
 use transports::model::format_rfc3339_ms;
 use transports::{DeliveryId, Event, SourceRef};
@@ -52,19 +55,36 @@ fn source_ref() -> SourceRef {
     }
 }
 
+/// Where the events of a scenario with tenants carry theirs.
+pub const TENANT_KEY: &str = "data.whatsapp_account_id";
+
+/// The name of tenant `i` of a scenario's `tenants`.
+pub fn tenant_name(i: usize) -> String {
+    format!("t-{i:04}")
+}
+
 /// A deterministic stream of seed records.
 pub struct Workload {
     seeds: SeedEvents,
     seed: u64,
     produced: u64,
+    /// Events name tenants `t-0000` … in turn; 0: the seeds' own accounts.
+    tenants: usize,
 }
 
 impl Workload {
     pub fn new(seed: u64) -> Workload {
+        Workload::with_tenants(seed, 0)
+    }
+
+    /// Each event's `data.whatsapp_account_id` names one of `tenants`
+    /// tenants, in turn (see [`tenant_name`]).
+    pub fn with_tenants(seed: u64, tenants: usize) -> Workload {
         Workload {
             seeds: SeedEvents::new(seed),
             seed,
             produced: 0,
+            tenants,
         }
     }
 
@@ -85,7 +105,10 @@ impl Workload {
     /// The next record, stamped with `at_us` (microseconds since the epoch).
     pub fn next_at(&mut self, at_us: i64) -> Record {
         let ms = at_us.div_euclid(1000);
-        let (event_type, id, value) = self.seeds.next_event(ms);
+        let (event_type, id, mut value) = self.seeds.next_event(ms);
+        if self.tenants > 0 {
+            value = with_tenant(value, &tenant_name(self.produced as usize % self.tenants));
+        }
         self.produced += 1;
         Record {
             event_type,
@@ -115,6 +138,18 @@ fn with_microseconds(value: Vec<u8>, ms: i64, micros: i64) -> Vec<u8> {
     out
 }
 
+/// The record with `data.whatsapp_account_id` set to `tenant` (added to the
+/// event types whose seeds have no account).
+fn with_tenant(value: Vec<u8>, tenant: &str) -> Vec<u8> {
+    let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(&value) else {
+        return value;
+    };
+    if let Some(data) = v.get_mut("data").and_then(|d| d.as_object_mut()) {
+        data.insert("whatsapp_account_id".into(), tenant.into());
+    }
+    serde_json::to_vec(&v).unwrap_or(value)
+}
+
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
@@ -139,14 +174,17 @@ pub struct EndpointRoute {
     pub id: String,
     pub events: Vec<String>,
     pub filter: std::collections::BTreeMap<String, dispatcher::config::FilterValue>,
+    /// Its tenant: it receives that tenant's events only (see
+    /// [`TENANT_KEY`]).
+    pub tenant: Option<String>,
 }
 
 impl Routing {
     /// Uses the dispatcher's own pattern and filter semantics, so that a
     /// scenario means the same to the load tester as to the dispatcher.
     pub fn new(endpoints: &[EndpointRoute]) -> Result<Routing, String> {
-        let mut subscriptions = Vec::with_capacity(endpoints.len());
-        for ep in endpoints {
+        let mut subscribers = Vec::with_capacity(endpoints.len());
+        for (lane, ep) in endpoints.iter().enumerate() {
             let patterns = ep
                 .events
                 .iter()
@@ -154,11 +192,25 @@ impl Routing {
                 .collect::<Result<Vec<_>, _>>()?;
             let filter = Filter::parse(&ep.filter)
                 .map_err(|(key, e)| format!("endpoint {}: filter {key}: {e}", ep.id))?;
-            subscriptions.push(Subscription { patterns, filter });
+            let tenant = ep
+                .tenant
+                .as_deref()
+                .map(Tenant::new)
+                .transpose()
+                .map_err(|e| format!("endpoint {}: tenant: {e}", ep.id))?;
+            subscribers.push(Subscriber {
+                lane,
+                tenant,
+                subscription: Subscription { patterns, filter },
+            });
         }
+        let tenant_key = endpoints
+            .iter()
+            .any(|e| e.tenant.is_some())
+            .then(|| TenantKey::parse(TENANT_KEY).expect("a valid tenant key"));
         Ok(Routing {
             ids: endpoints.iter().map(|e| e.id.clone()).collect(),
-            router: Router::new(subscriptions),
+            router: Router::from_table(Arc::new(RouteTable::build(tenant_key, subscribers))),
         })
     }
 
@@ -222,6 +274,7 @@ mod tests {
             id: id.into(),
             events: events.iter().map(|s| s.to_string()).collect(),
             filter: Default::default(),
+            tenant: None,
         };
         let mut routing =
             Routing::new(&[route("all", &["*"]), route("msgs", &["message.*"])]).unwrap();
@@ -240,5 +293,42 @@ mod tests {
         routing.expected(&contact.decode().unwrap(), &mut out);
         assert_eq!(out.iter().map(|e| e.endpoint).collect::<Vec<_>>(), [0]);
         assert!(Routing::new(&[route("bad", &["message*"])]).is_err());
+    }
+
+    #[test]
+    fn with_tenants_events_name_each_tenant_in_turn_and_reach_only_its_endpoints() {
+        let mut w = Workload::with_tenants(5, 3);
+        let route = |id: &str, tenant: Option<&str>| EndpointRoute {
+            id: id.into(),
+            events: vec!["*".into()],
+            filter: Default::default(),
+            tenant: tenant.map(str::to_owned),
+        };
+        let mut routing = Routing::new(&[
+            route("zero", Some("t-0000")),
+            route("one", Some("t-0001")),
+            route("platform", None),
+        ])
+        .unwrap();
+        let mut out = Vec::new();
+        for i in 0..2 * EVENT_TYPES.len() {
+            let r = w.next_record();
+            let v: serde_json::Value = serde_json::from_slice(&r.value).unwrap();
+            let tenant = tenant_name(i % 3);
+            assert_eq!(
+                v["data"]["whatsapp_account_id"],
+                tenant.as_str(),
+                "{}",
+                r.event_type
+            );
+            routing.expected(&r.decode().expect("still a valid event"), &mut out);
+            let ids: Vec<usize> = out.iter().map(|e| e.endpoint).collect();
+            let expected = match i % 3 {
+                0 => vec![0, 2],
+                1 => vec![1, 2],
+                _ => vec![2],
+            };
+            assert_eq!(ids, expected, "event {i} of {tenant}");
+        }
     }
 }

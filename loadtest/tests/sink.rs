@@ -65,6 +65,7 @@ fn route(id: &str, events: &[&str]) -> EndpointRoute {
         id: id.into(),
         events: events.iter().map(|s| s.to_string()).collect(),
         filter: Default::default(),
+        tenant: None,
     }
 }
 
