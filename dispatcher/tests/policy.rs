@@ -275,16 +275,13 @@ async fn pause_and_resume_through_the_management_api() {
     )
     .await;
     assert_eq!(sink.count(), 0, "nothing is sent to a paused endpoint");
-    assert_eq!(
+    let spilled = || {
         running
             .metrics
             .endpoint_counters("ep")
-            .expect("a running endpoint")
-            .spilled
-            .get(),
-        10,
-        "each waits in the spill topic, written once"
-    );
+            .map_or(0, |c| c.spilled.get())
+    };
+    assert_eq!(spilled(), 10, "each waits in the spill topic, written once");
 
     let (status, body) = api(&running, "POST", "/endpoints/ep/resume").await;
     assert_eq!(status, 200, "{body}");
@@ -308,16 +305,7 @@ async fn pause_and_resume_through_the_management_api() {
     )
     .await;
     assert_eq!(sink.count(), 10);
-    assert_eq!(
-        running
-            .metrics
-            .endpoint_counters("ep")
-            .expect("a running endpoint")
-            .spilled
-            .get(),
-        15,
-        "nothing was written twice"
-    );
+    assert_eq!(spilled(), 15, "nothing was written twice");
     assert_eq!(api(&running, "POST", "/endpoints/nope/pause").await.0, 404);
     running.shutdown().await.unwrap();
 }

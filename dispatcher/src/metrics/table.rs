@@ -201,7 +201,7 @@ const FAMILIES: [Family; 28] = [
     family("dispatcher_tenant_spilled_total", "Deliveries of a tenant's endpoints written to the spill topic (as dispatcher_spilled_total).", COUNTER, &["tenant"]),
     family("dispatcher_tenant_backlog_lost_total", "Deliveries of a tenant's endpoints lost from their backlog in Kafka (as dispatcher_backlog_lost_total).", COUNTER, &["tenant"]),
     family("dispatcher_tenant_endpoints", "Endpoints of a tenant that this replica runs.", GAUGE, &["tenant"]),
-    family("dispatcher_tenant_endpoints_troubled", "Endpoints of a tenant with trouble now or within metrics.linger (the ones that keep series of their own).", GAUGE, &["tenant"]),
+    family("dispatcher_tenant_endpoints_troubled", "Endpoints of a tenant with trouble now or within metrics.linger (the ones that have series of their own, within metrics.endpoint_series_max).", GAUGE, &["tenant"]),
     family("dispatcher_metrics_endpoints_shown", "Endpoints exported with series of their own in this scrape (see metrics.endpoint_series).", GAUGE, &[]),
     family("dispatcher_metrics_troubled_endpoints_hidden", "Marked or troubled endpoints left without series of their own because metrics.endpoint_series_max were shown already.", GAUGE, &[]),
 ];
@@ -346,19 +346,6 @@ impl EndpointTable {
     /// The counters of endpoint `id`, if it is registered.
     pub fn get(&self, id: &str) -> Option<Arc<EndpointCounters>> {
         self.lock().entries.get(id).map(|e| e.counters.clone())
-    }
-
-    /// The ids whose series a scrape now would show (tests, and the
-    /// documentation's examples).
-    pub fn shown(&self) -> Vec<Arc<str>> {
-        let mut inner = self.lock();
-        let mut ids: Vec<Arc<str>> = choose(&mut inner, Instant::now())
-            .shown
-            .into_iter()
-            .map(|(id, _)| id)
-            .collect();
-        ids.sort();
-        ids
     }
 
     fn families(&self, now: Instant) -> Vec<MetricFamily> {
