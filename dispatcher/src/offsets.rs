@@ -843,6 +843,11 @@ impl OffsetTracker {
         &self.holds
     }
 
+    /// How many partitions are assigned now.
+    pub fn assigned(&self) -> usize {
+        self.lock().values().map(|parts| parts.len()).sum()
+    }
+
     fn lock(&self) -> MutexGuard<'_, Assigned> {
         self.topics.lock().unwrap_or_else(|e| e.into_inner())
     }

@@ -684,7 +684,7 @@ async fn a_deleted_endpoints_work_is_dead_lettered_and_replayed_after_it_is_recr
     let m = running.metrics.clone();
     // A paused lane takes nothing: its deliveries wait in the spill topic.
     wait_until(
-        Duration::from_secs(30),
+        Duration::from_secs(60),
         "deliveries set aside while paused",
         || m.endpoint_counters("doomed").map_or(0, |c| c.spilled.get()) >= 4,
     )
@@ -824,7 +824,7 @@ async fn a_pause_on_one_replica_holds_on_the_other_and_after_restarts() {
     let m = a.metrics.clone();
     let n = b.metrics.clone();
     wait_until(
-        Duration::from_secs(30),
+        Duration::from_secs(60),
         "deliveries set aside while paused",
         || {
             m.endpoint_counters("shared").map_or(0, |c| c.spilled.get())

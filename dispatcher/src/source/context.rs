@@ -112,11 +112,13 @@ impl ConsumerContext for SourceContext {
             // partitions: a replica beyond the partition count is healthy.
             self.ready.store(true, Ordering::Release);
         }
-        if let Ok(assigned) = consumer.assignment() {
-            self.metrics
-                .assigned_partitions
-                .set(assigned.count() as i64);
-        }
+        // From the tracker, not `consumer.assignment()`: this runs inside
+        // librdkafka's close too, after the unassign, and a group that has
+        // finished closing drops a request for its assignment unanswered,
+        // which would block the process's exit forever.
+        self.metrics
+            .assigned_partitions
+            .set(self.tracker.assigned() as i64);
     }
 }
 
@@ -136,5 +138,98 @@ pub fn record_committed(metrics: &Metrics, offsets: &[(Arc<str>, i32, i64)]) {
             .committed_offset
             .with_label_values(&[topic.as_ref(), partition.to_string().as_str()])
             .set(*offset);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+
+    use super::SourceContext;
+    use crate::config::KafkaConfig;
+    use crate::embedded::EmbeddedKafka;
+    use crate::metrics::Metrics;
+    use crate::offsets::{Budget, HoldIndex, OffsetTracker};
+
+    /// A consumer closing while it owns partitions serves its last revoke
+    /// inside librdkafka's close. The callbacks must not wait there on the
+    /// group coordinator's queue, which may never answer: that deadlocked
+    /// the process's exit.
+    #[test]
+    fn a_consumer_closing_while_assigned_never_hangs() {
+        for round in 0..10 {
+            let broker_gone = round % 2 == 1;
+            let kafka = EmbeddedKafka::start(&["events"], 4).expect("embedded Kafka");
+            let bootstrap = kafka.bootstrap().to_owned();
+            let (assigned_tx, assigned_rx) = std::sync::mpsc::channel();
+            let (gone_tx, gone_rx) = std::sync::mpsc::channel::<()>();
+            let (done_tx, done_rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                    .expect("runtime");
+                let entered = runtime.enter();
+                let (holds, _woken) = HoldIndex::new();
+                let ready = Arc::new(AtomicBool::new(false));
+                let context = SourceContext {
+                    tracker: Arc::new(OffsetTracker::new(
+                        Arc::new(Budget::new(1000, 1 << 20)),
+                        holds,
+                    )),
+                    paused: Arc::new(AtomicBool::new(false)),
+                    ready: ready.clone(),
+                    metrics: Arc::new(Metrics::new()),
+                    rebalanced: Arc::new(AtomicBool::new(false)),
+                };
+                let kafka_config = KafkaConfig {
+                    group_id: format!("closing-{round}"),
+                    ..KafkaConfig::default()
+                };
+                let consumer: Arc<StreamConsumer<SourceContext>> = Arc::new(
+                    crate::kafka::consumer(&kafka_config, &bootstrap)
+                        .create_with_context(context)
+                        .expect("consumer"),
+                );
+                consumer.subscribe(&["events"]).expect("subscribe");
+                let reading = consumer.clone();
+                let task = runtime.spawn(async move {
+                    loop {
+                        let _ =
+                            tokio::time::timeout(Duration::from_millis(50), reading.recv()).await;
+                    }
+                });
+                while !ready.load(Ordering::Acquire) {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                let _ = assigned_tx.send(());
+                let _ = gone_rx.recv();
+                drop(consumer);
+                drop(task);
+                drop(entered);
+                drop(runtime);
+                let _ = done_tx.send(());
+            });
+            assigned_rx
+                .recv_timeout(Duration::from_secs(60))
+                .expect("the consumer joined its group");
+            if broker_gone {
+                drop(kafka);
+                let _ = gone_tx.send(());
+            } else {
+                let _ = gone_tx.send(());
+                let _ = done_rx.recv_timeout(Duration::from_secs(60));
+                drop(kafka);
+                continue;
+            }
+            done_rx
+                .recv_timeout(Duration::from_secs(60))
+                .unwrap_or_else(|_| panic!("round {round}: closing the consumer hung"));
+        }
     }
 }
