@@ -177,6 +177,7 @@ mod tests {
                 let entered = runtime.enter();
                 let (holds, _woken) = HoldIndex::new();
                 let ready = Arc::new(AtomicBool::new(false));
+                let metrics = Arc::new(Metrics::new());
                 let context = SourceContext {
                     tracker: Arc::new(OffsetTracker::new(
                         Arc::new(Budget::new(1000, 1 << 20)),
@@ -184,7 +185,7 @@ mod tests {
                     )),
                     paused: Arc::new(AtomicBool::new(false)),
                     ready: ready.clone(),
-                    metrics: Arc::new(Metrics::new()),
+                    metrics: metrics.clone(),
                     rebalanced: Arc::new(AtomicBool::new(false)),
                 };
                 let kafka_config = KafkaConfig {
@@ -207,7 +208,7 @@ mod tests {
                 while !ready.load(Ordering::Acquire) {
                     std::thread::sleep(Duration::from_millis(20));
                 }
-                let _ = assigned_tx.send(());
+                let _ = assigned_tx.send(metrics.assigned_partitions.get());
                 let _ = gone_rx.recv();
                 drop(consumer);
                 drop(task);
@@ -215,9 +216,10 @@ mod tests {
                 drop(runtime);
                 let _ = done_tx.send(());
             });
-            assigned_rx
+            let assigned = assigned_rx
                 .recv_timeout(Duration::from_secs(60))
                 .expect("the consumer joined its group");
+            assert_eq!(assigned, 4, "the gauge counts the assigned partitions");
             if broker_gone {
                 drop(kafka);
                 let _ = gone_tx.send(());
