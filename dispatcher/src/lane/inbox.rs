@@ -195,9 +195,20 @@ struct Queues {
     returned: VecDeque<Job>,
     /// What the queued deliveries weigh (see [`weight`]).
     bytes: usize,
-    /// What they weigh in their tenant's account (see [`tenant_weight`]).
-    tenant_bytes: usize,
+    /// Whose account they count in too (see [`Queues::tenant_bytes`]).
     tenant: Arc<TenantShare>,
+}
+
+impl Queues {
+    fn len(&self) -> usize {
+        self.fresh.len() + self.returned.len()
+    }
+
+    /// What they weigh in their tenant's account: each its [`weight`] and
+    /// its record's bookkeeping (see [`tenant_weight`]).
+    fn tenant_bytes(&self) -> usize {
+        self.bytes + self.len() * crate::offsets::RECORD_OVERHEAD
+    }
 }
 
 /// What a queued delivery counts against its lane's share: its event (as if
@@ -256,7 +267,6 @@ impl Inbox {
                 fresh: VecDeque::new(),
                 returned: VecDeque::new(),
                 bytes: 0,
-                tenant_bytes: 0,
                 tenant,
             }),
             work: Notify::new(),
@@ -296,11 +306,12 @@ impl Inbox {
         if Arc::ptr_eq(&q.tenant, &tenant) {
             return;
         }
-        if !(q.fresh.is_empty() && q.returned.is_empty()) {
+        if q.len() > 0 {
+            let held = q.tenant_bytes();
             self.shares.lane_idle(&q.tenant);
-            q.tenant.bytes.fetch_sub(q.tenant_bytes, Ordering::AcqRel);
+            q.tenant.bytes.fetch_sub(held, Ordering::AcqRel);
             self.shares.lane_active(&tenant);
-            tenant.bytes.fetch_add(q.tenant_bytes, Ordering::AcqRel);
+            tenant.bytes.fetch_add(held, Ordering::AcqRel);
         }
         q.tenant = tenant;
     }
@@ -317,7 +328,7 @@ impl Inbox {
         let w = weight(&job);
         let tw = tenant_weight(&job);
         let mut q = self.lock();
-        let len = q.fresh.len() + q.returned.len();
+        let len = q.len();
         if len >= self.cap()
             || (len > 0 && q.bytes + w > self.shares.share())
             || (len > 0 && self.over_tenant_share(&q, tw))
@@ -326,7 +337,7 @@ impl Inbox {
             self.request_eviction();
             return Err(job);
         }
-        self.push(&mut q, w, tw);
+        self.push(&mut q, w);
         q.fresh.push_back(Queued {
             job,
             stamp: self.shares.front.now(),
@@ -345,35 +356,35 @@ impl Inbox {
         }
         let held = q.tenant.bytes.load(Ordering::Acquire);
         let lanes = q.tenant.active.load(Ordering::Acquire).max(1);
-        held + tw > self.shares.tenant_share() && q.tenant_bytes.saturating_mul(lanes) >= held
+        held + tw > self.shares.tenant_share() && q.tenant_bytes().saturating_mul(lanes) >= held
     }
 
-    fn push(&self, q: &mut Queues, w: usize, tw: usize) {
-        if q.fresh.is_empty() && q.returned.is_empty() {
+    fn push(&self, q: &mut Queues, w: usize) {
+        if q.len() == 0 {
             self.shares.lane_active(&q.tenant);
         }
         q.bytes += w;
-        q.tenant_bytes += tw;
-        q.tenant.bytes.fetch_add(tw, Ordering::AcqRel);
+        q.tenant
+            .bytes
+            .fetch_add(w + crate::offsets::RECORD_OVERHEAD, Ordering::AcqRel);
     }
 
     /// Account for `jobs` leaving the queues.
     fn left<'j>(&self, q: &mut Queues, jobs: impl Iterator<Item = &'j Job>) {
-        let before = q.tenant_bytes;
+        // `jobs` have left the queues already: what the tenant's account
+        // loses is their weights and one record's bookkeeping each.
+        let before = q.bytes;
         let mut removed = 0;
         for job in jobs {
             q.bytes = q.bytes.saturating_sub(weight(job));
-            q.tenant_bytes = q.tenant_bytes.saturating_sub(tenant_weight(job));
             removed += 1;
         }
-        if removed > 0 && q.fresh.is_empty() && q.returned.is_empty() {
+        if removed > 0 && q.len() == 0 {
             q.bytes = 0;
-            q.tenant_bytes = 0;
             self.shares.lane_idle(&q.tenant);
         }
-        q.tenant
-            .bytes
-            .fetch_sub(before - q.tenant_bytes, Ordering::AcqRel);
+        let gone = before - q.bytes + removed * crate::offsets::RECORD_OVERHEAD;
+        q.tenant.bytes.fetch_sub(gone, Ordering::AcqRel);
     }
 
     /// Queue a delivery read back from an internal topic, or refuse it:
@@ -392,11 +403,10 @@ impl Inbox {
             return Err(Refused::NoRoom(job));
         }
         let mut q = self.lock();
-        if q.returned.len() >= self.returned_cap() || q.fresh.len() + q.returned.len() >= self.cap()
-        {
+        if q.returned.len() >= self.returned_cap() || q.len() >= self.cap() {
             return Err(Refused::NoRoom(job));
         }
-        self.push(&mut q, weight(&job), tenant_weight(&job));
+        self.push(&mut q, weight(&job));
         q.returned.push_back(job);
         drop(q);
         self.work.notify_one();
@@ -548,8 +558,7 @@ impl Inbox {
     }
 
     pub fn len(&self) -> usize {
-        let q = self.lock();
-        q.fresh.len() + q.returned.len()
+        self.lock().len()
     }
 
     pub fn is_empty(&self) -> bool {

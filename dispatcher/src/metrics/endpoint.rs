@@ -107,10 +107,6 @@ impl Latency {
         let sum = self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
         (cumulative, total, sum)
     }
-
-    pub fn count(&self) -> u64 {
-        self.snapshot().1
-    }
 }
 
 /// Everything counted for one endpoint. Field names match the series they
