@@ -242,7 +242,7 @@ pub async fn start_with(config: Config, registry: &Registry) -> anyhow::Result<R
     let (holds, holds_started) = HoldIndex::new();
     let tracker = Arc::new(OffsetTracker::new(budget.clone(), holds.clone()));
     let evictions = Arc::new(Evictions::default());
-    let front = Arc::new(Front::default());
+    let front = Arc::new(Front::new(p.spill_after));
     let shared_config = Arc::new(config.clone());
     let (endpoints, routing) = Endpoints::start(
         shared_config.clone(),

@@ -219,8 +219,9 @@ pub struct PipelineConfig {
     /// quarters. The source's only back-pressure: no endpoint makes it wait.
     pub memory_budget: bytesize::ByteSize,
     /// An endpoint whose oldest queued fresh delivery is this far behind
-    /// the newest one any endpoint has started does not keep up: its queue
-    /// and what follows go to the spill topic until its backlog is drained.
+    /// what most endpoints have started (see `lane::Front`) does not keep
+    /// up: its queue and what follows go to the spill topic until its
+    /// backlog is drained.
     /// Also how long a full memory budget may keep the source paused
     /// before the endpoints still holding fresh deliveries spill them.
     #[serde(with = "humantime_serde")]

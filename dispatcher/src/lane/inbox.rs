@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
-use super::front::Front;
+use super::front::{Front, Progress};
 use super::Job;
 
 /// Lanes that asked the source to spill what they queued: the source acts
@@ -248,6 +248,8 @@ pub struct Inbox {
     lane: usize,
     evictions: Arc<Evictions>,
     shares: Arc<Shares>,
+    /// What the front sees of this lane (kept under the queues' lock).
+    progress: Arc<Progress>,
 }
 
 impl Inbox {
@@ -262,6 +264,7 @@ impl Inbox {
         Inbox {
             lane,
             evictions,
+            progress: shares.front.lane(),
             shares,
             q: Mutex::new(Queues {
                 fresh: VecDeque::new(),
@@ -338,10 +341,11 @@ impl Inbox {
             return Err(job);
         }
         self.push(&mut q, w);
-        q.fresh.push_back(Queued {
-            job,
-            stamp: self.shares.front.now(),
-        });
+        let stamp = self.shares.front.now();
+        if q.fresh.is_empty() {
+            self.progress.set_oldest(Some(stamp));
+        }
+        q.fresh.push_back(Queued { job, stamp });
         drop(q);
         self.work.notify_one();
         Ok(())
@@ -480,6 +484,7 @@ impl Inbox {
         }
         let mut q = self.lock();
         let jobs: Vec<Job> = q.fresh.drain(..).map(|f| f.job).collect();
+        self.fresh_changed(&q);
         self.left(&mut q, jobs.iter());
         Some(jobs)
     }
@@ -518,7 +523,8 @@ impl Inbox {
         let mut q = self.lock();
         let fresh = |q: &mut Queues| {
             q.fresh.pop_front().map(|f| {
-                self.shares.front.started(f.stamp);
+                self.progress.started(f.stamp, self.shares.front.now());
+                self.fresh_changed(q);
                 f.job
             })
         };
@@ -552,6 +558,7 @@ impl Inbox {
     pub(super) fn drain_all(&self) -> Vec<Job> {
         let mut q = self.lock();
         let mut all: Vec<Job> = q.fresh.drain(..).map(|f| f.job).collect();
+        self.fresh_changed(&q);
         all.extend(q.returned.drain(..));
         self.left(&mut q, all.iter());
         all
@@ -574,6 +581,11 @@ impl Inbox {
             .fresh
             .front()
             .map(|f| (front.waited(f.stamp), front.lag(f.stamp)))
+    }
+
+    /// The fresh queue's head moved: the front sees its new oldest stamp.
+    fn fresh_changed(&self, q: &Queues) {
+        self.progress.set_oldest(q.fresh.front().map(|f| f.stamp));
     }
 
     /// Whether any fresh delivery is queued (one the source could spill).
@@ -631,7 +643,10 @@ mod tests {
     fn a_flooding_tenant_stops_at_its_share_and_leaves_room_for_the_others() {
         let (_t, p) = partition();
         // A budget of 10 deliveries' weight.
-        let shares = Arc::new(Shares::new(10_000, Arc::new(Front::default())));
+        let shares = Arc::new(Shares::new(
+            10_000,
+            Arc::new(Front::new(Duration::from_secs(2))),
+        ));
         let evictions = Arc::new(Evictions::default());
         let inbox = |lane: usize, tenant: &str| {
             Inbox::new(
@@ -678,7 +693,10 @@ mod tests {
     #[test]
     fn one_tenant_beside_endpoints_without_one_has_no_cap() {
         let (_t, p) = partition();
-        let shares = Arc::new(Shares::new(10_000, Arc::new(Front::default())));
+        let shares = Arc::new(Shares::new(
+            10_000,
+            Arc::new(Front::new(Duration::from_secs(2))),
+        ));
         let evictions = Arc::new(Evictions::default());
         let lane = |i: usize, tenant: Option<&str>| {
             Inbox::new(
@@ -705,7 +723,10 @@ mod tests {
     #[test]
     fn without_tenants_only_the_lanes_shares_apply() {
         let (_t, p) = partition();
-        let shares = Arc::new(Shares::new(10_000, Arc::new(Front::default())));
+        let shares = Arc::new(Shares::new(
+            10_000,
+            Arc::new(Front::new(Duration::from_secs(2))),
+        ));
         let evictions = Arc::new(Evictions::default());
         let lanes: Vec<Inbox> = (0..4)
             .map(|i| {
@@ -727,7 +748,10 @@ mod tests {
     #[test]
     fn moving_a_lane_to_another_tenant_moves_what_it_holds() {
         let (_t, p) = partition();
-        let shares = Arc::new(Shares::new(10_000, Arc::new(Front::default())));
+        let shares = Arc::new(Shares::new(
+            10_000,
+            Arc::new(Front::new(Duration::from_secs(2))),
+        ));
         let a = shares.tenant(Some("a"));
         let b = shares.tenant(Some("b"));
         let inbox = Inbox::new(
