@@ -576,3 +576,64 @@ async fn a_backlog_deleted_by_retention_is_reported_lost_and_the_endpoint_flows_
     assert_eq!(spilled(), before.1, "nothing more was spilled");
     running.shutdown().await.unwrap();
 }
+
+/// Lanes on demand: an endpoint holds a task only while it has work. Of
+/// 100 endpoints, those that get events run until their work is final, and
+/// then none runs; the next event wakes its endpoint's lane and arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_endpoints_hold_no_task_and_wake_for_new_work() {
+    support::init_logging();
+    let kafka = support::embedded_kafka(2);
+    let sink = Sink::start(Behaviour::Ok).await;
+    let mut endpoints = String::new();
+    for i in 0..100 {
+        endpoints += &format!(
+            "  - id: ep-{i}\n    tenant: t{i}\n    url: \"{}\"\n    events: [\"*\"]\n",
+            sink.url(&format!("/ep-{i}"))
+        );
+    }
+    let mut seeds = SeedEvents::new(46);
+    let now = chrono::Utc::now().timestamp_millis();
+    let mut of_tenant = |tenant: usize| {
+        let mut v: serde_json::Value =
+            serde_json::from_slice(&seeds.event("message.sent", now).1).unwrap();
+        v["data"]["whatsapp_account_id"] = serde_json::json!(format!("t{tenant}"));
+        serde_json::to_vec(&v).unwrap()
+    };
+    let first: Vec<Vec<u8>> = (0..200).map(|i| of_tenant(i % 10)).collect();
+    let yaml = support::config_yaml(kafka.bootstrap(), "idle-lanes", "", &endpoints)
+        + "routing:\n  tenant_key: data.whatsapp_account_id\n";
+    let config = dispatcher::config::Config::from_yaml(&yaml, &|_| None).unwrap();
+    let running = start(config).await;
+    let m = running.metrics.clone();
+    assert_eq!(m.lane_tasks.get(), 0, "no endpoint has work yet");
+
+    produce(kafka.bootstrap(), "events", &first).await;
+    wait_until(Duration::from_secs(60), "the first events arrived", || {
+        sink.count() == first.len()
+    })
+    .await;
+    wait_until(Duration::from_secs(30), "every lane idle again", || {
+        m.lane_tasks.get() == 0
+    })
+    .await;
+
+    // A slow answer keeps the woken lane busy long enough to be seen.
+    sink.set(Behaviour::Delay { ms: 300 });
+    let later = of_tenant(57);
+    produce(kafka.bootstrap(), "events", std::slice::from_ref(&later)).await;
+    wait_until(Duration::from_secs(30), "the woken lane runs", || {
+        m.lane_tasks.get() == 1
+    })
+    .await;
+    wait_until(Duration::from_secs(30), "the later event arrived", || {
+        delivered(&sink, "/ep-57") == BTreeSet::from([raw_data(&later)])
+    })
+    .await;
+    wait_until(Duration::from_secs(30), "idle again", || {
+        m.lane_tasks.get() == 0
+    })
+    .await;
+    assert_eq!(sink.count(), first.len() + 1, "nothing else was sent");
+    running.shutdown().await.unwrap();
+}

@@ -94,6 +94,8 @@ async fn start_from_a_store(bootstrap: &str, n: usize, broker: &str) {
         futures::future::join_all(sends).await;
     }
     let write_s = written.elapsed().as_secs_f64();
+    drop(producer);
+    let rss_before = rss_mib();
 
     let started = Instant::now();
     let running = dispatcher::app::start(config(bootstrap, "scale", "", ""))
@@ -108,9 +110,12 @@ async fn start_from_a_store(bootstrap: &str, n: usize, broker: &str) {
     assert_eq!(running.store.list().len(), n);
     assert_eq!(running.metrics.store_endpoints.get(), n as i64);
     assert_eq!(running.metrics.store_bad_records.get(), 0);
+    // Idle: nothing was produced, so no lane has work (none runs a task).
+    assert_eq!(running.metrics.lane_tasks.get(), 0);
+    let rss_after = rss_mib();
     println!(
-        "store of {n} endpoints on {broker}: written in {write_s:.1} s; start() returned (store read, lanes started) after {caught_up_s:.1} s; ready after {ready_s:.1} s; RSS {} MiB",
-        rss_mib()
+        "store of {n} endpoints on {broker}: written in {write_s:.1} s; start() returned (store read, lanes made) after {caught_up_s:.1} s; ready after {ready_s:.1} s; RSS {rss_after} MiB, {rss_before} MiB before start(): {:.1} KB per idle endpoint",
+        (rss_after.saturating_sub(rss_before) * 1024) as f64 / n as f64
     );
     running.shutdown().await.unwrap();
 }

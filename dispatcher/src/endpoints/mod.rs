@@ -35,7 +35,10 @@ use transports::{BoxFuture, Registry, Transport};
 use crate::config::{Config, EndpointConfig};
 use crate::dlq::DeadLetters;
 use crate::fatal::Fatal;
-use crate::lane::{self, Dedup, Evictions, LaneDeps, LaneHandle, LaneSettings, LaneUpdate, Shares};
+use crate::lane::{
+    self, Dedup, Evictions, Exit, LaneDeps, LaneHandle, LaneSettings, LaneUpdate, Runner, Shares,
+    Started,
+};
 use crate::metrics::Metrics;
 use crate::offsets::{Budget, HoldIndex};
 use crate::park::Parker;
@@ -114,6 +117,8 @@ enum Origin {
 
 struct Managed {
     handle: LaneHandle,
+    /// Runs the lane's task while it has work.
+    runner: Arc<Runner>,
     updates: mpsc::UnboundedSender<LaneUpdate>,
     config: EndpointConfig,
     transport: Arc<dyn Transport>,
@@ -136,8 +141,13 @@ pub struct Endpoints {
     routing: watch::Sender<Arc<Routing>>,
     /// Where an event's tenant is (`routing.tenant_key`).
     tenant_key: Option<TenantKey>,
-    tasks: FuturesUnordered<BoxFuture<'static, (usize, Result<(), tokio::task::JoinError>)>>,
-    aborts: Vec<tokio::task::AbortHandle>,
+    /// The lane tasks running now (a lane has one only while it has work).
+    tasks: FuturesUnordered<BoxFuture<'static, (usize, Result<Exit, tokio::task::JoinError>)>>,
+    /// The task of each lane that has one, to abort past the shutdown grace.
+    aborts: HashMap<usize, tokio::task::AbortHandle>,
+    /// Tasks the lanes' runners started.
+    started_tx: mpsc::UnboundedSender<Started>,
+    started_rx: mpsc::UnboundedReceiver<Started>,
     /// Lanes that disabled their endpoint (a 410), to record in the store.
     disabled_tx: mpsc::UnboundedSender<usize>,
     disabled_rx: mpsc::UnboundedReceiver<usize>,
@@ -165,6 +175,7 @@ impl Endpoints {
             .map_err(|m| anyhow!("routing.tenant_key: {m}"))?;
         let (routing, routing_rx) = watch::channel(Arc::new(Routing::empty()));
         let (disabled_tx, disabled_rx) = mpsc::unbounded_channel();
+        let (started_tx, started_rx) = mpsc::unbounded_channel();
         let mut this = Endpoints {
             kafka_options: config.kafka.option_strings(),
             config,
@@ -179,7 +190,9 @@ impl Endpoints {
             routing,
             tenant_key,
             tasks: FuturesUnordered::new(),
-            aborts: Vec::new(),
+            aborts: HashMap::new(),
+            started_tx,
+            started_rx,
             disabled_tx,
             disabled_rx,
         };
@@ -308,18 +321,17 @@ impl Endpoints {
             shares: self.kit.shares.clone(),
             holds: self.kit.holds.clone(),
             disabled: Some(self.disabled_tx.clone()),
+            started: self.started_tx.clone(),
         };
         let settings = self.settings(&ep, index, transport.clone(), state.paused);
-        let (handle, task, updates) = lane::spawn(settings, deps);
+        let (handle, runner, updates) = lane::create(settings, deps);
         if state.disabled {
             handle.control.set(state.paused, true);
         }
-        self.aborts.push(task.abort_handle());
-        self.tasks
-            .push(Box::pin(async move { (index, task.await) }));
         self.by_id.insert(ep.id.clone(), index);
         self.lanes.push(Some(Managed {
             handle,
+            runner,
             updates,
             config: ep,
             transport,
@@ -386,6 +398,7 @@ impl Endpoints {
                     Origin::Store(_) if !m.deleting => {
                         m.deleting = true;
                         let _ = m.updates.send(LaneUpdate::Delete);
+                        m.runner.wake();
                         tracing::info!(endpoint = %id, "endpoint deleted");
                     }
                     Origin::Store(_) => {}
@@ -419,6 +432,7 @@ impl Endpoints {
             return Ok(());
         };
         let _ = m.updates.send(LaneUpdate::Settings(Box::new(settings)));
+        m.runner.wake();
         m.handle.control.set(state.paused, state.disabled);
         self.kit.metrics.endpoint_changed(
             &ep.id,
@@ -539,16 +553,32 @@ impl Endpoints {
                         let _ = halt.changed().await;
                     }
                 },
+                Some(started) = self.started_rx.recv() => self.track(started),
                 Some((i, ended)) = self.tasks.next(), if !self.tasks.is_empty() => self.ended(i, ended),
                 Some(i) = self.disabled_rx.recv() => self.record_disabled(i),
             }
         }
     }
 
-    /// A lane ended: a deleted endpoint's, done; any other's is a failure.
-    fn ended(&mut self, i: usize, ended: Result<(), tokio::task::JoinError>) {
+    /// A lane's runner started a task: follow it.
+    fn track(&mut self, started: Started) {
+        let Started { index, task } = started;
+        self.aborts.insert(index, task.abort_handle());
+        self.tasks
+            .push(Box::pin(async move { (index, task.await) }));
+        self.kit.metrics.lane_tasks.set(self.tasks.len() as i64);
+    }
+
+    /// A lane's task ended: one with nothing to do, as lanes do; a deleted
+    /// endpoint's lane, done; anything else is a failure.
+    fn ended(&mut self, i: usize, ended: Result<Exit, tokio::task::JoinError>) {
+        self.kit.metrics.lane_tasks.set(self.tasks.len() as i64);
+        if matches!(ended, Ok(Exit::Idle)) {
+            return;
+        }
         let deleting = self.lanes[i].as_ref().is_some_and(|m| m.deleting);
         if deleting && ended.is_ok() {
+            self.aborts.remove(&i);
             if let Some(m) = self.lanes[i].take() {
                 self.by_id.remove(&m.config.id);
                 self.kit.metrics.forget_endpoint(&m.config.id);
@@ -561,7 +591,7 @@ impl Endpoints {
             .as_ref()
             .map_or_else(|| format!("#{i}"), |m| m.config.id.clone());
         self.fatal.trip(match ended {
-            Ok(()) => format!("the lane of endpoint {id} ended by itself"),
+            Ok(_) => format!("the lane of endpoint {id} ended by itself"),
             Err(e) => format!("the lane of endpoint {id} failed: {e}"),
         });
     }
@@ -608,17 +638,27 @@ impl Endpoints {
     /// finish what they hold; abort the rest (their records are read again
     /// after the restart).
     pub async fn stop(mut self, grace: Duration) {
+        // A closed inbox wakes its lane's task, if it has one, to finish;
+        // a lane without one has nothing to finish.
         for m in self.lanes.iter().flatten() {
             m.handle.inbox.close();
         }
-        let tasks = &mut self.tasks;
-        let all = async { while tasks.next().await.is_some() {} };
+        let all = async {
+            loop {
+                while let Ok(started) = self.started_rx.try_recv() {
+                    self.track(started);
+                }
+                if self.tasks.next().await.is_none() && self.started_rx.is_empty() {
+                    return;
+                }
+            }
+        };
         if tokio::time::timeout(grace, all).await.is_err() {
             tracing::warn!(
                 grace_s = grace.as_secs_f64(),
                 "shutdown grace period over; abandoning unfinished deliveries"
             );
-            self.aborts.iter().for_each(|a| a.abort());
+            self.aborts.values().for_each(|a| a.abort());
         }
     }
 }

@@ -1,6 +1,7 @@
 //! A lane's inbox: the bounded queue between the readers (the source with
 //! fresh deliveries, the internal-topic readers with returned ones) and the
-//! lane's task. Nobody ever waits on it: a full inbox refuses, and the
+//! lane's task (a delivery queued for a lane that has none starts one).
+//! Nobody ever waits on it: a full inbox refuses, and the
 //! caller moves the delivery to Kafka instead (fresh ones are spilled,
 //! returned ones stay under their endpoint's hold, see
 //! [`crate::offsets`]).
@@ -20,6 +21,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 use super::front::{Front, Progress};
+use super::runner::{Runner, Waker};
 use super::Job;
 
 /// Lanes that asked the source to spill what they queued: the source acts
@@ -250,6 +252,8 @@ pub struct Inbox {
     shares: Arc<Shares>,
     /// What the front sees of this lane (kept under the queues' lock).
     progress: Arc<Progress>,
+    /// Its lane may have no task: work starts one.
+    waker: Waker,
 }
 
 impl Inbox {
@@ -265,6 +269,7 @@ impl Inbox {
             lane,
             evictions,
             progress: shares.front.lane(),
+            waker: Waker::default(),
             shares,
             q: Mutex::new(Queues {
                 fresh: VecDeque::new(),
@@ -282,6 +287,10 @@ impl Inbox {
             closed: AtomicBool::new(false),
             deleted: AtomicBool::new(false),
         }
+    }
+
+    pub(super) fn set_waker(&self, runner: &Arc<Runner>) {
+        self.waker.set(runner);
     }
 
     fn lock(&self) -> MutexGuard<'_, Queues> {
@@ -348,6 +357,7 @@ impl Inbox {
         q.fresh.push_back(Queued { job, stamp });
         drop(q);
         self.work.notify_one();
+        self.waker.wake();
         Ok(())
     }
 
@@ -414,6 +424,7 @@ impl Inbox {
         q.returned.push_back(job);
         drop(q);
         self.work.notify_one();
+        self.waker.wake();
         Ok(())
     }
 
@@ -443,6 +454,7 @@ impl Inbox {
 
     pub fn wake(&self) {
         self.work.notify_one();
+        self.waker.wake();
     }
 
     pub fn is_spilling(&self) -> bool {
@@ -581,6 +593,17 @@ impl Inbox {
             .fresh
             .front()
             .map(|f| (front.waited(f.stamp), front.lag(f.stamp)))
+    }
+
+    /// Give back the memory of empty queues (an idle lane holds none).
+    pub(super) fn release_buffers(&self) {
+        let mut q = self.lock();
+        if q.fresh.is_empty() {
+            q.fresh = VecDeque::new();
+        }
+        if q.returned.is_empty() {
+            q.returned = VecDeque::new();
+        }
     }
 
     /// The fresh queue's head moved: the front sees its new oldest stamp.

@@ -2,8 +2,9 @@
 //! breaker and retries — everything that makes an endpoint an isolated,
 //! well-behaved consumer of its own deliveries.
 //!
-//! Every endpoint has its own lane task, so a slow, throttled or dead
-//! endpoint only ever waits on itself. Nothing upstream waits on a lane:
+//! Every endpoint has its own lane, run by a task of its own while it has
+//! work (see [`Runner`]: an idle lane holds no task), so a slow, throttled
+//! or dead endpoint only ever waits on itself. Nothing upstream waits on a lane:
 //! its [`Inbox`] refuses what it has no room for, and the refused work stays
 //! in Kafka (fresh deliveries are spilled by the source, see
 //! [`crate::spill`]; returned ones stay under their endpoint's hold, see
@@ -29,12 +30,14 @@ mod concurrency;
 mod front;
 mod inbox;
 mod retry;
+mod runner;
 
 pub use breaker::{BreakerConfig, State as BreakerState};
 pub use concurrency::Concurrency;
 pub use front::Front;
 pub use inbox::{Evictions, Inbox, Refused, Shares};
 pub use retry::{RetryConfig, MAX_RETRY_AFTER};
+pub use runner::{Exit, Runner, Started};
 
 use std::collections::VecDeque;
 use std::num::NonZeroU32;
@@ -59,6 +62,7 @@ use crate::offsets::{Budget, HoldIndex, Ticket};
 use crate::park::{Parker, RetryState};
 use breaker::{Admit, Breaker};
 use concurrency::Signal;
+use runner::Waker;
 
 /// `rate_limit:` of an endpoint: a global limit, shared out over replicas.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -124,6 +128,8 @@ pub struct Control {
     paused: AtomicBool,
     disabled: AtomicBool,
     changed: Notify,
+    /// Its lane may have no task: a change starts one.
+    waker: Waker,
 }
 
 impl Control {
@@ -138,12 +144,14 @@ impl Control {
     pub fn pause(&self) {
         self.paused.store(true, Ordering::Release);
         self.changed.notify_one();
+        self.waker.wake();
     }
     /// Resume a paused endpoint, and re-enable one that a 410 disabled.
     pub fn resume(&self) {
         self.paused.store(false, Ordering::Release);
         self.disabled.store(false, Ordering::Release);
         self.changed.notify_one();
+        self.waker.wake();
     }
     /// Set both switches at once, as the endpoint store says.
     pub fn set(&self, paused: bool, disabled: bool) {
@@ -152,6 +160,7 @@ impl Control {
         self.disabled.store(disabled, Ordering::Release);
         if before != (paused, disabled) {
             self.changed.notify_one();
+            self.waker.wake();
         }
     }
     fn disable(&self) {
@@ -215,6 +224,8 @@ pub struct LaneDeps {
     /// Told the lane's index when its endpoint disables itself (a 410), so
     /// the state is kept in the endpoint store.
     pub disabled: Option<mpsc::UnboundedSender<usize>>,
+    /// Told of every task started for the lane (see [`Runner`]).
+    pub started: mpsc::UnboundedSender<Started>,
 }
 
 /// A change to a running lane, from the endpoints it serves.
@@ -263,8 +274,9 @@ struct Lane {
     writes: usize,
     /// In-memory retries whose wait ended.
     ready: VecDeque<Item>,
-    /// Deliveries waiting in memory for their next attempt.
-    waiting: DelayQueue<Item>,
+    /// Deliveries waiting in memory for their next attempt; none while
+    /// none waits (an empty queue holds a few kilobytes of timer wheel).
+    waiting: Option<DelayQueue<Item>>,
     /// Until when a rate limit or a receiver's throttle holds sends back.
     blocked_until: Option<tokio::time::Instant>,
     picks: u64,
@@ -285,17 +297,14 @@ const MAX_WRITES: usize = 64;
 /// wait alike, it does not): a tenth of `spill_after`, not under this.
 const LAG_CHECK: Duration = Duration::from_millis(100);
 
-/// Start a lane task; it ends once its inbox is closed and everything it
-/// holds is final (or, for a deleted endpoint, once nothing of its work is
-/// left). The sender changes it while it runs.
-pub fn spawn(
+/// Make a lane, with no task yet: its [`Runner`] starts one whenever it
+/// has work, until its inbox is closed and everything it holds is final
+/// (or, for a deleted endpoint, nothing of its work is left). The sender
+/// changes it; wake the runner after sending.
+pub fn create(
     settings: LaneSettings,
     deps: LaneDeps,
-) -> (
-    LaneHandle,
-    tokio::task::JoinHandle<()>,
-    mpsc::UnboundedSender<LaneUpdate>,
-) {
+) -> (LaneHandle, Arc<Runner>, mpsc::UnboundedSender<LaneUpdate>) {
     let inbox = Arc::new(Inbox::new(
         settings.queue_capacity,
         returned_cap(settings.max_in_flight),
@@ -332,7 +341,7 @@ pub fn spawn(
         sends: 0,
         writes: 0,
         ready: VecDeque::new(),
-        waiting: DelayQueue::new(),
+        waiting: None,
         blocked_until: None,
         picks: 0,
     };
@@ -341,7 +350,12 @@ pub fn spawn(
         .concurrency_limit
         .set(lane.concurrency.limit() as i64);
     lane.d.metrics.paused.set(lane.control.paused() as i64);
-    (handle, tokio::spawn(lane.run()), updates_tx)
+    let started = lane.d.started.clone();
+    let (control, inbox) = (lane.control.clone(), lane.inbox.clone());
+    let runner = Runner::new(lane, started);
+    control.waker.set(&runner);
+    inbox.set_waker(&runner);
+    (handle, runner, updates_tx)
 }
 
 /// Returned deliveries a lane queues: enough to keep every send busy twice
@@ -377,25 +391,53 @@ enum Pick {
 }
 
 impl Lane {
-    async fn run(mut self) {
+    /// Run until the lane has nothing to do ([`Exit::Idle`]: it may end
+    /// its task) or is done for good. `woken` is cleared before each look
+    /// at the work, so the runner knows whether a wake came after it.
+    async fn run_until_idle(&mut self, woken: &AtomicBool) -> Exit {
         let mut work: FuturesUnordered<BoxFuture<'static, Done>> = FuturesUnordered::new();
         let mut share_open = true;
         let mut updates_open = true;
         let control = self.control.clone();
         let inbox = self.inbox.clone();
         let mut linger = tokio::time::interval(Duration::from_millis(500));
+        // The replica's share of the rate limit may have moved while the
+        // lane had no task.
+        if self.d.share.has_changed().unwrap_or(false) {
+            let share = *self.d.share.borrow_and_update();
+            if let Some(r) = &self.s.rate_limit {
+                self.limiter = Some(limiter(r, share));
+            }
+        }
         loop {
+            woken.store(false, Ordering::SeqCst);
             let now = Instant::now();
             self.refresh_accepting(now, &mut work);
             self.pump(&mut work);
             self.d.metrics.queue_depth.set(inbox.len() as i64);
             self.d.metrics.spilling.set(inbox.is_spilling() as i64);
+            self.d.metrics.paused.set(control.paused() as i64);
+            self.d.metrics.disabled.set(control.disabled() as i64);
             let idle = inbox.is_empty()
                 && work.is_empty()
-                && self.waiting.is_empty()
+                && self.waiting_len() == 0
                 && self.ready.is_empty();
             if idle && inbox.is_closed() {
-                break;
+                return Exit::Done;
+            }
+            // Nothing to do, and nothing to watch for: no open breaker to
+            // come out of (the lane must accept again by itself when it may
+            // half-open), no deletion to finish, no update unread. A pause
+            // ends with a resume, which wakes the lane.
+            let can_rest = inbox.is_accepting()
+                || (control.paused() && matches!(self.breaker.peek(now), Admit::Yes));
+            if idle && !self.deleting && can_rest && self.updates.is_empty() {
+                // An idle lane keeps no buffers: queues that once held a
+                // burst keep its capacity otherwise.
+                self.waiting = None;
+                self.ready = VecDeque::new();
+                inbox.release_buffers();
+                return Exit::Idle;
             }
             if idle && self.deleting && self.d.holds.lanes().iter().all(|&l| l != self.s.index) {
                 // Nothing of a deleted endpoint's work is left here or under
@@ -442,12 +484,10 @@ impl Lane {
             }
             tokio::select! {
                 biased;
-                _ = control.changed.notified() => {
-                    self.d.metrics.paused.set(self.control.paused() as i64);
-                    self.d.metrics.disabled.set(self.control.disabled() as i64);
-                }
+                // Looked at again at the top of the loop.
+                _ = control.changed.notified() => {}
                 Some(done) = work.next(), if !work.is_empty() => self.finish(done, &mut work),
-                Some(expired) = self.waiting.next(), if !self.waiting.is_empty() => {
+                Some(expired) = expired(&mut self.waiting), if self.waiting_len() > 0 => {
                     self.ready.push_back(expired.into_inner());
                 }
                 _ = sleep_until(blocked), if blocked.is_some() => self.blocked_until = None,
@@ -472,6 +512,10 @@ impl Lane {
                 },
             }
         }
+    }
+
+    fn waiting_len(&self) -> usize {
+        self.waiting.as_ref().map_or(0, DelayQueue::len)
     }
 
     /// Apply a change of the endpoint.
@@ -751,9 +795,11 @@ impl Lane {
     ) {
         // In-memory waits are bounded: beyond a few per in-flight place they
         // go to the retry topic too.
-        if wait <= self.s.in_memory_max && self.waiting.len() < self.s.max_in_flight * 4 {
+        if wait <= self.s.in_memory_max && self.waiting_len() < self.s.max_in_flight * 4 {
             self.d.metrics.retried.inc();
-            self.waiting.insert(item, wait);
+            self.waiting
+                .get_or_insert_with(DelayQueue::new)
+                .insert(item, wait);
         } else {
             let write = self.park(item, wait, reason);
             self.push_write(work, write);
@@ -1044,6 +1090,16 @@ impl Lane {
                 tracing::info!(endpoint = %self.s.endpoint_id, state = state.name(), "circuit breaker changed state")
             }
         }
+    }
+}
+
+/// The next in-memory retry whose wait ended.
+async fn expired(
+    waiting: &mut Option<DelayQueue<Item>>,
+) -> Option<tokio_util::time::delay_queue::Expired<Item>> {
+    match waiting {
+        Some(w) => w.next().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -121,6 +121,7 @@ pub struct Metrics {
     pub commits: IntCounterVec,
     pub rebalances: IntCounterVec,
     pub assigned_partitions: IntGauge,
+    pub lane_tasks: IntGauge,
     pub build_info: IntGaugeVec,
     pub memory_used: IntGauge,
     pub memory_budget: IntGauge,
@@ -295,6 +296,11 @@ impl Metrics {
                 &r,
                 "dispatcher_assigned_partitions",
                 "Partitions assigned to this consumer.",
+            ),
+            lane_tasks: gauge(
+                &r,
+                "dispatcher_lane_tasks",
+                "Endpoint lanes running a task now: those with work; an idle endpoint holds none.",
             ),
             build_info: gauge_vec(
                 &r,
