@@ -352,7 +352,13 @@ impl Endpoints {
                     .and_then(|i| self.lanes[i].as_ref().map(|m| (i, m.origin, m.deleting)));
                 match lane {
                     // A file endpoint: only its state lives in the store.
-                    Some((i, Origin::File, _)) => {
+                    // Or the version in force, read again (as every record
+                    // is when the store's reader catches up at start-up):
+                    // only its state may say something new.
+                    Some((i, origin, deleting))
+                        if origin == Origin::File
+                            || (origin == Origin::Store(stored.version) && !deleting) =>
+                    {
                         if let Some(m) = self.lanes[i].as_ref() {
                             m.handle
                                 .control
@@ -380,6 +386,11 @@ impl Endpoints {
                         if let Err(e) = self.add(ep, Origin::Store(stored.version), stored.state) {
                             tracing::error!(endpoint = %id, error = %e, "new endpoint not started");
                         } else {
+                            self.kit
+                                .metrics
+                                .endpoint_changes
+                                .with_label_values(&["added"])
+                                .inc();
                             tracing::info!(endpoint = %id, version = stored.version, "endpoint added");
                         }
                     }
@@ -399,6 +410,11 @@ impl Endpoints {
                         m.deleting = true;
                         let _ = m.updates.send(LaneUpdate::Delete);
                         m.runner.wake();
+                        self.kit
+                            .metrics
+                            .endpoint_changes
+                            .with_label_values(&["deleted"])
+                            .inc();
                         tracing::info!(endpoint = %id, "endpoint deleted");
                     }
                     Origin::Store(_) => {}
@@ -444,6 +460,11 @@ impl Endpoints {
         m.transport = transport;
         m.origin = Origin::Store(version);
         tracing::info!(endpoint = %m.config.id, version, reconnect, "endpoint updated");
+        self.kit
+            .metrics
+            .endpoint_changes
+            .with_label_values(&["updated"])
+            .inc();
         Ok(())
     }
 

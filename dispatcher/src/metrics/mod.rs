@@ -122,6 +122,7 @@ pub struct Metrics {
     pub rebalances: IntCounterVec,
     pub assigned_partitions: IntGauge,
     pub lane_tasks: IntGauge,
+    pub endpoint_changes: IntCounterVec,
     pub build_info: IntGaugeVec,
     pub memory_used: IntGauge,
     pub memory_budget: IntGauge,
@@ -296,6 +297,12 @@ impl Metrics {
                 &r,
                 "dispatcher_assigned_partitions",
                 "Partitions assigned to this consumer.",
+            ),
+            endpoint_changes: counter(
+                &r,
+                "dispatcher_endpoint_changes_total",
+                "Endpoint changes this replica applied, by kind (added, updated, deleted).",
+                &["kind"],
             ),
             lane_tasks: gauge(
                 &r,
