@@ -12,6 +12,7 @@
 //! fixes.
 
 pub mod admin;
+pub mod alloc;
 pub mod api;
 pub mod app;
 pub mod backlog;

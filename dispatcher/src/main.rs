@@ -8,35 +8,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 use dispatcher::config::Config;
 use tracing_subscriber::EnvFilter;
 
-/// jemalloc, for the whole process (librdkafka included: on Linux with
-/// glibc, jemalloc's symbols replace malloc's; elsewhere the system
-/// allocator stays, as jemalloc would be prefixed there): under glibc's
-/// malloc a replica holding a 1,000,000-delivery spilled backlog kept an
-/// RSS of about 250 MB for a heap that never exceeded about 50 MB (freed
-/// memory stayed in per-thread arenas), and jemalloc gives back what it
-/// no longer uses. See docs/benchmarks.md.
-#[cfg(all(target_os = "linux", not(target_env = "musl")))]
-#[global_allocator]
-static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
-/// jemalloc's start-up options (`MALLOC_CONF` in the environment still
-/// adds to them). Freed pages go back to the system at once rather than
-/// after jemalloc's ten seconds: spilling a burst churns through tens of
-/// megabytes a second, and what ten seconds of it held back made the RSS
-/// peak of `loadtest run slow-mix --backlog 1000000` about 250 MB (one second:
-/// 186 MB, at once: 143 MB), for no CPU cost that run could measure.
-#[cfg(all(target_os = "linux", not(target_env = "musl")))]
-#[export_name = "malloc_conf"]
-static MALLOC_CONF: MallocConf = MallocConf(c"dirty_decay_ms:0,muzzy_decay_ms:0".as_ptr());
-
-/// A C string pointer jemalloc reads once, at its initialisation.
-#[cfg(all(target_os = "linux", not(target_env = "musl")))]
-#[repr(transparent)]
-struct MallocConf(*const std::ffi::c_char);
-
-// SAFETY: it points to a static, immutable, NUL-terminated byte string.
-#[cfg(all(target_os = "linux", not(target_env = "musl")))]
-unsafe impl Sync for MallocConf {}
+// jemalloc with the dispatcher's options (see `dispatcher::alloc`).
+dispatcher::use_jemalloc!();
 
 #[derive(Parser)]
 #[command(

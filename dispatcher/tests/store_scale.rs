@@ -24,22 +24,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const ENDPOINTS: usize = 10_000;
 
-/// The dispatcher binary's allocator and options (see `src/main.rs`), so
-/// that the memory figures are the ones it would show.
-#[global_allocator]
-static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
-#[cfg(all(target_os = "linux", not(target_env = "musl")))]
-#[export_name = "malloc_conf"]
-static MALLOC_CONF: MallocConf = MallocConf(c"dirty_decay_ms:0,muzzy_decay_ms:0".as_ptr());
-
-#[cfg(all(target_os = "linux", not(target_env = "musl")))]
-#[repr(transparent)]
-struct MallocConf(*const std::ffi::c_char);
-
-// SAFETY: it points to a static, immutable, NUL-terminated byte string.
-#[cfg(all(target_os = "linux", not(target_env = "musl")))]
-unsafe impl Sync for MallocConf {}
+// The dispatcher binary's allocator and options, so that the memory
+// figures are the ones it would show.
+dispatcher::use_jemalloc!();
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dispatcher_starts_from_a_store_of_ten_thousand_endpoints() {
