@@ -9,10 +9,9 @@
 //!
 //! [`use_jemalloc!`](crate::use_jemalloc) installs it, with its options, in
 //! the crate that invokes it: the `dispatcher` binary, and the tests whose
-//! memory figures must be the binary's.
-
-#[cfg(all(target_os = "linux", not(target_env = "musl")))]
-pub use tikv_jemallocator;
+//! memory figures must be the binary's. That crate depends on
+//! `tikv-jemallocator` itself; the library does not name it, so that
+//! linking the library alone (every other test) leaves malloc alone.
 
 /// jemalloc's start-up options (`MALLOC_CONF` in the environment still
 /// adds to them). Freed pages go back to the system at once rather than
@@ -42,8 +41,7 @@ macro_rules! use_jemalloc {
     () => {
         #[cfg(all(target_os = "linux", not(target_env = "musl")))]
         #[global_allocator]
-        static ALLOCATOR: $crate::alloc::tikv_jemallocator::Jemalloc =
-            $crate::alloc::tikv_jemallocator::Jemalloc;
+        static ALLOCATOR: ::tikv_jemallocator::Jemalloc = ::tikv_jemallocator::Jemalloc;
 
         #[cfg(all(target_os = "linux", not(target_env = "musl")))]
         #[export_name = "malloc_conf"]

@@ -429,7 +429,12 @@ pub async fn start_with(config: Config, registry: &Registry) -> anyhow::Result<R
         clients_watch.abort();
         let _ = share_task.await;
         let _ = clients_watch.await;
-        consumer.unsubscribe();
+        // Closing leaves the group (one revoke, its final commit, then the
+        // goodbye). No `unsubscribe()` before it: that queued a revoke of
+        // its own ahead of the close's, and the second unassign, sent to a
+        // group that had closed meanwhile, was never answered (librdkafka
+        // drops requests to a closed group): the exit hung.
+        drop(consumer);
         let _ = admin_stop.send(true);
         let _ = admin_task.await;
         if let Some(api_task) = api_task {

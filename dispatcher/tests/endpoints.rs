@@ -290,3 +290,70 @@ async fn a_deleted_endpoints_pending_work_is_dead_lettered_as_endpoint_deleted()
     .await;
     running.shutdown().await.unwrap();
 }
+
+/// A restart reads the store's whole history (the topic keeps old versions
+/// until it is compacted, and never compacts its active segment): an
+/// endpoint changed, deleted and created again, and another deleted for
+/// good, must come up as they are now, and stay so, not be replayed
+/// through their past (which deleted the live one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_applies_the_stores_latest_versions_not_its_history() {
+    support::init_logging();
+    let kafka = support::embedded_kafka(2);
+    let sink = Sink::start(Behaviour::Ok).await;
+    let first = start(config(kafka.bootstrap(), "history", "", "")).await;
+    let store = first.store.clone();
+    let at = |path: &str| endpoint(json!({"id": "reborn", "url": sink.url(path), "events": ["*"]}));
+    let v1 = store
+        .write("reborn", 0, Some((at("/v1"), RUNNING)))
+        .await
+        .unwrap();
+    let v2 = store
+        .write("reborn", v1, Some((at("/v2"), RUNNING)))
+        .await
+        .unwrap();
+    let v3 = store.write("reborn", v2, None).await.unwrap();
+    store
+        .write("reborn", v3, Some((at("/now"), RUNNING)))
+        .await
+        .unwrap();
+    let gone = endpoint(json!({"id": "gone", "url": sink.url("/gone"), "events": ["*"]}));
+    let g1 = store.write("gone", 0, Some((gone, RUNNING))).await.unwrap();
+    store.write("gone", g1, None).await.unwrap();
+    drop(store);
+    first.shutdown().await.unwrap();
+
+    let running = start(config(kafka.bootstrap(), "history", "", "")).await;
+    let values = events(62, 20);
+    produce(kafka.bootstrap(), "events", &values).await;
+    wait_until(
+        Duration::from_secs(30),
+        "the live version gets everything",
+        || data_at(&sink, "/now") == data(&values),
+    )
+    .await;
+    // Nothing went anywhere else, and the history changed nothing.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(sink.count(), values.len(), "only /now received");
+    let changes = |kind: &str| {
+        running
+            .metrics
+            .endpoint_changes
+            .with_label_values(&[kind])
+            .get()
+    };
+    assert_eq!(
+        (changes("added"), changes("updated"), changes("deleted")),
+        (0, 0, 0),
+        "the store's past was applied again"
+    );
+    running.shutdown().await.unwrap();
+}
+
+fn data_at(sink: &Sink, path: &str) -> BTreeSet<String> {
+    sink.received()
+        .iter()
+        .filter(|r| r.path == path)
+        .map(|r| raw_data(&r.body))
+        .collect()
+}

@@ -668,6 +668,7 @@ async fn a_url_changed_mid_flow_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_endpoints_work_is_dead_lettered_and_replayed_after_it_is_recreated() {
+    support::init_logging();
     let kafka = support::embedded_kafka(2);
     let bootstrap = kafka.bootstrap().to_owned();
     let sink = Sink::start(Behaviour::Ok).await;

@@ -143,8 +143,9 @@ pub struct Endpoints {
     tenant_key: Option<TenantKey>,
     /// The lane tasks running now (a lane has one only while it has work).
     tasks: FuturesUnordered<BoxFuture<'static, (usize, Result<Exit, tokio::task::JoinError>)>>,
-    /// The task of each lane that has one, to abort past the shutdown grace.
-    aborts: HashMap<usize, tokio::task::AbortHandle>,
+    /// The tasks of each lane that has one (two for a moment, when one
+    /// ends as the next starts), to abort past the shutdown grace.
+    aborts: HashMap<usize, Vec<tokio::task::AbortHandle>>,
     /// Tasks the lanes' runners started.
     started_tx: mpsc::UnboundedSender<Started>,
     started_rx: mpsc::UnboundedReceiver<Started>,
@@ -343,6 +344,18 @@ impl Endpoints {
 
     /// Apply one change read from the store.
     fn apply(&mut self, change: Change) {
+        // A change the store has moved past since it was sent: the store's
+        // reader sends one for every record it reads, and at start-up it
+        // reads the topic's history (old versions, deletes of endpoints
+        // created again), which the lanes, made from the store's latest
+        // state, are already past. The later change is in force or queued.
+        let (id, version) = match &change {
+            Change::Upsert { id, stored } => (id, stored.version),
+            Change::Delete { id, version } => (id, *version),
+        };
+        if version < self.store.version(id) {
+            return;
+        }
         match change {
             Change::Upsert { id, stored } => {
                 let lane = self
@@ -396,7 +409,7 @@ impl Endpoints {
                     }
                 }
             }
-            Change::Delete { id } => {
+            Change::Delete { id, .. } => {
                 let Some(&i) = self.by_id.get(&id) else {
                     return;
                 };
@@ -584,7 +597,10 @@ impl Endpoints {
     /// A lane's runner started a task: follow it.
     fn track(&mut self, started: Started) {
         let Started { index, task } = started;
-        self.aborts.insert(index, task.abort_handle());
+        self.aborts
+            .entry(index)
+            .or_default()
+            .push(task.abort_handle());
         self.tasks
             .push(Box::pin(async move { (index, task.await) }));
         self.kit.metrics.lane_tasks.set(self.tasks.len() as i64);
@@ -594,12 +610,17 @@ impl Endpoints {
     /// endpoint's lane, done; anything else is a failure.
     fn ended(&mut self, i: usize, ended: Result<Exit, tokio::task::JoinError>) {
         self.kit.metrics.lane_tasks.set(self.tasks.len() as i64);
+        if let Some(aborts) = self.aborts.get_mut(&i) {
+            aborts.retain(|a| !a.is_finished());
+            if aborts.is_empty() {
+                self.aborts.remove(&i);
+            }
+        }
         if matches!(ended, Ok(Exit::Idle)) {
             return;
         }
         let deleting = self.lanes[i].as_ref().is_some_and(|m| m.deleting);
         if deleting && ended.is_ok() {
-            self.aborts.remove(&i);
             if let Some(m) = self.lanes[i].take() {
                 self.by_id.remove(&m.config.id);
                 self.kit.metrics.forget_endpoint(&m.config.id);
@@ -679,7 +700,10 @@ impl Endpoints {
                 grace_s = grace.as_secs_f64(),
                 "shutdown grace period over; abandoning unfinished deliveries"
             );
-            self.aborts.values().for_each(|a| a.abort());
+            while let Ok(started) = self.started_rx.try_recv() {
+                self.track(started);
+            }
+            self.aborts.values().flatten().for_each(|a| a.abort());
         }
     }
 }

@@ -340,6 +340,9 @@ impl Inbox {
         let w = weight(&job);
         let tw = tenant_weight(&job);
         let mut q = self.lock();
+        if self.closed.load(Ordering::Acquire) {
+            return Err(job);
+        }
         let len = q.len();
         if len >= self.cap()
             || (len > 0 && q.bytes + w > self.shares.share())
@@ -498,6 +501,9 @@ impl Inbox {
         let jobs: Vec<Job> = q.fresh.drain(..).map(|f| f.job).collect();
         self.fresh_changed(&q);
         self.left(&mut q, jobs.iter());
+        drop(q);
+        // The lane may have nothing left to do now (a paused one idles).
+        self.work.notify_one();
         Some(jobs)
     }
 
@@ -507,7 +513,12 @@ impl Inbox {
 
     /// No more fresh or returned deliveries: the lane finishes what it has.
     pub fn close(&self) {
+        // Under the queues' lock, as `offer` looks: a delivery is queued
+        // before the close (and the lane, which looks again, finishes it)
+        // or refused after it, never left in an inbox no task will read.
+        let q = self.lock();
         self.closed.store(true, Ordering::Release);
+        drop(q);
         self.work.notify_one();
         self.room.notify_waiters();
     }

@@ -411,6 +411,9 @@ impl Lane {
         }
         loop {
             woken.store(false, Ordering::SeqCst);
+            // Whatever a waker stored before its wake is seen below (see
+            // `Runner::wake`).
+            std::sync::atomic::fence(Ordering::SeqCst);
             let now = Instant::now();
             self.refresh_accepting(now, &mut work);
             self.pump(&mut work);

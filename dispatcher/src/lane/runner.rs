@@ -16,7 +16,7 @@
 //! that it notices a lane that fails and waits for running lanes at
 //! shutdown.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{fence, AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::sync::{Mutex, MutexGuard, Weak};
 
@@ -70,6 +70,9 @@ impl Runner {
     /// Something may have given the lane work: start its task unless one
     /// runs. Call it after the work is visible to the lane.
     pub fn wake(self: &Arc<Self>) {
+        // Orders the caller's earlier stores (some only Release) before the
+        // flag, against the lane's fence after clearing it.
+        fence(Ordering::SeqCst);
         self.woken.store(true, Ordering::SeqCst);
         if self
             .running

@@ -363,6 +363,12 @@ impl Source {
             lane.inbox.stop_spilling();
         }
         if let Err(job) = lane.inbox.offer(job) {
+            if lane.inbox.is_deleted() && lane.inbox.is_closed() {
+                // Its endpoint was deleted and its lane has finished, while
+                // this routing snapshot still had it.
+                job.dead_letter_deleted(lane.endpoint_id.clone(), &self.dead_letters);
+                return;
+            }
             self.evict(routing, i).await;
             self.spill.write(routing, i, job).await;
         }

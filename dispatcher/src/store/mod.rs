@@ -73,8 +73,15 @@ pub struct EndpointState {
 /// A change the follower read, for whoever applies endpoints.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Change {
-    Upsert { id: String, stored: StoredEndpoint },
-    Delete { id: String },
+    Upsert {
+        id: String,
+        stored: StoredEndpoint,
+    },
+    /// Deleted at `version`.
+    Delete {
+        id: String,
+        version: u64,
+    },
 }
 
 /// Why a write did not apply.
@@ -307,13 +314,14 @@ impl Store {
                     return Outcome::Stale { current };
                 }
                 let was_live = matches!(table.get(id), Some(Entry::Live(_)));
-                table.insert(
-                    id.to_owned(),
-                    Entry::Deleted(version.unwrap_or(current + 1)),
-                );
+                let version = version.unwrap_or(current + 1);
+                table.insert(id.to_owned(), Entry::Deleted(version));
                 drop(table);
                 if was_live {
-                    let _ = self.changes.send(Change::Delete { id: id.to_owned() });
+                    let _ = self.changes.send(Change::Delete {
+                        id: id.to_owned(),
+                        version,
+                    });
                 }
                 Outcome::Applied
             }

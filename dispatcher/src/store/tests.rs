@@ -150,7 +150,7 @@ async fn writes_are_compare_and_set_through_the_log() {
     }
     assert!(seen
         .iter()
-        .any(|c| matches!(c, Change::Delete { id } if id == "crm")));
+        .any(|c| matches!(c, Change::Delete { id, .. } if id == "crm")));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
