@@ -666,6 +666,49 @@ async fn a_url_changed_mid_flow_loses_nothing() {
     running.shutdown().await.unwrap();
 }
 
+/// The source routes each record with the endpoints as they are when it
+/// handles it, not as they were when it last looked: with nothing else to
+/// wake it (commits an hour apart), the first record after an endpoint
+/// starts running reaches it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_record_after_an_endpoint_runs_reaches_it() {
+    support::init_logging();
+    let kafka = support::embedded_kafka(1);
+    let bootstrap = kafka.bootstrap().to_owned();
+    let sink = Sink::start(Behaviour::Ok).await;
+    let mut config = keyed(&bootstrap, "api-first", &file_endpoint(&sink));
+    config.pipeline.commit_interval = Duration::from_secs(3600);
+    let running = start(config).await;
+    let addr = api(&running);
+    // Let the source settle into waiting for records.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let body = endpoint_json("first", &sink.url("/first"), json!({}));
+    let created = call(addr, "POST", "/v1/endpoints", Some(&body), &[]).await;
+    assert_eq!(created.status, 201, "{:?}", created.body);
+    wait_running(addr, "first").await;
+    let mut seed = SeedEvents::new(31);
+    let values = produce_contacts(&bootstrap, &mut seed, 1).await;
+    wait_until(
+        Duration::from_secs(30),
+        "the first record's delivery",
+        || data_at(&sink, "/first").len() == 1,
+    )
+    .await;
+    assert_eq!(
+        data_at(&sink, "/first"),
+        BTreeSet::from([support::raw_data(&values[0])])
+    );
+    assert_eq!(
+        running
+            .metrics
+            .endpoint_counters("first")
+            .map(|c| c.delivered.get()),
+        Some(1)
+    );
+    running.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_endpoints_work_is_dead_lettered_and_replayed_after_it_is_recreated() {
     support::init_logging();

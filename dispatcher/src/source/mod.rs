@@ -123,17 +123,27 @@ struct Current {
     router: Router,
 }
 
+impl Current {
+    fn new(routing: Arc<Routing>) -> Current {
+        Current {
+            router: Router::from_table(routing.table.clone()),
+            routing,
+        }
+    }
+
+    /// Take the newest snapshot, if there is one (an atomic load when not).
+    fn refresh(&mut self, routing: &mut watch::Receiver<Arc<Routing>>) {
+        if routing.has_changed().unwrap_or(false) {
+            *self = Current::new(routing.borrow_and_update().clone());
+        }
+    }
+}
+
 impl Source {
     /// Run until `shutdown` turns true. The lanes are the endpoint
     /// manager's to stop, once this has returned.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
-        let mut current = {
-            let routing = self.routing.borrow_and_update().clone();
-            Current {
-                router: Router::from_table(routing.table.clone()),
-                routing,
-            }
-        };
+        let mut current = Current::new(self.routing.borrow_and_update().clone());
         let mut committer = Committer::default();
         let mut commit_tick = tokio::time::interval(self.commit_interval);
         commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -151,13 +161,7 @@ impl Source {
         let budget = self.tracker.budget().clone();
 
         loop {
-            if self.routing.has_changed().unwrap_or(false) {
-                let routing = self.routing.borrow_and_update().clone();
-                current = Current {
-                    router: Router::from_table(routing.table.clone()),
-                    routing,
-                };
-            }
+            current.refresh(&mut self.routing);
             if self.rebalanced.swap(false, Ordering::AcqRel) {
                 self.after_rebalance(&mut held, &mut overfull);
             }
@@ -209,6 +213,10 @@ impl Source {
                 msg = consumer.recv() => match msg {
                     Ok(msg) => {
                         failing_since = None;
+                        // The endpoints may have changed while this waited
+                        // for the record: an endpoint the API already shows
+                        // running gets every record read after that.
+                        current.refresh(&mut self.routing);
                         let c = topic_counters(&mut counters, &self.metrics, msg.topic());
                         c.consumed.inc();
                         if let Some(delay) = self.tiers.delay_of(msg.topic()) {
