@@ -411,6 +411,7 @@ async fn sink(a: SinkArgs) -> anyhow::Result<()> {
             })
             .collect(),
         1,
+        0,
         ledger.clone(),
     )?;
     sink.set_epoch(Instant::now());

@@ -472,6 +472,7 @@ async fn run_once(scenario: &Scenario, opts: &RunOptions) -> anyhow::Result<Repo
             })
             .collect(),
         scenario.sink.threads,
+        scenario.sink.listeners,
         ledger.clone(),
     )?);
 
@@ -1314,6 +1315,9 @@ fn prepare(
     Ok((urls, out))
 }
 
+/// Most requests the ceiling client keeps in flight (connections).
+const MAX_CEILING_CONNECTIONS: usize = 4096;
+
 async fn measure_ceiling(
     scenario: &Scenario,
     endpoints: &[Endpoint],
@@ -1321,7 +1325,15 @@ async fn measure_ceiling(
     driven: &Driven,
     overall: Instant,
 ) -> anyhow::Result<CeilingRun> {
-    let concurrency: usize = endpoints.iter().map(|e| e.max_in_flight).sum();
+    // Every endpoint's cap together, up to a bound: the client's and the
+    // receivers' ends of each connection are both in this process, and
+    // thousands of endpoints would run it out of file descriptors long
+    // before they add to what the receivers can take.
+    let concurrency: usize = endpoints
+        .iter()
+        .map(|e| e.max_in_flight)
+        .sum::<usize>()
+        .min(MAX_CEILING_CONNECTIONS);
     let count = scenario.ceiling.max_requests.max(1);
     let (urls, requests) = prepare(endpoints, scenario.seed, scenario.tenants, count, sink)?;
     let requests: Arc<[Prepared]> = requests.into();

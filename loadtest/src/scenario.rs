@@ -16,7 +16,7 @@ use dispatcher::config::FilterValue;
 use serde::{Deserialize, Deserializer};
 use serde_yaml_ng::Mapping;
 
-use crate::sink::faults::Fault;
+use crate::sink::faults::{Fault, FaultKind};
 use crate::workload::{EndpointRoute, Routing, DEFAULT_SECRET, DEFAULT_SEED};
 
 /// The shipped scenarios: (name, YAML).
@@ -36,7 +36,10 @@ pub const SHIPPED: &[(&str, &str)] = &[
 ];
 
 /// Most endpoints a scenario may have.
-pub const MAX_ENDPOINTS: usize = 1000;
+pub const MAX_ENDPOINTS: usize = 10_000;
+/// Most endpoints with a listener of their own (a port, and in a drain as
+/// many connections as its `max_in_flight`): beyond that, `sink.listeners`.
+pub const MAX_OWN_LISTENERS: usize = 1000;
 /// Most dispatcher processes a scenario may start.
 pub const MAX_PROCESSES: usize = 8;
 
@@ -256,11 +259,18 @@ impl Default for DispatcherSpec {
 pub struct SinkSpec {
     /// Threads serving the receivers.
     pub threads: usize,
+    /// Listeners shared by the receivers without connection-level faults
+    /// (`refuse`, `reset`), which tell requests apart by path; 0: each
+    /// receiver listens on a port of its own.
+    pub listeners: usize,
 }
 
 impl Default for SinkSpec {
     fn default() -> Self {
-        SinkSpec { threads: 1 }
+        SinkSpec {
+            threads: 1,
+            listeners: 0,
+        }
     }
 }
 
@@ -356,7 +366,7 @@ impl Endpoint {
         let latency: f64 = self
             .faults
             .iter()
-            .filter(|f| f.kind == crate::sink::faults::FaultKind::Latency)
+            .filter(|f| f.kind == FaultKind::Latency)
             .map(|f| f.latency.unwrap_or_default().as_secs_f64() * f.ratio)
             .sum();
         (latency > 0.0).then_some(latency)
@@ -648,6 +658,26 @@ impl Scenario {
         if endpoints.len() > MAX_ENDPOINTS {
             problems.push(format!("endpoints: at most {MAX_ENDPOINTS}"));
         }
+        if self.sink.listeners > 64 {
+            problems.push("sink.listeners: 0 to 64".into());
+        }
+        let own_listeners = if self.sink.listeners == 0 {
+            endpoints.len()
+        } else {
+            endpoints
+                .iter()
+                .filter(|e| {
+                    e.faults
+                        .iter()
+                        .any(|f| matches!(f.kind, FaultKind::Refuse | FaultKind::Reset))
+                })
+                .count()
+        };
+        if own_listeners > MAX_OWN_LISTENERS {
+            problems.push(format!(
+                "{own_listeners} receivers would listen on ports of their own (at most {MAX_OWN_LISTENERS}): set sink.listeners to share a few"
+            ));
+        }
         let mut seen = HashSet::new();
         for (i, ep) in endpoints.iter().enumerate() {
             if let Err(e) = dispatcher::config::check_endpoint_id(&ep.id) {
@@ -784,11 +814,11 @@ mod tests {
     fn tenants_spread_over_the_endpoints_and_need_the_tenant_key() {
         let s = Scenario::load("many-tenants").unwrap();
         let eps = s.endpoints();
-        assert_eq!(eps.len(), 1000);
+        assert_eq!(eps.len(), 10_000);
         assert_eq!(eps[0].tenant.as_deref(), Some("t-0000"));
-        assert_eq!(eps[101].tenant.as_deref(), Some("t-0001"));
+        assert_eq!(eps[1001].tenant.as_deref(), Some("t-0001"));
         assert_eq!(
-            eps[101].config.get("tenant").and_then(|t| t.as_str()),
+            eps[1001].config.get("tenant").and_then(|t| t.as_str()),
             Some("t-0001"),
             "the dispatcher config names it too"
         );

@@ -13,6 +13,13 @@ pub fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, MAX_US, 3).expect("constant histogram bounds are valid")
 }
 
+/// A lighter one for each receiver: 2 significant figures (within 1 %),
+/// an eighth of the memory (27 KB), so that ten thousand receivers can
+/// keep two each.
+pub fn new_endpoint_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, MAX_US, 2).expect("constant histogram bounds are valid")
+}
+
 /// The percentiles a report shows, in milliseconds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct Percentiles {

@@ -87,6 +87,7 @@ async fn known_traffic_gives_known_numbers() {
     let sink = Sink::start(
         vec![endpoint("all", vec![]), endpoint("msgs", vec![])],
         1,
+        0,
         ledger.clone(),
     )
     .unwrap();
@@ -242,7 +243,9 @@ async fn faults_answer_as_documented() {
         endpoint("later", vec![later]),
     ];
     let ledger = Arc::new(Ledger::new(eps.len(), 1000));
-    let sink = Sink::start(eps, 1, ledger).unwrap();
+    // Two shared listeners: the faults of a receiver that shares one act on
+    // its requests only; `reset` and `down` get listeners of their own.
+    let sink = Sink::start(eps, 1, 2, ledger).unwrap();
     sink.set_epoch(Instant::now());
     sink.set_faults(true);
 
@@ -302,4 +305,76 @@ async fn faults_answer_as_documented() {
     for i in [1, 2, 3] {
         assert_eq!(send(i).await.unwrap().0, 200, "endpoint {i}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receivers_sharing_a_listener_are_told_apart_by_path() {
+    let ids = ["a", "b", "c", "d", "e"];
+    let mut eps: Vec<SinkEndpoint> = ids.iter().map(|id| endpoint(id, vec![])).collect();
+    eps.push(endpoint("down", vec![fault(FaultKind::Refuse)]));
+    let ledger = Arc::new(Ledger::new(eps.len(), 1000));
+    let sink = Sink::start(eps, 1, 2, ledger.clone()).unwrap();
+    // Round robin over the two shared listeners; the refusing one alone.
+    assert_eq!(sink.addr(0), sink.addr(2));
+    assert_eq!(sink.addr(1), sink.addr(3));
+    assert_ne!(sink.addr(0), sink.addr(1));
+    for shared in 0..5 {
+        assert_ne!(sink.addr(5), sink.addr(shared));
+    }
+
+    let c = client();
+    let ev = Workload::new(3).next_record().decode().unwrap();
+    for (i, id) in ids.iter().enumerate().take(4) {
+        let d = DeliveryId::derive(&ev, id).to_string();
+        let (status, _) = post(
+            &c,
+            &sink.url(i),
+            &d,
+            ev.event_type(),
+            ev.envelope(id),
+            DEFAULT_SECRET,
+        )
+        .await
+        .unwrap();
+        assert_eq!(status, 200, "{id}");
+    }
+    // The right listener, the wrong path: another receiver's envelope check
+    // refuses it. An unknown path on a shared listener is nobody's.
+    let url_b_on_a = sink
+        .url(1)
+        .replace(&sink.addr(1).to_string(), &sink.addr(0).to_string());
+    let d = DeliveryId::derive(&ev, "b").to_string();
+    let (status, _) = post(
+        &c,
+        &url_b_on_a,
+        &d,
+        ev.event_type(),
+        ev.envelope("b"),
+        DEFAULT_SECRET,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        status, 200,
+        "a path names its receiver on any shared listener"
+    );
+    let stray = format!("http://{}/webhooks/nobody", sink.addr(0));
+    let (status, _) = post(
+        &c,
+        &stray,
+        &d,
+        ev.event_type(),
+        ev.envelope("b"),
+        DEFAULT_SECRET,
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 404);
+    assert_eq!(sink.misrouted(), 1);
+
+    let counts = sink.counts();
+    let accepted: Vec<u64> = counts.iter().map(|c| c.accepted).collect();
+    assert_eq!(accepted, [1, 2, 1, 1, 0, 0]);
+    // Connections to shared listeners belong to no one receiver.
+    assert!(counts[..5].iter().all(|c| c.connections == 0));
 }

@@ -1,5 +1,12 @@
-//! The webhook sink: local receivers, one listener (port) per endpoint, that
-//! check every request as a careful customer would and count what they saw.
+//! The webhook sink: local receivers that check every request as a careful
+//! customer would and count what they saw.
+//!
+//! Each receiver has a listener (port) of its own, unless the sink is
+//! started with shared listeners: then receivers without connection-level
+//! faults (`refuse`, `reset`) share that many listeners, and a request finds
+//! its receiver by its path (`/webhooks/{id}`), as many webhooks of one
+//! customer reach one gateway. Thousands of endpoints then need neither
+//! thousands of ports nor thousands of connections more than they use.
 //!
 //! Per request a receiver verifies the Standard Webhooks signature and that
 //! `x-webhook-delivery-id` equals `webhook-id`, checks the envelope (JSON,
@@ -17,6 +24,7 @@ pub mod faults;
 pub mod verify;
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
@@ -36,7 +44,7 @@ use tokio::sync::watch;
 use transports::DeliveryId;
 
 use crate::ledger::{Ledger, Receipt};
-use crate::stats::new_histogram;
+use crate::stats::{new_endpoint_histogram, new_histogram};
 use crate::workload::now_us;
 use faults::{Action, Fault, FaultKind};
 use verify::{Signed, Verifier};
@@ -71,6 +79,7 @@ pub struct SinkEndpoint {
 /// Counters of one receiver.
 #[derive(Debug, Default)]
 struct Counters {
+    /// Connections to its own listener (none when it shares one).
     connections: AtomicU64,
     requests: AtomicU64,
     body_bytes: AtomicU64,
@@ -224,6 +233,10 @@ struct Ages {
 
 struct Shared {
     receivers: Vec<Receiver>,
+    /// Receiver index by endpoint id, for shared listeners.
+    by_id: HashMap<String, usize>,
+    /// Requests to a shared listener for no known receiver.
+    misrouted: AtomicU64,
     ledger: RwLock<Arc<Ledger>>,
     epoch: OnceLock<Instant>,
     faults_on: AtomicBool,
@@ -242,6 +255,17 @@ impl Shared {
             return None;
         }
         self.epoch.get().map(Instant::elapsed)
+    }
+
+    /// The receiver a request is for: the listener's own, or on a shared
+    /// listener the one its path names.
+    fn route(&self, to: Route, path: &str) -> Option<usize> {
+        match to {
+            Route::Own(index) => Some(index),
+            Route::ByPath => path
+                .strip_prefix("/webhooks/")
+                .and_then(|id| self.by_id.get(id).copied()),
+        }
     }
 
     fn record_age(&self, receiver: &Receiver, age_us: u64) {
@@ -265,6 +289,15 @@ pub struct Sink {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+/// Whose requests a listener takes.
+#[derive(Debug, Clone, Copy)]
+enum Route {
+    /// One receiver's, with a listener of its own.
+    Own(usize),
+    /// Several receivers', told apart by path.
+    ByPath,
+}
+
 /// The connection was reset on purpose (a fault); hyper closes it.
 #[derive(Debug, thiserror::Error)]
 #[error("connection reset by fault injection")]
@@ -272,22 +305,49 @@ struct ResetConnection;
 
 impl Sink {
     /// Bind every receiver on 127.0.0.1 and start serving on `threads`
-    /// threads of their own. Faults stay off until [`Sink::set_faults`] and
-    /// [`Sink::set_epoch`].
+    /// threads of their own. With `shared_listeners` above 0, receivers
+    /// without a fixed port or connection-level faults share that many
+    /// listeners (see the module docs). Faults stay off until
+    /// [`Sink::set_faults`] and [`Sink::set_epoch`].
     pub fn start(
         endpoints: Vec<SinkEndpoint>,
         threads: usize,
+        shared_listeners: usize,
         ledger: Arc<Ledger>,
     ) -> anyhow::Result<Sink> {
-        let mut listeners = Vec::with_capacity(endpoints.len());
-        let mut receivers = Vec::with_capacity(endpoints.len());
-        for ep in endpoints {
-            let listener =
-                std::net::TcpListener::bind(("127.0.0.1", ep.port)).with_context(|| {
-                    format!("binding the receiver of {} on port {}", ep.id, ep.port)
-                })?;
+        let bind = |port: u16, what: &dyn Fn() -> String| {
+            let listener = std::net::TcpListener::bind(("127.0.0.1", port))
+                .with_context(|| format!("binding {} on port {port}", what()))?;
             listener.set_nonblocking(true)?;
-            listeners.push(listener);
+            anyhow::Ok(listener)
+        };
+        let mut shared_socks = Vec::with_capacity(shared_listeners);
+        for i in 0..shared_listeners {
+            shared_socks.push(bind(0, &|| format!("shared listener {i}"))?);
+        }
+        let mut listeners: Vec<(Route, std::net::TcpListener)> = Vec::new();
+        let mut addrs = Vec::with_capacity(endpoints.len());
+        let mut receivers = Vec::with_capacity(endpoints.len());
+        let mut by_id = HashMap::new();
+        let mut sharing = 0;
+        for (index, ep) in endpoints.into_iter().enumerate() {
+            let own = ep.port != 0
+                || shared_socks.is_empty()
+                || ep
+                    .faults
+                    .iter()
+                    .any(|f| matches!(f.kind, FaultKind::Refuse | FaultKind::Reset));
+            if own {
+                let listener = bind(ep.port, &|| format!("the receiver of {}", ep.id))?;
+                addrs.push(listener.local_addr()?);
+                listeners.push((Route::Own(index), listener));
+            } else {
+                addrs.push(shared_socks[sharing % shared_socks.len()].local_addr()?);
+                sharing += 1;
+                if by_id.insert(ep.id.clone(), index).is_some() {
+                    anyhow::bail!("two receivers named {}", ep.id);
+                }
+            }
             let verifier = if ep.secrets.is_empty() {
                 None
             } else {
@@ -299,8 +359,8 @@ impl Sink {
                 faults: ep.faults,
                 counters: Counters::default(),
                 healthy: ep.healthy,
-                ages: Mutex::new(new_histogram()),
-                phase_ages: Mutex::new(new_histogram()),
+                ages: Mutex::new(new_endpoint_histogram()),
+                phase_ages: Mutex::new(new_endpoint_histogram()),
                 busy: Mutex::new(Busy {
                     in_flight: 0,
                     total_s: 0.0,
@@ -308,12 +368,11 @@ impl Sink {
                 }),
             });
         }
-        let addrs = listeners
-            .iter()
-            .map(|l| l.local_addr())
-            .collect::<Result<Vec<_>, _>>()?;
+        listeners.extend(shared_socks.into_iter().map(|l| (Route::ByPath, l)));
         let shared = Arc::new(Shared {
             receivers,
+            by_id,
+            misrouted: AtomicU64::new(0),
             ledger: RwLock::new(ledger),
             epoch: OnceLock::new(),
             faults_on: AtomicBool::new(false),
@@ -342,8 +401,13 @@ impl Sink {
             .name(THREAD_NAME.into())
             .spawn(move || {
                 runtime.block_on(async move {
-                    for (i, listener) in listeners.into_iter().enumerate() {
-                        tokio::spawn(serve(thread_shared.clone(), i, listener, stopped.clone()));
+                    for (route, listener) in listeners {
+                        tokio::spawn(serve(
+                            thread_shared.clone(),
+                            route,
+                            listener,
+                            stopped.clone(),
+                        ));
                     }
                     let mut stopped = stopped;
                     let _ = stopped.wait_for(|s| *s).await;
@@ -419,6 +483,11 @@ impl Sink {
             .collect()
     }
 
+    /// Requests that reached a shared listener for no receiver of this sink.
+    pub fn misrouted(&self) -> u64 {
+        self.shared.misrouted.load(Ordering::Relaxed)
+    }
+
     /// Ages recorded since the last call (for time series).
     pub fn take_interval_ages(&self) -> Histogram<u64> {
         std::mem::replace(&mut lock(&self.shared.ages).interval, new_histogram())
@@ -436,7 +505,7 @@ impl Sink {
     /// receiver's own phase ages start again too.
     pub fn take_phase_ages(&self) -> Histogram<u64> {
         for r in &self.shared.receivers {
-            *lock(&r.phase_ages) = new_histogram();
+            *lock(&r.phase_ages) = new_endpoint_histogram();
         }
         std::mem::replace(&mut lock(&self.shared.ages).phase, new_histogram())
     }
@@ -476,11 +545,11 @@ impl Drop for Sink {
     }
 }
 
-/// Accept connections for receiver `index`, closing and reopening the
-/// listener while a `refuse` fault is active.
+/// Accept connections for `route`, closing and reopening the listener while
+/// a `refuse` fault of its own receiver is active.
 async fn serve(
     shared: Arc<Shared>,
-    index: usize,
+    route: Route,
     listener: std::net::TcpListener,
     mut stopped: watch::Receiver<bool>,
 ) {
@@ -488,14 +557,15 @@ async fn serve(
         return;
     };
     let Ok(listener) = TcpListener::from_std(listener) else {
-        eprintln!(
-            "sink: cannot register the listener of {}",
-            shared.receivers[index].id
-        );
+        eprintln!("sink: cannot register the listener on {addr}");
         return;
     };
     let mut listener = Some(listener);
-    let faults = &shared.receivers[index].faults;
+    let own = match route {
+        Route::Own(index) => Some(&shared.receivers[index]),
+        Route::ByPath => None,
+    };
+    let faults: &[Fault] = own.map_or(&[], |r| &r.faults);
     let can_refuse = faults.iter().any(|f| f.kind == FaultKind::Refuse);
     // An RST rather than an orderly close, as a crashed receiver gives.
     let hard_close = faults
@@ -517,14 +587,16 @@ async fn serve(
             _ = stopped.changed() => return,
             accepted = accept(listener.as_ref()) => match accepted {
                 Ok(stream) => {
-                    shared.receivers[index].counters.connections.fetch_add(1, Ordering::Relaxed);
+                    if let Some(r) = own {
+                        r.counters.connections.fetch_add(1, Ordering::Relaxed);
+                    }
                     let _ = stream.set_nodelay(true);
                     if hard_close {
                         let _ = stream.set_zero_linger();
                     }
                     let shared = shared.clone();
                     tokio::spawn(async move {
-                        let service = service_fn(move |req| handle(shared.clone(), index, req));
+                        let service = service_fn(move |req| handle(shared.clone(), route, req));
                         // A client closing its connection is not news.
                         let _ = hyper::server::conn::http1::Builder::new()
                             .serve_connection(TokioIo::new(stream), service)
@@ -565,9 +637,13 @@ fn answer(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
 
 async fn handle(
     shared: Arc<Shared>,
-    index: usize,
+    route: Route,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, ResetConnection> {
+    let Some(index) = shared.route(route, req.uri().path()) else {
+        shared.misrouted.fetch_add(1, Ordering::Relaxed);
+        return Ok(answer(StatusCode::NOT_FOUND, "no such receiver\n"));
+    };
     let receiver = &shared.receivers[index];
     let _in_progress = InProgress::start(&receiver.busy);
     let c = &receiver.counters;
