@@ -161,6 +161,62 @@ async fn endpoints_that_wait_alike_in_a_backlog_drain_do_not_spill() {
     running.shutdown().await.unwrap();
 }
 
+/// The same with a budget the drain fills: the source pauses again and
+/// again, for longer than pipeline.spill_after each time, while every lane
+/// is behind alike. That is back-pressure, not one endpoint holding up the
+/// others: the lanes wait, and nearly nothing is spilled. (Spilling every
+/// lane that held fresh work at each long pause sent most of the backlog
+/// through the spill topic, at half the pace.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_behind_alike_when_the_budget_fills_do_not_spill() {
+    support::init_logging();
+    let kafka = support::embedded_kafka(4);
+    // 20 ms per answer, one at a time: 50 deliveries/s each, 600/s for the
+    // twelve. Freeing a quarter of a 100-record budget takes about 0.5 s,
+    // longer than spill_after (300 ms): each pause counts as a stall.
+    let sink = Sink::start(Behaviour::Delay { ms: 20 }).await;
+    let mut endpoints = String::new();
+    for i in 0..12 {
+        endpoints += &format!(
+            "  - id: alike-{i}\n    url: \"{}\"\n    events: [\"*\"]\n    max_in_flight: 1\n",
+            sink.url(&format!("/e{i}"))
+        );
+    }
+    const N: usize = 400;
+    let values = events(47, N);
+    let produced: BTreeSet<String> = values.iter().map(|v| raw_data(v)).collect();
+    produce(kafka.bootstrap(), "events", &values).await;
+    let pipeline = "  max_events_in_flight: 100\n  spill_after: 300ms\n";
+    let running = start(config(
+        kafka.bootstrap(),
+        "full-alike",
+        pipeline,
+        &endpoints,
+    ))
+    .await;
+    wait_until(
+        Duration::from_secs(120),
+        "every endpoint got every event",
+        || (0..12).all(|i| delivered(&sink, &format!("/e{i}")) == produced),
+    )
+    .await;
+    assert_one_id_per_event(&sink);
+    let spilled: u64 = (0..12)
+        .map(|i| {
+            running
+                .metrics
+                .endpoint_counters(format!("alike-{i}").as_str())
+                .map_or(0, |c| c.spilled.get())
+        })
+        .sum();
+    let deliveries = (12 * N) as u64;
+    assert!(
+        spilled * 20 <= deliveries,
+        "{spilled} of {deliveries} deliveries spilled by endpoints behind alike"
+    );
+    running.shutdown().await.unwrap();
+}
+
 /// One slow endpoint fills the memory budget while the only other endpoint
 /// has nothing queued, so no other lane's progress shows it lagging: once
 /// the budget has kept the source paused for pipeline.spill_after, the

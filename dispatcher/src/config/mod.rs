@@ -223,7 +223,8 @@ pub struct PipelineConfig {
     /// up: its queue and what follows go to the spill topic until its
     /// backlog is drained.
     /// Also how long a full memory budget may keep the source paused
-    /// before the endpoints still holding fresh deliveries spill them.
+    /// before the endpoints still holding fresh deliveries spill them,
+    /// when they are a minority (see `Source::spill_stalled`).
     #[serde(with = "humantime_serde")]
     pub spill_after: Duration,
     /// Consumers open at once to bring endpoints' backlogs back from Kafka.

@@ -23,7 +23,8 @@
 //! before a pause would look a whole pause behind. A lone slow endpoint
 //! that holds the budget, which no median can show, is the source's to
 //! handle (it spills the lanes that still hold fresh work once a pause has
-//! lasted `spill_after`).
+//! lasted `spill_after`, when they are a minority; [`Front::waiting`]
+//! counts the lanes that keep up).
 //!
 //! The median is computed at most every [`REFRESH`] by whichever lane asks,
 //! over every lane: at 100,000 lanes about a millisecond each time.
@@ -185,6 +186,21 @@ impl Front {
             }
         }
         self.front.load(Ordering::Acquire)
+    }
+
+    /// How many lanes have a say but nothing fresh queued: they keep up
+    /// and wait for what the source reads next.
+    pub fn waiting(&self) -> usize {
+        let now = self.now();
+        let lanes = self.lanes.lock().unwrap_or_else(|e| e.into_inner());
+        lanes
+            .iter()
+            .filter(|p| {
+                Arc::strong_count(p) > 1
+                    && p.oldest.load(Ordering::Acquire) == NONE
+                    && p.mark(now, self.window).is_some()
+            })
+            .count()
     }
 
     /// The upper median of the marks of the lanes that have a say (0 when

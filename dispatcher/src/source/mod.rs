@@ -11,7 +11,8 @@
 //! room refuses a delivery at once, and the delivery is spilled (see
 //! [`crate::spill`]); and when the budget has kept the source paused for
 //! `pipeline.spill_after`, the lanes still holding fresh deliveries are
-//! made to spill, so that slow endpoints cannot hold it for the others.
+//! made to spill, so that slow endpoints cannot hold it for the others,
+//! unless most lanes are behind alike (then the pause is back-pressure).
 //!
 //! Internal-topic partitions (retry tiers and the spill topic) are FIFO by
 //! due time (see [`crate::park`]): a record read before it is due is held,
@@ -397,15 +398,24 @@ impl Source {
         }
     }
 
-    /// The memory budget has kept the source paused for `spill_after`:
-    /// every lane that still holds fresh deliveries spills them. Nothing
-    /// was queued during the pause, so these lanes could not clear in
-    /// `spill_after` what they held when it began. One of them alone may be
-    /// slower than its input while no other lane starts newer work (the
-    /// front cannot show it lagging); several may be slow alike on the same
-    /// records, which stay in memory until all their deliveries are final,
-    /// so spilling only one would free nothing. When lanes are busy alike
-    /// and quick, the budget is back at its low mark long before this.
+    /// The memory budget has kept the source paused for `spill_after`: the
+    /// lanes that still hold fresh deliveries spill them, when they are a
+    /// minority. Nothing was queued during the pause, so these lanes could
+    /// not clear in `spill_after` what they held when it began. One of them
+    /// alone may be slower than its input while no other lane starts newer
+    /// work (the front cannot show it lagging); several may be slow alike
+    /// on the same records, which stay in memory until all their
+    /// deliveries are final, so spilling only one would free nothing.
+    ///
+    /// They spill when they are at most half of the lanes, or at most twice
+    /// as many as the lanes that keep up and wait for the source: then
+    /// other endpoints, idle or waiting, may have events behind the pause.
+    /// When most lanes hold fresh work and almost none waits, every
+    /// endpoint is behind alike (a backlog drain at the receivers' pace):
+    /// the pause is back-pressure, and spilling them all would copy the
+    /// whole backlog to the spill topic and back, at half the pace
+    /// (docs/benchmarks.md, many-tenants). When lanes are busy alike and
+    /// quick, the budget is back at its low mark long before this.
     async fn spill_stalled(&mut self, routing: &Routing) {
         let stalled: Vec<usize> = routing
             .lanes
@@ -414,12 +424,25 @@ impl Source {
             .filter(|(_, lane)| lane.as_ref().is_some_and(|l| l.inbox.has_fresh()))
             .map(|(i, _)| i)
             .collect();
-        if !stalled.is_empty() {
-            tracing::debug!(
-                lanes = stalled.len(),
-                "memory budget full for spill_after; spilling the lanes that still hold fresh deliveries"
-            );
+        if stalled.is_empty() {
+            return;
         }
+        let lanes = routing.lanes.iter().flatten().count();
+        let waiting = self.front.waiting();
+        if !stall_spills(stalled.len(), lanes, waiting) {
+            tracing::debug!(
+                holding = stalled.len(),
+                lanes,
+                waiting,
+                "memory budget full for spill_after, with most lanes behind alike; waiting for them"
+            );
+            return;
+        }
+        tracing::debug!(
+            lanes = stalled.len(),
+            waiting,
+            "memory budget full for spill_after; spilling the lanes that still hold fresh deliveries"
+        );
         for i in stalled {
             if let Some(lane) = routing.lane(i) {
                 lane.inbox.request_eviction();
@@ -802,9 +825,31 @@ fn original_headers(msg: &BorrowedMessage<'_>) -> Vec<(String, Vec<u8>)> {
         .unwrap_or_default()
 }
 
+/// Whether the `holding` lanes with fresh deliveries, out of `lanes`, spill
+/// when the budget has stalled, with `waiting` lanes keeping up (see
+/// [`Source::spill_stalled`]).
+fn stall_spills(holding: usize, lanes: usize, waiting: usize) -> bool {
+    holding * 2 <= lanes || holding <= waiting * 2
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stalled_budget_spills_a_minority_not_every_lane_behind_alike() {
+        // One slow lane next to an idle one; two slow next to one waiting.
+        assert!(stall_spills(1, 2, 0));
+        assert!(stall_spills(2, 3, 1));
+        // Dozens of slow endpoints among a thousand.
+        assert!(stall_spills(40, 1000, 0));
+        // A drain at the receivers' pace: every lane behind alike, a few
+        // through their queue a moment early.
+        assert!(!stall_spills(4, 4, 0));
+        assert!(!stall_spills(9_600, 10_000, 300));
+        // Most lanes behind, but many keep up and wait: they are held back.
+        assert!(stall_spills(600, 1000, 400));
+    }
 
     #[test]
     fn parked_times_are_bounded_by_the_tier_and_the_longest_retry_after() {
