@@ -338,38 +338,31 @@ async fn receivers_sharing_a_listener_are_told_apart_by_path() {
         .unwrap();
         assert_eq!(status, 200, "{id}");
     }
-    // The right listener, the wrong path: another receiver's envelope check
-    // refuses it. An unknown path on a shared listener is nobody's.
-    let url_b_on_a = sink
+    // A path names its receiver on any shared listener; an unknown path on
+    // a shared listener is nobody's.
+    let d = DeliveryId::derive(&ev, "b").to_string();
+    let post_b = |url: String| {
+        let (c, d, ev) = (c.clone(), d.clone(), ev.clone());
+        async move {
+            post(
+                &c,
+                &url,
+                &d,
+                ev.event_type(),
+                ev.envelope("b"),
+                DEFAULT_SECRET,
+            )
+            .await
+            .unwrap()
+            .0
+        }
+    };
+    let b_on_a = sink
         .url(1)
         .replace(&sink.addr(1).to_string(), &sink.addr(0).to_string());
-    let d = DeliveryId::derive(&ev, "b").to_string();
-    let (status, _) = post(
-        &c,
-        &url_b_on_a,
-        &d,
-        ev.event_type(),
-        ev.envelope("b"),
-        DEFAULT_SECRET,
-    )
-    .await
-    .unwrap();
-    assert_eq!(
-        status, 200,
-        "a path names its receiver on any shared listener"
-    );
+    assert_eq!(post_b(b_on_a).await, 200);
     let stray = format!("http://{}/webhooks/nobody", sink.addr(0));
-    let (status, _) = post(
-        &c,
-        &stray,
-        &d,
-        ev.event_type(),
-        ev.envelope("b"),
-        DEFAULT_SECRET,
-    )
-    .await
-    .unwrap();
-    assert_eq!(status, 404);
+    assert_eq!(post_b(stray).await, 404);
     assert_eq!(sink.misrouted(), 1);
 
     let counts = sink.counts();
