@@ -164,9 +164,9 @@ async fn endpoints_that_wait_alike_in_a_backlog_drain_do_not_spill() {
 /// The same with a budget the drain fills: the source pauses again and
 /// again, for longer than pipeline.spill_after each time, while every lane
 /// is behind alike. That is back-pressure, not one endpoint holding up the
-/// others: the lanes wait, and nearly nothing is spilled. (Spilling every
-/// lane that held fresh work at each long pause sent most of the backlog
-/// through the spill topic, at half the pace.)
+/// others: the lanes wait (for three spill_afters of one pause at most),
+/// and little is spilled. (Spilling every lane that held fresh work at each
+/// long pause sent 97 % of the deliveries through the spill topic.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn endpoints_behind_alike_when_the_budget_fills_do_not_spill() {
     support::init_logging();
@@ -210,10 +210,77 @@ async fn endpoints_behind_alike_when_the_budget_fills_do_not_spill() {
         })
         .sum();
     let deliveries = (12 * N) as u64;
+    // A pause that outlasts three spill_afters (a busy machine) still
+    // spills them: far from all.
     assert!(
-        spilled * 20 <= deliveries,
+        spilled * 5 <= deliveries,
         "{spilled} of {deliveries} deliveries spilled by endpoints behind alike"
     );
+    running.shutdown().await.unwrap();
+}
+
+/// Most endpoints slow alike do not hold the others for long: three
+/// endpoints rate-limited alike beside one fast one. The front is a slow
+/// lane's mark (three of four), so none lags; the slow lanes are most of
+/// the lanes and outnumber the waiting one, so a full budget first counts
+/// as back-pressure. After three spill_afters of one pause they spill, and
+/// the fast endpoint gets its events long before the slow ones are through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_majority_slow_alike_holds_a_fast_endpoint_for_three_spill_afters_at_most() {
+    support::init_logging();
+    let kafka = support::embedded_kafka(2);
+    let fast = Sink::start(Behaviour::Ok).await;
+    let slow = Sink::start(Behaviour::Ok).await;
+    let mut endpoints = format!(
+        "  - id: fast\n    url: \"{}\"\n    events: [\"*\"]\n",
+        fast.url("/fast")
+    );
+    for i in 0..3 {
+        endpoints += &format!(
+            "  - id: limited-{i}\n    url: \"{}\"\n    events: [\"*\"]\n    rate_limit: {{ per_second: 20 }}\n",
+            slow.url(&format!("/s{i}"))
+        );
+    }
+    // 600 events at 20/s take the limited endpoints 30 s; a 100-record
+    // budget frees a quarter every 1.25 s at their pace, past spill_after.
+    const N: usize = 600;
+    let values = events(48, N);
+    let produced: BTreeSet<String> = values.iter().map(|v| raw_data(v)).collect();
+    let pipeline = "  max_events_in_flight: 100\n  spill_after: 300ms\n";
+    let running = start(config(
+        kafka.bootstrap(),
+        "majority-slow",
+        pipeline,
+        &endpoints,
+    ))
+    .await;
+    produce(kafka.bootstrap(), "events", &values).await;
+    let started = Instant::now();
+    wait_until(
+        Duration::from_secs(90),
+        "the fast endpoint got every event",
+        || delivered(&fast, "/fast") == produced,
+    )
+    .await;
+    let fast_done = started.elapsed();
+    assert!(
+        fast_done < Duration::from_secs(15),
+        "the fast endpoint waited {fast_done:?} for the slow ones"
+    );
+    assert!(
+        slow.count() < 3 * N / 2,
+        "the limited ones cannot be through yet: {}",
+        slow.count()
+    );
+    let spilled: u64 = (0..3)
+        .map(|i| {
+            running
+                .metrics
+                .endpoint_counters(format!("limited-{i}").as_str())
+                .map_or(0, |c| c.spilled.get())
+        })
+        .sum();
+    assert!(spilled > 0, "the limited endpoints spilled nothing");
     running.shutdown().await.unwrap();
 }
 

@@ -224,7 +224,8 @@ pub struct PipelineConfig {
     /// backlog is drained.
     /// Also how long a full memory budget may keep the source paused
     /// before the endpoints still holding fresh deliveries spill them,
-    /// when they are a minority (see `Source::spill_stalled`).
+    /// when they are a minority, or after three times this long (see
+    /// `Source::spill_stalled`).
     #[serde(with = "humantime_serde")]
     pub spill_after: Duration,
     /// Consumers open at once to bring endpoints' backlogs back from Kafka.

@@ -156,6 +156,8 @@ impl Source {
         let mut failing_since: Option<(Instant, Instant)> = None;
         // Since when the memory budget has kept the source paused.
         let mut stalled_since: Option<tokio::time::Instant> = None;
+        // Since when the current pause has lasted (not reset by a stall).
+        let mut pause_began: Option<tokio::time::Instant> = None;
         // Local handles: received messages borrow the consumer, not `self`.
         let consumer = self.consumer.clone();
         let evictions = self.evictions.clone();
@@ -179,8 +181,14 @@ impl Source {
             }
             let paused = self.paused.load(Ordering::Acquire);
             match (paused, stalled_since) {
-                (true, None) => stalled_since = Some(tokio::time::Instant::now()),
-                (false, Some(_)) => stalled_since = None,
+                (true, None) => {
+                    stalled_since = Some(tokio::time::Instant::now());
+                    pause_began = stalled_since;
+                }
+                (false, Some(_)) => {
+                    stalled_since = None;
+                    pause_began = None;
+                }
                 _ => {}
             }
             let stall_deadline = stalled_since.map(|since| since + self.spill_after);
@@ -191,7 +199,8 @@ impl Source {
                 _ = budget.drained(), if paused => {}
                 _ = sleep_until(stall_deadline), if stall_deadline.is_some() => {
                     stalled_since = Some(tokio::time::Instant::now());
-                    self.spill_stalled(&current.routing).await;
+                    let paused_for = pause_began.map_or(Duration::ZERO, |t| t.elapsed());
+                    self.spill_stalled(&current.routing, paused_for).await;
                 }
                 done = self.spill.next_finished() => self.spill.finish(done, &current.routing),
                 _ = evictions.requested() => {
@@ -407,16 +416,19 @@ impl Source {
     /// on the same records, which stay in memory until all their
     /// deliveries are final, so spilling only one would free nothing.
     ///
-    /// They spill when they are at most half of the lanes, or at most twice
-    /// as many as the lanes that keep up and wait for the source: then
-    /// other endpoints, idle or waiting, may have events behind the pause.
-    /// When most lanes hold fresh work and almost none waits, every
-    /// endpoint is behind alike (a backlog drain at the receivers' pace):
-    /// the pause is back-pressure, and spilling them all would copy the
-    /// whole backlog to the spill topic and back, at half the pace
-    /// (docs/benchmarks.md, many-tenants). When lanes are busy alike and
-    /// quick, the budget is back at its low mark long before this.
-    async fn spill_stalled(&mut self, routing: &Routing) {
+    /// They spill when they are at most half of the lanes that take
+    /// deliveries, or at most twice as many as the lanes that keep up and
+    /// wait for the source: then other endpoints, idle or waiting, may
+    /// have events behind the pause. When most lanes hold fresh work and
+    /// almost none waits, every endpoint is behind alike (a backlog drain at
+    /// the receivers' pace): the pause is back-pressure, and spilling them
+    /// all would copy the whole backlog to the spill topic and back, at a
+    /// fifth of the pace (docs/benchmarks.md, many-tenants). That holds for
+    /// [`STALL_GRACE`] `spill_after`s of one pause at most: a majority slow
+    /// alike (three rate-limited endpoints beside one fast one) must not
+    /// hold the others for longer than that. When lanes are busy alike and
+    /// quick, the budget is back at its low mark long before `spill_after`.
+    async fn spill_stalled(&mut self, routing: &Routing, paused_for: Duration) {
         let stalled: Vec<usize> = routing
             .lanes
             .iter()
@@ -427,9 +439,17 @@ impl Source {
         if stalled.is_empty() {
             return;
         }
-        let lanes = routing.lanes.iter().flatten().count();
+        // Paused, disabled and deleted endpoints take nothing: no pause
+        // holds them back.
+        let lanes = routing
+            .lanes
+            .iter()
+            .flatten()
+            .filter(|l| !l.control.paused() && !l.control.disabled() && !l.inbox.is_deleted())
+            .count();
         let waiting = self.front.waiting();
-        if !stall_spills(stalled.len(), lanes, waiting) {
+        let grace_over = paused_for >= self.spill_after * STALL_GRACE;
+        if !grace_over && !minority(stalled.len(), lanes, waiting) {
             tracing::debug!(
                 holding = stalled.len(),
                 lanes,
@@ -441,6 +461,7 @@ impl Source {
         tracing::debug!(
             lanes = stalled.len(),
             waiting,
+            ?paused_for,
             "memory budget full for spill_after; spilling the lanes that still hold fresh deliveries"
         );
         for i in stalled {
@@ -825,10 +846,14 @@ fn original_headers(msg: &BorrowedMessage<'_>) -> Vec<(String, Vec<u8>)> {
         .unwrap_or_default()
 }
 
-/// Whether the `holding` lanes with fresh deliveries, out of `lanes`, spill
-/// when the budget has stalled, with `waiting` lanes keeping up (see
-/// [`Source::spill_stalled`]).
-fn stall_spills(holding: usize, lanes: usize, waiting: usize) -> bool {
+/// How many `spill_after`s one pause may last before the lanes that still
+/// hold fresh deliveries spill even when most lanes are behind alike.
+const STALL_GRACE: u32 = 3;
+
+/// Whether the `holding` lanes with fresh deliveries, out of `lanes` that
+/// take deliveries, are few enough to spill when the budget has stalled,
+/// with `waiting` lanes keeping up (see [`Source::spill_stalled`]).
+fn minority(holding: usize, lanes: usize, waiting: usize) -> bool {
     holding * 2 <= lanes || holding <= waiting * 2
 }
 
@@ -839,16 +864,16 @@ mod tests {
     #[test]
     fn a_stalled_budget_spills_a_minority_not_every_lane_behind_alike() {
         // One slow lane next to an idle one; two slow next to one waiting.
-        assert!(stall_spills(1, 2, 0));
-        assert!(stall_spills(2, 3, 1));
+        assert!(minority(1, 2, 0));
+        assert!(minority(2, 3, 1));
         // Dozens of slow endpoints among a thousand.
-        assert!(stall_spills(40, 1000, 0));
+        assert!(minority(40, 1000, 0));
         // A drain at the receivers' pace: every lane behind alike, a few
         // through their queue a moment early.
-        assert!(!stall_spills(4, 4, 0));
-        assert!(!stall_spills(9_600, 10_000, 300));
+        assert!(!minority(4, 4, 0));
+        assert!(!minority(9_600, 10_000, 300));
         // Most lanes behind, but many keep up and wait: they are held back.
-        assert!(stall_spills(600, 1000, 400));
+        assert!(minority(600, 1000, 400));
     }
 
     #[test]
