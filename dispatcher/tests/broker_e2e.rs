@@ -262,17 +262,10 @@ async fn real_broker_a_slow_and_a_rate_limited_endpoint_do_not_slow_the_fast_one
     let started = std::time::Instant::now();
     tokio::time::sleep(Duration::from_secs(2)).await;
     produce(&broker.bootstrap(), "events", &values[150..]).await;
-    let on = |sink: &Sink, path: &str| -> BTreeSet<String> {
-        sink.received()
-            .iter()
-            .filter(|r| r.path == path)
-            .map(|r| raw_data(&r.body))
-            .collect()
-    };
     wait_until(
         Duration::from_secs(90),
         "the fast endpoints got every event",
-        || on(&fast, "/a") == produced && on(&fast, "/b") == produced,
+        || fast.data_at("/a") == produced && fast.data_at("/b") == produced,
     )
     .await;
     let fast_done = started.elapsed();
@@ -285,7 +278,7 @@ async fn real_broker_a_slow_and_a_rate_limited_endpoint_do_not_slow_the_fast_one
     wait_until(
         Duration::from_secs(120),
         "the slow and the limited endpoints got every event, later",
-        || on(&slow, "/slow") == produced && on(&limited, "/limited") == produced,
+        || slow.data_at("/slow") == produced && limited.data_at("/limited") == produced,
     )
     .await;
     for sink in [&fast, &slow, &limited] {

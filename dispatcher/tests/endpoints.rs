@@ -329,7 +329,7 @@ async fn a_restart_applies_the_stores_latest_versions_not_its_history() {
     wait_until(
         Duration::from_secs(30),
         "the live version gets everything",
-        || data_at(&sink, "/now") == data(&values),
+        || sink.data_at("/now") == data(&values),
     )
     .await;
     // Nothing went anywhere else, and the history changed nothing.
@@ -348,12 +348,4 @@ async fn a_restart_applies_the_stores_latest_versions_not_its_history() {
         "the store's past was applied again"
     );
     running.shutdown().await.unwrap();
-}
-
-fn data_at(sink: &Sink, path: &str) -> BTreeSet<String> {
-    sink.received()
-        .iter()
-        .filter(|r| r.path == path)
-        .map(|r| raw_data(&r.body))
-        .collect()
 }

@@ -150,14 +150,6 @@ async fn produce_contacts(bootstrap: &str, seed: &mut SeedEvents, n: usize) -> V
     values
 }
 
-fn data_at(sink: &Sink, path: &str) -> BTreeSet<String> {
-    sink.received()
-        .iter()
-        .filter(|r| r.path == path)
-        .map(|r| support::raw_data(&r.body))
-        .collect()
-}
-
 const PIPELINE: &str = "  paused_recheck: 1s\n";
 
 /// The test config with one encryption key (key 1).
@@ -201,11 +193,11 @@ async fn an_endpoint_created_through_the_api_receives_deliveries_and_keeps_its_s
     wait_until(
         Duration::from_secs(30),
         "deliveries to the new endpoint",
-        || data_at(&sink, "/api-1").len() == 5,
+        || sink.data_at("/api-1").len() == 5,
     )
     .await;
     let produced: BTreeSet<String> = values.iter().map(|v| support::raw_data(v)).collect();
-    assert_eq!(data_at(&sink, "/api-1"), produced);
+    assert_eq!(sink.data_at("/api-1"), produced);
     for r in sink.received().iter().filter(|r| r.path == "/api-1") {
         support::verify_signature(SECRET_A, r);
         assert_eq!(
@@ -621,8 +613,8 @@ async fn a_url_changed_mid_flow_loses_nothing() {
     }
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
-        let mut got = data_at(&sink, "/before");
-        got.extend(data_at(&sink, "/after"));
+        let mut got = sink.data_at("/before");
+        got.extend(sink.data_at("/after"));
         if got == produced {
             break;
         }
@@ -648,13 +640,13 @@ async fn a_url_changed_mid_flow_loses_nothing() {
                 "{} of {} events delivered (before {}, after {}); metrics: {moving:#?}",
                 got.len(),
                 produced.len(),
-                data_at(&sink, "/before").len(),
-                data_at(&sink, "/after").len()
+                sink.data_at("/before").len(),
+                sink.data_at("/after").len()
             );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(!data_at(&sink, "/after").is_empty(), "the new URL is used");
+    assert!(!sink.data_at("/after").is_empty(), "the new URL is used");
     // One delivery id per event, whichever URL it went to.
     let mut ids = std::collections::HashMap::<String, BTreeSet<String>>::new();
     for r in sink.received() {
@@ -692,11 +684,11 @@ async fn the_first_record_after_an_endpoint_runs_reaches_it() {
     wait_until(
         Duration::from_secs(30),
         "the first record's delivery",
-        || data_at(&sink, "/first").len() == 1,
+        || sink.data_at("/first").len() == 1,
     )
     .await;
     assert_eq!(
-        data_at(&sink, "/first"),
+        sink.data_at("/first"),
         BTreeSet::from([support::raw_data(&values[0])])
     );
     assert_eq!(
@@ -812,7 +804,7 @@ async fn a_deleted_endpoints_work_is_dead_lettered_and_replayed_after_it_is_recr
     wait_until(
         Duration::from_secs(60),
         "replayed deliveries arrive",
-        || data_at(&sink, "/doomed").len() == 4,
+        || sink.data_at("/doomed").len() == 4,
     )
     .await;
     let ids: BTreeSet<String> = sink
@@ -822,7 +814,7 @@ async fn a_deleted_endpoints_work_is_dead_lettered_and_replayed_after_it_is_recr
         .collect();
     assert_eq!(ids, dead, "replay keeps the original delivery ids");
     let produced: BTreeSet<String> = values.iter().map(|v| support::raw_data(v)).collect();
-    assert_eq!(data_at(&sink, "/doomed"), produced);
+    assert_eq!(sink.data_at("/doomed"), produced);
     running.shutdown().await.unwrap();
 }
 
@@ -886,7 +878,7 @@ async fn a_pause_on_one_replica_holds_on_the_other_and_after_restarts() {
     wait_until(
         Duration::from_secs(60),
         "deliveries after the resume",
-        || data_at(&sink, "/shared").len() == 3,
+        || sink.data_at("/shared").len() == 3,
     )
     .await;
     a.shutdown().await.unwrap();
@@ -920,7 +912,7 @@ async fn a_replica_opens_secrets_after_a_key_rotation() {
         let sink = &sink;
         async move {
             wait_until(Duration::from_secs(60), "a signed delivery", || {
-                data_at(sink, "/rot").len() >= n
+                sink.data_at("/rot").len() >= n
             })
             .await;
             support::verify_signature(secret, &sink.received().pop().unwrap());

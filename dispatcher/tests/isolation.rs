@@ -21,15 +21,6 @@ fn events(seed: u64, n: usize) -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// The distinct events a sink received on `path`.
-fn delivered(sink: &Sink, path: &str) -> BTreeSet<String> {
-    sink.received()
-        .iter()
-        .filter(|r| r.path == path)
-        .map(|r| raw_data(&r.body))
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_and_a_rate_limited_endpoint_do_not_slow_the_fast_ones() {
     support::init_logging();
@@ -69,7 +60,7 @@ async fn a_slow_and_a_rate_limited_endpoint_do_not_slow_the_fast_ones() {
     wait_until(
         Duration::from_secs(60),
         "every fast endpoint got every event",
-        || (0..4).all(|i| delivered(&fast, &format!("/f{i}")) == produced),
+        || (0..4).all(|i| fast.data_at(&format!("/f{i}")) == produced),
     )
     .await;
     let fast_done = started.elapsed();
@@ -88,7 +79,7 @@ async fn a_slow_and_a_rate_limited_endpoint_do_not_slow_the_fast_ones() {
     wait_until(
         Duration::from_secs(120),
         "the slow and the limited endpoints got every event, later",
-        || delivered(&slow, "/slow") == produced && delivered(&limited, "/limited") == produced,
+        || slow.data_at("/slow") == produced && limited.data_at("/limited") == produced,
     )
     .await;
     for sink in [&fast, &slow, &limited] {
@@ -141,7 +132,7 @@ async fn endpoints_that_wait_alike_in_a_backlog_drain_do_not_spill() {
     wait_until(
         Duration::from_secs(90),
         "every endpoint got every event",
-        || (0..4).all(|i| delivered(&sink, &format!("/e{i}")) == produced),
+        || (0..4).all(|i| sink.data_at(&format!("/e{i}")) == produced),
     )
     .await;
     assert_one_id_per_event(&sink);
@@ -197,7 +188,7 @@ async fn endpoints_behind_alike_when_the_budget_fills_do_not_spill() {
     wait_until(
         Duration::from_secs(120),
         "every endpoint got every event",
-        || (0..12).all(|i| delivered(&sink, &format!("/e{i}")) == produced),
+        || (0..12).all(|i| sink.data_at(&format!("/e{i}")) == produced),
     )
     .await;
     assert_one_id_per_event(&sink);
@@ -215,6 +206,11 @@ async fn endpoints_behind_alike_when_the_budget_fills_do_not_spill() {
     assert!(
         spilled * 5 <= deliveries,
         "{spilled} of {deliveries} deliveries spilled by endpoints behind alike"
+    );
+    let stalls = &running.metrics.budget_stalls;
+    assert!(
+        stalls.with_label_values(&["waited"]).get() > 0,
+        "no pause outlasted spill_after: the test did not test the stall rule"
     );
     running.shutdown().await.unwrap();
 }
@@ -259,7 +255,7 @@ async fn a_majority_slow_alike_holds_a_fast_endpoint_for_three_spill_afters_at_m
     wait_until(
         Duration::from_secs(90),
         "the fast endpoint got every event",
-        || delivered(&fast, "/fast") == produced,
+        || fast.data_at("/fast") == produced,
     )
     .await;
     let fast_done = started.elapsed();
@@ -281,6 +277,14 @@ async fn a_majority_slow_alike_holds_a_fast_endpoint_for_three_spill_afters_at_m
         })
         .sum();
     assert!(spilled > 0, "the limited endpoints spilled nothing");
+    assert!(
+        running
+            .metrics
+            .budget_stalls
+            .with_label_values(&["spilled"])
+            .get()
+            > 0
+    );
     running.shutdown().await.unwrap();
 }
 
@@ -323,7 +327,7 @@ async fn a_lone_slow_endpoint_that_fills_the_budget_is_spilled_so_the_source_rea
     wait_until(
         Duration::from_secs(90),
         "the other endpoint got its events",
-        || delivered(&other, "/other") == other_events,
+        || other.data_at("/other") == other_events,
     )
     .await;
     let other_done = started.elapsed();
@@ -350,7 +354,7 @@ async fn a_lone_slow_endpoint_that_fills_the_budget_is_spilled_so_the_source_rea
     wait_until(
         Duration::from_secs(120),
         "the slow endpoint got every event, later",
-        || delivered(&slow, "/slow") == slow_events,
+        || slow.data_at("/slow") == slow_events,
     )
     .await;
     assert_one_id_per_event(&slow);
@@ -407,7 +411,7 @@ async fn a_flooding_tenant_does_not_hold_up_a_quiet_tenant_behind_it() {
     wait_until(
         Duration::from_secs(150),
         "the quiet tenant got its events",
-        || delivered(&quiet, "/quiet") == quiet_events,
+        || quiet.data_at("/quiet") == quiet_events,
     )
     .await;
     let quiet_done = started.elapsed();
@@ -436,7 +440,7 @@ async fn a_flooding_tenant_does_not_hold_up_a_quiet_tenant_behind_it() {
         wait_until(
             Duration::from_secs(120),
             "every flood endpoint got every event, later",
-            || delivered(&slow, &path) == flood_events,
+            || slow.data_at(&path) == flood_events,
         )
         .await;
     }
@@ -479,7 +483,7 @@ async fn two_lagging_endpoints_on_one_spill_partition_each_drain_at_their_own_pa
     wait_until(
         Duration::from_secs(60),
         "the quicker endpoint drained its backlog",
-        || delivered(&quick, "/q") == produced,
+        || quick.data_at("/q") == produced,
     )
     .await;
     let quick_done = started.elapsed();
@@ -503,7 +507,7 @@ async fn two_lagging_endpoints_on_one_spill_partition_each_drain_at_their_own_pa
     wait_until(
         Duration::from_secs(60),
         "the crawler's backlog arrives",
-        || delivered(&crawl, "/c") == produced,
+        || crawl.data_at("/c") == produced,
     )
     .await;
     assert_one_id_per_event(&quick);
@@ -750,7 +754,7 @@ async fn idle_endpoints_hold_no_task_and_wake_for_new_work() {
     })
     .await;
     wait_until(Duration::from_secs(30), "the later event arrived", || {
-        delivered(&sink, "/ep-57") == BTreeSet::from([raw_data(&later)])
+        sink.data_at("/ep-57") == BTreeSet::from([raw_data(&later)])
     })
     .await;
     wait_until(Duration::from_secs(30), "idle again", || {

@@ -109,6 +109,9 @@ pub struct Metrics {
     pub events_unrouted: IntCounterVec,
     pub events_in_flight: IntGauge,
     pub source_paused: IntGauge,
+    /// Pauses by the memory budget that lasted `spill_after`, by what the
+    /// source did (`spilled`, `waited`).
+    pub budget_stalls: IntCounterVec,
     pub event_age: HistogramVec,
     pub dispatch_latency: HistogramVec,
     pub dead_letters: IntCounterVec,
@@ -219,6 +222,12 @@ impl Metrics {
                 &r,
                 "dispatcher_source_paused",
                 "1 while the consumer is paused by back-pressure.",
+            ),
+            budget_stalls: counter(
+                &r,
+                "dispatcher_budget_stalls_total",
+                "Times the memory budget kept the source paused for pipeline.spill_after, by outcome: spilled (the lanes holding fresh deliveries spilled them), waited (most lanes were behind alike; back-pressure).",
+                &["outcome"],
             ),
             dispatch_latency: histogram(
                 &r,
@@ -457,6 +466,9 @@ impl Metrics {
         }
         for result in ["ok", "error"] {
             touch(&self.commits, &[result]);
+        }
+        for outcome in ["spilled", "waited"] {
+            touch(&self.budget_stalls, &[outcome]);
         }
         // Not `assign`: its first increment is the DispatcherNotReady
         // alert's sign that the consumer joined its group.

@@ -450,6 +450,10 @@ impl Source {
         let waiting = self.front.waiting();
         let grace_over = paused_for >= self.spill_after * STALL_GRACE;
         if !grace_over && !minority(stalled.len(), lanes, waiting) {
+            self.metrics
+                .budget_stalls
+                .with_label_values(&["waited"])
+                .inc();
             tracing::debug!(
                 holding = stalled.len(),
                 lanes,
@@ -458,6 +462,10 @@ impl Source {
             );
             return;
         }
+        self.metrics
+            .budget_stalls
+            .with_label_values(&["spilled"])
+            .inc();
         tracing::debug!(
             lanes = stalled.len(),
             waiting,

@@ -103,6 +103,17 @@ impl Sink {
         self.received.lock().unwrap().len()
     }
 
+    /// The raw `data` of the distinct events accepted on `path`.
+    pub fn data_at(&self, path: &str) -> std::collections::BTreeSet<String> {
+        self.received
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.path == path)
+            .map(|r| super::raw_data(&r.body))
+            .collect()
+    }
+
     /// Every request that arrived, whatever the answer.
     pub fn attempts(&self) -> usize {
         self.attempts.load(std::sync::atomic::Ordering::SeqCst)
