@@ -361,6 +361,7 @@ pub async fn start_with(config: Config, registry: &Registry) -> anyhow::Result<R
         max_event_bytes: p.max_event_bytes,
         commit_interval: p.commit_interval,
         spill_after: p.spill_after,
+        stall_grace: p.stall_grace,
         front,
         max_pending_per_partition: p.max_pending_per_partition,
     };

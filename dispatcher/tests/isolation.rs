@@ -155,8 +155,8 @@ async fn endpoints_that_wait_alike_in_a_backlog_drain_do_not_spill() {
 /// The same with a budget the drain fills: the source pauses again and
 /// again, for longer than pipeline.spill_after each time, while every lane
 /// is behind alike. That is back-pressure, not one endpoint holding up the
-/// others: the lanes wait (for three spill_afters of one pause at most),
-/// and little is spilled. (Spilling every lane that held fresh work at each
+/// others: the lanes wait (for pipeline.stall_grace spill_afters at most),
+/// and nearly nothing is spilled. (Spilling every lane that held fresh work at each
 /// long pause sent 97 % of the deliveries through the spill topic.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn endpoints_behind_alike_when_the_budget_fills_do_not_spill() {
@@ -177,7 +177,9 @@ async fn endpoints_behind_alike_when_the_budget_fills_do_not_spill() {
     let values = events(47, N);
     let produced: BTreeSet<String> = values.iter().map(|v| raw_data(v)).collect();
     produce(kafka.bootstrap(), "events", &values).await;
-    let pipeline = "  max_events_in_flight: 100\n  spill_after: 300ms\n";
+    // A grace no pause reaches: the test is about the minority rule, and a
+    // loaded machine may stretch a pause past three spill_afters.
+    let pipeline = "  max_events_in_flight: 100\n  spill_after: 300ms\n  stall_grace: 1000\n";
     let running = start(config(
         kafka.bootstrap(),
         "full-alike",
@@ -201,10 +203,8 @@ async fn endpoints_behind_alike_when_the_budget_fills_do_not_spill() {
         })
         .sum();
     let deliveries = (12 * N) as u64;
-    // A pause that outlasts three spill_afters (a busy machine) still
-    // spills them: far from all.
     assert!(
-        spilled * 5 <= deliveries,
+        spilled * 10 <= deliveries,
         "{spilled} of {deliveries} deliveries spilled by endpoints behind alike"
     );
     let stalls = &running.metrics.budget_stalls;
@@ -349,6 +349,10 @@ async fn a_lone_slow_endpoint_that_fills_the_budget_is_spilled_so_the_source_rea
             .get()
             > 0
     );
+    // The minority rule spilled it, at the first stall, not the grace.
+    let stalls = &running.metrics.budget_stalls;
+    assert!(stalls.with_label_values(&["spilled"]).get() > 0);
+    assert_eq!(stalls.with_label_values(&["waited"]).get(), 0);
     // The slow receiver recovers: everything arrives, each id once.
     slow.set(Behaviour::Ok);
     wait_until(

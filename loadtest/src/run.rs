@@ -564,6 +564,12 @@ async fn run_once(scenario: &Scenario, opts: &RunOptions) -> anyhow::Result<Repo
             driven.produce_failed
         ));
     }
+    if sink.misrouted() > 0 {
+        notes.push(format!(
+            "{} requests reached a shared listener for no receiver (answered 404)",
+            sink.misrouted()
+        ));
+    }
     let own_cpu_s = match (own_cpu_start, procstat::cpu(None)) {
         (Some(a), Some(b)) => b.saturating_sub(a).as_secs_f64(),
         _ => 0.0,

@@ -224,10 +224,15 @@ pub struct PipelineConfig {
     /// backlog is drained.
     /// Also how long a full memory budget may keep the source paused
     /// before the endpoints still holding fresh deliveries spill them,
-    /// when they are a minority, or after three times this long (see
-    /// `Source::spill_stalled`).
+    /// when they are a minority, or after `stall_grace` times this long
+    /// (see `Source::spill_stalled`).
     #[serde(with = "humantime_serde")]
     pub spill_after: Duration,
+    /// How many `spill_after`s the lanes holding fresh deliveries may hold
+    /// the source paused while most lanes are behind alike, before they
+    /// spill anyway: in one pause, or added up over pauses while other
+    /// lanes keep up and wait (see `Source::spill_stalled`).
+    pub stall_grace: u32,
     /// Consumers open at once to bring endpoints' backlogs back from Kafka.
     pub backlog_readers: usize,
     /// Records one partition may hold behind one that is not final before
@@ -281,6 +286,7 @@ impl Default for PipelineConfig {
             max_events_in_flight: 10_000,
             memory_budget: bytesize::ByteSize::mib(128),
             spill_after: Duration::from_secs(2),
+            stall_grace: 3,
             backlog_readers: 16,
             max_pending_per_partition: 1_000_000,
             max_event_bytes: 1 << 20,
@@ -886,6 +892,12 @@ impl Config {
             problems.push(Problem::new(
                 "pipeline.memory_budget",
                 "must be at least 1MiB",
+            ));
+        }
+        if !(1..=1000).contains(&p.stall_grace) {
+            problems.push(Problem::new(
+                "pipeline.stall_grace",
+                "must be between 1 and 1000",
             ));
         }
         if p.spill_after.is_zero() || p.spill_after > Duration::from_secs(600) {

@@ -660,3 +660,17 @@ endpoints:
         "{p:?}"
     );
 }
+
+#[test]
+fn stall_grace_is_bounded() {
+    let yaml = |grace: &str| {
+        format!("kafka:\n  brokers: \"k:9092\"\npipeline:\n  stall_grace: {grace}\nendpoints:{GOOD_ENDPOINT}")
+    };
+    let p = problems(&yaml("0"));
+    assert_eq!(
+        at(&p, "pipeline.stall_grace").message,
+        "must be between 1 and 1000"
+    );
+    let c = Config::from_yaml(&yaml("5"), &no_env).expect("a grace of 5 is valid");
+    assert_eq!(c.pipeline.stall_grace, 5);
+}

@@ -226,7 +226,7 @@ impl Metrics {
             budget_stalls: counter(
                 &r,
                 "dispatcher_budget_stalls_total",
-                "Times the memory budget kept the source paused for pipeline.spill_after, by outcome: spilled (the lanes holding fresh deliveries spilled them), waited (most lanes were behind alike; back-pressure).",
+                "Times the memory budget kept the source paused for pipeline.spill_after, by outcome: spilled (the lanes holding fresh deliveries spilled them), waited (most lanes were behind alike; back-pressure), nothing_fresh (no lane held fresh deliveries).",
                 &["outcome"],
             ),
             dispatch_latency: histogram(
@@ -467,7 +467,7 @@ impl Metrics {
         for result in ["ok", "error"] {
             touch(&self.commits, &[result]);
         }
-        for outcome in ["spilled", "waited"] {
+        for outcome in ["spilled", "waited", "nothing_fresh"] {
             touch(&self.budget_stalls, &[outcome]);
         }
         // Not `assign`: its first increment is the DispatcherNotReady

@@ -22,6 +22,7 @@
 
 mod commit;
 mod context;
+mod stall;
 
 pub use commit::{commit_now, Committer};
 pub use context::SourceContext;
@@ -53,6 +54,7 @@ use crate::park::{self, Tiers};
 use crate::route::Router;
 use crate::spill::Spill;
 use crate::store::Store;
+use stall::{Stall, Verdict};
 
 pub type SourceConsumer = StreamConsumer<SourceContext>;
 
@@ -78,6 +80,9 @@ pub struct Source {
     /// lanes still holding fresh deliveries are made to spill
     /// (`pipeline.spill_after`).
     pub spill_after: Duration,
+    /// How many `spill_after`s lanes behind alike may hold the source
+    /// (`pipeline.stall_grace`; see `source/stall.rs`).
+    pub stall_grace: u32,
     /// Told when the source pauses and resumes, so that lanes measure how
     /// far they lag in reading time.
     pub front: Arc<Front>,
@@ -154,10 +159,7 @@ impl Source {
         let mut due: DelayQueue<PartitionKey> = DelayQueue::new();
         let mut overfull: HashSet<PartitionKey> = HashSet::new();
         let mut failing_since: Option<(Instant, Instant)> = None;
-        // Since when the memory budget has kept the source paused.
-        let mut stalled_since: Option<tokio::time::Instant> = None;
-        // Since when the current pause has lasted (not reset by a stall).
-        let mut pause_began: Option<tokio::time::Instant> = None;
+        let mut stall = Stall::new(self.spill_after, self.stall_grace);
         // Local handles: received messages borrow the consumer, not `self`.
         let consumer = self.consumer.clone();
         let evictions = self.evictions.clone();
@@ -180,27 +182,15 @@ impl Source {
                 self.set_paused(false, &held, &overfull);
             }
             let paused = self.paused.load(Ordering::Acquire);
-            match (paused, stalled_since) {
-                (true, None) => {
-                    stalled_since = Some(tokio::time::Instant::now());
-                    pause_began = stalled_since;
-                }
-                (false, Some(_)) => {
-                    stalled_since = None;
-                    pause_began = None;
-                }
-                _ => {}
-            }
-            let stall_deadline = stalled_since.map(|since| since + self.spill_after);
+            stall.observe(paused, tokio::time::Instant::now());
+            let stall_deadline = stall.deadline();
 
             tokio::select! {
                 biased;
                 _ = shutdown.changed() => break,
                 _ = budget.drained(), if paused => {}
                 _ = sleep_until(stall_deadline), if stall_deadline.is_some() => {
-                    stalled_since = Some(tokio::time::Instant::now());
-                    let paused_for = pause_began.map_or(Duration::ZERO, |t| t.elapsed());
-                    self.spill_stalled(&current.routing, paused_for).await;
+                    self.spill_stalled(&current.routing, &mut stall).await;
                 }
                 done = self.spill.next_finished() => self.spill.finish(done, &current.routing),
                 _ = evictions.requested() => {
@@ -408,70 +398,56 @@ impl Source {
     }
 
     /// The memory budget has kept the source paused for `spill_after`: the
-    /// lanes that still hold fresh deliveries spill them, when they are a
-    /// minority. Nothing was queued during the pause, so these lanes could
-    /// not clear in `spill_after` what they held when it began. One of them
-    /// alone may be slower than its input while no other lane starts newer
-    /// work (the front cannot show it lagging); several may be slow alike
-    /// on the same records, which stay in memory until all their
-    /// deliveries are final, so spilling only one would free nothing.
-    ///
-    /// They spill when they are at most half of the lanes that take
-    /// deliveries, or at most twice as many as the lanes that keep up and
-    /// wait for the source: then other endpoints, idle or waiting, may
-    /// have events behind the pause. When most lanes hold fresh work and
-    /// almost none waits, every endpoint is behind alike (a backlog drain at
-    /// the receivers' pace): the pause is back-pressure, and spilling them
-    /// all would copy the whole backlog to the spill topic and back, at a
-    /// fifth of the pace (docs/benchmarks.md, many-tenants). That holds for
-    /// [`STALL_GRACE`] `spill_after`s of one pause at most: a majority slow
-    /// alike (three rate-limited endpoints beside one fast one) must not
-    /// hold the others for longer than that. When lanes are busy alike and
-    /// quick, the budget is back at its low mark long before `spill_after`.
-    async fn spill_stalled(&mut self, routing: &Routing, paused_for: Duration) {
+    /// lanes that still hold fresh deliveries spill them, when [`Stall`]
+    /// says so (a minority of the lanes, or most of them behind alike for
+    /// longer than `pipeline.stall_grace` allows). Nothing was queued during
+    /// the pause, so these lanes could not clear in `spill_after` what they
+    /// held when it began. One of them alone may be slower than its input
+    /// while no other lane starts newer work (the front cannot show it
+    /// lagging); several may be slow alike on the same records, which stay
+    /// in memory until all their deliveries are final, so spilling only one
+    /// would free nothing. When lanes are busy alike and quick, the budget
+    /// is back at its low mark long before `spill_after`.
+    async fn spill_stalled(&mut self, routing: &Routing, stall: &mut Stall) {
+        // Paused, disabled and deleted endpoints take nothing: no pause
+        // holds them back, and they hold nothing fresh.
+        let takes = |l: &&crate::lane::LaneHandle| {
+            !l.control.paused() && !l.control.disabled() && !l.inbox.is_deleted()
+        };
+        let lanes = routing.lanes.iter().flatten().filter(takes).count();
         let stalled: Vec<usize> = routing
             .lanes
             .iter()
             .enumerate()
-            .filter(|(_, lane)| lane.as_ref().is_some_and(|l| l.inbox.has_fresh()))
+            .filter(|(_, lane)| {
+                lane.as_ref()
+                    .is_some_and(|l| takes(&l) && l.inbox.has_fresh())
+            })
             .map(|(i, _)| i)
             .collect();
-        if stalled.is_empty() {
-            return;
-        }
-        // Paused, disabled and deleted endpoints take nothing: no pause
-        // holds them back.
-        let lanes = routing
-            .lanes
-            .iter()
-            .flatten()
-            .filter(|l| !l.control.paused() && !l.control.disabled() && !l.inbox.is_deleted())
-            .count();
         let waiting = self.front.waiting();
-        let grace_over = paused_for >= self.spill_after * STALL_GRACE;
-        if !grace_over && !minority(stalled.len(), lanes, waiting) {
-            self.metrics
-                .budget_stalls
-                .with_label_values(&["waited"])
-                .inc();
-            tracing::debug!(
-                holding = stalled.len(),
-                lanes,
-                waiting,
-                "memory budget full for spill_after, with most lanes behind alike; waiting for them"
-            );
-            return;
-        }
+        let verdict = stall.check(tokio::time::Instant::now(), stalled.len(), lanes, waiting);
         self.metrics
             .budget_stalls
-            .with_label_values(&["spilled"])
+            .with_label_values(&[verdict.label()])
             .inc();
-        tracing::debug!(
-            lanes = stalled.len(),
-            waiting,
-            ?paused_for,
-            "memory budget full for spill_after; spilling the lanes that still hold fresh deliveries"
-        );
+        match verdict {
+            Verdict::NothingFresh => return,
+            Verdict::Wait => {
+                tracing::debug!(
+                    holding = stalled.len(),
+                    lanes,
+                    waiting,
+                    "memory budget full for spill_after, with most lanes behind alike; waiting for them"
+                );
+                return;
+            }
+            Verdict::Spill => tracing::debug!(
+                lanes = stalled.len(),
+                waiting,
+                "memory budget full for spill_after; spilling the lanes that still hold fresh deliveries"
+            ),
+        }
         for i in stalled {
             if let Some(lane) = routing.lane(i) {
                 lane.inbox.request_eviction();
@@ -854,35 +830,9 @@ fn original_headers(msg: &BorrowedMessage<'_>) -> Vec<(String, Vec<u8>)> {
         .unwrap_or_default()
 }
 
-/// How many `spill_after`s one pause may last before the lanes that still
-/// hold fresh deliveries spill even when most lanes are behind alike.
-const STALL_GRACE: u32 = 3;
-
-/// Whether the `holding` lanes with fresh deliveries, out of `lanes` that
-/// take deliveries, are few enough to spill when the budget has stalled,
-/// with `waiting` lanes keeping up (see [`Source::spill_stalled`]).
-fn minority(holding: usize, lanes: usize, waiting: usize) -> bool {
-    holding * 2 <= lanes || holding <= waiting * 2
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_stalled_budget_spills_a_minority_not_every_lane_behind_alike() {
-        // One slow lane next to an idle one; two slow next to one waiting.
-        assert!(minority(1, 2, 0));
-        assert!(minority(2, 3, 1));
-        // Dozens of slow endpoints among a thousand.
-        assert!(minority(40, 1000, 0));
-        // A drain at the receivers' pace: every lane behind alike, a few
-        // through their queue a moment early.
-        assert!(!minority(4, 4, 0));
-        assert!(!minority(9_600, 10_000, 300));
-        // Most lanes behind, but many keep up and wait: they are held back.
-        assert!(minority(600, 1000, 400));
-    }
 
     #[test]
     fn parked_times_are_bounded_by_the_tier_and_the_longest_retry_after() {
