@@ -9,6 +9,7 @@ mod support;
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
+use dispatcher::app::Running;
 use dispatcher::seed::SeedEvents;
 use support::kafka::produce;
 use support::sink::{Behaviour, Sink};
@@ -19,6 +20,14 @@ fn events(seed: u64, n: usize) -> Vec<Vec<u8>> {
     (0..n)
         .map(|_| seeds.next_event(chrono::Utc::now().timestamp_millis()).2)
         .collect()
+}
+
+/// Deliveries endpoint `id` wrote to the spill topic.
+fn spilled_by(running: &Running, id: &str) -> u64 {
+    running
+        .metrics
+        .endpoint_counters(id)
+        .map_or(0, |c| c.spilled.get())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -137,12 +146,7 @@ async fn endpoints_that_wait_alike_in_a_backlog_drain_do_not_spill() {
     .await;
     assert_one_id_per_event(&sink);
     let spilled: Vec<u64> = (0..4)
-        .map(|i| {
-            running
-                .metrics
-                .endpoint_counters(format!("even-{i}").as_str())
-                .map_or(0, |c| c.spilled.get())
-        })
+        .map(|i| spilled_by(&running, &format!("even-{i}")))
         .collect();
     assert_eq!(
         spilled,
@@ -195,12 +199,7 @@ async fn endpoints_behind_alike_when_the_budget_fills_do_not_spill() {
     .await;
     assert_one_id_per_event(&sink);
     let spilled: u64 = (0..12)
-        .map(|i| {
-            running
-                .metrics
-                .endpoint_counters(format!("alike-{i}").as_str())
-                .map_or(0, |c| c.spilled.get())
-        })
+        .map(|i| spilled_by(&running, &format!("alike-{i}")))
         .sum();
     let deliveries = (12 * N) as u64;
     assert!(
@@ -269,12 +268,7 @@ async fn a_majority_slow_alike_holds_a_fast_endpoint_for_three_spill_afters_at_m
         slow.count()
     );
     let spilled: u64 = (0..3)
-        .map(|i| {
-            running
-                .metrics
-                .endpoint_counters(format!("limited-{i}").as_str())
-                .map_or(0, |c| c.spilled.get())
-        })
+        .map(|i| spilled_by(&running, &format!("limited-{i}")))
         .sum();
     assert!(spilled > 0, "the limited endpoints spilled nothing");
     assert!(
@@ -429,12 +423,7 @@ async fn a_flooding_tenant_does_not_hold_up_a_quiet_tenant_behind_it() {
         slow.count()
     );
     let spilled: u64 = (0..4)
-        .map(|i| {
-            running
-                .metrics
-                .endpoint_counters(&format!("flood-{i}"))
-                .map_or(0, |c| c.spilled.get())
-        })
+        .map(|i| spilled_by(&running, &format!("flood-{i}")))
         .sum();
     assert!(spilled > 0, "the flood's lanes spilled");
     // The flood's receivers speed up: everything arrives.

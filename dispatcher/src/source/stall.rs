@@ -12,7 +12,7 @@
 //! whole backlog to the spill topic and back (docs/benchmarks.md,
 //! many-tenants). That patience is bounded by `pipeline.stall_grace`
 //! `spill_after`s: of one pause, and, while some lanes keep up and wait
-//! (one for every eight holding), of the checks added up over the pauses
+//! (one for every four holding), of the checks added up over the pauses
 //! that follow each other. A majority slow alike (three rate-limited
 //! endpoints beside one fast one) thus holds the others that long at most,
 //! even when each of its pauses is short. The sum starts again once the
@@ -111,7 +111,7 @@ impl Stall {
             return Verdict::NothingFresh;
         }
         let minority = holding * 2 <= lanes || holding <= waiting * 2;
-        if !minority && waiting * 8 >= holding {
+        if !minority && waiting * 4 >= holding {
             self.held += interval;
         }
         if minority || paused_for >= self.grace || self.held >= self.grace {
