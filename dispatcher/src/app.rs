@@ -185,12 +185,12 @@ pub async fn start_with(config: Config, registry: &Registry) -> anyhow::Result<R
     {
         tracing::info!(
             topic = %k.endpoints_topic,
-            endpoints = store.list().len(),
+            endpoints = store.len(),
             waited_s = catching_up.elapsed().as_secs(),
             "reading the endpoint store"
         );
     }
-    metrics.store_endpoints.set(store.list().len() as i64);
+    metrics.store_endpoints.set(store.len() as i64);
     for topic in tiers.topics() {
         check_topic(
             &producer,

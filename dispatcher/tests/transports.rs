@@ -5,6 +5,7 @@
 mod support;
 
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -27,11 +28,30 @@ type Seen = Arc<Mutex<Vec<(String, String, Vec<u8>)>>>;
 struct Recorder {
     label: String,
     seen: Seen,
+    cheap: bool,
+    counts: Arc<Counts>,
+}
+
+/// Recorders built, and alive now.
+#[derive(Default)]
+struct Counts {
+    built: AtomicUsize,
+    alive: AtomicUsize,
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        self.counts.alive.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Transport for Recorder {
     fn kind(&self) -> &'static str {
         "recorder"
+    }
+
+    fn rebuilt_cheaply(&self) -> bool {
+        self.cheap
     }
 
     fn send<'a>(&'a self, delivery: &'a Delivery) -> BoxFuture<'a, Outcome> {
@@ -50,9 +70,25 @@ impl Transport for Recorder {
 #[serde(deny_unknown_fields)]
 struct RecorderSettings {
     label: String,
+    #[serde(default)]
+    cheap: bool,
 }
 
-struct RecorderFactory(Seen);
+/// Recorders that share `Seen`; each label's are counted in `counts`.
+#[derive(Default)]
+struct RecorderFactory(Seen, Mutex<Vec<(String, Arc<Counts>)>>);
+
+impl RecorderFactory {
+    fn counts(&self, label: &str) -> Arc<Counts> {
+        let mut all = self.1.lock().unwrap();
+        if let Some((_, c)) = all.iter().find(|(l, _)| l == label) {
+            return c.clone();
+        }
+        let c = Arc::new(Counts::default());
+        all.push((label.to_owned(), c.clone()));
+        c
+    }
+}
 
 impl TransportFactory for RecorderFactory {
     fn type_name(&self) -> &'static str {
@@ -65,9 +101,14 @@ impl TransportFactory for RecorderFactory {
         _ctx: &BuildContext<'_>,
     ) -> Result<Arc<dyn Transport>, SettingsError> {
         let s: RecorderSettings = parse_settings(settings)?;
+        let counts = self.counts(&s.label);
+        counts.built.fetch_add(1, Ordering::SeqCst);
+        counts.alive.fetch_add(1, Ordering::SeqCst);
         Ok(Arc::new(Recorder {
             label: s.label,
             seen: self.0.clone(),
+            cheap: s.cheap,
+            counts,
         }))
     }
 }
@@ -78,7 +119,7 @@ async fn a_custom_transport_registers_and_receives_deliveries() {
     let kafka = support::embedded_kafka(2);
     let seen = Arc::new(Mutex::new(Vec::new()));
     let mut registry = Registry::builtin();
-    registry.register(Box::new(RecorderFactory(seen.clone())));
+    registry.register(Box::new(RecorderFactory(seen.clone(), Mutex::default())));
 
     let endpoints = "  - id: custom\n    transport: recorder\n    label: audit-log\n    events: [\"contact.*\"]\n";
     let yaml = config_yaml(kafka.bootstrap(), "custom", "", endpoints);
@@ -160,4 +201,75 @@ async fn the_kafka_transport_forwards_events_keyed_by_a_data_field() {
     })
     .await;
     running.shutdown().await.unwrap();
+}
+
+/// A transport that is rebuilt cheaply lives only while its lane has work,
+/// so 100,000 idle endpoints hold none; one that is not (a token, a
+/// producer) is built once and kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cheaply_rebuilt_transport_is_held_only_while_its_lane_works() {
+    support::init_logging();
+    let kafka = support::embedded_kafka(2);
+    let seen: Seen = Arc::default();
+    let factory = Arc::new(RecorderFactory(seen.clone(), Mutex::default()));
+    let (cheap, kept) = (factory.counts("cheap"), factory.counts("kept"));
+    let mut registry = Registry::builtin();
+    registry.register(Box::new(SharedFactory(factory)));
+    let endpoints = "  - id: cheap\n    transport: recorder\n    label: cheap\n    cheap: true\n    events: [\"*\"]\n  - id: kept\n    transport: recorder\n    label: kept\n    events: [\"*\"]\n";
+    let yaml = config_yaml(kafka.bootstrap(), "on-demand", "", endpoints);
+    let config = Config::from_yaml_with(&yaml, &|_| None, &registry).unwrap();
+    let running = dispatcher::app::start_with(config, &registry)
+        .await
+        .unwrap();
+    let alive = |c: &Counts| c.alive.load(Ordering::SeqCst);
+    let built = |c: &Counts| c.built.load(Ordering::SeqCst);
+    // Both were built to check their settings (by the config's check, and
+    // as their endpoint was added); only the kept one stays.
+    let (cheap_at_start, kept_at_start) = (built(&cheap), built(&kept));
+    assert_eq!(alive(&cheap), 0);
+    assert_eq!(alive(&kept), 1);
+
+    let mut seeds = SeedEvents::new(42);
+    for round in 1..=2 {
+        let values: Vec<Vec<u8>> = (0..5)
+            .map(|_| seeds.event("contact.created", 1_700_000_000_000).1)
+            .collect();
+        produce(kafka.bootstrap(), "events", &values).await;
+        wait_until(
+            Duration::from_secs(30),
+            "both endpoints got the round and their lanes rest again",
+            || seen.lock().unwrap().len() == round * 10 && running.metrics.lane_tasks.get() == 0,
+        )
+        .await;
+        // Built again for the work, dropped when the lane rested.
+        assert_eq!(alive(&cheap), 0, "round {round}");
+        assert!(
+            built(&cheap) >= cheap_at_start + round,
+            "round {round}: built {} times",
+            built(&cheap)
+        );
+        assert_eq!(
+            (built(&kept), alive(&kept)),
+            (kept_at_start, 1),
+            "round {round}"
+        );
+    }
+    running.shutdown().await.unwrap();
+}
+
+/// A factory the test keeps a handle on.
+struct SharedFactory(Arc<RecorderFactory>);
+
+impl TransportFactory for SharedFactory {
+    fn type_name(&self) -> &'static str {
+        self.0.type_name()
+    }
+
+    fn build(
+        &self,
+        settings: &serde_json::Value,
+        ctx: &BuildContext<'_>,
+    ) -> Result<Arc<dyn Transport>, SettingsError> {
+        self.0.build(settings, ctx)
+    }
 }

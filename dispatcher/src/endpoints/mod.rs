@@ -22,7 +22,9 @@
 //! The source and the backlog readers see the endpoints through a
 //! [`Routing`] snapshot, replaced as a whole at every change.
 
-use std::collections::{BTreeMap, HashMap};
+mod connect;
+
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,14 +32,14 @@ use anyhow::anyhow;
 use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::{mpsc, watch};
 use transports::http::HttpClient;
-use transports::{BoxFuture, Registry, Transport};
+use transports::{BoxFuture, Registry};
 
 use crate::config::{Config, EndpointConfig};
 use crate::dlq::DeadLetters;
 use crate::fatal::Fatal;
 use crate::lane::{
-    self, Dedup, Evictions, Exit, LaneDeps, LaneHandle, LaneSettings, LaneUpdate, Runner, Shares,
-    Started,
+    self, Dedup, Evictions, Exit, LaneDeps, LaneHandle, LaneSettings, LaneTransport, LaneUpdate,
+    Runner, Shares, Started,
 };
 use crate::metrics::Metrics;
 use crate::offsets::{Budget, HoldIndex};
@@ -117,11 +119,12 @@ enum Origin {
 
 struct Managed {
     handle: LaneHandle,
-    /// Runs the lane's task while it has work.
-    runner: Arc<Runner>,
-    updates: mpsc::UnboundedSender<LaneUpdate>,
-    config: EndpointConfig,
-    transport: Arc<dyn Transport>,
+    /// Runs the lane's task while it has work, and owns the lane: its
+    /// inbox and switches hold it weakly, to wake it.
+    _runner: Arc<Runner>,
+    /// Shared with its transport's builder, when the lane builds it.
+    config: Arc<EndpointConfig>,
+    transport: LaneTransport,
     origin: Origin,
     deleting: bool,
 }
@@ -129,10 +132,7 @@ struct Managed {
 /// The endpoint manager: one task, the only writer of [`Routing`].
 pub struct Endpoints {
     config: Arc<Config>,
-    registry: Arc<Registry>,
-    client: HttpClient,
-    kafka_options: BTreeMap<String, String>,
-    bootstrap: String,
+    transports: Arc<connect::Builder>,
     kit: LaneKit,
     store: Arc<Store>,
     fatal: Arc<Fatal>,
@@ -178,11 +178,14 @@ impl Endpoints {
         let (disabled_tx, disabled_rx) = mpsc::unbounded_channel();
         let (started_tx, started_rx) = mpsc::unbounded_channel();
         let mut this = Endpoints {
-            kafka_options: config.kafka.option_strings(),
+            transports: Arc::new(connect::Builder {
+                kafka_options: config.kafka.option_strings(),
+                config: config.clone(),
+                registry,
+                client,
+                bootstrap,
+            }),
             config,
-            registry,
-            client,
-            bootstrap,
             kit,
             store,
             fatal,
@@ -243,9 +246,16 @@ impl Endpoints {
             .secrets
             .keyring
             .open_endpoint(id, &stored.endpoint))
-        .and_then(|endpoint| self.config.endpoint_from_json(&endpoint, &self.registry))
-        {
-            Ok(ep) => Some(ep),
+        .and_then(|endpoint| {
+            self.config
+                .endpoint_from_json(&endpoint, &self.transports.registry)
+        }) {
+            Ok(mut ep) => {
+                // The API shows a stored endpoint from the store: a second
+                // copy of its JSON here would only cost memory.
+                ep.source = serde_json::Map::new();
+                Some(ep)
+            }
             Err(problems) => {
                 self.kit.metrics.store_bad_records.inc();
                 let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
@@ -255,25 +265,11 @@ impl Endpoints {
         }
     }
 
-    fn transport(&self, ep: &EndpointConfig) -> anyhow::Result<Arc<dyn Transport>> {
-        let factory = self
-            .registry
-            .get(&ep.transport)
-            .ok_or_else(|| anyhow!("endpoint {}: unknown transport `{}`", ep.id, ep.transport))?;
-        let mut ctx =
-            self.config
-                .build_context(&ep.id, ep.timeout, &self.client, &self.kafka_options);
-        ctx.kafka_bootstrap = &self.bootstrap;
-        factory
-            .build(&ep.settings_value(), &ctx)
-            .map_err(|e| anyhow!("endpoint {}: {}: {}", ep.id, e.field, e.reason))
-    }
-
     fn settings(
         &self,
         ep: &EndpointConfig,
         index: usize,
-        transport: Arc<dyn Transport>,
+        transport: LaneTransport,
         paused: bool,
     ) -> LaneSettings {
         let p = &self.config.pipeline;
@@ -302,15 +298,15 @@ impl Endpoints {
         origin: Origin,
         state: EndpointState,
     ) -> anyhow::Result<()> {
-        let transport = self.transport(&ep)?;
+        let ep = Arc::new(ep);
+        let transport = self.transports.lane_transport(&ep)?;
         let index = self.lanes.len();
-        let metrics = self.kit.metrics.endpoint_of(
-            &ep.id,
-            transport.kind(),
-            ep.tenant.as_deref(),
-            ep.metrics,
-        );
-        self.kit.metrics.init_transport_series(transport.kind());
+        // The registry found its factory by this name: it is the kind.
+        let metrics =
+            self.kit
+                .metrics
+                .endpoint_of(&ep.id, &ep.transport, ep.tenant.as_deref(), ep.metrics);
+        self.kit.metrics.init_transport_series(&ep.transport);
         let deps = LaneDeps {
             parker: self.kit.parker.clone(),
             dead_letters: self.kit.dead_letters.clone(),
@@ -325,15 +321,14 @@ impl Endpoints {
             started: self.started_tx.clone(),
         };
         let settings = self.settings(&ep, index, transport.clone(), state.paused);
-        let (handle, runner, updates) = lane::create(settings, deps);
+        let (handle, runner) = lane::create(settings, deps);
         if state.disabled {
             handle.control.set(state.paused, true);
         }
         self.by_id.insert(ep.id.clone(), index);
         self.lanes.push(Some(Managed {
             handle,
-            runner,
-            updates,
+            _runner: runner,
             config: ep,
             transport,
             origin,
@@ -421,8 +416,7 @@ impl Endpoints {
                     Origin::File => m.handle.control.set(false, false),
                     Origin::Store(_) if !m.deleting => {
                         m.deleting = true;
-                        let _ = m.updates.send(LaneUpdate::Delete);
-                        m.runner.wake();
+                        m.handle.control.update(LaneUpdate::Delete);
                         self.kit
                             .metrics
                             .endpoint_changes
@@ -451,24 +445,24 @@ impl Endpoints {
         let reconnect = old.transport != ep.transport
             || old.timeout != ep.timeout
             || old.settings != ep.settings;
-        let transport = if reconnect {
-            self.transport(&ep)?
-        } else {
-            m.transport.clone()
+        let ep = Arc::new(ep);
+        let transport = match &m.transport {
+            LaneTransport::Kept(t) if !reconnect => LaneTransport::Kept(t.clone()),
+            // One built on demand is cheap to build, and its builder must
+            // hold the new config, not keep the old one alive.
+            _ => self.transports.lane_transport(&ep)?,
         };
         let settings = self.settings(&ep, i, transport.clone(), state.paused);
         let Some(m) = self.lanes[i].as_mut() else {
             return Ok(());
         };
-        let _ = m.updates.send(LaneUpdate::Settings(Box::new(settings)));
-        m.runner.wake();
+        m.handle
+            .control
+            .update(LaneUpdate::Settings(Box::new(settings)));
         m.handle.control.set(state.paused, state.disabled);
-        self.kit.metrics.endpoint_changed(
-            &ep.id,
-            transport.kind(),
-            ep.tenant.as_deref(),
-            ep.metrics,
-        );
+        self.kit
+            .metrics
+            .endpoint_changed(&ep.id, &ep.transport, ep.tenant.as_deref(), ep.metrics);
         m.config = ep;
         m.transport = transport;
         m.origin = Origin::Store(version);
@@ -558,7 +552,7 @@ impl Endpoints {
         self.kit
             .metrics
             .store_endpoints
-            .set(self.store.list().len() as i64);
+            .set(self.store.len() as i64);
     }
 
     /// Follow the store until `halt`; then the caller stops the lanes with

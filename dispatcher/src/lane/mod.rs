@@ -27,6 +27,7 @@
 
 mod breaker;
 mod concurrency;
+mod connect;
 mod front;
 mod inbox;
 mod retry;
@@ -34,6 +35,7 @@ mod runner;
 
 pub use breaker::{BreakerConfig, State as BreakerState};
 pub use concurrency::Concurrency;
+pub use connect::{Connect, LaneTransport};
 pub use front::Front;
 pub use inbox::{Evictions, Inbox, Refused, Shares};
 pub use retry::{RetryConfig, MAX_RETRY_AFTER};
@@ -43,7 +45,7 @@ use std::collections::VecDeque;
 use std::num::NonZeroU32;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use futures::stream::{FuturesUnordered, StreamExt};
@@ -130,6 +132,9 @@ pub struct Control {
     changed: Notify,
     /// Its lane may have no task: a change starts one.
     waker: Waker,
+    /// Changes of the endpoint not yet applied by the lane (a channel
+    /// would hold a block of slots for every idle endpoint).
+    updates: Mutex<Vec<LaneUpdate>>,
 }
 
 impl Control {
@@ -166,6 +171,16 @@ impl Control {
     fn disable(&self) {
         self.disabled.store(true, Ordering::Release);
     }
+    /// Hand the lane a change of its endpoint; it applies it at its next
+    /// look at its work.
+    pub fn update(&self, update: LaneUpdate) {
+        self.pending_updates().push(update);
+        self.changed.notify_one();
+        self.waker.wake();
+    }
+    fn pending_updates(&self) -> MutexGuard<'_, Vec<LaneUpdate>> {
+        self.updates.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// The source's and the readers' handle on a lane.
@@ -183,7 +198,7 @@ pub struct LaneHandle {
 pub struct LaneSettings {
     pub endpoint_id: Arc<str>,
     pub index: usize,
-    pub transport: Arc<dyn Transport>,
+    pub transport: LaneTransport,
     pub retry: RetryConfig,
     pub breaker: BreakerConfig,
     pub max_in_flight: usize,
@@ -280,7 +295,8 @@ struct Lane {
     /// Until when a rate limit or a receiver's throttle holds sends back.
     blocked_until: Option<tokio::time::Instant>,
     picks: u64,
-    updates: mpsc::UnboundedReceiver<LaneUpdate>,
+    /// Its transport while it has work (see [`LaneTransport`]).
+    connection: Option<Arc<dyn Transport>>,
     /// Its endpoint was deleted.
     deleting: bool,
     /// When to look again whether the oldest fresh delivery lags.
@@ -299,12 +315,9 @@ const LAG_CHECK: Duration = Duration::from_millis(100);
 
 /// Make a lane, with no task yet: its [`Runner`] starts one whenever it
 /// has work, until its inbox is closed and everything it holds is final
-/// (or, for a deleted endpoint, nothing of its work is left). The sender
-/// changes it; wake the runner after sending.
-pub fn create(
-    settings: LaneSettings,
-    deps: LaneDeps,
-) -> (LaneHandle, Arc<Runner>, mpsc::UnboundedSender<LaneUpdate>) {
+/// (or, for a deleted endpoint, nothing of its work is left).
+/// [`Control::update`] changes it.
+pub fn create(settings: LaneSettings, deps: LaneDeps) -> (LaneHandle, Arc<Runner>) {
     let inbox = Arc::new(Inbox::new(
         settings.queue_capacity,
         returned_cap(settings.max_in_flight),
@@ -326,9 +339,7 @@ pub fn create(
         metrics: deps.metrics.clone(),
     };
     let share = *deps.share.borrow();
-    let (updates_tx, updates) = mpsc::unbounded_channel();
     let lane = Lane {
-        updates,
         deleting: false,
         lag_check: None,
         breaker: Breaker::new(settings.breaker.clone(), Instant::now()),
@@ -344,6 +355,7 @@ pub fn create(
         waiting: None,
         blocked_until: None,
         picks: 0,
+        connection: None,
     };
     lane.d
         .metrics
@@ -355,7 +367,7 @@ pub fn create(
     let runner = Runner::new(lane, started);
     control.waker.set(&runner);
     inbox.set_waker(&runner);
-    (handle, runner, updates_tx)
+    (handle, runner)
 }
 
 /// Returned deliveries a lane queues: enough to keep every send busy twice
@@ -397,7 +409,6 @@ impl Lane {
     async fn run_until_idle(&mut self, woken: &AtomicBool) -> Exit {
         let mut work: FuturesUnordered<BoxFuture<'static, Done>> = FuturesUnordered::new();
         let mut share_open = true;
-        let mut updates_open = true;
         let control = self.control.clone();
         let inbox = self.inbox.clone();
         let mut linger = tokio::time::interval(Duration::from_millis(500));
@@ -414,6 +425,10 @@ impl Lane {
             // Whatever a waker stored before its wake is seen below (see
             // `Runner::wake`).
             std::sync::atomic::fence(Ordering::SeqCst);
+            let updates = std::mem::take(&mut *control.pending_updates());
+            for update in updates {
+                self.update(update);
+            }
             let now = Instant::now();
             self.refresh_accepting(now, &mut work);
             self.pump(&mut work);
@@ -430,15 +445,16 @@ impl Lane {
             }
             // Nothing to do, and nothing to watch for: no open breaker to
             // come out of (the lane must accept again by itself when it may
-            // half-open), no deletion to finish, no update unread. A pause
-            // ends with a resume, which wakes the lane.
+            // half-open), no deletion to finish. A pause ends with a resume,
+            // and an update comes with a wake.
             let can_rest = inbox.is_accepting()
                 || (control.paused() && matches!(self.breaker.peek(now), Admit::Yes));
-            if idle && !self.deleting && can_rest && self.updates.is_empty() {
+            if idle && !self.deleting && can_rest {
                 // An idle lane keeps no buffers: queues that once held a
                 // burst keep its capacity otherwise.
                 self.waiting = None;
                 self.ready = VecDeque::new();
+                self.connection = None;
                 inbox.release_buffers();
                 return Exit::Idle;
             }
@@ -498,10 +514,6 @@ impl Lane {
                 // Looked at again at the top of the loop.
                 _ = sleep_until(too_old), if too_old.is_some() => self.lag_check = None,
                 _ = inbox.notified(), if can_take => {}
-                update = self.updates.recv(), if updates_open => match update {
-                    Some(update) => self.update(update),
-                    None => updates_open = false,
-                },
                 // A deleted endpoint's lane looks again for what is left.
                 _ = linger.tick(), if self.deleting => {}
                 changed = self.d.share.changed(), if share_open => match changed {
@@ -562,6 +574,8 @@ impl Lane {
                         .set_tenant(self.d.shares.tenant(new.tenant.as_deref()));
                 }
                 let (index, id) = (self.s.index, self.s.endpoint_id.clone());
+                // Sends in flight finish on the transport they started with.
+                self.connection = None;
                 self.s = *new;
                 // Its identity is the lane's, whatever the update says.
                 self.s.index = index;
@@ -766,19 +780,26 @@ impl Lane {
         self.d.budget.charge(0, charged);
         self.sends += 1;
         self.d.metrics.in_flight.inc();
-        let transport = self.s.transport.clone();
+        let transport = self.transport();
         work.push(Box::pin(async move {
             let started = Instant::now();
             // A transport must not panic; if one does, the delivery is a
             // failed attempt like any other and the lane lives on.
-            let outcome = AssertUnwindSafe(transport.send(&delivery))
-                .catch_unwind()
-                .await
-                .unwrap_or_else(|panic| Outcome::Retry {
+            let outcome = match transport {
+                Ok(transport) => AssertUnwindSafe(transport.send(&delivery))
+                    .catch_unwind()
+                    .await
+                    .unwrap_or_else(|panic| Outcome::Retry {
+                        status: None,
+                        reason: format!("the transport panicked: {}", panic_text(&panic)),
+                        retry_after: None,
+                    }),
+                Err(reason) => Outcome::Retry {
                     status: None,
-                    reason: format!("the transport panicked: {}", panic_text(&panic)),
+                    reason: format!("the transport could not be built: {reason}"),
                     retry_after: None,
-                });
+                },
+            };
             Some(Sent {
                 item,
                 outcome,
@@ -786,6 +807,16 @@ impl Lane {
                 charged,
             })
         }));
+    }
+
+    /// The transport to send with, built if the lane has none yet.
+    fn transport(&mut self) -> Result<Arc<dyn Transport>, String> {
+        if let Some(t) = &self.connection {
+            return Ok(t.clone());
+        }
+        let t = self.s.transport.connect()?;
+        self.connection = Some(t.clone());
+        Ok(t)
     }
 
     /// Keep a delivery in memory for a short wait, or park it for a long one.

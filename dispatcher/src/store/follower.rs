@@ -95,7 +95,7 @@ impl Follower {
                     }
                     if behind.is_empty() {
                         store.mark_caught_up();
-                        tracing::info!(topic = %store.topic(), endpoints = store.list().len(), "endpoint store caught up");
+                        tracing::info!(topic = %store.topic(), endpoints = store.len(), "endpoint store caught up");
                     }
                 }
             }

@@ -109,9 +109,9 @@ enum Outcome {
 }
 
 /// An id's entry: its endpoint, or the version it was deleted at.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 enum Entry {
-    Live(StoredEndpoint),
+    Live(Compact),
     Deleted(u64),
 }
 
@@ -120,6 +120,42 @@ impl Entry {
         match self {
             Entry::Live(s) => s.version,
             Entry::Deleted(v) => *v,
+        }
+    }
+}
+
+/// A [`StoredEndpoint`] as the table holds it: its endpoint as JSON text.
+/// A parsed map costs several times its text in small allocations, and
+/// the table holds every endpoint of the store (100,000 on a replica the
+/// scale issue sizes for) while it is read only by the API and at
+/// start-up.
+#[derive(Debug)]
+struct Compact {
+    version: u64,
+    state: EndpointState,
+    updated_at: Option<Box<str>>,
+    endpoint: Box<str>,
+}
+
+impl Compact {
+    fn new(stored: &StoredEndpoint) -> Compact {
+        Compact {
+            version: stored.version,
+            state: stored.state,
+            updated_at: stored.updated_at.as_deref().map(Box::from),
+            endpoint: serde_json::Value::Object(stored.endpoint.clone())
+                .to_string()
+                .into_boxed_str(),
+        }
+    }
+
+    fn expand(&self) -> StoredEndpoint {
+        StoredEndpoint {
+            version: self.version,
+            // The text is this map's own serialisation: it parses back.
+            endpoint: serde_json::from_str(&self.endpoint).unwrap_or_default(),
+            state: self.state,
+            updated_at: self.updated_at.as_deref().map(String::from),
         }
     }
 }
@@ -141,8 +177,11 @@ pub struct Store {
 
 impl Store {
     /// A store over `topic`, writing with `producer` (idempotent, acks=all).
-    /// Changes the follower reads go to the returned receiver. Start its
-    /// [`Follower`] to fill it.
+    /// Changes the follower reads once caught up go to the returned
+    /// receiver; what it read before is in the table, for whoever applies
+    /// endpoints to read once [`Store::caught_up`] resolves (at start-up,
+    /// 100,000 changes queued for records already in the table would only
+    /// be read and dropped). Start its [`Follower`] to fill it.
     pub fn new(
         topic: String,
         producer: FutureProducer,
@@ -169,7 +208,7 @@ impl Store {
     /// The endpoint `id`, if it exists.
     pub fn get(&self, id: &str) -> Option<StoredEndpoint> {
         match self.table.read().unwrap_or_else(|e| e.into_inner()).get(id) {
-            Some(Entry::Live(s)) => Some(s.clone()),
+            Some(Entry::Live(s)) => Some(s.expand()),
             _ => None,
         }
     }
@@ -181,10 +220,24 @@ impl Store {
             .unwrap_or_else(|e| e.into_inner())
             .iter()
             .filter_map(|(id, e)| match e {
-                Entry::Live(s) => Some((id.clone(), s.clone())),
+                Entry::Live(s) => Some((id.clone(), s.expand())),
                 Entry::Deleted(_) => None,
             })
             .collect()
+    }
+
+    /// How many endpoints the store holds.
+    pub fn len(&self) -> usize {
+        self.table
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .filter(|e| matches!(e, Entry::Live(_)))
+            .count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// The version `id` is at (0: never existed; a deleted endpoint keeps
@@ -317,7 +370,7 @@ impl Store {
                 let version = version.unwrap_or(current + 1);
                 table.insert(id.to_owned(), Entry::Deleted(version));
                 drop(table);
-                if was_live {
+                if was_live && self.is_caught_up() {
                     let _ = self.changes.send(Change::Delete {
                         id: id.to_owned(),
                         version,
@@ -344,12 +397,14 @@ impl Store {
                 if stored.version != current + 1 {
                     return Outcome::Stale { current };
                 }
-                table.insert(id.to_owned(), Entry::Live(stored.clone()));
+                table.insert(id.to_owned(), Entry::Live(Compact::new(&stored)));
                 drop(table);
-                let _ = self.changes.send(Change::Upsert {
-                    id: id.to_owned(),
-                    stored,
-                });
+                if self.is_caught_up() {
+                    let _ = self.changes.send(Change::Upsert {
+                        id: id.to_owned(),
+                        stored,
+                    });
+                }
                 Outcome::Applied
             }
         }

@@ -214,8 +214,24 @@ async fn a_bad_record_is_skipped_and_a_new_replica_reads_the_same_table() {
     assert!(store.get("b").is_none() && store.get("c").is_none());
 
     // A second replica, starting now, catches up to the same endpoints.
-    let (other, _c, _s) = open(&kafka).await;
+    let (other, mut other_changes, _s) = open(&kafka).await;
     let ids = |s: &Store| s.list().into_iter().map(|(id, _)| id).collect::<Vec<_>>();
     assert_eq!(ids(&other), vec!["a", "d"]);
     assert_eq!(ids(&store), ids(&other));
+    assert_eq!(other.len(), 2);
+    let d = other.get("d").unwrap();
+    assert_eq!(d.endpoint, endpoint("d", "https://d.example/"));
+    assert_eq!(Some(&d), store.get("d").as_ref());
+    // What it read while catching up is in its table, for whoever applies
+    // endpoints to read then; only later records come as changes.
+    assert!(
+        other_changes.try_recv().is_err(),
+        "records read before the catch-up came as changes too"
+    );
+    store.write("d", 1, None).await.unwrap();
+    let change = tokio::time::timeout(Duration::from_secs(10), other_changes.recv()).await;
+    assert!(
+        matches!(change, Ok(Some(Change::Delete { ref id, version: 2 })) if id == "d"),
+        "{change:?}"
+    );
 }

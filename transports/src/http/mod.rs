@@ -514,6 +514,13 @@ impl Transport for HttpTransport {
     fn send<'a>(&'a self, delivery: &'a Delivery) -> BoxFuture<'a, Outcome> {
         Box::pin(self.send_once(delivery))
     }
+
+    /// Connections stay in the shared client (an endpoint's own `tls`
+    /// client too: it is cached by identity), so only an OAuth2 token
+    /// would be lost.
+    fn rebuilt_cheaply(&self) -> bool {
+        self.oauth2.is_none()
+    }
 }
 
 impl fmt::Debug for HttpTransport {

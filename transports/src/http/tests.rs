@@ -495,3 +495,24 @@ fn configured_header_values_are_redacted() {
         "short values are left alone: {text}"
     );
 }
+
+/// A lane drops a transport that says it is rebuilt cheaply while it has
+/// nothing to send: one holding an OAuth2 token must say no, or every
+/// wake would fetch a new token.
+#[test]
+fn only_a_transport_without_a_token_is_rebuilt_cheaply() {
+    let plain = build(config("https://hooks.example/in")).unwrap();
+    assert!(plain.rebuilt_cheaply());
+    let with_token = HttpEndpointConfig {
+        oauth2: Some(oauth2::OAuth2Settings {
+            token_url: "https://auth.example/token".into(),
+            client_id: "id".into(),
+            client_secret: "secret".into(),
+            scopes: Vec::new(),
+            auth_method: Default::default(),
+        }),
+        send_secret_header: false,
+        ..config("https://hooks.example/in")
+    };
+    assert!(!build(with_token).unwrap().rebuilt_cheaply());
+}
