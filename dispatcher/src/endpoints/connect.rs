@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::anyhow;
 use transports::http::HttpClient;
@@ -22,48 +23,74 @@ pub struct Builder {
     pub bootstrap: String,
 }
 
+/// What an endpoint's transport is built from, kept compactly: a replica
+/// keeps one per endpoint (100,000 of them, mostly idle), where the
+/// endpoint's parsed config would cost a kilobyte or more (a JSON map of
+/// one key allocates a whole B-tree node).
+#[derive(Debug, PartialEq)]
+pub struct TransportSpec {
+    id: Box<str>,
+    transport: Box<str>,
+    timeout: Duration,
+    /// The transport's own keys, as JSON text (the map's keys are sorted,
+    /// so equal settings give equal text).
+    settings: Box<str>,
+}
+
+impl TransportSpec {
+    pub fn of(ep: &EndpointConfig) -> TransportSpec {
+        TransportSpec {
+            id: ep.id.as_str().into(),
+            transport: ep.transport.as_str().into(),
+            timeout: ep.timeout,
+            settings: ep.settings_value().to_string().into_boxed_str(),
+        }
+    }
+}
+
 impl Builder {
-    pub fn build(&self, ep: &EndpointConfig) -> anyhow::Result<Arc<dyn Transport>> {
+    pub fn build(&self, spec: &TransportSpec) -> anyhow::Result<Arc<dyn Transport>> {
+        let id = &*spec.id;
         let factory = self
             .registry
-            .get(&ep.transport)
-            .ok_or_else(|| anyhow!("endpoint {}: unknown transport `{}`", ep.id, ep.transport))?;
+            .get(&spec.transport)
+            .ok_or_else(|| anyhow!("endpoint {id}: unknown transport `{}`", spec.transport))?;
+        let settings: serde_json::Value = serde_json::from_str(&spec.settings)
+            .map_err(|e| anyhow!("endpoint {id}: its settings do not read back: {e}"))?;
         let mut ctx =
             self.config
-                .build_context(&ep.id, ep.timeout, &self.client, &self.kafka_options);
+                .build_context(id, spec.timeout, &self.client, &self.kafka_options);
         ctx.kafka_bootstrap = &self.bootstrap;
         factory
-            .build(&ep.settings_value(), &ctx)
-            .map_err(|e| anyhow!("endpoint {}: {}: {}", ep.id, e.field, e.reason))
+            .build(&settings, &ctx)
+            .map_err(|e| anyhow!("endpoint {id}: {}: {}", e.field, e.reason))
     }
 
-    /// The transport of `ep` for its lane: built now, and kept, or dropped
-    /// and built again by the lane when it has work.
+    /// The transport of `spec` for its lane: built now, and kept, or
+    /// dropped and built again by the lane when it has work.
     pub fn lane_transport(
         self: &Arc<Self>,
-        ep: &Arc<EndpointConfig>,
+        spec: &Arc<TransportSpec>,
     ) -> anyhow::Result<LaneTransport> {
-        let built = self.build(ep)?;
+        let built = self.build(spec)?;
         Ok(LaneTransport::new(built, || {
             Arc::new(OnDemand {
                 builder: self.clone(),
-                endpoint: ep.clone(),
+                spec: spec.clone(),
             })
         }))
     }
 }
 
-/// One endpoint's transport, built again from the endpoint the manager
-/// keeps (shared, not copied).
+/// One endpoint's transport, built again from the spec the manager keeps
+/// (shared, not copied).
 struct OnDemand {
     builder: Arc<Builder>,
-    endpoint: Arc<EndpointConfig>,
+    spec: Arc<TransportSpec>,
 }
 
 impl Connect for OnDemand {
     fn connect(&self) -> Result<Arc<dyn Transport>, String> {
-        self.builder
-            .build(&self.endpoint)
-            .map_err(|e| e.to_string())
+        self.builder.build(&self.spec).map_err(|e| e.to_string())
     }
 }

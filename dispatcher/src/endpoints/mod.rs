@@ -38,8 +38,8 @@ use crate::config::{Config, EndpointConfig};
 use crate::dlq::DeadLetters;
 use crate::fatal::Fatal;
 use crate::lane::{
-    self, Dedup, Evictions, Exit, LaneDeps, LaneHandle, LaneSettings, LaneTransport, LaneUpdate,
-    Runner, Shares, Started,
+    self, Dedup, Evictions, Exit, LaneDeps, LaneHandle, LaneSettings, LaneShared, LaneTransport,
+    LaneUpdate, Runner, Shares, Started,
 };
 use crate::metrics::Metrics;
 use crate::offsets::{Budget, HoldIndex};
@@ -122,8 +122,13 @@ struct Managed {
     /// Runs the lane's task while it has work, and owns the lane: its
     /// inbox and switches hold it weakly, to wake it.
     _runner: Arc<Runner>,
-    /// Shared with its transport's builder, when the lane builds it.
-    config: Arc<EndpointConfig>,
+    /// What its transport is built from (shared with the lane's builder,
+    /// when the lane builds it). The rest of the endpoint's config lives
+    /// on only in the lane's settings and in `subscriber`.
+    spec: Arc<connect::TransportSpec>,
+    /// How the router sees it, parsed once; `None` when that failed (it
+    /// was checked when read, so only a bug gets here): not routed.
+    subscriber: Option<Subscriber>,
     transport: LaneTransport,
     origin: Origin,
     deleting: bool,
@@ -137,7 +142,7 @@ pub struct Endpoints {
     store: Arc<Store>,
     fatal: Arc<Fatal>,
     lanes: Vec<Option<Managed>>,
-    by_id: HashMap<String, usize>,
+    by_id: HashMap<Arc<str>, usize>,
     routing: watch::Sender<Arc<Routing>>,
     /// Where an event's tenant is (`routing.tenant_key`).
     tenant_key: Option<TenantKey>,
@@ -146,11 +151,12 @@ pub struct Endpoints {
     /// The tasks of each lane that has one (two for a moment, when one
     /// ends as the next starts), to abort past the shutdown grace.
     aborts: HashMap<usize, Vec<tokio::task::AbortHandle>>,
+    /// What every lane is given alike (the senders of the two channels
+    /// below among it).
+    lane_shared: Arc<LaneShared>,
     /// Tasks the lanes' runners started.
-    started_tx: mpsc::UnboundedSender<Started>,
     started_rx: mpsc::UnboundedReceiver<Started>,
     /// Lanes that disabled their endpoint (a 410), to record in the store.
-    disabled_tx: mpsc::UnboundedSender<usize>,
     disabled_rx: mpsc::UnboundedReceiver<usize>,
 }
 
@@ -177,6 +183,21 @@ impl Endpoints {
         let (routing, routing_rx) = watch::channel(Arc::new(Routing::empty()));
         let (disabled_tx, disabled_rx) = mpsc::unbounded_channel();
         let (started_tx, started_rx) = mpsc::unbounded_channel();
+        let p = &config.pipeline;
+        let lane_shared = Arc::new(LaneShared {
+            parker: kit.parker.clone(),
+            dead_letters: kit.dead_letters.clone(),
+            dedup: kit.dedup.clone(),
+            budget: kit.budget.clone(),
+            evictions: kit.evictions.clone(),
+            shares: kit.shares.clone(),
+            holds: kit.holds.clone(),
+            disabled: Some(disabled_tx),
+            started: started_tx,
+            in_memory_max: p.in_memory_retry_max,
+            paused_recheck: p.paused_recheck,
+            spill_after: p.spill_after,
+        });
         let mut this = Endpoints {
             transports: Arc::new(connect::Builder {
                 kafka_options: config.kafka.option_strings(),
@@ -195,9 +216,8 @@ impl Endpoints {
             tenant_key,
             tasks: FuturesUnordered::new(),
             aborts: HashMap::new(),
-            started_tx,
+            lane_shared,
             started_rx,
-            disabled_tx,
             disabled_rx,
         };
         let file: Vec<EndpointConfig> = this
@@ -220,7 +240,7 @@ impl Endpoints {
                 .map_err(|e| anyhow!("endpoints: {e}"))?;
         }
         for (id, stored) in this.store.list() {
-            if this.by_id.contains_key(&id) || this.is_file_endpoint(&id) {
+            if this.by_id.contains_key(id.as_str()) || this.is_file_endpoint(&id) {
                 continue;
             }
             if let Some(ep) = this.read_stored(&id, &stored) {
@@ -272,7 +292,6 @@ impl Endpoints {
         transport: LaneTransport,
         paused: bool,
     ) -> LaneSettings {
-        let p = &self.config.pipeline;
         LaneSettings {
             endpoint_id: ep.id.as_str().into(),
             index,
@@ -283,9 +302,6 @@ impl Endpoints {
             adaptive_concurrency: ep.adaptive_concurrency,
             rate_limit: ep.rate_limit.clone(),
             queue_capacity: ep.queue_capacity,
-            in_memory_max: p.in_memory_retry_max,
-            paused_recheck: p.paused_recheck,
-            spill_after: p.spill_after,
             paused,
             tenant: ep.tenant.as_deref().map(Arc::from),
         }
@@ -298,8 +314,8 @@ impl Endpoints {
         origin: Origin,
         state: EndpointState,
     ) -> anyhow::Result<()> {
-        let ep = Arc::new(ep);
-        let transport = self.transports.lane_transport(&ep)?;
+        let spec = Arc::new(connect::TransportSpec::of(&ep));
+        let transport = self.transports.lane_transport(&spec)?;
         let index = self.lanes.len();
         // The registry found its factory by this name: it is the kind.
         let metrics =
@@ -308,28 +324,21 @@ impl Endpoints {
                 .endpoint_of(&ep.id, &ep.transport, ep.tenant.as_deref(), ep.metrics);
         self.kit.metrics.init_transport_series(&ep.transport);
         let deps = LaneDeps {
-            parker: self.kit.parker.clone(),
-            dead_letters: self.kit.dead_letters.clone(),
-            dedup: self.kit.dedup.clone(),
+            shared: self.lane_shared.clone(),
             share: self.kit.share.clone(),
             metrics,
-            budget: self.kit.budget.clone(),
-            evictions: self.kit.evictions.clone(),
-            shares: self.kit.shares.clone(),
-            holds: self.kit.holds.clone(),
-            disabled: Some(self.disabled_tx.clone()),
-            started: self.started_tx.clone(),
         };
         let settings = self.settings(&ep, index, transport.clone(), state.paused);
         let (handle, runner) = lane::create(settings, deps);
         if state.disabled {
             handle.control.set(state.paused, true);
         }
-        self.by_id.insert(ep.id.clone(), index);
+        self.by_id.insert(handle.endpoint_id.clone(), index);
         self.lanes.push(Some(Managed {
             handle,
             _runner: runner,
-            config: ep,
+            spec,
+            subscriber: routed(&ep, index),
             transport,
             origin,
             deleting: false,
@@ -355,7 +364,7 @@ impl Endpoints {
             Change::Upsert { id, stored } => {
                 let lane = self
                     .by_id
-                    .get(&id)
+                    .get(id.as_str())
                     .copied()
                     .and_then(|i| self.lanes[i].as_ref().map(|m| (i, m.origin, m.deleting)));
                 match lane {
@@ -405,7 +414,7 @@ impl Endpoints {
                 }
             }
             Change::Delete { id, .. } => {
-                let Some(&i) = self.by_id.get(&id) else {
+                let Some(&i) = self.by_id.get(id.as_str()) else {
                     return;
                 };
                 let Some(m) = self.lanes[i].as_mut() else {
@@ -441,16 +450,14 @@ impl Endpoints {
         let Some(m) = self.lanes[i].as_ref() else {
             return Ok(());
         };
-        let old = &m.config;
-        let reconnect = old.transport != ep.transport
-            || old.timeout != ep.timeout
-            || old.settings != ep.settings;
-        let ep = Arc::new(ep);
-        let transport = match &m.transport {
-            LaneTransport::Kept(t) if !reconnect => LaneTransport::Kept(t.clone()),
-            // One built on demand is cheap to build, and its builder must
-            // hold the new config, not keep the old one alive.
-            _ => self.transports.lane_transport(&ep)?,
+        let spec = connect::TransportSpec::of(&ep);
+        let reconnect = *m.spec != spec;
+        let (spec, transport) = if reconnect {
+            let spec = Arc::new(spec);
+            let transport = self.transports.lane_transport(&spec)?;
+            (spec, transport)
+        } else {
+            (m.spec.clone(), m.transport.clone())
         };
         let settings = self.settings(&ep, i, transport.clone(), state.paused);
         let Some(m) = self.lanes[i].as_mut() else {
@@ -463,10 +470,11 @@ impl Endpoints {
         self.kit
             .metrics
             .endpoint_changed(&ep.id, &ep.transport, ep.tenant.as_deref(), ep.metrics);
-        m.config = ep;
+        m.spec = spec;
+        m.subscriber = routed(&ep, i);
         m.transport = transport;
         m.origin = Origin::Store(version);
-        tracing::info!(endpoint = %m.config.id, version, reconnect, "endpoint updated");
+        tracing::info!(endpoint = %ep.id, version, reconnect, "endpoint updated");
         self.kit
             .metrics
             .endpoint_changes
@@ -512,16 +520,9 @@ impl Endpoints {
                     if m.deleting {
                         continue;
                     }
-                    // Checked when the endpoint was read: an error here
-                    // leaves it unrouted rather than failing the others.
-                    match subscriber(&m.config, i) {
-                        Ok(s) => {
-                            subscribers.push(s);
-                            routed[i] = true;
-                        }
-                        Err(e) => {
-                            tracing::error!(endpoint = %m.config.id, error = %e, "endpoint not routed")
-                        }
+                    if let Some(s) = &m.subscriber {
+                        subscribers.push(s.clone());
+                        routed[i] = true;
                     }
                 }
                 None => lanes.push(None),
@@ -616,16 +617,17 @@ impl Endpoints {
         let deleting = self.lanes[i].as_ref().is_some_and(|m| m.deleting);
         if deleting && ended.is_ok() {
             if let Some(m) = self.lanes[i].take() {
-                self.by_id.remove(&m.config.id);
-                self.kit.metrics.forget_endpoint(&m.config.id);
-                tracing::info!(endpoint = %m.config.id, "deleted endpoint's lane finished");
+                let id = &m.handle.endpoint_id;
+                self.by_id.remove(id);
+                self.kit.metrics.forget_endpoint(id);
+                tracing::info!(endpoint = %id, "deleted endpoint's lane finished");
             }
             self.publish();
             return;
         }
         let id = self.lanes[i]
             .as_ref()
-            .map_or_else(|| format!("#{i}"), |m| m.config.id.clone());
+            .map_or_else(|| format!("#{i}"), |m| m.handle.endpoint_id.to_string());
         self.fatal.trip(match ended {
             Ok(_) => format!("the lane of endpoint {id} ended by itself"),
             Err(e) => format!("the lane of endpoint {id} failed: {e}"),
@@ -638,7 +640,7 @@ impl Endpoints {
         let Some(m) = self.lanes.get(i).and_then(Option::as_ref) else {
             return;
         };
-        let id = m.config.id.clone();
+        let id = m.handle.endpoint_id.to_string();
         let paused = m.handle.control.paused();
         let from_store = matches!(m.origin, Origin::Store(_));
         let store = self.store.clone();
@@ -700,6 +702,15 @@ impl Endpoints {
             self.aborts.values().flatten().for_each(|a| a.abort());
         }
     }
+}
+
+/// `ep` as the router sees it, or `None`, logged: an error here (the
+/// endpoint was checked when read) leaves it unrouted rather than failing
+/// the others.
+fn routed(ep: &EndpointConfig, lane: usize) -> Option<Subscriber> {
+    subscriber(ep, lane)
+        .inspect_err(|e| tracing::error!(endpoint = %ep.id, error = %e, "endpoint not routed"))
+        .ok()
 }
 
 /// What the router needs of an endpoint: its tenant and subscription.

@@ -205,28 +205,26 @@ pub struct LaneSettings {
     pub adaptive_concurrency: bool,
     pub rate_limit: Option<RateLimitConfig>,
     pub queue_capacity: usize,
-    /// Waits up to this long are kept in memory; longer ones are parked.
-    pub in_memory_max: Duration,
-    /// How long a paused endpoint's retries wait in the retry topics before
-    /// they look again.
-    pub paused_recheck: Duration,
-    /// A lane whose oldest fresh delivery is this far behind the lanes'
-    /// front (see [`Front`]) does not keep up: what it has queued, and
-    /// what follows, is spilled.
-    pub spill_after: Duration,
     pub paused: bool,
     /// Its tenant: whose share of the memory budget its inbox counts in.
     pub tenant: Option<Arc<str>>,
 }
 
-/// Shared services a lane uses.
+/// What a lane is given besides its settings.
 pub struct LaneDeps {
+    pub shared: Arc<LaneShared>,
+    /// This replica's share of every rate limit (a receiver of its own:
+    /// each lane notices a change by itself).
+    pub share: watch::Receiver<f64>,
+    pub metrics: EndpointMetrics,
+}
+
+/// What every lane uses alike: the shared services and the pipeline's
+/// settings, held once for all of them (a replica may have 100,000 lanes).
+pub struct LaneShared {
     pub parker: Arc<Parker>,
     pub dead_letters: Arc<DeadLetters>,
     pub dedup: Dedup,
-    /// This replica's share of every rate limit.
-    pub share: watch::Receiver<f64>,
-    pub metrics: EndpointMetrics,
     /// Sends in flight hold their request body: charged while they run.
     pub budget: Arc<Budget>,
     /// Where the lane asks the source to spill its queue.
@@ -241,6 +239,15 @@ pub struct LaneDeps {
     pub disabled: Option<mpsc::UnboundedSender<usize>>,
     /// Told of every task started for the lane (see [`Runner`]).
     pub started: mpsc::UnboundedSender<Started>,
+    /// Waits up to this long are kept in memory; longer ones are parked.
+    pub in_memory_max: Duration,
+    /// How long a paused endpoint's retries wait in the retry topics before
+    /// they look again.
+    pub paused_recheck: Duration,
+    /// A lane whose oldest fresh delivery is this far behind the lanes'
+    /// front (see [`Front`]) does not keep up: what it has queued, and
+    /// what follows, is spilled.
+    pub spill_after: Duration,
 }
 
 /// A change to a running lane, from the endpoints it serves.
@@ -290,8 +297,9 @@ struct Lane {
     /// In-memory retries whose wait ended.
     ready: VecDeque<Item>,
     /// Deliveries waiting in memory for their next attempt; none while
-    /// none waits (an empty queue holds a few kilobytes of timer wheel).
-    waiting: Option<DelayQueue<Item>>,
+    /// none waits (an empty queue holds a few kilobytes of timer wheel),
+    /// and boxed, so that a resting lane does not carry its 192 bytes.
+    waiting: Option<Box<DelayQueue<Item>>>,
     /// Until when a rate limit or a receiver's throttle holds sends back.
     blocked_until: Option<tokio::time::Instant>,
     picks: u64,
@@ -322,9 +330,9 @@ pub fn create(settings: LaneSettings, deps: LaneDeps) -> (LaneHandle, Arc<Runner
         settings.queue_capacity,
         returned_cap(settings.max_in_flight),
         settings.index,
-        deps.evictions.clone(),
-        deps.shares.clone(),
-        deps.shares.tenant(settings.tenant.as_deref()),
+        deps.shared.evictions.clone(),
+        deps.shared.shares.clone(),
+        deps.shared.shares.tenant(settings.tenant.as_deref()),
     ));
     let control = Arc::new(Control::default());
     if settings.paused {
@@ -362,7 +370,7 @@ pub fn create(settings: LaneSettings, deps: LaneDeps) -> (LaneHandle, Arc<Runner
         .concurrency_limit
         .set(lane.concurrency.limit() as i64);
     lane.d.metrics.paused.set(lane.control.paused() as i64);
-    let started = lane.d.started.clone();
+    let started = lane.d.shared.started.clone();
     let (control, inbox) = (lane.control.clone(), lane.inbox.clone());
     let runner = Runner::new(lane, started);
     control.waker.set(&runner);
@@ -458,7 +466,16 @@ impl Lane {
                 inbox.release_buffers();
                 return Exit::Idle;
             }
-            if idle && self.deleting && self.d.holds.lanes().iter().all(|&l| l != self.s.index) {
+            if idle
+                && self.deleting
+                && self
+                    .d
+                    .shared
+                    .holds
+                    .lanes()
+                    .iter()
+                    .all(|&l| l != self.s.index)
+            {
                 // Nothing of a deleted endpoint's work is left here or under
                 // a hold: from now on what comes back is refused as dead.
                 inbox.close();
@@ -478,7 +495,7 @@ impl Lane {
             // again: once it has waited that long, then every
             // `lag_check_every`. The instant is kept across passes, so that
             // other wake-ups do not keep putting the look off.
-            let spill_after = self.s.spill_after;
+            let spill_after = self.d.shared.spill_after;
             let too_old = match inbox.oldest_fresh_and_lag() {
                 Some(_) if inbox.evict_requested() => None,
                 Some((_, lag)) if lag >= spill_after => {
@@ -530,7 +547,7 @@ impl Lane {
     }
 
     fn waiting_len(&self) -> usize {
-        self.waiting.as_ref().map_or(0, DelayQueue::len)
+        self.waiting.as_ref().map_or(0, |w| w.len())
     }
 
     /// Apply a change of the endpoint.
@@ -571,7 +588,7 @@ impl Lane {
                     .set_caps(new.queue_capacity, returned_cap(new.max_in_flight));
                 if new.tenant != s.tenant {
                     self.inbox
-                        .set_tenant(self.d.shares.tenant(new.tenant.as_deref()));
+                        .set_tenant(self.d.shared.shares.tenant(new.tenant.as_deref()));
                 }
                 let (index, id) = (self.s.index, self.s.endpoint_id.clone());
                 // Sends in flight finish on the transport they started with.
@@ -622,7 +639,7 @@ impl Lane {
             };
             let (wait, reason) = match self.breaker.peek(Instant::now()) {
                 Admit::No(wait) => (wait, "breaker_open"),
-                Admit::Yes => (self.s.paused_recheck, "paused"),
+                Admit::Yes => (self.d.shared.paused_recheck, "paused"),
             };
             self.push_write(work, self.park(item, wait, reason));
         }
@@ -752,7 +769,7 @@ impl Lane {
             self.wait_or_park(item, wait, "not_due", work);
             return;
         }
-        if self.d.dedup.contains_key(&item.id) {
+        if self.d.shared.dedup.contains_key(&item.id) {
             self.d.metrics.deduplicated.inc();
             item.ticket.finish_one();
             return;
@@ -777,7 +794,7 @@ impl Lane {
             attempt: item.state.attempts + 1,
         };
         let charged = delivery.body.len();
-        self.d.budget.charge(0, charged);
+        self.d.shared.budget.charge(0, charged);
         self.sends += 1;
         self.d.metrics.in_flight.inc();
         let transport = self.transport();
@@ -829,10 +846,10 @@ impl Lane {
     ) {
         // In-memory waits are bounded: beyond a few per in-flight place they
         // go to the retry topic too.
-        if wait <= self.s.in_memory_max && self.waiting_len() < self.s.max_in_flight * 4 {
+        if wait <= self.d.shared.in_memory_max && self.waiting_len() < self.s.max_in_flight * 4 {
             self.d.metrics.retried.inc();
             self.waiting
-                .get_or_insert_with(DelayQueue::new)
+                .get_or_insert_with(Box::default)
                 .insert(item, wait);
         } else {
             let write = self.park(item, wait, reason);
@@ -852,7 +869,7 @@ impl Lane {
             self.writes -= 1;
             return;
         };
-        self.d.budget.release(0, charged);
+        self.d.shared.budget.release(0, charged);
         let in_flight_before = self.sends;
         self.sends -= 1;
         self.d.metrics.in_flight.dec();
@@ -901,7 +918,7 @@ impl Lane {
                     .metrics
                     .dispatch_latency
                     .observe(item.ticket.read_at().elapsed().as_secs_f64());
-                self.d.dedup.insert(item.id, ());
+                self.d.shared.dedup.insert(item.id, ());
                 item.ticket.finish_one();
             }
             Outcome::Retry {
@@ -1004,7 +1021,7 @@ impl Lane {
                         );
                     }
                     if !self.control.disabled() {
-                        if let Some(tx) = &self.d.disabled {
+                        if let Some(tx) = &self.d.shared.disabled {
                             let _ = tx.send(self.s.index);
                         }
                     }
@@ -1036,9 +1053,9 @@ impl Lane {
     }
 
     fn park(&self, item: Item, wait: Duration, reason: &'static str) -> BoxFuture<'static, Done> {
-        let parker = self.d.parker.clone();
+        let parker = self.d.shared.parker.clone();
         let metrics = self.d.metrics.clone();
-        let dead_letters = self.d.dead_letters.clone();
+        let dead_letters = self.d.shared.dead_letters.clone();
         let delivery = self.bare(&item);
         Box::pin(async move {
             let mut state = item.state;
@@ -1093,7 +1110,7 @@ impl Lane {
         error: String,
         sent: Option<bytes::Bytes>,
     ) -> BoxFuture<'static, Done> {
-        let dead_letters = self.d.dead_letters.clone();
+        let dead_letters = self.d.shared.dead_letters.clone();
         let metrics = self.d.metrics.clone();
         let delivery = self.bare(&item);
         Box::pin(async move {
@@ -1129,7 +1146,7 @@ impl Lane {
 
 /// The next in-memory retry whose wait ended.
 async fn expired(
-    waiting: &mut Option<DelayQueue<Item>>,
+    waiting: &mut Option<Box<DelayQueue<Item>>>,
 ) -> Option<tokio_util::time::delay_queue::Expired<Item>> {
     match waiting {
         Some(w) => w.next().await,
