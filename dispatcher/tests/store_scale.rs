@@ -135,6 +135,18 @@ async fn start_from_a_store(bootstrap: &str, n: usize, broker: &str) {
         updated, 0,
         "each stored endpoint is applied once at start-up"
     );
+    // Nor has any allocated its counters: they are made by the first count.
+    let allocated = (0..n)
+        .step_by((n / 100).max(1))
+        .filter(|i| {
+            running
+                .metrics
+                .endpoint_counters(&format!("tenant-{i:06}"))
+                .expect("every endpoint is registered")
+                .allocated()
+        })
+        .count();
+    assert_eq!(allocated, 0, "idle endpoints allocated their counters");
     let rss_after = rss_mib();
     println!(
         "store of {n} endpoints on {broker}: written in {write_s:.1} s; start() returned (store read, lanes made) after {caught_up_s:.1} s; ready after {ready_s:.1} s; RSS {rss_after} MiB, {rss_before} MiB before start(): {:.1} KB per idle endpoint",

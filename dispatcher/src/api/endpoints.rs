@@ -1604,7 +1604,7 @@ pub async fn stats(
         .into(),
         queue_depth: gauge(&|m| m.queue_depth.get()),
         in_flight: gauge(&|m| m.in_flight.get()),
-        concurrency_limit: gauge(&|m| m.concurrency_limit.get()),
+        concurrency_limit: gauge(&|m| m.concurrency_limit().get()),
         backlog: gauge(&|m| m.backlog.get()),
         backlog_oldest_age_seconds: m.map_or(0.0, |m| m.backlog_age.get()),
         spilling: gauge(&|m| m.spilling.get()) != 0,

@@ -367,9 +367,13 @@ pub fn create(settings: LaneSettings, deps: LaneDeps) -> (LaneHandle, Arc<Runner
     };
     lane.d
         .metrics
-        .concurrency_limit
+        .concurrency_limit()
         .set(lane.concurrency.limit() as i64);
-    lane.d.metrics.paused.set(lane.control.paused() as i64);
+    // Only a paused one writes here: an endpoint allocates its counters
+    // when it first has something to count (see `LazyCounters`).
+    if lane.control.paused() {
+        lane.d.metrics.paused.set(1);
+    }
     let started = lane.d.shared.started.clone();
     let (control, inbox) = (lane.control.clone(), lane.inbox.clone());
     let runner = Runner::new(lane, started);
@@ -576,7 +580,7 @@ impl Lane {
                         Concurrency::new(new.max_in_flight, new.adaptive_concurrency);
                     self.d
                         .metrics
-                        .concurrency_limit
+                        .concurrency_limit()
                         .set(self.concurrency.limit() as i64);
                 }
                 if new.rate_limit != s.rate_limit {
@@ -902,7 +906,7 @@ impl Lane {
         }
         self.d
             .metrics
-            .concurrency_limit
+            .concurrency_limit()
             .set(self.concurrency.limit() as i64);
 
         match outcome {

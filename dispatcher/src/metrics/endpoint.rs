@@ -11,7 +11,7 @@
 
 use std::ops::Deref;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock, OnceLock};
 
 use prometheus::{Histogram, IntCounter};
 
@@ -137,7 +137,6 @@ pub struct EndpointCounters {
     pub queue_depth: Gauge,
     pub in_flight: Gauge,
     pub breaker_state: Gauge,
-    pub concurrency_limit: Gauge,
     pub paused: Gauge,
     pub disabled: Gauge,
     pub backlog: Gauge,
@@ -220,11 +219,56 @@ impl EndpointCounters {
     }
 }
 
+/// One endpoint's numbers, allocated when it first counts something: an
+/// endpoint that has done nothing since start-up reads as zeros from a
+/// shared instance ([`LazyCounters::peek`], what a scrape uses), so
+/// 100,000 idle endpoints cost a few dozen bytes each here instead of
+/// ~400. Everything else (`Deref`, [`EndpointMetrics`]) allocates them
+/// first.
+#[derive(Debug, Default)]
+pub struct LazyCounters {
+    /// Kept outside, as it is set when the lane is made, before any work:
+    /// `dispatcher_endpoint_concurrency_limit`.
+    pub concurrency_limit: Gauge,
+    counters: OnceLock<Box<EndpointCounters>>,
+}
+
+/// What an endpoint that never counted anything reads.
+static ZERO: LazyLock<EndpointCounters> = LazyLock::new(EndpointCounters::default);
+
+impl LazyCounters {
+    /// The counters, allocated now if they were not.
+    pub fn touch(&self) -> &EndpointCounters {
+        self.counters.get_or_init(Box::default)
+    }
+
+    /// Whether the counters exist: the endpoint counted something, or
+    /// something read them through `Deref`.
+    pub fn allocated(&self) -> bool {
+        self.counters.get().is_some()
+    }
+
+    /// The counters to read, without allocating them: the shared zeros
+    /// while nothing was counted. Only for reading: a write through it
+    /// would change what every such endpoint reads.
+    pub fn peek(&self) -> &EndpointCounters {
+        self.counters.get().map_or(&*ZERO, |c| c)
+    }
+}
+
+impl Deref for LazyCounters {
+    type Target = EndpointCounters;
+
+    fn deref(&self) -> &EndpointCounters {
+        self.touch()
+    }
+}
+
 /// A lane's handle on its endpoint's numbers, and on the replica-wide
 /// series it also feeds (by transport, bounded by the transports).
 #[derive(Clone)]
 pub struct EndpointMetrics {
-    counters: Arc<EndpointCounters>,
+    counters: Arc<LazyCounters>,
     pub event_age: Histogram,
     pub dispatch_latency: Histogram,
     pub spill_write_errors: IntCounter,
@@ -232,7 +276,7 @@ pub struct EndpointMetrics {
 
 impl EndpointMetrics {
     pub(super) fn new(
-        counters: Arc<EndpointCounters>,
+        counters: Arc<LazyCounters>,
         event_age: Histogram,
         dispatch_latency: Histogram,
         spill_write_errors: IntCounter,
@@ -246,11 +290,18 @@ impl EndpointMetrics {
     }
 }
 
+impl EndpointMetrics {
+    pub fn concurrency_limit(&self) -> &Gauge {
+        &self.counters.concurrency_limit
+    }
+}
+
+/// Writes allocate the counters (see [`LazyCounters`]).
 impl Deref for EndpointMetrics {
     type Target = EndpointCounters;
 
     fn deref(&self) -> &EndpointCounters {
-        &self.counters
+        self.counters.touch()
     }
 }
 
@@ -284,6 +335,34 @@ mod tests {
         let (_, total, sum) = l.snapshot();
         assert_eq!(total, 2);
         assert_eq!(sum, 0.0);
+    }
+
+    #[test]
+    fn counters_are_allocated_by_the_first_write_not_by_reads() {
+        let lazy = Arc::new(LazyCounters::default());
+        lazy.concurrency_limit.set(8);
+        assert_eq!(lazy.peek().delivered.get(), 0);
+        assert!(!lazy.peek().unwell());
+        assert!(!lazy.allocated(), "a read allocated them");
+        let registry = prometheus::Registry::new();
+        let histogram = || {
+            let h = Histogram::with_opts(prometheus::HistogramOpts::new("h", "h")).unwrap();
+            registry.register(Box::new(h.clone())).ok();
+            h
+        };
+        let handle = EndpointMetrics::new(
+            lazy.clone(),
+            histogram(),
+            histogram(),
+            IntCounter::new("c", "c").unwrap(),
+        );
+        assert_eq!(handle.concurrency_limit().get(), 8);
+        assert!(!lazy.allocated());
+        handle.delivered.inc();
+        assert!(lazy.allocated());
+        assert_eq!(lazy.peek().delivered.get(), 1);
+        // The shared zeros are untouched by it.
+        assert_eq!(LazyCounters::default().peek().delivered.get(), 0);
     }
 
     #[test]

@@ -11,7 +11,9 @@
 mod endpoint;
 mod table;
 
-pub use endpoint::{Counter, EndpointCounters, EndpointMetrics, Gauge, Latency, SecondsGauge};
+pub use endpoint::{
+    Counter, EndpointCounters, EndpointMetrics, Gauge, Latency, LazyCounters, SecondsGauge,
+};
 pub use table::EndpointTable;
 
 use std::sync::Arc;
@@ -420,7 +422,7 @@ impl Metrics {
     }
 
     /// The counters of endpoint `id`, if it runs here.
-    pub fn endpoint_counters(&self, id: &str) -> Option<Arc<EndpointCounters>> {
+    pub fn endpoint_counters(&self, id: &str) -> Option<Arc<LazyCounters>> {
         self.endpoints.get(id)
     }
 

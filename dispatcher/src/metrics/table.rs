@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{self, LabelPair, MetricFamily, MetricType};
 
-use super::endpoint::{EndpointCounters, LATENCY_BOUNDS};
+use super::endpoint::{EndpointCounters, LazyCounters, LATENCY_BOUNDS};
 use super::{MetricsConfig, ATTEMPT_RESULTS, BREAKER_STATES, DELIVERY_OUTCOMES, PARK_REASONS};
 use MetricType::{COUNTER, GAUGE, HISTOGRAM};
 
@@ -65,7 +65,7 @@ struct Entry {
     transport: Box<str>,
     tenant: Option<Arc<str>>,
     detailed: bool,
-    counters: Arc<EndpointCounters>,
+    counters: Arc<LazyCounters>,
     /// What this endpoint counted before it joined its current tenant: its
     /// share of that tenant's sums is what it counted since.
     base: Option<Box<Totals>>,
@@ -95,7 +95,7 @@ fn trouble(t: &Totals) -> u64 {
 
 impl Entry {
     fn tenant_share(&self) -> Totals {
-        self.share_of(&totals(&self.counters))
+        self.share_of(&totals(self.counters.peek()))
     }
 
     /// Its share of its tenant's sums, given its totals now.
@@ -274,7 +274,7 @@ impl EndpointTable {
         transport: &str,
         tenant: Option<&str>,
         detailed: bool,
-    ) -> Arc<EndpointCounters> {
+    ) -> Arc<LazyCounters> {
         let mut inner = self.lock();
         if let Some(e) = inner.entries.get(id) {
             let counters = e.counters.clone();
@@ -282,7 +282,7 @@ impl EndpointTable {
             self.update(id, transport, tenant, detailed);
             return counters;
         }
-        let counters = Arc::new(EndpointCounters::default());
+        let counters = Arc::new(LazyCounters::default());
         inner.entries.insert(
             id.into(),
             Entry {
@@ -318,7 +318,7 @@ impl EndpointTable {
         if e.tenant.as_deref() != tenant {
             // What it counted so far stays with the tenant it counted for;
             // one read, so nothing counted in between is in neither.
-            let now = totals(&e.counters);
+            let now = totals(e.counters.peek());
             add(
                 retired.entry(e.tenant.clone()).or_default(),
                 &e.share_of(&now),
@@ -344,7 +344,7 @@ impl EndpointTable {
     }
 
     /// The counters of endpoint `id`, if it is registered.
-    pub fn get(&self, id: &str) -> Option<Arc<EndpointCounters>> {
+    pub fn get(&self, id: &str) -> Option<Arc<LazyCounters>> {
         self.lock().entries.get(id).map(|e| e.counters.clone())
     }
 
@@ -402,11 +402,11 @@ fn choose(inner: &mut Inner, now: Instant) -> Chosen {
     let recent = |t: Option<Instant>| t.is_some_and(|t| now.saturating_duration_since(t) <= linger);
     let mut candidates = Vec::new();
     for (id, e) in inner.entries.iter_mut() {
-        let current = totals(&e.counters);
+        let current = totals(e.counters.peek());
         if trouble(&current) != trouble(&e.prev) {
             e.last_change = Some(now);
             e.last_trouble = Some(now);
-        } else if e.counters.unwell() {
+        } else if e.counters.peek().unwell() {
             e.last_trouble = Some(now);
         }
         // An endpoint that an earlier scrape saw without showing it first
@@ -457,7 +457,7 @@ struct EntryView {
     /// Outcomes, results, throttled, spilled, lost: as of the previous
     /// scrape on a first showing, else now.
     totals: Totals,
-    counters: Arc<EndpointCounters>,
+    counters: Arc<LazyCounters>,
 }
 
 impl EntryView {
@@ -471,7 +471,7 @@ impl EntryView {
 }
 
 fn endpoint_series(out: &mut [Vec<proto::Metric>], id: &str, e: &EntryView) {
-    let c = &e.counters;
+    let c = e.counters.peek();
     let ep = || label("endpoint", id);
     let tr = || label("transport", &e.transport);
     let (outcomes, rest) = e.totals.split_at(DELIVERY_OUTCOMES.len());
@@ -520,7 +520,7 @@ fn endpoint_series(out: &mut [Vec<proto::Metric>], id: &str, e: &EntryView) {
         (QUEUE_DEPTH, &c.queue_depth),
         (IN_FLIGHT, &c.in_flight),
         (BREAKER_STATE, &c.breaker_state),
-        (CONCURRENCY_LIMIT, &c.concurrency_limit),
+        (CONCURRENCY_LIMIT, &e.counters.concurrency_limit),
         (PAUSED, &c.paused),
         (DISABLED, &c.disabled),
         (BACKLOG, &c.backlog),
