@@ -38,8 +38,8 @@ use crate::config::{Config, EndpointConfig};
 use crate::dlq::DeadLetters;
 use crate::fatal::Fatal;
 use crate::lane::{
-    self, Dedup, Evictions, Exit, LaneDeps, LaneHandle, LaneSettings, LaneShared, LaneTransport,
-    LaneUpdate, Runner, Shares, Started,
+    self, BreakerConfig, Dedup, Evictions, Exit, Interned, LaneDeps, LaneHandle, LaneSettings,
+    LaneShared, LaneTransport, LaneUpdate, RetryConfig, Runner, Shares, Started,
 };
 use crate::metrics::Metrics;
 use crate::offsets::{Budget, HoldIndex};
@@ -154,6 +154,8 @@ pub struct Endpoints {
     /// What every lane is given alike (the senders of the two channels
     /// below among it).
     lane_shared: Arc<LaneShared>,
+    retry_policies: Interned<RetryConfig>,
+    breaker_policies: Interned<BreakerConfig>,
     /// Tasks the lanes' runners started.
     started_rx: mpsc::UnboundedReceiver<Started>,
     /// Lanes that disabled their endpoint (a 410), to record in the store.
@@ -217,6 +219,8 @@ impl Endpoints {
             tasks: FuturesUnordered::new(),
             aborts: HashMap::new(),
             lane_shared,
+            retry_policies: Interned::new(),
+            breaker_policies: Interned::new(),
             started_rx,
             disabled_rx,
         };
@@ -239,10 +243,13 @@ impl Endpoints {
             this.add(ep, Origin::File, state)
                 .map_err(|e| anyhow!("endpoints: {e}"))?;
         }
-        for (id, stored) in this.store.list() {
+        for id in this.store.ids() {
             if this.by_id.contains_key(id.as_str()) || this.is_file_endpoint(&id) {
                 continue;
             }
+            let Some(stored) = this.store.get(&id) else {
+                continue;
+            };
             if let Some(ep) = this.read_stored(&id, &stored) {
                 if let Err(e) = this.add(ep, Origin::Store(stored.version), stored.state) {
                     tracing::error!(endpoint = %id, error = %e, "endpoint from the store not started");
@@ -286,7 +293,7 @@ impl Endpoints {
     }
 
     fn settings(
-        &self,
+        &mut self,
         ep: &EndpointConfig,
         index: usize,
         transport: LaneTransport,
@@ -296,8 +303,8 @@ impl Endpoints {
             endpoint_id: ep.id.as_str().into(),
             index,
             transport,
-            retry: ep.retry.clone(),
-            breaker: ep.circuit_breaker.clone(),
+            retry: self.retry_policies.get(&ep.retry),
+            breaker: self.breaker_policies.get(&ep.circuit_breaker),
             max_in_flight: ep.max_in_flight,
             adaptive_concurrency: ep.adaptive_concurrency,
             rate_limit: ep.rate_limit.clone(),

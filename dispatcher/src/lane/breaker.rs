@@ -14,6 +14,7 @@
 //! asking us to slow down, which the lane does instead (see
 //! [`Breaker::record_neutral`]).
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
@@ -80,7 +81,8 @@ const BUCKETS: usize = 10;
 
 #[derive(Debug)]
 pub struct Breaker {
-    config: BreakerConfig,
+    /// Shared with the lane's settings (and, when alike, other lanes').
+    config: Arc<BreakerConfig>,
     state: State,
     /// (successes, failures) per bucket, `bucket_span` each, ring-indexed.
     buckets: [(u32, u32); BUCKETS],
@@ -91,7 +93,8 @@ pub struct Breaker {
 }
 
 impl Breaker {
-    pub fn new(config: BreakerConfig, now: Instant) -> Breaker {
+    pub fn new(config: impl Into<Arc<BreakerConfig>>, now: Instant) -> Breaker {
+        let config = config.into();
         let bucket_span = (config.window / BUCKETS as u32).max(Duration::from_millis(1));
         Breaker {
             config,

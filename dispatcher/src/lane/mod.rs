@@ -30,6 +30,7 @@ mod concurrency;
 mod connect;
 mod front;
 mod inbox;
+mod interned;
 mod retry;
 mod runner;
 
@@ -38,6 +39,7 @@ pub use concurrency::Concurrency;
 pub use connect::{Connect, LaneTransport};
 pub use front::Front;
 pub use inbox::{Evictions, Inbox, Refused, Shares};
+pub use interned::Interned;
 pub use retry::{RetryConfig, MAX_RETRY_AFTER};
 pub use runner::{Exit, Runner, Started};
 
@@ -199,8 +201,9 @@ pub struct LaneSettings {
     pub endpoint_id: Arc<str>,
     pub index: usize,
     pub transport: LaneTransport,
-    pub retry: RetryConfig,
-    pub breaker: BreakerConfig,
+    /// Shared by the lanes whose policies are alike (see [`Interned`]).
+    pub retry: Arc<RetryConfig>,
+    pub breaker: Arc<BreakerConfig>,
     pub max_in_flight: usize,
     pub adaptive_concurrency: bool,
     pub rate_limit: Option<RateLimitConfig>,

@@ -78,7 +78,9 @@ struct Entry {
     /// Its counted totals at the previous scrape: what its series show in
     /// the first scrape that shows them, so that `rate()` and `increase()`
     /// see the trouble that put them there.
-    prev: Totals,
+    /// Boxed, and `None` while all zero: most of 100,000 endpoints never
+    /// count anything.
+    prev: Option<Box<Totals>>,
     /// Shown in the previous scrape.
     shown: bool,
     /// Seen by a scrape before (`prev` holds something).
@@ -293,7 +295,7 @@ impl EndpointTable {
                 base: None,
                 last_trouble: None,
                 last_change: None,
-                prev: [0; TENANT_COUNTERS],
+                prev: None,
                 shown: false,
                 scraped: false,
             },
@@ -403,7 +405,8 @@ fn choose(inner: &mut Inner, now: Instant) -> Chosen {
     let mut candidates = Vec::new();
     for (id, e) in inner.entries.iter_mut() {
         let current = totals(e.counters.peek());
-        if trouble(&current) != trouble(&e.prev) {
+        let prev = e.prev.as_deref().copied().unwrap_or_default();
+        if trouble(&current) != trouble(&prev) {
             e.last_change = Some(now);
             e.last_trouble = Some(now);
         } else if e.counters.peek().unwell() {
@@ -413,8 +416,12 @@ fn choose(inner: &mut Inner, now: Instant) -> Chosen {
         // shows the totals of that scrape; one new since the last scrape
         // shows what it has, as a series created at zero would.
         let first = !e.shown;
-        let exported = if first && e.scraped { e.prev } else { current };
-        e.prev = current;
+        let exported = if first && e.scraped { prev } else { current };
+        match &mut e.prev {
+            Some(p) => **p = current,
+            None if current != Totals::default() => e.prev = Some(Box::new(current)),
+            None => {}
+        }
         e.shown = false;
         e.scraped = true;
         if everyone || e.detailed || recent(e.last_trouble) {
