@@ -137,16 +137,47 @@ struct Compact {
     endpoint: Box<str>,
 }
 
+/// A record's value as read: its endpoint left as text, checked to be a
+/// JSON object, not parsed into a map only to be written out again.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Record<'a> {
+    version: u64,
+    #[serde(borrow)]
+    endpoint: &'a serde_json::value::RawValue,
+    #[serde(default)]
+    state: EndpointState,
+    #[serde(default)]
+    updated_at: Option<String>,
+}
+
+/// The one field of an endpoint the store checks.
+#[derive(Deserialize)]
+struct Id<'a> {
+    #[serde(borrow)]
+    id: Option<std::borrow::Cow<'a, str>>,
+}
+
 impl Compact {
-    fn new(stored: &StoredEndpoint) -> Compact {
-        Compact {
-            version: stored.version,
-            state: stored.state,
-            updated_at: stored.updated_at.as_deref().map(Box::from),
-            endpoint: serde_json::Value::Object(stored.endpoint.clone())
-                .to_string()
-                .into_boxed_str(),
+    /// The record `bytes` of endpoint `key`, or why it is not one.
+    fn read(key: &str, bytes: &[u8]) -> Result<Compact, String> {
+        let record: Record =
+            serde_json::from_slice(bytes).map_err(|e| format!("not an endpoint record: {e}"))?;
+        let text = record.endpoint.get();
+        if !text.starts_with('{') {
+            return Err("not an endpoint record: its `endpoint` is not an object".into());
         }
+        let id: Id = serde_json::from_str(text)
+            .map_err(|e| format!("not an endpoint record: its `endpoint`: {e}"))?;
+        if id.id.as_deref() != Some(key) {
+            return Err("its endpoint's `id` is not its key".into());
+        }
+        Ok(Compact {
+            version: record.version,
+            state: record.state,
+            updated_at: record.updated_at.map(String::into_boxed_str),
+            endpoint: text.into(),
+        })
     }
 
     fn expand(&self) -> StoredEndpoint {
@@ -392,17 +423,13 @@ impl Store {
                 Outcome::Applied
             }
             Some(bytes) => {
-                let stored: StoredEndpoint = match serde_json::from_slice(bytes) {
+                let stored = match Compact::read(id, bytes) {
                     Ok(s) => s,
-                    Err(e) => {
+                    Err(why) => {
                         drop(table);
-                        return self.bad(&format!("not an endpoint record: {e}"), Some(id));
+                        return self.bad(&why, Some(id));
                     }
                 };
-                if stored.endpoint.get("id").and_then(|v| v.as_str()) != Some(id) {
-                    drop(table);
-                    return self.bad("its endpoint's `id` is not its key", Some(id));
-                }
                 if version.is_some_and(|v| v != stored.version) {
                     drop(table);
                     return self.bad("its version header and its version differ", Some(id));
@@ -410,9 +437,12 @@ impl Store {
                 if stored.version != current + 1 {
                     return Outcome::Stale { current };
                 }
-                table.insert(id.to_owned(), Entry::Live(Compact::new(&stored)));
+                // Expanded only for whoever applies it: a record read while
+                // catching up is not sent (see `Store::new`).
+                let change = self.is_caught_up().then(|| stored.expand());
+                table.insert(id.to_owned(), Entry::Live(stored));
                 drop(table);
-                if self.is_caught_up() {
+                if let Some(stored) = change {
                     let _ = self.changes.send(Change::Upsert {
                         id: id.to_owned(),
                         stored,

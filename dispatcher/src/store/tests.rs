@@ -168,8 +168,8 @@ async fn a_bad_record_is_skipped_and_a_new_replica_reads_the_same_table() {
         )
         .await
         .unwrap();
-    // Garbage written straight into the topic, and a record whose endpoint
-    // names another id.
+    // Garbage written straight into the topic, a record whose endpoint
+    // names another id, and one whose endpoint is not an object.
     let p = producer(kafka.bootstrap());
     for (key, value) in [
         ("a", b"\x00 not json".to_vec()),
@@ -177,6 +177,10 @@ async fn a_bad_record_is_skipped_and_a_new_replica_reads_the_same_table() {
             "b",
             serde_json::to_vec(&json!({"version": 1, "endpoint": {"id": "c", "events": ["*"]}}))
                 .unwrap(),
+        ),
+        (
+            "e",
+            serde_json::to_vec(&json!({"version": 1, "endpoint": ["e", ["*"]]})).unwrap(),
         ),
     ] {
         p.send(
@@ -202,16 +206,16 @@ async fn a_bad_record_is_skipped_and_a_new_replica_reads_the_same_table() {
     // The garbage lies on other partitions than d's: the follower reads
     // them in its own time, not before d's write comes back.
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while store.bad_records.get() < 2 && std::time::Instant::now() < deadline {
+    while store.bad_records.get() < 3 && std::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(store.bad_records.get(), 2);
+    assert_eq!(store.bad_records.get(), 3);
     assert_eq!(
         store.get("a").unwrap().version,
         1,
         "the previous version stays"
     );
-    assert!(store.get("b").is_none() && store.get("c").is_none());
+    assert!(store.get("b").is_none() && store.get("c").is_none() && store.get("e").is_none());
 
     // A second replica, starting now, catches up to the same endpoints.
     let (other, mut other_changes, _s) = open(&kafka).await;
