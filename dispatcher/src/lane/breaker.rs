@@ -84,9 +84,9 @@ pub struct Breaker {
     /// Shared with the lane's settings (and, when alike, other lanes').
     config: Arc<BreakerConfig>,
     state: State,
-    /// (successes, failures) per bucket, `bucket_span` each, ring-indexed.
+    /// (successes, failures) per bucket, [`Breaker::bucket_span`] each,
+    /// ring-indexed.
     buckets: [(u32, u32); BUCKETS],
-    bucket_span: Duration,
     /// Start of the bucket at `head`.
     head_start: Instant,
     head: usize,
@@ -95,12 +95,10 @@ pub struct Breaker {
 impl Breaker {
     pub fn new(config: impl Into<Arc<BreakerConfig>>, now: Instant) -> Breaker {
         let config = config.into();
-        let bucket_span = (config.window / BUCKETS as u32).max(Duration::from_millis(1));
         Breaker {
             config,
             state: State::Closed,
             buckets: [(0, 0); BUCKETS],
-            bucket_span,
             head_start: now,
             head: 0,
         }
@@ -223,18 +221,23 @@ impl Breaker {
         self.head_start = now;
     }
 
+    /// How long one bucket lasts.
+    fn bucket_span(&self) -> Duration {
+        (self.config.window / BUCKETS as u32).max(Duration::from_millis(1))
+    }
+
     /// Move the ring forward to the bucket that contains `now`, clearing
     /// the buckets that fell out of the window.
     fn advance(&mut self, now: Instant) {
+        let span = self.bucket_span();
         let mut steps = 0;
-        while now.saturating_duration_since(self.head_start) >= self.bucket_span && steps < BUCKETS
-        {
+        while now.saturating_duration_since(self.head_start) >= span && steps < BUCKETS {
             self.head = (self.head + 1) % BUCKETS;
             self.buckets[self.head] = (0, 0);
-            self.head_start += self.bucket_span;
+            self.head_start += span;
             steps += 1;
         }
-        if now.saturating_duration_since(self.head_start) >= self.bucket_span {
+        if now.saturating_duration_since(self.head_start) >= span {
             // Idle for more than a whole window: start over.
             self.head_start = now;
         }

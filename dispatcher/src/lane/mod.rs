@@ -292,7 +292,9 @@ struct Lane {
     inbox: Arc<Inbox>,
     breaker: Breaker,
     concurrency: Concurrency,
-    limiter: Option<DefaultDirectRateLimiter>,
+    /// Boxed: most endpoints have none, and a resting lane should not
+    /// carry its 72 bytes.
+    limiter: Option<Box<DefaultDirectRateLimiter>>,
     /// Sends in flight.
     sends: usize,
     /// Park and dead-letter writes in flight.
@@ -398,7 +400,7 @@ impl LaneSettings {
 }
 
 /// A limiter for this replica's share of `config`.
-fn limiter(config: &RateLimitConfig, share: f64) -> DefaultDirectRateLimiter {
+fn limiter(config: &RateLimitConfig, share: f64) -> Box<DefaultDirectRateLimiter> {
     let rate = (config.per_second * share).max(0.001);
     let burst = config
         .burst
@@ -408,7 +410,7 @@ fn limiter(config: &RateLimitConfig, share: f64) -> DefaultDirectRateLimiter {
     let quota = Quota::with_period(Duration::from_secs_f64(1.0 / rate))
         .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
         .allow_burst(burst);
-    RateLimiter::direct(quota)
+    Box::new(RateLimiter::direct(quota))
 }
 
 /// Where the next delivery comes from.
