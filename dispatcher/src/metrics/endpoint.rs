@@ -4,7 +4,8 @@
 //! A registered series costs its label strings and a map entry for as long
 //! as it exists, and every one of them is in every scrape. At 100,000
 //! endpoints that was ~50 series each, millions per replica. Here an
-//! endpoint's counters are a few hundred bytes of atomics; which of them
+//! endpoint's counters are a few hundred bytes of atomics, allocated by
+//! its first count (see [`LazyCounters`]); which of them
 //! become series, and which are only summed into their tenant's, is decided
 //! at scrape time by [`super::table`]. The lane's hot path is the same
 //! `fetch_add` a registered counter does.
