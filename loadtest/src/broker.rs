@@ -18,6 +18,9 @@ use rdkafka::ClientConfig;
 use serde::Serialize;
 use transports::DeliveryId;
 
+/// The OS name of the mock cluster's thread (librdkafka names it so).
+const EMBEDDED_THREAD: &str = "rdk:mock";
+
 /// The topics of one run.
 #[derive(Debug, Clone)]
 pub struct Topics {
@@ -81,6 +84,17 @@ impl Broker {
 
     pub fn is_embedded(&self) -> bool {
         self.embedded.is_some()
+    }
+
+    /// The embedded broker's CPU time so far (`None` for a broker given on
+    /// the command line, whose process is not ours to read): librdkafka's
+    /// mock cluster serves every request on one thread, `rdk:mock`, in this
+    /// process, so its time is the broker's and not the load tester's own.
+    pub fn embedded_cpu(embedded: bool) -> Option<Duration> {
+        if !embedded {
+            return None;
+        }
+        crate::procstat::threads_named(EMBEDDED_THREAD)
     }
 
     /// Create more topics (the dispatcher's retry tiers, known once its

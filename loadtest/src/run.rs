@@ -85,6 +85,8 @@ struct Live {
     run_started: Instant,
     interval: Duration,
     progress: bool,
+    /// The broker runs in this process (its CPU is sampled apart).
+    broker_embedded: bool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -150,6 +152,7 @@ async fn monitor(live: Arc<Live>) {
     let mut last_produced = 0;
     let mut last_cpu: Option<Duration> = None;
     let mut last_own_cpu = procstat::cpu(None);
+    let mut last_broker_cpu = Broker::embedded_cpu(live.broker_embedded);
     let mut last_progress = Instant::now();
     let mut last_kill = Instant::now();
     let mut next_victim = 0;
@@ -213,6 +216,14 @@ async fn monitor(live: Arc<Live>) {
                 _ => None,
             };
             last_own_cpu = own_cpu;
+            let broker_cpu = Broker::embedded_cpu(live.broker_embedded);
+            let broker_cores = match (broker_cpu, last_broker_cpu) {
+                (Some(c), Some(l)) => {
+                    Some(c.saturating_sub(l).as_secs_f64() / (now - last_sample).as_secs_f64())
+                }
+                _ => None,
+            };
+            last_broker_cpu = broker_cpu;
             let dt = (now - last_sample).as_secs_f64();
             let produced = live.produced.load(Ordering::Relaxed);
             let ages = Percentiles::of(&live.sink.take_interval_ages());
@@ -234,6 +245,7 @@ async fn monitor(live: Arc<Live>) {
                 rss_mb: usage.map(|u| mb(u.rss_bytes)),
                 cpu_cores: cores,
                 loadtest_cores: own_cores,
+                broker_cores,
                 backlog_deliveries: usage.map(|_| backlog),
                 backlog_oldest_s: usage.map(|_| oldest),
             });
@@ -503,6 +515,7 @@ async fn run_once(scenario: &Scenario, opts: &RunOptions) -> anyhow::Result<Repo
         run_started,
         interval: scenario.interval,
         progress: opts.progress,
+        broker_embedded: broker.is_embedded(),
     });
     let monitor_task = tokio::spawn(monitor(live.clone()));
     // Whatever happens below, the monitor stops and the dispatchers die.
@@ -575,6 +588,9 @@ async fn run_once(scenario: &Scenario, opts: &RunOptions) -> anyhow::Result<Repo
         _ => 0.0,
     };
     let own_window = run_started.elapsed().as_secs_f64();
+    // The mock cluster's thread starts with the broker, before the run: all
+    // of its time is this run's (one broker per run).
+    let broker_cpu_s = Broker::embedded_cpu(broker.is_embedded()).map(|c| c.as_secs_f64());
 
     // What went to the spill topic, read back: written once each?
     let spilled = lock(&live.metrics).spilled();
@@ -747,6 +763,8 @@ async fn run_once(scenario: &Scenario, opts: &RunOptions) -> anyhow::Result<Repo
         load_tester: LoadTesterUsage {
             cpu_s: own_cpu_s,
             mean_cores: own_cpu_s / own_window.max(1e-3),
+            broker_cpu_s,
+            broker_mean_cores: broker_cpu_s.map(|c| c / own_window.max(1e-3)),
         },
         spill,
         final_settle: driven.final_settle,

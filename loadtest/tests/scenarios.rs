@@ -81,6 +81,18 @@ async fn short_baseline_loses_nothing() {
     assert!(r.dispatcher.rss_peak_mb.is_some_and(|m| m > 1.0));
     assert!(r.dispatcher.cpu_s > 0.0);
     assert!(!r.series.is_empty());
+    // The embedded broker's thread worked for the run, and is part of the
+    // load tester's own CPU.
+    let broker_cpu = r
+        .load_tester
+        .broker_cpu_s
+        .expect("the embedded broker's CPU");
+    assert!(
+        broker_cpu > 0.0 && broker_cpu <= r.load_tester.cpu_s + 0.05,
+        "{:?}",
+        r.load_tester
+    );
+    assert!(r.series.iter().any(|x| x.broker_cores.is_some()));
     // Targets are reported, not asserted: a debug build on a shared
     // machine says nothing about them. They must have been measured.
     assert!(

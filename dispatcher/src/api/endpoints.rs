@@ -1573,9 +1573,11 @@ pub async fn stats(
     let view = state.view(&id).ok_or_else(|| ApiError::not_found(&id))?;
     let routing = state.ctx.routing.borrow().clone();
     let lane = routing.find(&id).and_then(|i| routing.lane(i));
-    let m = lane.map(|l| &l.metrics);
-    let count = |f: &dyn Fn(&crate::metrics::EndpointMetrics) -> u64| m.map_or(0, f);
-    let gauge = |f: &dyn Fn(&crate::metrics::EndpointMetrics) -> i64| m.map_or(0, f);
+    let metrics = lane.map(|l| &l.metrics);
+    // Read without allocating an idle endpoint's counters.
+    let m = metrics.map(|m| m.peek());
+    let count = |f: &dyn Fn(&crate::metrics::EndpointCounters) -> u64| m.map_or(0, f);
+    let gauge = |f: &dyn Fn(&crate::metrics::EndpointCounters) -> i64| m.map_or(0, f);
     Ok(Json(EndpointStats {
         id: id.clone(),
         scope: "this replica".into(),
@@ -1604,7 +1606,7 @@ pub async fn stats(
         .into(),
         queue_depth: gauge(&|m| m.queue_depth.get()),
         in_flight: gauge(&|m| m.in_flight.get()),
-        concurrency_limit: gauge(&|m| m.concurrency_limit().get()),
+        concurrency_limit: metrics.map_or(0, |m| m.concurrency_limit().get()),
         backlog: gauge(&|m| m.backlog.get()),
         backlog_oldest_age_seconds: m.map_or(0.0, |m| m.backlog_age.get()),
         spilling: gauge(&|m| m.spilling.get()) != 0,

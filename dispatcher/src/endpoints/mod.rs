@@ -356,10 +356,10 @@ impl Endpoints {
     /// Apply one change read from the store.
     fn apply(&mut self, change: Change) {
         // A change the store has moved past since it was sent: the store's
-        // reader sends one for every record it reads, and at start-up it
-        // reads the topic's history (old versions, deletes of endpoints
-        // created again), which the lanes, made from the store's latest
-        // state, are already past. The later change is in force or queued.
+        // reader sends one for every record it reads once caught up, and a
+        // burst of writes may queue several versions of one endpoint,
+        // which the lanes, made from the store's latest state, may already
+        // be past. The later change is in force or queued.
         let (id, version) = match &change {
             Change::Upsert { id, stored } => (id, stored.version),
             Change::Delete { id, version } => (id, *version),
@@ -376,9 +376,10 @@ impl Endpoints {
                     .and_then(|i| self.lanes[i].as_ref().map(|m| (i, m.origin, m.deleting)));
                 match lane {
                     // A file endpoint: only its state lives in the store.
-                    // Or the version in force, read again (as every record
-                    // is when the store's reader catches up at start-up):
-                    // only its state may say something new.
+                    // Or the version in force, read again (a record written
+                    // between the store's catch-up and the lanes' start is in
+                    // the table they were made from and comes as a change
+                    // too): only its state may say something new.
                     Some((i, origin, deleting))
                         if origin == Origin::File
                             || (origin == Origin::Store(stored.version) && !deleting) =>

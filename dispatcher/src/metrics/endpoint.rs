@@ -295,6 +295,12 @@ impl EndpointMetrics {
     pub fn concurrency_limit(&self) -> &Gauge {
         &self.counters.concurrency_limit
     }
+
+    /// The counters to read, without allocating them (see
+    /// [`LazyCounters::peek`]).
+    pub fn peek(&self) -> &EndpointCounters {
+        self.counters.peek()
+    }
 }
 
 /// Writes allocate the counters (see [`LazyCounters`]).

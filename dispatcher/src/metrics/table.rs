@@ -83,7 +83,8 @@ struct Entry {
     prev: Option<Box<Totals>>,
     /// Shown in the previous scrape.
     shown: bool,
-    /// Seen by a scrape before (`prev` holds something).
+    /// Seen by a scrape before (`prev` holds its totals then, `None` for
+    /// zeros).
     scraped: bool,
 }
 

@@ -208,6 +208,11 @@ pub fn render(r: &Report) -> Result<String, ChartError> {
         &[
             ("dispatcher", series(|x| x.cpu_cores), RED),
             ("load tester", series(|x| x.loadtest_cores), BLUE),
+            (
+                "embedded broker (of the load tester)",
+                series(|x| x.broker_cores),
+                GREEN,
+            ),
         ],
     )?);
     if s.iter()

@@ -75,6 +75,12 @@ pub struct Report {
 pub struct LoadTesterUsage {
     pub cpu_s: f64,
     pub mean_cores: f64,
+    /// Of that, the embedded broker's (its thread in this process); absent
+    /// with a broker given on the command line.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub broker_cpu_s: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub broker_mean_cores: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -301,9 +307,12 @@ pub struct Sample {
     pub rss_mb: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cpu_cores: Option<f64>,
-    /// The load tester's own process.
+    /// The load tester's own process (the embedded broker included).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub loadtest_cores: Option<f64>,
+    /// The embedded broker's thread alone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub broker_cores: Option<f64>,
     /// Deliveries waiting in Kafka (dispatcher metrics), all endpoints.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub backlog_deliveries: Option<f64>,
@@ -648,8 +657,13 @@ pub(crate) fn isolation_text(o: &mut String, r: &Report) {
     }
     let _ = writeln!(
         o,
-        "load tester (broker if embedded, producer, receivers): CPU {:.1} s = {:.2} cores",
-        r.load_tester.cpu_s, r.load_tester.mean_cores
+        "load tester (broker if embedded, producer, receivers): CPU {:.1} s = {:.2} cores{}",
+        r.load_tester.cpu_s,
+        r.load_tester.mean_cores,
+        match (r.load_tester.broker_cpu_s, r.load_tester.broker_mean_cores) {
+            (Some(s), Some(c)) => format!(", of which the embedded broker {s:.1} s = {c:.2} cores"),
+            _ => String::new(),
+        }
     );
 }
 
