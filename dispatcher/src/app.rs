@@ -214,7 +214,7 @@ pub async fn start_with(config: Config, registry: &Registry) -> anyhow::Result<R
     let dedup: Dedup = moka::sync::Cache::builder()
         .max_capacity(config.pipeline.dedup.max_entries)
         .time_to_live(config.pipeline.dedup.ttl)
-        .build();
+        .build_with_hasher(foldhash::fast::RandomState::default());
     let (share_tx, share_rx) = watch::channel(1.0f64);
 
     // Endpoints often share a host (one receiver, many webhooks). Idle
