@@ -47,9 +47,3 @@ impl LaneTransport {
         }
     }
 }
-
-impl From<Arc<dyn Transport>> for LaneTransport {
-    fn from(t: Arc<dyn Transport>) -> Self {
-        LaneTransport::Kept(t)
-    }
-}
