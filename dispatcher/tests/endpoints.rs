@@ -178,6 +178,69 @@ async fn a_url_changed_mid_flow_loses_nothing() {
     running.shutdown().await.unwrap();
 }
 
+/// An endpoint's lane is made at its first delivery, with the settings in
+/// force then: a change written before it replaces what the lane will be
+/// made from, and an endpoint no event is routed to has no lane at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lane_is_made_at_its_first_delivery_with_the_settings_in_force_then() {
+    support::init_logging();
+    let kafka = support::embedded_kafka(2);
+    let before = Sink::start(Behaviour::Ok).await;
+    let after = Sink::start(Behaviour::Ok).await;
+    let running = start(config(kafka.bootstrap(), "made", "", "")).await;
+    let moving = |url: String| endpoint(json!({"id": "moving", "url": url, "events": ["*"]}));
+    running
+        .store
+        .write("moving", 0, Some((moving(before.url("/")), RUNNING)))
+        .await
+        .unwrap();
+    let nobody = json!({"id": "never", "url": after.url("/never"), "events": ["*"],
+        "filter": {"data.whatsapp_account_id": "nobody-has-this"}});
+    running
+        .store
+        .write("never", 0, Some((endpoint(nobody), RUNNING)))
+        .await
+        .unwrap();
+    let m = running.metrics.clone();
+    wait_until(
+        Duration::from_secs(30),
+        "both endpoints are in force",
+        || m.store_endpoints.get() == 2,
+    )
+    .await;
+    assert_eq!(m.lanes_made.get(), 0, "no lane before any work");
+    running
+        .store
+        .write("moving", 1, Some((moving(after.url("/")), RUNNING)))
+        .await
+        .unwrap();
+    wait_until(Duration::from_secs(30), "the change is applied", || {
+        m.endpoint_changes.with_label_values(&["updated"]).get() == 1
+    })
+    .await;
+    assert_eq!(m.lanes_made.get(), 0, "a change makes no lane");
+
+    let values = events(66, 20);
+    produce(kafka.bootstrap(), "events", &values).await;
+    wait_until(
+        Duration::from_secs(30),
+        "the new URL gets everything",
+        || got(&after) == data(&values),
+    )
+    .await;
+    assert_eq!(before.count(), 0, "the old URL gets nothing");
+    assert_eq!(
+        m.lanes_made.get(),
+        1,
+        "only the endpoint that had work has a lane"
+    );
+    assert!(
+        m.render().contains("dispatcher_lanes_made 1"),
+        "and the scrape says so"
+    );
+    running.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_endpoint_in_the_store_waits_and_resumes() {
     support::init_logging();

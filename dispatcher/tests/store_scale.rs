@@ -152,9 +152,15 @@ async fn start_from_a_store(bootstrap: &str, n: usize, broker: &str) {
         })
         .count();
     assert_eq!(allocated, 0, "idle endpoints allocated their counters");
+    // Nor made their lanes: that waits for their first delivery.
+    assert_eq!(
+        running.metrics.lanes_made.get(),
+        0,
+        "idle endpoints made lanes"
+    );
     let rss_after = rss_mib();
     println!(
-        "store of {n} endpoints on {broker}: written in {write_s:.1} s; start() returned (store read, lanes made) after {caught_up_s:.1} s; ready after {ready_s:.1} s; RSS {rss_after} MiB, {rss_before} MiB before start(): {:.1} KB per idle endpoint",
+        "store of {n} endpoints on {broker}: written in {write_s:.1} s; start() returned (store read, endpoints in force) after {caught_up_s:.1} s; ready after {ready_s:.1} s; RSS {rss_after} MiB, {rss_before} MiB before start(): {:.1} KB per idle endpoint",
         (rss_after.saturating_sub(rss_before) * 1024) as f64 / n as f64
     );
     running.shutdown().await.unwrap();

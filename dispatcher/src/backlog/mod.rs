@@ -184,7 +184,7 @@ impl Backlogs {
                     return;
                 }
             }
-            if !handle.inbox.has_room() {
+            if !handle.inbox().has_room() {
                 quiet_since = None;
                 let since = *no_room_since.get_or_insert_with(Instant::now);
                 if reader.is_some() && since.elapsed() >= IDLE_CLOSE {
@@ -193,7 +193,7 @@ impl Backlogs {
                     reader = None;
                 }
                 tokio::select! {
-                    _ = handle.inbox.room() => {}
+                    _ = handle.inbox().room() => {}
                     _ = waker.notified() => refresh_at = Instant::now(),
                     _ = tokio::time::sleep(REFRESH) => {}
                     _ = shutdown.changed() => {}
@@ -314,7 +314,7 @@ impl Backlogs {
             ticket,
             parked: Some(Box::new((parked.delivery_id, parked.state))),
         };
-        match handle.inbox.give_back(job) {
+        match handle.inbox().give_back(job) {
             Ok(()) => {
                 handle.metrics.backlog_drained.inc();
                 partition.reader_progress(lane, ts);

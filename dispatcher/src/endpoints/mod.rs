@@ -38,8 +38,8 @@ use crate::config::{Config, EndpointConfig};
 use crate::dlq::DeadLetters;
 use crate::fatal::Fatal;
 use crate::lane::{
-    self, BreakerConfig, Dedup, Evictions, Exit, Interned, LaneDeps, LaneHandle, LaneSettings,
-    LaneShared, LaneTransport, LaneUpdate, RetryConfig, Runner, Shares, Started,
+    self, BreakerConfig, Dedup, Evictions, Exit, Interned, LaneHandle, LaneSettings, LaneShared,
+    LaneTransport, LaneUpdate, RetryConfig, Shares, Started,
 };
 use crate::metrics::Metrics;
 use crate::offsets::{Budget, HoldIndex};
@@ -118,10 +118,8 @@ enum Origin {
 }
 
 struct Managed {
+    /// Its lane, made at its first work.
     handle: LaneHandle,
-    /// Runs the lane's task while it has work, and owns the lane: its
-    /// inbox and switches hold it weakly, to wake it.
-    _runner: Arc<Runner>,
     /// What its transport is built from (shared with the lane's builder,
     /// when the lane builds it). The rest of the endpoint's config lives
     /// on only in the lane's settings and in `subscriber`.
@@ -187,6 +185,7 @@ impl Endpoints {
         let (started_tx, started_rx) = mpsc::unbounded_channel();
         let p = &config.pipeline;
         let lane_shared = Arc::new(LaneShared {
+            share: kit.share.clone(),
             parker: kit.parker.clone(),
             dead_letters: kit.dead_letters.clone(),
             dedup: kit.dedup.clone(),
@@ -196,6 +195,7 @@ impl Endpoints {
             holds: kit.holds.clone(),
             disabled: Some(disabled_tx),
             started: started_tx,
+            lanes_made: kit.metrics.lanes_made.clone(),
             in_memory_max: p.in_memory_retry_max,
             paused_recheck: p.paused_recheck,
             spill_after: p.spill_after,
@@ -231,6 +231,9 @@ impl Endpoints {
             .filter(|e| e.enabled)
             .cloned()
             .collect();
+        // Exactly: at 100,000 endpoints a doubled Vec's spare half costs
+        // megabytes.
+        this.lanes.reserve_exact(file.len() + this.store.len());
         for ep in file {
             let state = this
                 .store
@@ -330,20 +333,14 @@ impl Endpoints {
                 .metrics
                 .endpoint_of(&ep.id, &ep.transport, ep.tenant.as_deref(), ep.metrics);
         self.kit.metrics.init_transport_series(&ep.transport);
-        let deps = LaneDeps {
-            shared: self.lane_shared.clone(),
-            share: self.kit.share.clone(),
-            metrics,
-        };
         let settings = self.settings(&ep, index, transport.clone(), state.paused);
-        let (handle, runner) = lane::create(settings, deps);
+        let handle = lane::create(settings, self.lane_shared.clone(), metrics);
         if state.disabled {
-            handle.control.set(state.paused, true);
+            handle.set_switches(state.paused, true);
         }
         self.by_id.insert(handle.endpoint_id.clone(), index);
         self.lanes.push(Some(Managed {
             handle,
-            _runner: runner,
             spec,
             subscriber: routed(&ep, index),
             transport,
@@ -386,8 +383,7 @@ impl Endpoints {
                     {
                         if let Some(m) = self.lanes[i].as_ref() {
                             m.handle
-                                .control
-                                .set(stored.state.paused, stored.state.disabled);
+                                .set_switches(stored.state.paused, stored.state.disabled);
                         }
                     }
                     Some((i, previous, false)) => {
@@ -430,10 +426,10 @@ impl Endpoints {
                 };
                 match m.origin {
                     // The file's endpoint stays; only its stored state went.
-                    Origin::File => m.handle.control.set(false, false),
+                    Origin::File => m.handle.set_switches(false, false),
                     Origin::Store(_) if !m.deleting => {
                         m.deleting = true;
-                        m.handle.control.update(LaneUpdate::Delete);
+                        m.handle.update(LaneUpdate::Delete);
                         self.kit
                             .metrics
                             .endpoint_changes
@@ -471,10 +467,8 @@ impl Endpoints {
         let Some(m) = self.lanes[i].as_mut() else {
             return Ok(());
         };
-        m.handle
-            .control
-            .update(LaneUpdate::Settings(Box::new(settings)));
-        m.handle.control.set(state.paused, state.disabled);
+        m.handle.update(LaneUpdate::Settings(Box::new(settings)));
+        m.handle.set_switches(state.paused, state.disabled);
         self.kit
             .metrics
             .endpoint_changed(&ep.id, &ep.transport, ep.tenant.as_deref(), ep.metrics);
@@ -687,7 +681,7 @@ impl Endpoints {
         // A closed inbox wakes its lane's task, if it has one, to finish;
         // a lane without one has nothing to finish.
         for m in self.lanes.iter().flatten() {
-            m.handle.inbox.close();
+            m.handle.close();
         }
         let all = async {
             loop {

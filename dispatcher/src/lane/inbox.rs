@@ -80,10 +80,13 @@ pub struct Shares {
     /// their last lane goes).
     known_tenants: Arc<AtomicUsize>,
     tenants: Mutex<HashMap<Arc<str>, Weak<TenantShare>>>,
+    /// The one account of all lanes without a tenant, which no share
+    /// bounds.
+    unnamed: Arc<TenantShare>,
     pub front: Arc<Front>,
 }
 
-/// What one tenant's lanes hold together. Lanes without a tenant have one
+/// What one tenant's lanes hold together. Lanes without a tenant share one
 /// too, which no share bounds (`known` is `None`).
 #[derive(Default)]
 pub struct TenantShare {
@@ -97,6 +100,21 @@ pub struct TenantShare {
 impl TenantShare {
     fn named(&self) -> bool {
         self.known.is_some()
+    }
+
+    // The account of the lanes without a tenant bounds nothing and is
+    // shared by all of them: it counts nothing, so that their offers do
+    // not all write one cache line.
+    fn add(&self, bytes: usize) {
+        if self.named() {
+            self.bytes.fetch_add(bytes, Ordering::AcqRel);
+        }
+    }
+
+    fn sub(&self, bytes: usize) {
+        if self.named() {
+            self.bytes.fetch_sub(bytes, Ordering::AcqRel);
+        }
     }
 }
 
@@ -116,6 +134,7 @@ impl Shares {
             active_tenants: AtomicUsize::new(0),
             known_tenants: Arc::new(AtomicUsize::new(0)),
             tenants: Mutex::default(),
+            unnamed: Arc::default(),
             front,
         }
     }
@@ -140,10 +159,10 @@ impl Shares {
     }
 
     /// The account of `tenant`'s lanes, shared by all its lanes while any
-    /// is alive; a lane without a tenant gets one of its own, unbounded.
+    /// is alive; the lanes without a tenant share one, unbounded.
     pub fn tenant(&self, tenant: Option<&str>) -> Arc<TenantShare> {
         let Some(tenant) = tenant else {
-            return Arc::new(TenantShare::default());
+            return self.unnamed.clone();
         };
         let mut tenants = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(t) = tenants.get(tenant).and_then(Weak::upgrade) {
@@ -163,14 +182,14 @@ impl Shares {
 
     fn lane_active(&self, tenant: &TenantShare) {
         self.active.fetch_add(1, Ordering::AcqRel);
-        if tenant.active.fetch_add(1, Ordering::AcqRel) == 0 && tenant.named() {
+        if tenant.named() && tenant.active.fetch_add(1, Ordering::AcqRel) == 0 {
             self.active_tenants.fetch_add(1, Ordering::AcqRel);
         }
     }
 
     fn lane_idle(&self, tenant: &TenantShare) {
         self.active.fetch_sub(1, Ordering::AcqRel);
-        if tenant.active.fetch_sub(1, Ordering::AcqRel) == 1 && tenant.named() {
+        if tenant.named() && tenant.active.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.active_tenants.fetch_sub(1, Ordering::AcqRel);
         }
     }
@@ -321,9 +340,9 @@ impl Inbox {
         if q.len() > 0 {
             let held = q.tenant_bytes();
             self.shares.lane_idle(&q.tenant);
-            q.tenant.bytes.fetch_sub(held, Ordering::AcqRel);
+            q.tenant.sub(held);
             self.shares.lane_active(&tenant);
-            tenant.bytes.fetch_add(held, Ordering::AcqRel);
+            tenant.add(held);
         }
         q.tenant = tenant;
     }
@@ -381,9 +400,7 @@ impl Inbox {
             self.shares.lane_active(&q.tenant);
         }
         q.bytes += w;
-        q.tenant
-            .bytes
-            .fetch_add(w + crate::offsets::RECORD_OVERHEAD, Ordering::AcqRel);
+        q.tenant.add(w + crate::offsets::RECORD_OVERHEAD);
     }
 
     /// Account for `jobs` leaving the queues.
@@ -401,7 +418,7 @@ impl Inbox {
             self.shares.lane_idle(&q.tenant);
         }
         let gone = before - q.bytes + removed * crate::offsets::RECORD_OVERHEAD;
-        q.tenant.bytes.fetch_sub(gone, Ordering::AcqRel);
+        q.tenant.sub(gone);
     }
 
     /// Queue a delivery read back from an internal topic, or refuse it:

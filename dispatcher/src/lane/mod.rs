@@ -2,9 +2,10 @@
 //! breaker and retries — everything that makes an endpoint an isolated,
 //! well-behaved consumer of its own deliveries.
 //!
-//! Every endpoint has its own lane, run by a task of its own while it has
-//! work (see [`Runner`]: an idle lane holds no task), so a slow, throttled
-//! or dead endpoint only ever waits on itself. Nothing upstream waits on a lane:
+//! Every endpoint has its own lane, made at its first work (see
+//! [`LaneHandle`]: until then it is its settings and switches) and run by a
+//! task of its own while it has work (see [`Runner`]: an idle lane holds no
+//! task), so a slow, throttled or dead endpoint only ever waits on itself. Nothing upstream waits on a lane:
 //! its [`Inbox`] refuses what it has no room for, and the refused work stays
 //! in Kafka (fresh deliveries are spilled by the source, see
 //! [`crate::spill`]; returned ones stay under their endpoint's hold, see
@@ -29,6 +30,7 @@ mod breaker;
 mod concurrency;
 mod connect;
 mod front;
+mod handle;
 mod inbox;
 mod interned;
 mod retry;
@@ -38,6 +40,7 @@ pub use breaker::{BreakerConfig, State as BreakerState};
 pub use concurrency::Concurrency;
 pub use connect::{Connect, LaneTransport};
 pub use front::Front;
+pub use handle::{create, LaneCore, LaneHandle};
 pub use inbox::{Evictions, Inbox, Refused, Shares};
 pub use interned::Interned;
 pub use retry::{RetryConfig, MAX_RETRY_AFTER};
@@ -138,6 +141,9 @@ impl Job {
 pub struct Control {
     paused: AtomicBool,
     disabled: AtomicBool,
+    /// Its lane was closed before it was made (shutdown): it is made
+    /// closed, if ever (see [`LaneCore::close`]).
+    closed: AtomicBool,
     changed: Notify,
     /// Its lane may have no task: a change starts one.
     waker: Waker,
@@ -153,22 +159,9 @@ impl Control {
     pub fn disabled(&self) -> bool {
         self.disabled.load(Ordering::Acquire)
     }
-    /// Pause: nothing is sent until resumed; the endpoint's deliveries wait
-    /// in Kafka.
-    pub fn pause(&self) {
-        self.paused.store(true, Ordering::Release);
-        self.changed.notify_one();
-        self.waker.wake();
-    }
-    /// Resume a paused endpoint, and re-enable one that a 410 disabled.
-    pub fn resume(&self) {
-        self.paused.store(false, Ordering::Release);
-        self.disabled.store(false, Ordering::Release);
-        self.changed.notify_one();
-        self.waker.wake();
-    }
-    /// Set both switches at once, as the endpoint store says.
-    pub fn set(&self, paused: bool, disabled: bool) {
+    /// Set both switches at once, as the endpoint store says (callers go
+    /// through [`LaneCore::set_switches`]).
+    fn set(&self, paused: bool, disabled: bool) {
         let before = (self.paused(), self.disabled());
         self.paused.store(paused, Ordering::Release);
         self.disabled.store(disabled, Ordering::Release);
@@ -181,8 +174,9 @@ impl Control {
         self.disabled.store(true, Ordering::Release);
     }
     /// Hand the lane a change of its endpoint; it applies it at its next
-    /// look at its work.
-    pub fn update(&self, update: LaneUpdate) {
+    /// look at its work (callers go through [`LaneCore::update`], which
+    /// knows whether the lane was made).
+    fn update(&self, update: LaneUpdate) {
         self.pending_updates().push(update);
         self.changed.notify_one();
         self.waker.wake();
@@ -190,17 +184,6 @@ impl Control {
     fn pending_updates(&self) -> MutexGuard<'_, Vec<LaneUpdate>> {
         self.updates.lock().unwrap_or_else(|e| e.into_inner())
     }
-}
-
-/// The source's and the readers' handle on a lane.
-#[derive(Clone)]
-pub struct LaneHandle {
-    pub endpoint_id: Arc<str>,
-    /// The lane's index: how holds and spill marks name it.
-    pub index: usize,
-    pub control: Arc<Control>,
-    pub inbox: Arc<Inbox>,
-    pub metrics: EndpointMetrics,
 }
 
 /// Everything a lane is configured with.
@@ -221,7 +204,7 @@ pub struct LaneSettings {
 }
 
 /// What a lane is given besides its settings.
-pub struct LaneDeps {
+struct LaneDeps {
     pub shared: Arc<LaneShared>,
     /// This replica's share of every rate limit (a receiver of its own:
     /// each lane notices a change by itself).
@@ -232,6 +215,9 @@ pub struct LaneDeps {
 /// What every lane uses alike: the shared services and the pipeline's
 /// settings, held once for all of them (a replica may have 100,000 lanes).
 pub struct LaneShared {
+    /// This replica's share of every rate limit; each lane holds a
+    /// receiver of its own, cloned from this one.
+    pub share: watch::Receiver<f64>,
     pub parker: Arc<Parker>,
     pub dead_letters: Arc<DeadLetters>,
     pub dedup: Dedup,
@@ -249,6 +235,9 @@ pub struct LaneShared {
     pub disabled: Option<mpsc::UnboundedSender<usize>>,
     /// Told of every task started for the lane (see [`Runner`]).
     pub started: mpsc::UnboundedSender<Started>,
+    /// `dispatcher_lanes_made`: lanes alive that were made (see
+    /// [`LaneHandle`]).
+    pub lanes_made: prometheus::IntGauge,
     /// Waits up to this long are kept in memory; longer ones are parked.
     pub in_memory_max: Duration,
     /// How long a paused endpoint's retries wait in the retry topics before
@@ -333,65 +322,32 @@ const MAX_WRITES: usize = 64;
 /// wait alike, it does not): a tenth of `spill_after`, not under this.
 const LAG_CHECK: Duration = Duration::from_millis(100);
 
-/// Make a lane, with no task yet: its [`Runner`] starts one whenever it
-/// has work, until its inbox is closed and everything it holds is final
-/// (or, for a deleted endpoint, nothing of its work is left).
-/// [`Control::update`] changes it.
-pub fn create(settings: LaneSettings, deps: LaneDeps) -> (LaneHandle, Arc<Runner>) {
-    let inbox = Arc::new(Inbox::new(
-        settings.queue_capacity,
-        returned_cap(settings.max_in_flight),
-        settings.index,
-        deps.shared.evictions.clone(),
-        deps.shared.shares.clone(),
-        deps.shared.shares.tenant(settings.tenant.as_deref()),
-    ));
-    let control = Arc::new(Control::default());
-    if settings.paused {
-        control.paused.store(true, Ordering::Release);
-        inbox.set_accepting(false);
+impl Lane {
+    /// A lane, with no task yet: its [`Runner`] starts one whenever it has
+    /// work, until its inbox is closed and everything it holds is final
+    /// (or, for a deleted endpoint, nothing of its work is left). Made by
+    /// its handle at its first work (see [`LaneHandle`]).
+    fn new(s: LaneSettings, d: LaneDeps, control: Arc<Control>, inbox: Arc<Inbox>) -> Lane {
+        let share = *d.share.borrow();
+        Lane {
+            deleting: false,
+            lag_check: None,
+            breaker: Breaker::new(s.breaker.clone(), Instant::now()),
+            concurrency: Concurrency::new(s.max_in_flight, s.adaptive_concurrency),
+            limiter: s.rate_limit.as_ref().map(|r| limiter(r, share)),
+            s,
+            d,
+            control,
+            inbox,
+            sends: 0,
+            writes: 0,
+            ready: VecDeque::new(),
+            waiting: None,
+            blocked_until: None,
+            picks: 0,
+            connection: None,
+        }
     }
-    let handle = LaneHandle {
-        endpoint_id: settings.endpoint_id.clone(),
-        index: settings.index,
-        control: control.clone(),
-        inbox: inbox.clone(),
-        metrics: deps.metrics.clone(),
-    };
-    let share = *deps.share.borrow();
-    let lane = Lane {
-        deleting: false,
-        lag_check: None,
-        breaker: Breaker::new(settings.breaker.clone(), Instant::now()),
-        concurrency: Concurrency::new(settings.max_in_flight, settings.adaptive_concurrency),
-        limiter: settings.rate_limit.as_ref().map(|r| limiter(r, share)),
-        s: settings,
-        d: deps,
-        control,
-        inbox,
-        sends: 0,
-        writes: 0,
-        ready: VecDeque::new(),
-        waiting: None,
-        blocked_until: None,
-        picks: 0,
-        connection: None,
-    };
-    lane.d
-        .metrics
-        .concurrency_limit()
-        .set(lane.concurrency.limit() as i64);
-    // Only a paused one writes here: an endpoint allocates its counters
-    // when it first has something to count (see `LazyCounters`).
-    if lane.control.paused() {
-        lane.d.metrics.paused.set(1);
-    }
-    let started = lane.d.shared.started.clone();
-    let (control, inbox) = (lane.control.clone(), lane.inbox.clone());
-    let runner = Runner::new(lane, started);
-    control.waker.set(&runner);
-    inbox.set_waker(&runner);
-    (handle, runner)
 }
 
 /// Returned deliveries a lane queues: enough to keep every send busy twice

@@ -20,6 +20,7 @@ use std::sync::atomic::{fence, AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::sync::{Mutex, MutexGuard, Weak};
 
+use prometheus::IntGauge;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -50,16 +51,31 @@ pub struct Runner {
     /// A wake came since the running task last looked at its work.
     woken: AtomicBool,
     started: mpsc::UnboundedSender<Started>,
+    /// `dispatcher_lanes_made`, which the lane counts in while its runner
+    /// lives.
+    made: IntGauge,
+}
+
+impl Drop for Runner {
+    fn drop(&mut self) {
+        self.made.dec();
+    }
 }
 
 impl Runner {
-    pub(super) fn new(lane: Lane, started: mpsc::UnboundedSender<Started>) -> Arc<Runner> {
+    pub(super) fn new(
+        lane: Lane,
+        started: mpsc::UnboundedSender<Started>,
+        made: IntGauge,
+    ) -> Arc<Runner> {
+        made.inc();
         Arc::new(Runner {
             index: lane.s.index,
             lane: Mutex::new(Some(Box::new(lane))),
             running: AtomicBool::new(false),
             woken: AtomicBool::new(false),
             started,
+            made,
         })
     }
 

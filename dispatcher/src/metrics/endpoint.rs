@@ -228,7 +228,8 @@ impl EndpointCounters {
 /// first.
 #[derive(Debug, Default)]
 pub struct LazyCounters {
-    /// Kept outside, as it is set when the lane is made, before any work:
+    /// Kept outside, as it is set when the endpoint is added, before any
+    /// work:
     /// `dispatcher_endpoint_concurrency_limit`.
     pub concurrency_limit: Gauge,
     counters: OnceLock<Box<EndpointCounters>>,

@@ -127,6 +127,7 @@ pub struct Metrics {
     pub rebalances: IntCounterVec,
     pub assigned_partitions: IntGauge,
     pub lane_tasks: IntGauge,
+    pub lanes_made: IntGauge,
     pub endpoint_changes: IntCounterVec,
     pub build_info: IntGaugeVec,
     pub memory_used: IntGauge,
@@ -319,6 +320,11 @@ impl Metrics {
                 &r,
                 "dispatcher_lane_tasks",
                 "Endpoint lanes running a task now: those with work; an idle endpoint holds none.",
+            ),
+            lanes_made: gauge(
+                &r,
+                "dispatcher_lanes_made",
+                "Endpoint lanes made and alive: those of endpoints that had work (or were deleted) since the replica started; the others hold only their settings.",
             ),
             build_info: gauge_vec(
                 &r,

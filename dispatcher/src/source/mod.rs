@@ -359,19 +359,21 @@ impl Source {
             job.ticket.finish_one();
             return;
         };
-        if lane.inbox.evict_requested() {
+        // An endpoint's first delivery makes its lane.
+        let inbox = lane.inbox();
+        if inbox.evict_requested() {
             self.evict(routing, i).await;
         }
-        if lane.inbox.is_spilling()
+        if inbox.is_spilling()
             && self
                 .spill
                 .may_stop(lane, &self.tracker, self.tiers.spill_topic())
         {
             tracing::debug!(endpoint = %lane.endpoint_id, "backlog drained; lane takes fresh deliveries again");
-            lane.inbox.stop_spilling();
+            inbox.stop_spilling();
         }
-        if let Err(job) = lane.inbox.offer(job) {
-            if lane.inbox.is_deleted() && lane.inbox.is_closed() {
+        if let Err(job) = inbox.offer(job) {
+            if inbox.is_deleted() && inbox.is_closed() {
                 // Its endpoint was deleted and its lane has finished, while
                 // this routing snapshot still had it.
                 job.dead_letter_deleted(lane.endpoint_id.clone(), &self.dead_letters);
@@ -386,13 +388,17 @@ impl Source {
     /// for them (the check is otherwise made at their next delivery).
     fn end_drained_spills(&self, routing: &Routing) {
         for lane in routing.lanes.iter().flatten() {
-            if lane.inbox.is_spilling()
-                && !lane.inbox.evict_requested()
+            // A lane not made yet spills nothing.
+            let Some(inbox) = lane.live() else {
+                continue;
+            };
+            if inbox.is_spilling()
+                && !inbox.evict_requested()
                 && self
                     .spill
                     .may_stop(lane, &self.tracker, self.tiers.spill_topic())
             {
-                lane.inbox.stop_spilling();
+                inbox.stop_spilling();
             }
         }
     }
@@ -412,7 +418,9 @@ impl Source {
         // Paused, disabled and deleted endpoints take nothing: no pause
         // holds them back, and they hold nothing fresh.
         let takes = |l: &&crate::lane::LaneHandle| {
-            !l.control.paused() && !l.control.disabled() && !l.inbox.is_deleted()
+            !l.control.paused()
+                && !l.control.disabled()
+                && !l.live().is_some_and(|i| i.is_deleted())
         };
         let lanes = routing.lanes.iter().flatten().filter(takes).count();
         let stalled: Vec<usize> = routing
@@ -421,7 +429,7 @@ impl Source {
             .enumerate()
             .filter(|(_, lane)| {
                 lane.as_ref()
-                    .is_some_and(|l| takes(&l) && l.inbox.has_fresh())
+                    .is_some_and(|l| takes(&l) && l.live().is_some_and(|i| i.has_fresh()))
             })
             .map(|(i, _)| i)
             .collect();
@@ -449,8 +457,8 @@ impl Source {
             ),
         }
         for i in stalled {
-            if let Some(lane) = routing.lane(i) {
-                lane.inbox.request_eviction();
+            if let Some(inbox) = routing.lane(i).and_then(|l| l.live()) {
+                inbox.request_eviction();
             }
             self.evict(routing, i).await;
         }
@@ -458,7 +466,11 @@ impl Source {
 
     /// Spill what lane `i` still has queued, in order, before anything newer.
     async fn evict(&mut self, routing: &Routing, i: usize) {
-        let Some(jobs) = routing.lane(i).and_then(|l| l.inbox.take_evicted()) else {
+        let Some(jobs) = routing
+            .lane(i)
+            .and_then(|l| l.live())
+            .and_then(|i| i.take_evicted())
+        else {
             return;
         };
         for job in jobs {
@@ -631,7 +643,7 @@ impl Source {
     /// deleted endpoint's is dead-lettered (`endpoint_deleted`).
     fn give_back(&self, routing: &Routing, lane: usize, endpoint: Arc<str>, job: Job) {
         let refused = match routing.lane(lane) {
-            Some(l) => match l.inbox.give_back(job) {
+            Some(l) => match l.inbox().give_back(job) {
                 Ok(()) => return,
                 Err(refused) => refused,
             },

@@ -277,7 +277,11 @@ impl Spill {
         let Some(mark) = self.marks.get(lane.index) else {
             return true;
         };
-        if mark.in_flight > 0 || lane.inbox.evict_requested() || !lane.inbox.has_room() {
+        if mark.in_flight > 0
+            || lane
+                .live()
+                .is_some_and(|i| i.evict_requested() || !i.has_room())
+        {
             return false;
         }
         mark.last.iter().all(|&(partition, offset)| {
