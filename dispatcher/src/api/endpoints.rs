@@ -6,7 +6,8 @@
 //! JSON Merge Patch over the stored one; `{"hint": ...}` keeps a stored
 //! secret) → check it exactly as `dispatcher validate` does (422 with the
 //! key paths) → compare with what is stored (nothing written when it is
-//! the same) → seal its secrets → [`Store::write`], compare-and-set on the
+//! the same) → seal its secrets →
+//! [`Store::write`](crate::store::Store::write), compare-and-set on the
 //! version (409 on a stale `If-Match` or a lost race), which answers only
 //! once Kafka acknowledged the record and this replica read it back.
 //! Nothing is written before every check passed.

@@ -6,14 +6,15 @@
 //! its [`LaneCore`] (identity, switches, counters' handle) and the
 //! settings its lane will be made from: no inbox, no runner, no lane state,
 //! no place in the lanes' [`Front`](super::Front). The first delivery
-//! offered or given back to it, or its deletion, makes them
-//! ([`LaneHandle::inbox`]); from then on they stay, and the lane's task
-//! still runs only while it has work (see [`Runner`]).
+//! routed to it, its backlog's reader starting, or its deletion makes them
+//! ([`LaneCore::inbox`]); from then on they stay while the endpoint
+//! exists, and the lane's task still runs only while it has work (see
+//! [`Runner`]).
 //!
 //! Until then, a change of the endpoint replaces those settings, and the
 //! questions the source asks of every lane (is it spilling, does it hold
 //! anything fresh) have the answer of an empty inbox
-//! ([`LaneHandle::live`] is `None`).
+//! ([`LaneCore::live`] is `None`).
 
 use std::ops::Deref;
 use std::sync::atomic::Ordering;
@@ -68,7 +69,7 @@ struct Recipe {
     /// Its tenant's account, taken when the endpoint is added, so that the
     /// tenants' shares of the budget count every tenant with an endpoint,
     /// not only those whose lanes were made.
-    tenant: Arc<super::inbox::TenantShare>,
+    tenant: Arc<TenantShare>,
 }
 
 /// The handle on a new endpoint's lane, which is made at its first work.

@@ -5,7 +5,8 @@
 //! Every endpoint has its own lane, made at its first work (see
 //! [`LaneHandle`]: until then it is its settings and switches) and run by a
 //! task of its own while it has work (see [`Runner`]: an idle lane holds no
-//! task), so a slow, throttled or dead endpoint only ever waits on itself. Nothing upstream waits on a lane:
+//! task), so a slow, throttled or dead endpoint only ever waits on itself.
+//! Nothing upstream waits on a lane:
 //! its [`Inbox`] refuses what it has no room for, and the refused work stays
 //! in Kafka (fresh deliveries are spilled by the source, see
 //! [`crate::spill`]; returned ones stay under their endpoint's hold, see

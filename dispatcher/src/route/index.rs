@@ -19,7 +19,7 @@
 //!
 //! Only the candidates left are checked further: the rest of their filter
 //! (other conditions, operators), evaluated on fields read once per event
-//! (see [`super::fields`]). Endpoints whose filter has no exact-match
+//! (see `route/fields.rs`). Endpoints whose filter has no exact-match
 //! condition are checked one by one, but only within their type and
 //! tenant.
 //!
