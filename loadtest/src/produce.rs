@@ -56,6 +56,7 @@ impl Expectations {
             event_type: "",
             id: String::new(),
             value: bytes::Bytes::copy_from_slice(record_value),
+            contact: None,
         };
         let Some(event) = record.decode() else {
             return;
@@ -185,8 +186,13 @@ pub fn produce(
         if let Some(e) = &expectations {
             e.register(&record);
         }
+        // A contact's events all go to one partition, as a producer must
+        // for ordered delivery per key.
+        let to = record
+            .contact
+            .map_or(partition, |c| (c % plan.partitions as usize) as i32);
         let mut pending = BaseRecord::to(&plan.topic)
-            .partition(partition)
+            .partition(to)
             .key(record.id.as_str())
             .payload(&record.value[..]);
         loop {

@@ -825,7 +825,8 @@ async fn drive(
         overall,
     } = *setup;
     let partitions = scenario.kafka.partitions;
-    let mut workload = Workload::with_tenants(scenario.seed, scenario.tenants);
+    let mut workload =
+        Workload::with_tenants(scenario.seed, scenario.tenants).with_keys(scenario.keys);
     let mut driven = Driven {
         phases: Vec::new(),
         events: 0,

@@ -29,6 +29,7 @@ pub const SHIPPED: &[(&str, &str)] = &[
     ("scale", include_str!("../scenarios/scale.yaml")),
     ("backlog", include_str!("../scenarios/backlog.yaml")),
     ("slow-mix", include_str!("../scenarios/slow-mix.yaml")),
+    ("ordered", include_str!("../scenarios/ordered.yaml")),
     (
         "many-tenants",
         include_str!("../scenarios/many-tenants.yaml"),
@@ -126,6 +127,13 @@ pub struct Scenario {
     /// 0: no tenants.
     #[serde(default)]
     pub tenants: usize,
+    /// Each event's `data.contact_id` names one of this many contacts
+    /// (`c-00000` …), in turn, and each contact's events go to one
+    /// partition: the workload of an endpoint with `ordering: {key:
+    /// data.contact_id}`. 0: the seeds' own contact ids, round-robin over
+    /// the partitions.
+    #[serde(default)]
+    pub keys: usize,
 }
 
 /// Which deliveries a phase waits for, and what the run does before its

@@ -35,6 +35,9 @@ pub struct Record {
     /// The producer's event id (`id` in the record; also the Kafka key).
     pub id: String,
     pub value: Bytes,
+    /// The contact it is about, when the workload has `keys`: all of a
+    /// contact's events go to one partition.
+    pub contact: Option<usize>,
 }
 
 impl Record {
@@ -70,6 +73,9 @@ pub struct Workload {
     produced: u64,
     /// Events name tenants `t-0000` … in turn; 0: the seeds' own accounts.
     tenants: usize,
+    /// Events name contacts `c-00000` … in turn (`data.contact_id`); 0:
+    /// the seeds' own.
+    keys: usize,
 }
 
 impl Workload {
@@ -85,7 +91,15 @@ impl Workload {
             seed,
             produced: 0,
             tenants,
+            keys: 0,
         }
+    }
+
+    /// Each event's `data.contact_id` names one of `keys` contacts, in turn
+    /// (see [`contact_name`]).
+    pub fn with_keys(mut self, keys: usize) -> Workload {
+        self.keys = keys;
+        self
     }
 
     pub fn seed(&self) -> u64 {
@@ -107,10 +121,19 @@ impl Workload {
         let ms = at_us.div_euclid(1000);
         let (event_type, id, mut value) = self.seeds.next_event(ms);
         if self.tenants > 0 {
-            value = with_tenant(value, &tenant_name(self.produced as usize % self.tenants));
+            value = with_field(
+                value,
+                "whatsapp_account_id",
+                &tenant_name(self.produced as usize % self.tenants),
+            );
+        }
+        let contact = (self.keys > 0).then(|| self.produced as usize % self.keys);
+        if let Some(c) = contact {
+            value = with_field(value, "contact_id", &contact_name(c));
         }
         self.produced += 1;
         Record {
+            contact,
             event_type,
             id,
             value: Bytes::from(with_microseconds(value, ms, at_us.rem_euclid(1000))),
@@ -140,12 +163,18 @@ fn with_microseconds(value: Vec<u8>, ms: i64, micros: i64) -> Vec<u8> {
 
 /// The record with `data.whatsapp_account_id` set to `tenant` (added to the
 /// event types whose seeds have no account).
-fn with_tenant(value: Vec<u8>, tenant: &str) -> Vec<u8> {
+/// The name of contact `i` of a workload with `keys`.
+pub fn contact_name(i: usize) -> String {
+    format!("c-{i:05}")
+}
+
+/// The record with `data.<field>` set to `text`.
+fn with_field(value: Vec<u8>, field: &str, text: &str) -> Vec<u8> {
     let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(&value) else {
         return value;
     };
     if let Some(data) = v.get_mut("data").and_then(|d| d.as_object_mut()) {
-        data.insert("whatsapp_account_id".into(), tenant.into());
+        data.insert(field.into(), text.into());
     }
     serde_json::to_vec(&v).unwrap_or(value)
 }

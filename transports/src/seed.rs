@@ -23,6 +23,41 @@ pub const EVENT_TYPES: &[&str] = &[
     "transfer.created",
 ];
 
+/// What one contact goes through, event by event, in the order the
+/// platform's webhook docs give ("event lifecycle diagram": first message,
+/// AI reply, the customer again, a human agent, idle close), and two
+/// shorter variants: a message that fails, and a transfer to an agent.
+/// Ordered delivery per key is tested and measured with these.
+pub const LIFECYCLES: &[&[&str]] = &[
+    &[
+        "contact.created",
+        "conversation.opened",
+        "message.received",
+        "message.sent",
+        "message.delivered",
+        "message.read",
+        "message.received",
+        "message.sent",
+        "message.delivered",
+        "conversation.closed",
+    ],
+    &[
+        "contact.updated",
+        "conversation.opened",
+        "message.sent",
+        "message.failed",
+        "conversation.closed",
+    ],
+    &[
+        "conversation.opened",
+        "message.received",
+        "transfer.created",
+        "message.sent",
+        "message.delivered",
+        "conversation.closed",
+    ],
+];
+
 /// The WhatsApp accounts events are spread over (for filter examples).
 pub const ACCOUNTS: &[&str] = &["acct-1", "acct-2", "acct-3"];
 
@@ -71,6 +106,28 @@ impl SeedEvents {
         let id = format!("evt_{}_{}", self.run, self.seq);
         let ts = crate::model::format_rfc3339_ms(now_ms);
         let data = self.data(event_type, &ts);
+        let record = json!({ "event": event_type, "timestamp": ts, "id": id, "data": data });
+        (id, serde_json::to_vec(&record).unwrap_or_default())
+    }
+
+    /// The `step`-th event (from 0) of `contact`'s lifecycle: its `data`
+    /// carries `contact_id` and `seq` (the step), so that a receiver can
+    /// tell the order it got them in. Returns its `id` and the record value.
+    pub fn contact_event(
+        &mut self,
+        event_type: &str,
+        contact: &str,
+        step: usize,
+        now_ms: i64,
+    ) -> (String, Vec<u8>) {
+        self.seq += 1;
+        let id = format!("evt_{}_{}", self.run, self.seq);
+        let ts = crate::model::format_rfc3339_ms(now_ms);
+        let mut data = self.data(event_type, &ts);
+        if let Some(fields) = data.as_object_mut() {
+            fields.insert("contact_id".into(), contact.into());
+            fields.insert("seq".into(), step.into());
+        }
         let record = json!({ "event": event_type, "timestamp": ts, "id": id, "data": data });
         (id, serde_json::to_vec(&record).unwrap_or_default())
     }

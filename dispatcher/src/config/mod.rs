@@ -339,6 +339,10 @@ pub struct EndpointConfig {
     /// waits in the spill topic.
     #[serde(default = "default_queue_capacity")]
     pub queue_capacity: usize,
+    /// Deliveries of one key (a field of `data`) in the source's order, one
+    /// at a time; unset: unordered.
+    #[serde(default)]
+    pub ordering: Option<crate::lane::OrderingConfig>,
     /// `detailed`: series of its own on `/metrics` even when the replica
     /// runs too many endpoints to give every one (see `metrics:`).
     #[serde(default)]
@@ -369,6 +373,7 @@ impl fmt::Debug for EndpointConfig {
             .field("enabled", &self.enabled)
             .field("paused", &self.paused)
             .field("queue_capacity", &self.queue_capacity)
+            .field("ordering", &self.ordering)
             .field("settings", &self.settings.keys().collect::<Vec<_>>())
             .finish_non_exhaustive()
     }
@@ -390,6 +395,7 @@ const ENDPOINT_KEYS: &[&str] = &[
     "circuit_breaker",
     "retry",
     "queue_capacity",
+    "ordering",
     "metrics",
 ];
 
@@ -410,6 +416,7 @@ impl Default for EndpointConfig {
             circuit_breaker: BreakerConfig::default(),
             retry: RetryConfig::default(),
             queue_capacity: default_queue_capacity(),
+            ordering: None,
             metrics: crate::metrics::EndpointDetail::Auto,
             settings: serde_json::Map::new(),
             source: serde_json::Map::new(),
@@ -1045,6 +1052,11 @@ impl Config {
                 at("queue_capacity"),
                 "must be between 1 and 1000000",
             ));
+        }
+        if let Some(ordering) = &ep.ordering {
+            if let Err(e) = crate::lane::KeyOrdering::parse(ordering) {
+                problems.push(Problem::new(at("ordering.key"), e));
+            }
         }
         if let Some(r) = &ep.rate_limit {
             if !(r.per_second > 0.0 && r.per_second.is_finite()) {

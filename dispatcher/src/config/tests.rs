@@ -674,3 +674,43 @@ fn stall_grace_is_bounded() {
     let c = Config::from_yaml(&yaml("5"), &no_env).expect("a grace of 5 is valid");
     assert_eq!(c.pipeline.stall_grace, 5);
 }
+
+#[test]
+fn ordering_is_read_and_its_mistakes_are_named() {
+    let endpoint = |ordering: &str| {
+        format!("endpoints:\n  - id: a\n    url: https://a.example/\n    events: [\"*\"]\n    ordering: {ordering}\n")
+    };
+    let config = Config::from_yaml(
+        &endpoint("{key: data.conversation.contact_id, on_expired: dead_letter_rest}"),
+        &no_env,
+    )
+    .expect("valid");
+    let ordering = config.endpoints[0]
+        .ordering
+        .as_ref()
+        .expect("ordering read");
+    assert_eq!(ordering.key, "data.conversation.contact_id");
+    assert_eq!(ordering.on_expired, crate::lane::OnExpired::DeadLetterRest);
+    let config = Config::from_yaml(&endpoint("{key: data.contact_id}"), &no_env).expect("valid");
+    assert_eq!(
+        config.endpoints[0].ordering.as_ref().unwrap().on_expired,
+        crate::lane::OnExpired::Skip,
+        "skip by default"
+    );
+    // Not below data.
+    let p = problems(&endpoint("{key: contact_id}"));
+    assert!(at(&p, "endpoints[0].ordering.key")
+        .message
+        .contains("below data"));
+    let p = problems(&endpoint("{key: data.contact_id, on_expired: wait}"));
+    let m = &at(&p, "endpoints[0].ordering.on_expired").message;
+    assert!(m.contains("skip") && m.contains("dead_letter_rest"), "{m}");
+    let p = problems(&endpoint("{key: data.contact_id, keys: x}"));
+    assert!(at(&p, "endpoints[0].ordering.keys")
+        .message
+        .contains("unknown field"));
+    let p = problems(&endpoint("{on_expired: skip}"));
+    assert!(at(&p, "endpoints[0].ordering")
+        .message
+        .contains("missing field `key`"));
+}

@@ -310,10 +310,17 @@ impl Endpoints {
             breaker: self.breaker_policies.get(&ep.circuit_breaker),
             max_in_flight: ep.max_in_flight,
             adaptive_concurrency: ep.adaptive_concurrency,
-            rate_limit: ep.rate_limit.clone(),
+            rate_limit: ep.rate_limit.clone().map(Box::new),
             queue_capacity: ep.queue_capacity,
             paused,
             tenant: ep.tenant.as_deref().map(Arc::from),
+            // Checked with the endpoint: a key that does not parse never
+            // gets here.
+            ordering: ep
+                .ordering
+                .as_ref()
+                .and_then(|o| crate::lane::KeyOrdering::parse(o).ok())
+                .map(Arc::new),
         }
     }
 

@@ -87,6 +87,7 @@ pub fn create(
     }
     let limit = Concurrency::new(settings.max_in_flight, settings.adaptive_concurrency).limit();
     metrics.concurrency_limit().set(limit as i64);
+    metrics.set_ordered(settings.ordering.is_some());
     let tenant = shared.shares.tenant(settings.tenant.as_deref());
     LaneHandle(Arc::new(LaneCore {
         endpoint_id: settings.endpoint_id.clone(),
@@ -124,6 +125,9 @@ impl LaneCore {
     /// settings replace the ones it will be made from; a deletion makes it,
     /// to dead-letter what of its work is under a hold in Kafka.
     pub fn update(&self, update: LaneUpdate) {
+        if let LaneUpdate::Settings(new) = &update {
+            self.metrics.set_ordered(new.ordering.is_some());
+        }
         let mut recipe = self.recipe();
         match (update, recipe.as_mut()) {
             (LaneUpdate::Settings(new), Some(r)) => {

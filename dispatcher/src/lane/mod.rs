@@ -34,6 +34,7 @@ mod front;
 mod handle;
 mod inbox;
 mod interned;
+mod order;
 mod retry;
 mod runner;
 
@@ -44,6 +45,7 @@ pub use front::Front;
 pub use handle::{create, LaneCore, LaneHandle};
 pub use inbox::{Evictions, Inbox, Refused, Shares};
 pub use interned::Interned;
+pub use order::{KeyOrdering, OnExpired, OrderingConfig};
 pub use retry::{RetryConfig, MAX_RETRY_AFTER};
 pub use runner::{Exit, Runner, Started};
 
@@ -70,6 +72,7 @@ use crate::offsets::{Budget, HoldIndex, Ticket};
 use crate::park::{Parker, RetryState};
 use breaker::{Admit, Breaker};
 use concurrency::Signal;
+use order::{Key, Sequencer, NO_KEY};
 use runner::Waker;
 
 /// `rate_limit:` of an endpoint: a global limit, shared out over replicas.
@@ -197,11 +200,15 @@ pub struct LaneSettings {
     pub breaker: Arc<BreakerConfig>,
     pub max_in_flight: usize,
     pub adaptive_concurrency: bool,
-    pub rate_limit: Option<RateLimitConfig>,
+    /// Boxed: few endpoints have one, and an idle endpoint's settings
+    /// must fit their allocation (see `handle.rs`).
+    pub rate_limit: Option<Box<RateLimitConfig>>,
     pub queue_capacity: usize,
     pub paused: bool,
     /// Its tenant: whose share of the memory budget its inbox counts in.
     pub tenant: Option<Arc<str>>,
+    /// Ordered per key (`ordering:`), or not.
+    pub ordering: Option<Arc<KeyOrdering>>,
 }
 
 /// What a lane is given besides its settings.
@@ -269,6 +276,9 @@ struct Item {
     id: DeliveryId,
     ticket: Arc<Ticket>,
     state: RetryState,
+    /// Its key on an ordered endpoint (see [`Sequencer`]); [`NO_KEY`] on
+    /// any other.
+    key: Key,
 }
 
 /// A finished piece of the lane's work: a send, to act on, or a park or
@@ -311,6 +321,10 @@ struct Lane {
     deleting: bool,
     /// When to look again whether the oldest fresh delivery lags.
     lag_check: Option<tokio::time::Instant>,
+    /// An ordered endpoint's keys under way (see [`Sequencer`]).
+    order: Option<Box<Sequencer>>,
+    /// When to look again for its longest blocked key.
+    blocked_check: Option<Instant>,
 }
 
 /// Park and dead-letter writes one lane may have in flight: beyond this it
@@ -333,6 +347,11 @@ impl Lane {
         Lane {
             deleting: false,
             lag_check: None,
+            order: s
+                .ordering
+                .as_ref()
+                .map(|o| Box::new(Sequencer::new((**o).clone()))),
+            blocked_check: None,
             breaker: Breaker::new(s.breaker.clone(), Instant::now()),
             concurrency: Concurrency::new(s.max_in_flight, s.adaptive_concurrency),
             limiter: s.rate_limit.as_ref().map(|r| limiter(r, share)),
@@ -413,14 +432,19 @@ impl Lane {
             let now = Instant::now();
             self.refresh_accepting(now, &mut work);
             self.pump(&mut work);
-            self.d.metrics.queue_depth.set(inbox.len() as i64);
+            self.d
+                .metrics
+                .queue_depth
+                .set((inbox.len() + self.held()) as i64);
+            self.blocked_metrics(now);
             self.d.metrics.spilling.set(inbox.is_spilling() as i64);
             self.d.metrics.paused.set(control.paused() as i64);
             self.d.metrics.disabled.set(control.disabled() as i64);
             let idle = inbox.is_empty()
                 && work.is_empty()
                 && self.waiting_len() == 0
-                && self.ready.is_empty();
+                && self.ready.is_empty()
+                && self.held() == 0;
             if idle && inbox.is_closed() {
                 return Exit::Done;
             }
@@ -523,6 +547,36 @@ impl Lane {
         self.waiting.as_ref().map_or(0, |w| w.len())
     }
 
+    /// Deliveries of an ordered endpoint held behind their key's head.
+    fn held(&self) -> usize {
+        self.order.as_ref().map_or(0, |o| o.held())
+    }
+
+    /// `dispatcher_endpoint_blocked_keys` and the start of the longest
+    /// wait among them (looked for at most once a second: it is a walk
+    /// over the keys under way).
+    fn blocked_metrics(&mut self, now: Instant) {
+        let Some(order) = &self.order else {
+            return;
+        };
+        let blocked = order.blocked();
+        self.d.metrics.blocked_keys.set(blocked as i64);
+        if blocked == 0 {
+            self.d.metrics.blocked_since_ms.set(0);
+            self.blocked_check = None;
+            return;
+        }
+        if self.blocked_check.is_some_and(|at| now < at) {
+            return;
+        }
+        self.blocked_check = Some(now + Duration::from_secs(1));
+        if let Some(since) = order.oldest_blocked() {
+            let ms = chrono::Utc::now().timestamp_millis()
+                - now.saturating_duration_since(since).as_millis() as i64;
+            self.d.metrics.blocked_since_ms.set(ms.max(1));
+        }
+    }
+
     /// Apply a change of the endpoint.
     fn update(&mut self, update: LaneUpdate) {
         match update {
@@ -563,6 +617,7 @@ impl Lane {
                     self.inbox
                         .set_tenant(self.d.shared.shares.tenant(new.tenant.as_deref()));
                 }
+                self.reorder(new.ordering.as_deref());
                 let (index, id) = (self.s.index, self.s.endpoint_id.clone());
                 // Sends in flight finish on the transport they started with.
                 self.connection = None;
@@ -572,6 +627,24 @@ impl Lane {
                 self.s.endpoint_id = id;
                 tracing::info!(endpoint = %self.s.endpoint_id, "endpoint changed; applied in place");
             }
+        }
+    }
+
+    /// The endpoint's ordering changed. A new key path applies to the
+    /// deliveries taken from now on; without one, what waited behind its
+    /// key goes on at once.
+    fn reorder(&mut self, ordering: Option<&KeyOrdering>) {
+        match (&mut self.order, ordering) {
+            (Some(order), Some(new)) if order.ordering() != new => order.set_ordering(new.clone()),
+            (Some(_), None) => {
+                if let Some(order) = self.order.take() {
+                    self.ready.extend(order.into_followers());
+                }
+                self.d.metrics.blocked_keys.set(0);
+                self.d.metrics.blocked_since_ms.set(0);
+            }
+            (None, Some(new)) => self.order = Some(Box::new(Sequencer::new(new.clone()))),
+            _ => {}
         }
     }
 
@@ -605,8 +678,10 @@ impl Lane {
     }
 
     /// Retries whose wait ended while the lane cannot send: park them, once.
+    /// An ordered lane keeps them: each is its key's head, and what follows
+    /// it must not be sent before it (see [`Sequencer`]).
     fn park_ready(&mut self, work: &mut FuturesUnordered<BoxFuture<'static, Done>>) {
-        while self.writes < MAX_WRITES {
+        while self.writes < MAX_WRITES && self.order.is_none() {
             let Some(item) = self.ready.pop_front() else {
                 return;
             };
@@ -628,6 +703,7 @@ impl Lane {
     }
 
     fn item(&self, job: Job) -> Item {
+        let key = self.order.as_ref().map_or(NO_KEY, |o| o.key_of(&job.event));
         match job.parked {
             Some(parked) => {
                 let (id, state) = *parked;
@@ -636,6 +712,7 @@ impl Lane {
                     id,
                     ticket: job.ticket,
                     state,
+                    key,
                 }
             }
             None => Item {
@@ -643,7 +720,59 @@ impl Lane {
                 event: job.event,
                 ticket: job.ticket,
                 state: RetryState::default(),
+                key,
             },
+        }
+    }
+
+    /// An ordered lane's next delivery to start: a head that is ready (a
+    /// retry whose wait ended, or the next of a key whose head is final),
+    /// else the first delivery in the inbox whose key has nothing under
+    /// way. Returned deliveries go before fresh ones: they are older (a
+    /// spilled backlog comes back before fresh deliveries go to the inbox
+    /// again, see [`crate::spill`]). Deliveries of keys under way join
+    /// their key's chain on the way, while the lane has room for them.
+    fn next_head(&mut self) -> Option<Item> {
+        if let Some(item) = self.ready.pop_front() {
+            return Some(item);
+        }
+        let room = order::room(self.s.max_in_flight);
+        loop {
+            if self.held() + self.waiting_len() >= room {
+                return None;
+            }
+            let job = self.inbox.pop(true)?;
+            let item = self.item(job);
+            if let Some(head) = self.order.as_mut()?.admit(item) {
+                return Some(head);
+            }
+        }
+    }
+
+    /// `key`'s head is final, or has left the lane: the next delivery of
+    /// its key, if one waits, is ready to go.
+    fn settled(&mut self, key: Key) {
+        if let Some(next) = self.order.as_mut().and_then(|o| o.settle(key)) {
+            self.ready.push_back(next);
+        }
+    }
+
+    /// Take a token of the rate limit, if it has one: else the lane waits
+    /// until the next is due (counted).
+    fn take_token(&mut self) -> bool {
+        let Some(limiter) = &self.limiter else {
+            return true;
+        };
+        match limiter.check() {
+            Ok(()) => true,
+            Err(not_until) => {
+                let wait = not_until.wait_time_from(governor::clock::Clock::now(
+                    &governor::clock::DefaultClock::default(),
+                ));
+                self.d.metrics.rate_limit_waits.inc();
+                self.blocked_until = Some(tokio::time::Instant::now() + wait);
+                false
+            }
         }
     }
 
@@ -680,20 +809,26 @@ impl Lane {
                 }
                 return;
             }
+            if self.order.is_some() {
+                let Some(head) = self.next_head() else {
+                    return;
+                };
+                if !self.take_token() {
+                    // Still its key's head: the first to go at the next
+                    // token.
+                    self.ready.push_front(head);
+                    return;
+                }
+                self.start(head, work);
+                continue;
+            }
             let Some(pick) = self.pick() else {
                 return;
             };
             // The rate limit is checked before anything leaves the queue,
             // so a limited lane holds no more than its queue.
-            if let Some(limiter) = &self.limiter {
-                if let Err(not_until) = limiter.check() {
-                    let wait = not_until.wait_time_from(governor::clock::Clock::now(
-                        &governor::clock::DefaultClock::default(),
-                    ));
-                    self.d.metrics.rate_limit_waits.inc();
-                    self.blocked_until = Some(tokio::time::Instant::now() + wait);
-                    return;
-                }
+            if !self.take_token() {
+                return;
             }
             let item = match pick {
                 Pick::Ready => self.ready.pop_front(),
@@ -712,28 +847,34 @@ impl Lane {
     fn start(&mut self, mut item: Item, work: &mut FuturesUnordered<BoxFuture<'static, Done>>) {
         let now_ms = chrono::Utc::now().timestamp_millis();
         if self.deleting {
-            let write =
-                self.dead_letter(item, "endpoint_deleted", "the endpoint was deleted".into());
-            self.push_write(work, write);
+            self.give_up(
+                item,
+                "endpoint_deleted",
+                "the endpoint was deleted".into(),
+                None,
+                work,
+            );
             return;
         }
         if self.control.disabled() {
-            let write = self.dead_letter(
+            self.give_up(
                 item,
                 "endpoint_disabled",
                 "the endpoint answered 410 Gone and is disabled".into(),
+                None,
+                work,
             );
-            self.push_write(work, write);
             return;
         }
         let first = *item.state.first_attempt_ms.get_or_insert(now_ms);
         if Duration::from_millis((now_ms - first).max(0) as u64) >= self.s.retry.max_age {
-            let write = self.dead_letter(
+            self.give_up(
                 item,
                 "expired",
                 "still undelivered after retry.max_age".into(),
+                None,
+                work,
             );
-            self.push_write(work, write);
             return;
         }
         if item.state.not_before_ms > now_ms {
@@ -745,6 +886,7 @@ impl Lane {
         if self.d.shared.dedup.contains_key(&item.id) {
             self.d.metrics.deduplicated.inc();
             item.ticket.finish_one();
+            self.settled(item.key);
             return;
         }
         let before = self.breaker.state().gauge();
@@ -819,7 +961,15 @@ impl Lane {
     ) {
         // In-memory waits are bounded: beyond a few per in-flight place they
         // go to the retry topic too.
-        if wait <= self.d.shared.in_memory_max && self.waiting_len() < self.s.max_in_flight * 4 {
+        // An ordered lane keeps every wait in memory (its keys hold their
+        // place: see `Sequencer`); it takes nothing new while too many do.
+        if let Some(order) = &mut self.order {
+            order.block(item.key, Instant::now());
+        }
+        if self.order.is_some()
+            || (wait <= self.d.shared.in_memory_max
+                && self.waiting_len() < self.s.max_in_flight * 4)
+        {
             self.d.metrics.retried.inc();
             self.waiting
                 .get_or_insert_with(Box::default)
@@ -893,6 +1043,7 @@ impl Lane {
                     .observe(item.ticket.read_at().elapsed().as_secs_f64());
                 self.d.shared.dedup.insert(item.id, ());
                 item.ticket.finish_one();
+                self.settled(item.key);
             }
             Outcome::Retry {
                 status,
@@ -907,20 +1058,17 @@ impl Lane {
                 );
                 match self.s.retry.next_wait(item.state.attempts, retry_after) {
                     _ if self.deleting => {
-                        let write = self.dead_letter(item, "endpoint_deleted", reason);
-                        self.push_write(work, write);
+                        self.give_up(item, "endpoint_deleted", reason, None, work);
                     }
                     _ if age >= self.s.retry.max_age => {
-                        let write = self.dead_letter(item, "expired", reason);
-                        self.push_write(work, write);
+                        self.give_up(item, "expired", reason, None, work);
                     }
                     None => {
                         tracing::warn!(
                             endpoint = %self.s.endpoint_id, delivery_id = %item.id,
                             attempts = item.state.attempts, error = %reason, "retries exhausted; dead-lettering"
                         );
-                        let write = self.dead_letter(item, "retries_exhausted", reason);
-                        self.push_write(work, write);
+                        self.give_up(item, "retries_exhausted", reason, None, work);
                     }
                     Some(wait) => {
                         item.state.not_before_ms = now_ms + wait.as_millis() as i64;
@@ -947,13 +1095,11 @@ impl Lane {
                 }
                 let first = item.state.first_attempt_ms.unwrap_or(now_ms);
                 if self.deleting {
-                    let write = self.dead_letter(item, "endpoint_deleted", reason);
-                    self.push_write(work, write);
+                    self.give_up(item, "endpoint_deleted", reason, None, work);
                     return;
                 }
                 if Duration::from_millis((now_ms - first).max(0) as u64) >= self.s.retry.max_age {
-                    let write = self.dead_letter(item, "expired", reason);
-                    self.push_write(work, write);
+                    self.give_up(item, "expired", reason, None, work);
                     return;
                 }
                 item.state.not_before_ms = item
@@ -974,8 +1120,7 @@ impl Lane {
                     endpoint = %self.s.endpoint_id, delivery_id = %item.id, error = %reason,
                     "payload rejected by the receiver; dead-lettering with what was sent"
                 );
-                let write = self.dead_letter_with(item, "rejected_payload", reason, Some(sent));
-                self.push_write(work, write);
+                self.give_up(item, "rejected_payload", reason, Some(sent), work);
             }
             Outcome::Permanent {
                 status,
@@ -985,7 +1130,7 @@ impl Lane {
                 self.d.metrics.attempt_permanent.inc();
                 item.state
                     .push(attempt(now_ms, took, status, "permanent", &reason));
-                let write = if disable_endpoint {
+                let code = if disable_endpoint {
                     if !self.control.disabled() {
                         tracing::error!(
                             endpoint = %self.s.endpoint_id, error = %reason,
@@ -1000,15 +1145,15 @@ impl Lane {
                     }
                     self.control.disable();
                     self.d.metrics.disabled.set(1);
-                    self.dead_letter(item, "endpoint_gone", reason)
+                    "endpoint_gone"
                 } else {
                     tracing::warn!(
                         endpoint = %self.s.endpoint_id, delivery_id = %item.id, error = %reason,
                         "permanent failure; dead-lettering"
                     );
-                    self.dead_letter(item, "permanent_failure", reason)
+                    "permanent_failure"
                 };
-                self.push_write(work, write);
+                self.give_up(item, code, reason, None, work);
             }
         }
     }
@@ -1100,6 +1245,43 @@ impl Lane {
             }
             None
         })
+    }
+
+    /// Dead-letter `item` (keeping `sent`, what a transport rendered, when
+    /// given). On an ordered endpoint its key moves on; a head given up
+    /// after its retries takes the deliveries held behind it along when
+    /// `ordering.on_expired` is `dead_letter_rest`.
+    fn give_up(
+        &mut self,
+        item: Item,
+        code: &'static str,
+        error: String,
+        sent: Option<bytes::Bytes>,
+        work: &mut FuturesUnordered<BoxFuture<'static, Done>>,
+    ) {
+        let key = item.key;
+        let write = self.dead_letter_with(item, code, error, sent);
+        self.push_write(work, write);
+        let rest_too = matches!(code, "expired" | "retries_exhausted")
+            && self
+                .order
+                .as_ref()
+                .is_some_and(|o| o.ordering().on_expired == OnExpired::DeadLetterRest);
+        if rest_too {
+            let rest = self
+                .order
+                .as_mut()
+                .map(|o| o.take_followers(key))
+                .unwrap_or_default();
+            for follower in rest {
+                let error = format!(
+                    "an earlier delivery of its key was dead-lettered ({code}), and ordering.on_expired is dead_letter_rest"
+                );
+                let write = self.dead_letter(follower, "ordering_head_dead_lettered", error);
+                self.push_write(work, write);
+            }
+        }
+        self.settled(key);
     }
 
     fn breaker_changed(&mut self, state: BreakerState) {

@@ -143,6 +143,11 @@ pub struct EndpointCounters {
     pub backlog: Gauge,
     pub spilling: Gauge,
     pub backlog_age: SecondsGauge,
+    /// An ordered endpoint's keys whose head waits for a retry.
+    pub blocked_keys: Gauge,
+    /// When the longest blocked of them started waiting (Unix ms; 0: none),
+    /// so that a scrape reads its age as of the scrape.
+    pub blocked_since_ms: Gauge,
 }
 
 impl EndpointCounters {
@@ -232,6 +237,8 @@ pub struct LazyCounters {
     /// work:
     /// `dispatcher_endpoint_concurrency_limit`.
     pub concurrency_limit: Gauge,
+    /// The endpoint is ordered per key: it has series of its blocked keys.
+    pub ordered: std::sync::atomic::AtomicBool,
     counters: OnceLock<Box<EndpointCounters>>,
 }
 
@@ -295,6 +302,12 @@ impl EndpointMetrics {
 impl EndpointMetrics {
     pub fn concurrency_limit(&self) -> &Gauge {
         &self.counters.concurrency_limit
+    }
+
+    /// Whether the endpoint is ordered per key (set when it is added or
+    /// changed).
+    pub fn set_ordered(&self, ordered: bool) {
+        self.counters.ordered.store(ordered, Ordering::Relaxed);
     }
 
     /// The counters to read, without allocating them (see

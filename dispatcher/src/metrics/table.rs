@@ -168,17 +168,19 @@ const DRAINED: usize = 15;
 const LOST: usize = 16;
 const SPILLING: usize = 17;
 const THROTTLED: usize = 18;
-const T_DELIVERIES: usize = 19;
-const T_ATTEMPTS: usize = 20;
-const T_THROTTLED: usize = 21;
-const T_SPILLED: usize = 22;
-const T_LOST: usize = 23;
-const T_ENDPOINTS: usize = 24;
-const T_TROUBLED: usize = 25;
-const SHOWN: usize = 26;
-const HIDDEN: usize = 27;
+const BLOCKED_KEYS: usize = 19;
+const BLOCKED_AGE: usize = 20;
+const T_DELIVERIES: usize = 21;
+const T_ATTEMPTS: usize = 22;
+const T_THROTTLED: usize = 23;
+const T_SPILLED: usize = 24;
+const T_LOST: usize = 25;
+const T_ENDPOINTS: usize = 26;
+const T_TROUBLED: usize = 27;
+const SHOWN: usize = 28;
+const HIDDEN: usize = 29;
 
-const FAMILIES: [Family; 28] = [
+const FAMILIES: [Family; 30] = [
     family("dispatcher_deliveries_total", "Deliveries by outcome: delivered and dead_lettered are final; retried (waiting in memory), parked (waiting in a retry topic) and deduplicated (already delivered, not sent again) are steps.", COUNTER, &["endpoint", "outcome", "transport"]),
     family("dispatcher_delivery_attempts_total", "Send attempts by result (delivered, retry, permanent).", COUNTER, &["endpoint", "result", "transport"]),
     family("dispatcher_delivery_attempt_duration_seconds", "Time of one send attempt, from request to classified response.", HISTOGRAM, &["endpoint", "transport"]),
@@ -198,6 +200,8 @@ const FAMILIES: [Family; 28] = [
     family("dispatcher_backlog_lost_total", "Deliveries of an endpoint's backlog deleted from Kafka (retention) before they came back: lost.", COUNTER, &["endpoint"]),
     family("dispatcher_endpoint_spilling", "1 while an endpoint's fresh deliveries go to the spill topic (it did not keep up and its backlog is not drained yet).", GAUGE, &["endpoint"]),
     family("dispatcher_endpoint_throttled_total", "Answers asking the dispatcher to slow down (429, or 502/503/504 with Retry-After): the endpoint waits, no attempt is spent, the breaker does not count it.", COUNTER, &["endpoint"]),
+    family("dispatcher_endpoint_blocked_keys", "Keys of an ordered endpoint (ordering:) whose next delivery waits for a retry, holding back the later deliveries of that key.", GAUGE, &["endpoint"]),
+    family("dispatcher_endpoint_blocked_key_oldest_age_seconds", "How long the longest blocked key of an ordered endpoint has waited (0 when none is blocked).", GAUGE, &["endpoint"]),
     family("dispatcher_tenant_deliveries_total", "Deliveries of a tenant's endpoints by outcome (as dispatcher_deliveries_total), summed over all of them.", COUNTER, &["outcome", "tenant"]),
     family("dispatcher_tenant_delivery_attempts_total", "Send attempts to a tenant's endpoints by result (as dispatcher_delivery_attempts_total).", COUNTER, &["result", "tenant"]),
     family("dispatcher_tenant_throttled_total", "Throttled answers from a tenant's endpoints (as dispatcher_endpoint_throttled_total).", COUNTER, &["tenant"]),
@@ -537,6 +541,19 @@ fn endpoint_series(out: &mut [Vec<proto::Metric>], id: &str, e: &EntryView) {
         out[family].push(gauge(vec![ep()], v.get() as f64));
     }
     out[BACKLOG_AGE].push(gauge(vec![ep()], c.backlog_age.get()));
+    // Only ordered endpoints have keys: the others would show zeros.
+    if e.counters
+        .ordered
+        .load(std::sync::atomic::Ordering::Relaxed)
+    {
+        out[BLOCKED_KEYS].push(gauge(vec![ep()], c.blocked_keys.get() as f64));
+        let since = c.blocked_since_ms.get();
+        let age = match since {
+            0 => 0.0,
+            _ => (chrono::Utc::now().timestamp_millis() - since).max(0) as f64 / 1000.0,
+        };
+        out[BLOCKED_AGE].push(gauge(vec![ep()], age));
+    }
 }
 
 #[derive(Default)]

@@ -17,6 +17,29 @@ pub async fn produce(bootstrap: &str, topic: &str, values: &[Vec<u8>]) {
     .await
 }
 
+/// Records with their keys, each key's records in the given order on its
+/// partition (the default partitioner hashes the key).
+pub async fn produce_keyed(bootstrap: &str, topic: &str, records: &[(String, Vec<u8>)]) {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .create()
+        .expect("test producer");
+    let producer = &producer;
+    let sends = records.iter().map(|(key, value)| async move {
+        producer
+            .send(
+                FutureRecord::to(topic).key(key).payload(&value[..]),
+                Duration::from_secs(30),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .expect("produce");
+    });
+    futures::future::join_all(sends).await;
+}
+
 /// A record value with its headers.
 pub type Record<'a> = (Vec<u8>, Vec<(&'a str, &'a str)>);
 

@@ -29,6 +29,13 @@ pub enum Behaviour {
     ThrottleFirst { secs: u64 },
     /// 200 after this many milliseconds: healthy, but slow.
     Delay { ms: u64 },
+    /// After `delay_ms`, 503 (without `Retry-After`) to the first attempt
+    /// of one delivery id in `one_in` (chosen by a hash of the id), 200 to
+    /// the rest.
+    FailFirst { one_in: u64, delay_ms: u64 },
+    /// 503 to every request whose body contains `needle`, for `ms` from the
+    /// first of them; 200 to everything else.
+    Hiccup { needle: &'static str, ms: u64 },
 }
 
 #[derive(Debug, Clone)]
@@ -58,6 +65,11 @@ pub struct Sink {
     arrivals: Arc<Mutex<Vec<std::time::Instant>>>,
     /// When each delivery id was first attempted.
     first_attempts: Arc<Mutex<std::collections::HashMap<String, std::time::Instant>>>,
+    /// Requests being answered now, and the most there were at once.
+    in_flight: Arc<std::sync::atomic::AtomicUsize>,
+    most_in_flight: Arc<std::sync::atomic::AtomicUsize>,
+    /// When the first request a `Hiccup` fails came.
+    hiccup_from: Arc<Mutex<Option<std::time::Instant>>>,
 }
 
 impl Sink {
@@ -70,6 +82,9 @@ impl Sink {
             attempts: Default::default(),
             arrivals: Default::default(),
             first_attempts: Default::default(),
+            in_flight: Default::default(),
+            most_in_flight: Default::default(),
+            hiccup_from: Default::default(),
         };
         let s = sink.clone();
         tokio::spawn(async move {
@@ -128,6 +143,12 @@ impl Sink {
             .copied()
     }
 
+    /// The most requests it was answering at once.
+    pub fn most_in_flight(&self) -> usize {
+        self.most_in_flight
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// When each request arrived, whatever the answer.
     pub fn arrivals(&self) -> Vec<std::time::Instant> {
         self.arrivals.lock().unwrap().clone()
@@ -137,6 +158,12 @@ impl Sink {
         let n = self
             .attempts
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let now_in_flight = self
+            .in_flight
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            + 1;
+        self.most_in_flight
+            .fetch_max(now_in_flight, std::sync::atomic::Ordering::SeqCst);
         self.arrivals
             .lock()
             .unwrap()
@@ -145,6 +172,11 @@ impl Sink {
         let behaviour = *self.behaviour.lock().unwrap();
         let path = req.uri().path().to_owned();
         let headers = req.headers().clone();
+        let delivery_id = headers
+            .get("x-webhook-delivery-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
         let first = match headers
             .get("x-webhook-delivery-id")
             .and_then(|v| v.to_str().ok())
@@ -180,6 +212,24 @@ impl Sink {
                 tokio::time::sleep(Duration::from_millis(ms)).await;
                 200
             }
+            Behaviour::FailFirst { one_in, delay_ms } => {
+                tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+                use std::hash::{Hash, Hasher};
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                delivery_id.hash(&mut h);
+                match first && h.finish() % one_in == 0 {
+                    true => 503,
+                    false => 200,
+                }
+            }
+            Behaviour::Hiccup { needle, ms } => {
+                let hit = body.windows(needle.len()).any(|w| w == needle.as_bytes());
+                let mut from = self.hiccup_from.lock().unwrap();
+                match hit {
+                    true if from.get_or_insert(at).elapsed() < Duration::from_millis(ms) => 503,
+                    _ => 200,
+                }
+            }
             Behaviour::Status(s) => s,
             Behaviour::Hang => {
                 tokio::time::sleep(Duration::from_secs(3600)).await;
@@ -194,6 +244,8 @@ impl Sink {
                 at: std::time::Instant::now(),
             });
         }
+        self.in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
         let mut r = Response::new(Full::new(Bytes::from_static(b"{\"received\":true}")));
         *r.status_mut() = StatusCode::from_u16(status).unwrap();
         if let Some(secs) = retry_after {
