@@ -543,6 +543,7 @@ async fn metrics_add_up_and_cover_the_dashboard_and_alerts() {
   - id: conversations
     url: "{}"
     events: ["conversation.*"]
+    ordering: {{ key: data.conversation_id }}
   - id: contacts-rejecting
     url: "{}"
     events: [contact.created, contact.updated]

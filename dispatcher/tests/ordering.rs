@@ -16,10 +16,11 @@ mod support;
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
+use dispatcher::config::Config;
 use dispatcher::seed::{SeedEvents, LIFECYCLES};
-use support::kafka::produce_keyed;
+use support::kafka::{committed_total, produce_keyed};
 use support::sink::{Behaviour, Sink};
-use support::{config, config_yaml, free_port, metric, start, wait_until, Child};
+use support::{api, config_yaml, free_port, metric, start, wait_until, Child};
 
 /// A record value with its key.
 type Keyed = (String, Vec<u8>);
@@ -91,11 +92,23 @@ fn complete(sink: &Sink, path: &str, counts: &BTreeMap<String, usize>) -> bool {
 
 fn ordered_endpoint(id: &str, url: &str, extra: &str) -> String {
     format!(
-        "  - id: {id}\n    url: \"{url}\"\n    events: [\"*\"]\n    max_in_flight: 64\n    retry:\n      schedule: [50ms, 100ms, 200ms, 400ms, 800ms, 1s, 1s, 1s]\n{extra}"
+        "  - id: {id}\n    url: \"{url}\"\n    events: [\"*\"]\n    max_in_flight: 64\n    retry:\n      schedule: [500ms, 1s, 1s, 1s, 1s, 1s, 1s, 1s]\n{extra}"
     )
 }
 
 const ORDERING: &str = "    ordering:\n      key: data.contact_id\n";
+
+/// The tests' config text, with retry waits over 50 ms meant for the retry
+/// topics: an ordered endpoint must keep them in memory all the same (a
+/// parked delivery would come back after the ones behind it).
+fn yaml(bootstrap: &str, group: &str, endpoints: &str) -> String {
+    config_yaml(bootstrap, group, "  shutdown_grace: 5s\n", endpoints)
+        .replace("in_memory_retry_max: 1s", "in_memory_retry_max: 50ms")
+}
+
+fn config(bootstrap: &str, group: &str, endpoints: &str) -> Config {
+    Config::from_yaml(&yaml(bootstrap, group, endpoints), &|_| None).expect("test config")
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_contact_is_delivered_in_order_through_failed_first_attempts_and_contacts_go_in_parallel(
@@ -117,7 +130,7 @@ async fn each_contact_is_delivered_in_order_through_failed_first_attempts_and_co
     .await;
     let endpoints = ordered_endpoint("ordered", &sink.url("/ordered"), ORDERING)
         + &ordered_endpoint("unordered", &control.url("/unordered"), "");
-    let running = start(config(kafka.bootstrap(), "ordering", "", &endpoints)).await;
+    let running = start(config(kafka.bootstrap(), "ordering", &endpoints)).await;
 
     let (records, counts) = lifecycles(1000, "contact");
     let started = Instant::now();
@@ -195,7 +208,7 @@ async fn a_key_blocked_by_a_receiver_hiccup_does_not_delay_the_other_keys() {
         sink.url("/ordered"),
         ["1s"; 20].join(", ")
     );
-    let running = start(config(kafka.bootstrap(), "hiccup", "", &endpoints)).await;
+    let running = start(config(kafka.bootstrap(), "hiccup", &endpoints)).await;
 
     let (stuck, stuck_counts) = lifecycles(1, "stuck");
     let (others, other_counts) = lifecycles(300, "contact");
@@ -245,13 +258,14 @@ async fn a_key_blocked_by_a_receiver_hiccup_does_not_delay_the_other_keys() {
     running.shutdown().await.unwrap();
 }
 
-/// The config text of a dispatcher binary for the ordered endpoint.
+/// The config text of a dispatcher binary for the ordered endpoint, at 8
+/// requests at a time (a run lasts long enough to crash or rebalance in).
 fn child_config(bootstrap: &str, group: &str, sink: &Sink) -> String {
-    config_yaml(
+    yaml(
         bootstrap,
         group,
-        "  shutdown_grace: 5s\n",
-        &ordered_endpoint("ordered", &sink.url("/ordered"), ORDERING),
+        &ordered_endpoint("ordered", &sink.url("/ordered"), ORDERING)
+            .replace("max_in_flight: 64", "max_in_flight: 8"),
     )
 }
 
@@ -303,9 +317,11 @@ async fn kill_9_mid_run_keeps_each_contact_in_order() {
 async fn a_rebalance_mid_run_keeps_each_contact_in_order() {
     support::init_logging();
     let kafka = support::embedded_kafka(4);
+    // 20 ms a request, 8 at a time: the run lasts long enough for a
+    // second replica to join the group in the middle of it.
     let sink = Sink::start(Behaviour::FailFirst {
         one_in: 5,
-        delay_ms: 1,
+        delay_ms: 20,
     })
     .await;
     let dir = tempfile::tempdir().unwrap();
@@ -321,18 +337,6 @@ async fn a_rebalance_mid_run_keeps_each_contact_in_order() {
     // A second replica joins the group: the partitions are shared out
     // again while the first one has deliveries under way.
     let b = Child::spawn(dir.path(), "b", &yaml, free_port());
-    let at_join = sink.count();
-    assert!(
-        !complete(&sink, "/ordered", &counts),
-        "everything was delivered before the rebalance"
-    );
-    wait_until(
-        Duration::from_secs(120),
-        "every event after the rebalance",
-        || complete(&sink, "/ordered", &counts),
-    )
-    .await;
-    // The second replica took part: it holds a share of the partitions.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let text = b.metrics().await;
@@ -347,8 +351,19 @@ async fn a_rebalance_mid_run_keeps_each_contact_in_order() {
             Instant::now() < deadline,
             "the second replica got no partition: {share:?}"
         );
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let at_join = sink.count();
+    assert!(
+        !complete(&sink, "/ordered", &counts),
+        "everything was delivered before the second replica had partitions"
+    );
+    wait_until(
+        Duration::from_secs(120),
+        "every event after the rebalance",
+        || complete(&sink, "/ordered", &counts),
+    )
+    .await;
     let steps = first_seen(&sink, "/ordered");
     let wrong = out_of_order(&steps);
     assert!(
@@ -357,4 +372,139 @@ async fn a_rebalance_mid_run_keeps_each_contact_in_order() {
         wrong.len(),
         &wrong[..wrong.len().min(3)]
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pausing_an_ordered_endpoint_moves_what_it_held_to_kafka_in_order() {
+    support::init_logging();
+    let kafka = support::embedded_kafka(4);
+    // Contact `stuck-0` fails for 4 s; its first event blocks its key.
+    let sink = Sink::start(Behaviour::Hiccup {
+        needle: "stuck-0",
+        ms: 4_000,
+    })
+    .await;
+    let endpoints = format!(
+        "  - id: ordered\n    url: \"{}\"\n    events: [\"*\"]\n    retry:\n      schedule: [{}]\n{ORDERING}",
+        sink.url("/ordered"),
+        ["1s"; 20].join(", ")
+    );
+    let running = start(config(kafka.bootstrap(), "pause-ordered", &endpoints)).await;
+    let (stuck, stuck_counts) = lifecycles(1, "stuck");
+    let (others, other_counts) = lifecycles(50, "contact");
+    let total = (stuck.len() + others.len()) as i64;
+    let records: Vec<_> = stuck.into_iter().chain(others).collect();
+    produce_keyed(kafka.bootstrap(), "events", &records).await;
+    wait_until(
+        Duration::from_secs(60),
+        "the other contacts' events",
+        || complete(&sink, "/ordered", &other_counts),
+    )
+    .await;
+    assert!(!first_seen(&sink, "/ordered").contains_key("stuck-0"));
+
+    // Paused with a blocked key: what the lane held (the stuck head and
+    // the events behind it) goes to the spill topic, so every source
+    // record is final and committed, pause or no pause.
+    let (status, body) = api(&running, "POST", "/endpoints/ordered/pause").await;
+    assert_eq!(status, 200, "{body}");
+    let bootstrap = kafka.bootstrap().to_owned();
+    wait_until(
+        Duration::from_secs(30),
+        "every source record committed",
+        || committed_total(&bootstrap, "pause-ordered", "events") == total,
+    )
+    .await;
+    let text = support::admin(running.admin_addr, "GET", "/metrics")
+        .await
+        .1;
+    assert!(
+        metric(&text, "dispatcher_spilled_total{endpoint=\"ordered\"}") >= 10.0,
+        "the stuck contact's 10 events were spilled: {text}"
+    );
+    assert!(
+        text.contains("dispatcher_endpoint_blocked_keys{endpoint=\"ordered\"} 0"),
+        "nothing is held in memory while paused: {text}"
+    );
+    // Past the hiccup, resumed: the stuck contact's events come back from
+    // Kafka and arrive, in order.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let (status, body) = api(&running, "POST", "/endpoints/ordered/resume").await;
+    assert_eq!(status, 200, "{body}");
+    wait_until(
+        Duration::from_secs(60),
+        "the stuck contact's events",
+        || complete(&sink, "/ordered", &stuck_counts),
+    )
+    .await;
+    let steps = first_seen(&sink, "/ordered");
+    let wrong = out_of_order(&steps);
+    assert!(
+        wrong.is_empty(),
+        "out of order: {:?}",
+        &wrong[..wrong.len().min(3)]
+    );
+    running.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_past_max_age_takes_the_events_held_behind_it_along_with_dead_letter_rest() {
+    support::init_logging();
+    let kafka = support::embedded_kafka(4);
+    // Contact `stuck-0` fails far longer than its retry.max_age (2 s).
+    let sink = Sink::start(Behaviour::Hiccup {
+        needle: "stuck-0",
+        ms: 600_000,
+    })
+    .await;
+    let endpoints = format!(
+        "  - id: ordered\n    url: \"{}\"\n    events: [\"*\"]\n    retry:\n      schedule: [{}]\n      max_age: 2s\n    ordering:\n      key: data.contact_id\n      on_expired: dead_letter_rest\n",
+        sink.url("/ordered"),
+        // Enough attempts to reach max_age first: 40 waits of up to 200 ms.
+        ["200ms"; 40].join(", ")
+    );
+    let running = start(config(kafka.bootstrap(), "rest-ordered", &endpoints)).await;
+    let (stuck, _) = lifecycles(1, "stuck");
+    let (others, other_counts) = lifecycles(20, "contact");
+    let stuck_events = stuck.len();
+    let records: Vec<_> = stuck.into_iter().chain(others).collect();
+    produce_keyed(kafka.bootstrap(), "events", &records).await;
+
+    // The stuck contact's first event expires; the events held behind it
+    // (the lane took them all: they were read at once) go with it.
+    let letters = support::kafka::read_all(
+        kafka.bootstrap(),
+        "dispatcher.dlq",
+        stuck_events,
+        Duration::from_secs(60),
+    );
+    let reasons: Vec<_> = letters
+        .iter()
+        .map(|l| support::kafka::header(l, "dlq.reason").unwrap_or("?"))
+        .collect();
+    assert_eq!(reasons.len(), stuck_events, "{reasons:?}");
+    assert_eq!(
+        reasons.iter().filter(|r| **r == "expired").count(),
+        1,
+        "{reasons:?}"
+    );
+    assert_eq!(
+        reasons
+            .iter()
+            .filter(|r| **r == "ordering_head_dead_lettered")
+            .count(),
+        stuck_events - 1,
+        "{reasons:?}"
+    );
+    // None of them reached the receiver; the other contacts did, in order.
+    wait_until(
+        Duration::from_secs(30),
+        "the other contacts' events",
+        || complete(&sink, "/ordered", &other_counts),
+    )
+    .await;
+    let steps = first_seen(&sink, "/ordered");
+    assert!(!steps.contains_key("stuck-0"), "{:?}", steps.get("stuck-0"));
+    assert!(out_of_order(&steps).is_empty());
+    running.shutdown().await.unwrap();
 }

@@ -281,8 +281,19 @@ struct Item {
     key: Key,
 }
 
-/// A finished piece of the lane's work: a send, to act on, or a park or
-/// dead-letter write (`None`).
+impl Item {
+    /// Back to a job, with its delivery id and history, to be written to
+    /// Kafka and read back as it is.
+    fn into_job(self) -> Job {
+        Job {
+            event: self.event,
+            ticket: self.ticket,
+            parked: Some(Box::new((self.id, self.state))),
+        }
+    }
+}
+
+/// A finished send, to act on.
 struct Sent {
     item: Item,
     outcome: Outcome,
@@ -290,7 +301,14 @@ struct Sent {
     charged: usize,
 }
 
-type Done = Option<Sent>;
+/// A finished piece of the lane's work.
+enum Done {
+    Sent(Sent),
+    /// A park or dead-letter write ended; when it made its delivery final,
+    /// the delivery's key on an ordered endpoint (else [`NO_KEY`]), whose
+    /// next delivery may go now.
+    Wrote(Key),
+}
 
 struct Lane {
     s: LaneSettings,
@@ -323,8 +341,6 @@ struct Lane {
     lag_check: Option<tokio::time::Instant>,
     /// An ordered endpoint's keys under way (see [`Sequencer`]).
     order: Option<Box<Sequencer>>,
-    /// When to look again for its longest blocked key.
-    blocked_check: Option<Instant>,
 }
 
 /// Park and dead-letter writes one lane may have in flight: beyond this it
@@ -351,7 +367,6 @@ impl Lane {
                 .ordering
                 .as_ref()
                 .map(|o| Box::new(Sequencer::new((**o).clone()))),
-            blocked_check: None,
             breaker: Breaker::new(s.breaker.clone(), Instant::now()),
             concurrency: Concurrency::new(s.max_in_flight, s.adaptive_concurrency),
             limiter: s.rate_limit.as_ref().map(|r| limiter(r, share)),
@@ -430,6 +445,13 @@ impl Lane {
                 self.update(update);
             }
             let now = Instant::now();
+            if inbox.is_closed() {
+                self.let_go_held();
+            }
+            if control.disabled() && self.order.is_some() {
+                // What waits is dead-lettered at once, not after its wait.
+                self.flush_waiting();
+            }
             self.refresh_accepting(now, &mut work);
             self.pump(&mut work);
             self.d
@@ -521,6 +543,9 @@ impl Lane {
                 _ = control.changed.notified() => {}
                 Some(done) = work.next(), if !work.is_empty() => self.finish(done, &mut work),
                 Some(expired) = expired(&mut self.waiting), if self.waiting_len() > 0 => {
+                    if let Some(order) = &mut self.order {
+                        order.waits.remove(&expired.key());
+                    }
                     self.ready.push_back(expired.into_inner());
                 }
                 _ = sleep_until(blocked), if blocked.is_some() => self.blocked_until = None,
@@ -556,20 +581,24 @@ impl Lane {
     /// wait among them (looked for at most once a second: it is a walk
     /// over the keys under way).
     fn blocked_metrics(&mut self, now: Instant) {
-        let Some(order) = &self.order else {
+        let Some(order) = &mut self.order else {
             return;
         };
         let blocked = order.blocked();
         self.d.metrics.blocked_keys.set(blocked as i64);
         if blocked == 0 {
             self.d.metrics.blocked_since_ms.set(0);
-            self.blocked_check = None;
+            order.age_check = None;
             return;
         }
-        if self.blocked_check.is_some_and(|at| now < at) {
+        // Again when a key was freed (it may have been the oldest), else at
+        // most once a second.
+        let freed = blocked < order.blocked_seen;
+        order.blocked_seen = blocked;
+        if !freed && order.age_check.is_some_and(|at| now < at) {
             return;
         }
-        self.blocked_check = Some(now + Duration::from_secs(1));
+        order.age_check = Some(now + Duration::from_secs(1));
         if let Some(since) = order.oldest_blocked() {
             let ms = chrono::Utc::now().timestamp_millis()
                 - now.saturating_duration_since(since).as_millis() as i64;
@@ -583,8 +612,8 @@ impl Lane {
             LaneUpdate::Delete => {
                 tracing::info!(endpoint = %self.s.endpoint_id, "endpoint deleted: dead-lettering what is left of its work");
                 self.deleting = true;
-                // Retries waiting in memory are dead-lettered when their
-                // short wait ends (at most pipeline.in_memory_retry_max).
+                // Retries waiting in memory are dead-lettered now.
+                self.flush_waiting();
                 self.inbox.mark_deleted();
             }
             LaneUpdate::Settings(new) => {
@@ -662,6 +691,7 @@ impl Lane {
         if can_send == was {
             if !can_send {
                 self.park_ready(work);
+                self.spill_held();
             }
             return;
         }
@@ -675,6 +705,73 @@ impl Lane {
         self.inbox.request_eviction();
         drop(self.inbox.take_returned());
         self.park_ready(work);
+        self.spill_held();
+    }
+
+    /// An ordered lane that cannot send (paused, breaker open) gives back
+    /// what it holds in memory (its keys' heads, ready or waiting for a
+    /// retry, and the deliveries behind them) to be spilled by the source
+    /// ahead of its queued fresh deliveries, each key in its order. Their
+    /// records are then final and their partitions' commits move on,
+    /// however long the pause or the outage lasts, and they come back in
+    /// order once the lane can send (a head keeps its attempts and when it
+    /// is due). It first lets its sends and writes under way end: what
+    /// follows them must go after them.
+    fn spill_held(&mut self) {
+        let Some(order) = &mut self.order else {
+            return;
+        };
+        if self.sends > 0 || self.writes > 0 || self.inbox.is_closed() {
+            return;
+        }
+        let mut heads: Vec<Item> = self.ready.drain(..).collect();
+        if let Some(waiting) = &mut self.waiting {
+            for at in order.waits.drain() {
+                heads.push(waiting.remove(&at).into_inner());
+            }
+        }
+        if heads.is_empty() {
+            return;
+        }
+        let mut jobs = Vec::with_capacity(heads.len() + order.held());
+        for head in heads {
+            let key = head.key;
+            jobs.push(head.into_job());
+            jobs.extend(order.take_chain(key).into_iter().map(Item::into_job));
+        }
+        // Chains whose head is not here: none while nothing is under way.
+        jobs.extend(order.take_all().into_iter().map(Item::into_job));
+        tracing::debug!(endpoint = %self.s.endpoint_id, deliveries = jobs.len(), "ordered lane cannot send; spilling what it held, in order");
+        self.inbox.requeue_front(jobs);
+        self.inbox.request_eviction();
+    }
+
+    /// The inbox is closed (shutdown): an ordered lane lets go of what it
+    /// has not started. Its records are not final, so the partitions' next
+    /// owner reads them again, in order; its sends under way end.
+    fn let_go_held(&mut self) {
+        let Some(order) = &mut self.order else {
+            return;
+        };
+        self.ready.clear();
+        self.waiting = None;
+        order.waits.clear();
+        drop(order.take_all());
+    }
+
+    /// Its endpoint is deleted or disabled: every retry an ordered lane
+    /// still has waiting is due now, to be dead-lettered (its waits may be
+    /// hours long).
+    fn flush_waiting(&mut self) {
+        let Some(waiting) = &mut self.waiting else {
+            return;
+        };
+        // An unordered lane's waits are short: they end by themselves.
+        if let Some(order) = &mut self.order {
+            for at in order.waits.drain() {
+                self.ready.push_back(waiting.remove(&at).into_inner());
+            }
+        }
     }
 
     /// Retries whose wait ended while the lane cannot send: park them, once.
@@ -932,7 +1029,7 @@ impl Lane {
                     retry_after: None,
                 },
             };
-            Some(Sent {
+            Done::Sent(Sent {
                 item,
                 outcome,
                 took: started.elapsed(),
@@ -971,9 +1068,13 @@ impl Lane {
                 && self.waiting_len() < self.s.max_in_flight * 4)
         {
             self.d.metrics.retried.inc();
-            self.waiting
+            let at = self
+                .waiting
                 .get_or_insert_with(Box::default)
                 .insert(item, wait);
+            if let Some(order) = &mut self.order {
+                order.waits.insert(at);
+            }
         } else {
             let write = self.park(item, wait, reason);
             self.push_write(work, write);
@@ -982,15 +1083,18 @@ impl Lane {
 
     /// Act on a finished piece of work.
     fn finish(&mut self, done: Done, work: &mut FuturesUnordered<BoxFuture<'static, Done>>) {
-        let Some(Sent {
+        let Sent {
             mut item,
             outcome,
             took,
             charged,
-        }) = done
-        else {
-            self.writes -= 1;
-            return;
+        } = match done {
+            Done::Sent(sent) => sent,
+            Done::Wrote(key) => {
+                self.writes -= 1;
+                self.settled(key);
+                return;
+            }
         };
         self.d.shared.budget.release(0, charged);
         let in_flight_before = self.sends;
@@ -1199,15 +1303,16 @@ impl Lane {
                         None,
                     );
                     if dead_letters.write(letter).await.is_err() {
-                        return None;
+                        return Done::Wrote(NO_KEY);
                     }
                     metrics.dead_lettered.inc();
                 }
                 // Stopping: left unfinished, read again after the restart.
-                Err(WriteError::Fatal(_)) => return None,
+                Err(WriteError::Fatal(_)) => return Done::Wrote(NO_KEY),
             }
             item.ticket.finish_one();
-            None
+            // Only unordered lanes park: no key waits on it.
+            Done::Wrote(NO_KEY)
         })
     }
 
@@ -1239,16 +1344,24 @@ impl Lane {
                 &item.state.history,
                 sent.as_deref(),
             );
-            if dead_letters.write(letter).await.is_ok() {
-                metrics.dead_lettered.inc();
-                item.ticket.finish_one();
+            // Its key's next delivery goes once this one is final, not
+            // before: were the write lost in a crash, it would be read
+            // again, and must not come after the next one.
+            match dead_letters.write(letter).await {
+                Ok(_) => {
+                    metrics.dead_lettered.inc();
+                    item.ticket.finish_one();
+                    Done::Wrote(item.key)
+                }
+                // Stopping: left unfinished, read again after the restart.
+                Err(_) => Done::Wrote(NO_KEY),
             }
-            None
         })
     }
 
     /// Dead-letter `item` (keeping `sent`, what a transport rendered, when
-    /// given). On an ordered endpoint its key moves on; a head given up
+    /// given). On an ordered endpoint its key moves on once the letter is
+    /// written; a head given up
     /// after its retries takes the deliveries held behind it along when
     /// `ordering.on_expired` is `dead_letter_rest`.
     fn give_up(
@@ -1273,7 +1386,9 @@ impl Lane {
                 .as_mut()
                 .map(|o| o.take_followers(key))
                 .unwrap_or_default();
-            for follower in rest {
+            for mut follower in rest {
+                // Out of its key's chain: its write frees nothing.
+                follower.key = NO_KEY;
                 let error = format!(
                     "an earlier delivery of its key was dead-lettered ({code}), and ordering.on_expired is dead_letter_rest"
                 );
@@ -1281,7 +1396,6 @@ impl Lane {
                 self.push_write(work, write);
             }
         }
-        self.settled(key);
     }
 
     fn breaker_changed(&mut self, state: BreakerState) {

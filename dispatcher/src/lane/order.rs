@@ -99,6 +99,14 @@ pub(super) struct Sequencer {
     held: usize,
     /// Keys whose head waits for a retry.
     blocked: usize,
+    /// Where the lane's retry waits are in its delay queue: an ordered lane
+    /// takes them all out when it gives what it holds back to Kafka.
+    pub waits:
+        std::collections::HashSet<tokio_util::time::delay_queue::Key, foldhash::fast::RandomState>,
+    /// When the lane looks again for its longest blocked key, and how many
+    /// were blocked when it last looked (see `Lane::blocked_metrics`).
+    pub age_check: Option<Instant>,
+    pub blocked_seen: usize,
 }
 
 impl Sequencer {
@@ -109,6 +117,9 @@ impl Sequencer {
             chains: HashMap::default(),
             held: 0,
             blocked: 0,
+            waits: Default::default(),
+            age_check: None,
+            blocked_seen: 0,
         }
     }
 
@@ -117,8 +128,8 @@ impl Sequencer {
     }
 
     /// A new ordering for the keys from now on (the endpoint changed). The
-    /// chains under way keep their order; values hashed with the old key
-    /// path and the new one simply do not meet.
+    /// chains under way keep their order; a key under the new path queues
+    /// behind one under the old only if their values hash alike.
     pub fn set_ordering(&mut self, ordering: KeyOrdering) {
         self.ordering = ordering;
     }
@@ -202,6 +213,29 @@ impl Sequencer {
             }
             None => VecDeque::new(),
         }
+    }
+
+    /// `key`'s chain taken out whole: its key has nothing under way any
+    /// more (its head leaves the lane too).
+    pub fn take_chain(&mut self, key: Key) -> VecDeque<Item> {
+        match self.chains.remove(&key) {
+            Some(chain) => {
+                self.held -= chain.followers.len();
+                if chain.blocked_since.is_some() {
+                    self.blocked -= 1;
+                }
+                chain.followers
+            }
+            None => VecDeque::new(),
+        }
+    }
+
+    /// Every chain taken out, in each key's order (what is left once the
+    /// heads have taken theirs).
+    pub fn take_all(&mut self) -> Vec<Item> {
+        self.held = 0;
+        self.blocked = 0;
+        self.chains.drain().flat_map(|(_, c)| c.followers).collect()
     }
 
     /// Every delivery held in a chain, in each key's order: the endpoint
@@ -345,6 +379,25 @@ mod tests {
         assert_eq!(rest, [2, 3]);
         assert_eq!(s.held(), 0);
         assert!(s.settle(a1.key).is_none());
+    }
+
+    #[test]
+    fn a_chain_taken_out_frees_its_key_and_its_counts() {
+        let mut s = sequencer();
+        let a1 = s.admit(item(&s, Some("a"), 1)).unwrap();
+        assert!(s.admit(item(&s, Some("a"), 2)).is_none());
+        let b1 = s.admit(item(&s, Some("b"), 3)).unwrap();
+        assert!(s.admit(item(&s, Some("b"), 4)).is_none());
+        s.block(a1.key, Instant::now());
+        let rest: Vec<i64> = s.take_chain(a1.key).iter().map(offset).collect();
+        assert_eq!(rest, [2]);
+        assert_eq!((s.held(), s.blocked()), (1, 0));
+        assert!(s.admit(item(&s, Some("a"), 5)).is_some(), "a is free");
+        let all: Vec<i64> = s.take_all().iter().map(offset).collect();
+        assert_eq!(all, [4]);
+        assert_eq!(s.held(), 0);
+        assert!(s.admit(item(&s, Some("b"), 6)).is_some(), "b is free");
+        let _ = b1;
     }
 
     #[test]
