@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use dispatcher::config::Config;
 use dispatcher::seed::{SeedEvents, LIFECYCLES};
-use support::kafka::{committed_total, produce_keyed};
+use support::kafka::produce_keyed;
 use support::sink::{Behaviour, Sink};
 use support::{api, config_yaml, free_port, metric, start, wait_until, Child};
 
@@ -192,23 +192,11 @@ async fn each_contact_is_delivered_in_order_through_failed_first_attempts_and_co
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_blocked_by_a_receiver_hiccup_does_not_delay_the_other_keys() {
-    support::init_logging();
-    let kafka = support::embedded_kafka(4);
     // Every request about contact `stuck-0` fails for 5 s; the rest are
-    // answered at once.
-    let sink = Sink::start(Behaviour::Hiccup {
-        needle: "stuck-0",
-        ms: 5_000,
-    })
-    .await;
-    // Retries enough to outlast the hiccup: 20 waits of up to 1 s each
-    // (full jitter), 10 s on average.
-    let endpoints = format!(
-        "  - id: ordered\n    url: \"{}\"\n    events: [\"*\"]\n    max_in_flight: 64\n    retry:\n      schedule: [{}]\n{ORDERING}",
-        sink.url("/ordered"),
-        ["1s"; 20].join(", ")
-    );
-    let running = start(config(kafka.bootstrap(), "hiccup", &endpoints)).await;
+    // answered at once. Retries enough to outlast the hiccup: 20 waits of
+    // up to 1 s each (full jitter), 10 s on average.
+    let (kafka, sink, running) =
+        with_a_stuck_contact("hiccup", 5_000, &(retrying(20, "1s") + ORDERING)).await;
 
     let (stuck, stuck_counts) = lifecycles(1, "stuck");
     let (others, other_counts) = lifecycles(300, "contact");
@@ -256,6 +244,42 @@ async fn a_key_blocked_by_a_receiver_hiccup_does_not_delay_the_other_keys() {
         &wrong[..wrong.len().min(3)]
     );
     running.shutdown().await.unwrap();
+}
+
+/// `retry:` of an endpoint: `n` waits of up to `wait`.
+fn retrying(n: usize, wait: &str) -> String {
+    format!(
+        "    retry:\n      schedule: [{}]\n",
+        vec![wait; n].join(", ")
+    )
+}
+
+/// A receiver that fails every request about contact `stuck-0` for
+/// `hiccup_ms` from the first one (and answers the rest at once), and a
+/// dispatcher in group `group` with one endpoint on it, `ordered`, whose
+/// further keys are `endpoint` (YAML lines).
+async fn with_a_stuck_contact(
+    group: &str,
+    hiccup_ms: u64,
+    endpoint: &str,
+) -> (
+    dispatcher::embedded::EmbeddedKafka,
+    Sink,
+    dispatcher::app::Running,
+) {
+    support::init_logging();
+    let kafka = support::embedded_kafka(4);
+    let sink = Sink::start(Behaviour::Hiccup {
+        needle: "stuck-0",
+        ms: hiccup_ms,
+    })
+    .await;
+    let endpoints = format!(
+        "  - id: ordered\n    url: \"{}\"\n    events: [\"*\"]\n{endpoint}",
+        sink.url("/ordered")
+    );
+    let running = start(config(kafka.bootstrap(), group, &endpoints)).await;
+    (kafka, sink, running)
 }
 
 /// The config text of a dispatcher binary for the ordered endpoint, at 8
@@ -375,24 +399,13 @@ async fn a_rebalance_mid_run_keeps_each_contact_in_order() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pausing_an_ordered_endpoint_moves_what_it_held_to_kafka_in_order() {
-    support::init_logging();
-    let kafka = support::embedded_kafka(4);
+async fn a_key_paused_with_its_head_in_memory_gets_the_events_spilled_meanwhile_after_it() {
     // Contact `stuck-0` fails for 4 s; its first event blocks its key.
-    let sink = Sink::start(Behaviour::Hiccup {
-        needle: "stuck-0",
-        ms: 4_000,
-    })
-    .await;
-    let endpoints = format!(
-        "  - id: ordered\n    url: \"{}\"\n    events: [\"*\"]\n    retry:\n      schedule: [{}]\n{ORDERING}",
-        sink.url("/ordered"),
-        ["1s"; 20].join(", ")
-    );
-    let running = start(config(kafka.bootstrap(), "pause-ordered", &endpoints)).await;
-    let (stuck, stuck_counts) = lifecycles(1, "stuck");
+    let (kafka, sink, running) =
+        with_a_stuck_contact("pause-ordered", 4_000, &(retrying(20, "1s") + ORDERING)).await;
+    let (mut stuck, stuck_counts) = lifecycles(1, "stuck");
+    let later = stuck.split_off(5);
     let (others, other_counts) = lifecycles(50, "contact");
-    let total = (stuck.len() + others.len()) as i64;
     let records: Vec<_> = stuck.into_iter().chain(others).collect();
     produce_keyed(kafka.bootstrap(), "events", &records).await;
     wait_until(
@@ -403,31 +416,30 @@ async fn pausing_an_ordered_endpoint_moves_what_it_held_to_kafka_in_order() {
     .await;
     assert!(!first_seen(&sink, "/ordered").contains_key("stuck-0"));
 
-    // Paused with a blocked key: what the lane held (the stuck head and
-    // the events behind it) goes to the spill topic, so every source
-    // record is final and committed, pause or no pause.
+    // Paused with the key blocked: its first five events stay in memory;
+    // its last five, produced during the pause, are spilled.
     let (status, body) = api(&running, "POST", "/endpoints/ordered/pause").await;
     assert_eq!(status, 200, "{body}");
-    let bootstrap = kafka.bootstrap().to_owned();
-    wait_until(
-        Duration::from_secs(30),
-        "every source record committed",
-        || committed_total(&bootstrap, "pause-ordered", "events") == total,
-    )
-    .await;
-    let text = support::admin(running.admin_addr, "GET", "/metrics")
-        .await
-        .1;
-    assert!(
-        metric(&text, "dispatcher_spilled_total{endpoint=\"ordered\"}") >= 10.0,
-        "the stuck contact's 10 events were spilled: {text}"
-    );
-    assert!(
-        text.contains("dispatcher_endpoint_blocked_keys{endpoint=\"ordered\"} 0"),
-        "nothing is held in memory while paused: {text}"
-    );
-    // Past the hiccup, resumed: the stuck contact's events come back from
-    // Kafka and arrive, in order.
+    produce_keyed(kafka.bootstrap(), "events", &later).await;
+    let admin = running.admin_addr;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = support::admin(admin, "GET", "/metrics").await.1;
+        if metric(&text, "dispatcher_spilled_total{endpoint=\"ordered\"}") >= 5.0 {
+            assert!(
+                text.contains("dispatcher_endpoint_blocked_keys{endpoint=\"ordered\"} 1"),
+                "the head waits in memory through the pause: {text}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nothing spilled while paused: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Past the hiccup, resumed: the held events go first, then the
+    // spilled ones come back behind them.
     tokio::time::sleep(Duration::from_secs(4)).await;
     let (status, body) = api(&running, "POST", "/endpoints/ordered/resume").await;
     assert_eq!(status, 200, "{body}");
@@ -449,21 +461,11 @@ async fn pausing_an_ordered_endpoint_moves_what_it_held_to_kafka_in_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_head_past_max_age_takes_the_events_held_behind_it_along_with_dead_letter_rest() {
-    support::init_logging();
-    let kafka = support::embedded_kafka(4);
-    // Contact `stuck-0` fails far longer than its retry.max_age (2 s).
-    let sink = Sink::start(Behaviour::Hiccup {
-        needle: "stuck-0",
-        ms: 600_000,
-    })
-    .await;
-    let endpoints = format!(
-        "  - id: ordered\n    url: \"{}\"\n    events: [\"*\"]\n    retry:\n      schedule: [{}]\n      max_age: 2s\n    ordering:\n      key: data.contact_id\n      on_expired: dead_letter_rest\n",
-        sink.url("/ordered"),
-        // Enough attempts to reach max_age first: 40 waits of up to 200 ms.
-        ["200ms"; 40].join(", ")
-    );
-    let running = start(config(kafka.bootstrap(), "rest-ordered", &endpoints)).await;
+    // Contact `stuck-0` fails far longer than its retry.max_age (2 s), and
+    // has attempts enough to reach it first: 40 waits of up to 200 ms.
+    let endpoint = retrying(40, "200ms")
+        + "      max_age: 2s\n    ordering:\n      key: data.contact_id\n      on_expired: dead_letter_rest\n";
+    let (kafka, sink, running) = with_a_stuck_contact("rest-ordered", 600_000, &endpoint).await;
     let (stuck, _) = lifecycles(1, "stuck");
     let (others, other_counts) = lifecycles(20, "contact");
     let stuck_events = stuck.len();

@@ -28,8 +28,9 @@ use loadtest::run::{run, RunOptions};
 use loadtest::scenario::Scenario;
 use serde_json::Value;
 
-/// Faults on four endpoints of five; a retry topic named as the alert rules
-/// and the dashboard expect it by default.
+/// Faults on four endpoints of five (the flaky one ordered per contact, so
+/// that the blocked-key series exist); a retry topic named as the alert
+/// rules and the dashboard expect it by default.
 const SCENARIO: &str = r#"
 name: prometheus
 description: faults on four endpoints of five, scraped by a real Prometheus
@@ -46,6 +47,7 @@ endpoints:
   - id: throttled
     faults: [{kind: throttle, ratio: 0.3, retry_after: 1s}]
   - id: flaky
+    config: {ordering: {key: data.contact_id}}
     faults: [{kind: error, status: 503, ratio: 0.2}]
   - id: rejecting
     faults: [{kind: error, status: 400, ratio: 0.1}]

@@ -639,23 +639,6 @@ impl Inbox {
         self.progress.set_oldest(q.fresh.front().map(|f| f.stamp));
     }
 
-    /// Put `jobs` back at the front of the fresh queue, in their order,
-    /// ahead of what is queued: an ordered lane that cannot send gives back
-    /// what it held in memory, to be spilled before anything newer (see
-    /// `Lane::spill_held`).
-    pub(super) fn requeue_front(&self, jobs: Vec<Job>) {
-        if jobs.is_empty() {
-            return;
-        }
-        let mut q = self.lock();
-        let stamp = self.shares.front.now();
-        for job in jobs.into_iter().rev() {
-            self.push(&mut q, weight(&job));
-            q.fresh.push_front(Queued { job, stamp });
-        }
-        self.fresh_changed(&q);
-    }
-
     /// Whether any fresh delivery is queued (one the source could spill).
     pub fn has_fresh(&self) -> bool {
         !self.lock().fresh.is_empty()

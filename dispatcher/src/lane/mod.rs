@@ -281,18 +281,6 @@ struct Item {
     key: Key,
 }
 
-impl Item {
-    /// Back to a job, with its delivery id and history, to be written to
-    /// Kafka and read back as it is.
-    fn into_job(self) -> Job {
-        Job {
-            event: self.event,
-            ticket: self.ticket,
-            parked: Some(Box::new((self.id, self.state))),
-        }
-    }
-}
-
 /// A finished send, to act on.
 struct Sent {
     item: Item,
@@ -589,6 +577,7 @@ impl Lane {
         if blocked == 0 {
             self.d.metrics.blocked_since_ms.set(0);
             order.age_check = None;
+            order.blocked_seen = 0;
             return;
         }
         // Again when a key was freed (it may have been the oldest), else at
@@ -691,7 +680,6 @@ impl Lane {
         if can_send == was {
             if !can_send {
                 self.park_ready(work);
-                self.spill_held();
             }
             return;
         }
@@ -705,50 +693,14 @@ impl Lane {
         self.inbox.request_eviction();
         drop(self.inbox.take_returned());
         self.park_ready(work);
-        self.spill_held();
-    }
-
-    /// An ordered lane that cannot send (paused, breaker open) gives back
-    /// what it holds in memory (its keys' heads, ready or waiting for a
-    /// retry, and the deliveries behind them) to be spilled by the source
-    /// ahead of its queued fresh deliveries, each key in its order. Their
-    /// records are then final and their partitions' commits move on,
-    /// however long the pause or the outage lasts, and they come back in
-    /// order once the lane can send (a head keeps its attempts and when it
-    /// is due). It first lets its sends and writes under way end: what
-    /// follows them must go after them.
-    fn spill_held(&mut self) {
-        let Some(order) = &mut self.order else {
-            return;
-        };
-        if self.sends > 0 || self.writes > 0 || self.inbox.is_closed() {
-            return;
-        }
-        let mut heads: Vec<Item> = self.ready.drain(..).collect();
-        if let Some(waiting) = &mut self.waiting {
-            for at in order.waits.drain() {
-                heads.push(waiting.remove(&at).into_inner());
-            }
-        }
-        if heads.is_empty() {
-            return;
-        }
-        let mut jobs = Vec::with_capacity(heads.len() + order.held());
-        for head in heads {
-            let key = head.key;
-            jobs.push(head.into_job());
-            jobs.extend(order.take_chain(key).into_iter().map(Item::into_job));
-        }
-        // Chains whose head is not here: none while nothing is under way.
-        jobs.extend(order.take_all().into_iter().map(Item::into_job));
-        tracing::debug!(endpoint = %self.s.endpoint_id, deliveries = jobs.len(), "ordered lane cannot send; spilling what it held, in order");
-        self.inbox.requeue_front(jobs);
-        self.inbox.request_eviction();
     }
 
     /// The inbox is closed (shutdown): an ordered lane lets go of what it
-    /// has not started. Its records are not final, so the partitions' next
-    /// owner reads them again, in order; its sends under way end.
+    /// has not started, queued or held (its sends under way end). Its
+    /// records are not final, so the partitions' next owner reads them
+    /// again, in order; a returned one goes back under its hold. Nothing of
+    /// a key may be sent once an earlier one of it was let go, so the inbox
+    /// goes too.
     fn let_go_held(&mut self) {
         let Some(order) = &mut self.order else {
             return;
@@ -757,6 +709,7 @@ impl Lane {
         self.waiting = None;
         order.waits.clear();
         drop(order.take_all());
+        drop(self.inbox.drain_all());
     }
 
     /// Its endpoint is deleted or disabled: every retry an ordered lane
@@ -776,7 +729,8 @@ impl Lane {
 
     /// Retries whose wait ended while the lane cannot send: park them, once.
     /// An ordered lane keeps them: each is its key's head, and what follows
-    /// it must not be sent before it (see [`Sequencer`]).
+    /// it, in memory or spilled since, must not be sent before it (see
+    /// [`Sequencer`]).
     fn park_ready(&mut self, work: &mut FuturesUnordered<BoxFuture<'static, Done>>) {
         while self.writes < MAX_WRITES && self.order.is_none() {
             let Some(item) = self.ready.pop_front() else {
@@ -1374,28 +1328,43 @@ impl Lane {
     ) {
         let key = item.key;
         let write = self.dead_letter_with(item, code, error, sent);
-        self.push_write(work, write);
         let rest_too = matches!(code, "expired" | "retries_exhausted")
             && self
                 .order
                 .as_ref()
                 .is_some_and(|o| o.ordering().on_expired == OnExpired::DeadLetterRest);
-        if rest_too {
-            let rest = self
+        let rest = match rest_too {
+            true => self
                 .order
                 .as_mut()
                 .map(|o| o.take_followers(key))
-                .unwrap_or_default();
-            for mut follower in rest {
-                // Out of its key's chain: its write frees nothing.
-                follower.key = NO_KEY;
-                let error = format!(
-                    "an earlier delivery of its key was dead-lettered ({code}), and ordering.on_expired is dead_letter_rest"
-                );
-                let write = self.dead_letter(follower, "ordering_head_dead_lettered", error);
-                self.push_write(work, write);
-            }
+                .unwrap_or_default(),
+            false => Default::default(),
+        };
+        if rest.is_empty() {
+            self.push_write(work, write);
+            return;
         }
+        // The head's letter, then its followers', one after another: the
+        // key is free only once all of them are written (each letter's
+        // future says its key when it was).
+        let error = format!(
+            "an earlier delivery of its key was dead-lettered ({code}), and ordering.on_expired is dead_letter_rest"
+        );
+        let letters: Vec<_> = rest
+            .into_iter()
+            .map(|f| self.dead_letter(f, "ordering_head_dead_lettered", error.clone()))
+            .collect();
+        self.push_write(
+            work,
+            Box::pin(async move {
+                let mut written = matches!(write.await, Done::Wrote(k) if k == key);
+                for letter in letters {
+                    written &= matches!(letter.await, Done::Wrote(k) if k == key);
+                }
+                Done::Wrote(if written { key } else { NO_KEY })
+            }),
+        );
     }
 
     fn breaker_changed(&mut self, state: BreakerState) {
