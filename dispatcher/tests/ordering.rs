@@ -83,6 +83,19 @@ fn out_of_order(steps: &BTreeMap<String, Vec<u64>>) -> Vec<(&String, &Vec<u64>)>
         .collect()
 }
 
+/// Every contact's events came to `path` in order; `when` says after what.
+fn assert_in_order(sink: &Sink, path: &str, when: &str) {
+    let steps = first_seen(sink, path);
+    let wrong = out_of_order(&steps);
+    assert!(
+        wrong.is_empty(),
+        "{} of {} contacts out of order {when}, e.g. {:?}",
+        wrong.len(),
+        steps.len(),
+        &wrong[..wrong.len().min(3)]
+    );
+}
+
 fn complete(sink: &Sink, path: &str, counts: &BTreeMap<String, usize>) -> bool {
     let steps = first_seen(sink, path);
     counts
@@ -147,15 +160,7 @@ async fn each_contact_is_delivered_in_order_through_failed_first_attempts_and_co
     })
     .await;
 
-    let steps = first_seen(&sink, "/ordered");
-    let wrong = out_of_order(&steps);
-    assert!(
-        wrong.is_empty(),
-        "{} of {} contacts got their events out of order, e.g. {:?}",
-        wrong.len(),
-        steps.len(),
-        &wrong[..wrong.len().min(3)]
-    );
+    assert_in_order(&sink, "/ordered", "through failed first attempts");
     let control_steps = first_seen(&control, "/unordered");
     assert!(
         !out_of_order(&control_steps).is_empty(),
@@ -236,13 +241,7 @@ async fn a_key_blocked_by_a_receiver_hiccup_does_not_delay_the_other_keys() {
         || complete(&sink, "/ordered", &stuck_counts),
     )
     .await;
-    let steps = first_seen(&sink, "/ordered");
-    let wrong = out_of_order(&steps);
-    assert!(
-        wrong.is_empty(),
-        "out of order: {:?}",
-        &wrong[..wrong.len().min(3)]
-    );
+    assert_in_order(&sink, "/ordered", "through the hiccup");
     running.shutdown().await.unwrap();
 }
 
@@ -293,26 +292,57 @@ fn child_config(bootstrap: &str, group: &str, sink: &Sink) -> String {
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_9_mid_run_keeps_each_contact_in_order() {
+/// What a test of dispatcher binaries runs against: a broker in this
+/// process (it survives a dispatcher's death), a receiver that takes
+/// `delay_ms` per request and fails 1 in 5 first attempts, 1,000 contacts'
+/// events produced, and the first dispatcher, `first`, once it has made
+/// 1,500 deliveries.
+struct ChildRun {
+    kafka: dispatcher::embedded::EmbeddedKafka,
+    sink: Sink,
+    dir: tempfile::TempDir,
+    yaml: String,
+    counts: BTreeMap<String, usize>,
+    first: Child,
+}
+
+async fn child_run(group: &str, delay_ms: u64) -> ChildRun {
     support::init_logging();
-    // The broker lives in this process, so it survives the dispatcher's death.
     let kafka = support::embedded_kafka(4);
     let sink = Sink::start(Behaviour::FailFirst {
         one_in: 5,
-        delay_ms: 1,
+        delay_ms,
     })
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let yaml = child_config(kafka.bootstrap(), "ordering-kill", &sink);
+    let yaml = child_config(kafka.bootstrap(), group, &sink);
     let (records, counts) = lifecycles(1000, "contact");
     produce_keyed(kafka.bootstrap(), "events", &records).await;
-
     let first = Child::spawn(dir.path(), "first", &yaml, free_port());
     wait_until(Duration::from_secs(60), "a first part delivered", || {
         sink.count() >= 1500
     })
     .await;
+    ChildRun {
+        kafka,
+        sink,
+        dir,
+        yaml,
+        counts,
+        first,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_run_keeps_each_contact_in_order() {
+    let ChildRun {
+        kafka: _kafka,
+        sink,
+        dir,
+        yaml,
+        counts,
+        first,
+    } = child_run("ordering-kill", 1).await;
     drop(first); // SIGKILL
     let before = sink.count();
     assert!(
@@ -327,37 +357,25 @@ async fn kill_9_mid_run_keeps_each_contact_in_order() {
         || complete(&sink, "/ordered", &counts),
     )
     .await;
-    let steps = first_seen(&sink, "/ordered");
-    let wrong = out_of_order(&steps);
-    assert!(
-        wrong.is_empty(),
-        "{} contacts out of order after kill -9 (at {before} deliveries), e.g. {:?}",
-        wrong.len(),
-        &wrong[..wrong.len().min(3)]
+    assert_in_order(
+        &sink,
+        "/ordered",
+        &format!("after kill -9 (at {before} deliveries)"),
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rebalance_mid_run_keeps_each_contact_in_order() {
-    support::init_logging();
-    let kafka = support::embedded_kafka(4);
     // 20 ms a request, 8 at a time: the run lasts long enough for a
     // second replica to join the group in the middle of it.
-    let sink = Sink::start(Behaviour::FailFirst {
-        one_in: 5,
-        delay_ms: 20,
-    })
-    .await;
-    let dir = tempfile::tempdir().unwrap();
-    let yaml = child_config(kafka.bootstrap(), "ordering-rebalance", &sink);
-    let (records, counts) = lifecycles(1000, "contact");
-    produce_keyed(kafka.bootstrap(), "events", &records).await;
-
-    let _a = Child::spawn(dir.path(), "a", &yaml, free_port());
-    wait_until(Duration::from_secs(60), "a first part delivered", || {
-        sink.count() >= 1500
-    })
-    .await;
+    let ChildRun {
+        kafka: _kafka,
+        sink,
+        dir,
+        yaml,
+        counts,
+        first: _first,
+    } = child_run("ordering-rebalance", 20).await;
     // A second replica joins the group: the partitions are shared out
     // again while the first one has deliveries under way.
     let b = Child::spawn(dir.path(), "b", &yaml, free_port());
@@ -388,13 +406,10 @@ async fn a_rebalance_mid_run_keeps_each_contact_in_order() {
         || complete(&sink, "/ordered", &counts),
     )
     .await;
-    let steps = first_seen(&sink, "/ordered");
-    let wrong = out_of_order(&steps);
-    assert!(
-        wrong.is_empty(),
-        "{} contacts out of order after a rebalance (at {at_join} deliveries), e.g. {:?}",
-        wrong.len(),
-        &wrong[..wrong.len().min(3)]
+    assert_in_order(
+        &sink,
+        "/ordered",
+        &format!("after a rebalance (at {at_join} deliveries)"),
     );
 }
 
@@ -449,13 +464,7 @@ async fn a_key_paused_with_its_head_in_memory_gets_the_events_spilled_meanwhile_
         || complete(&sink, "/ordered", &stuck_counts),
     )
     .await;
-    let steps = first_seen(&sink, "/ordered");
-    let wrong = out_of_order(&steps);
-    assert!(
-        wrong.is_empty(),
-        "out of order: {:?}",
-        &wrong[..wrong.len().min(3)]
-    );
+    assert_in_order(&sink, "/ordered", "through the pause");
     running.shutdown().await.unwrap();
 }
 
@@ -507,6 +516,6 @@ async fn a_head_past_max_age_takes_the_events_held_behind_it_along_with_dead_let
     .await;
     let steps = first_seen(&sink, "/ordered");
     assert!(!steps.contains_key("stuck-0"), "{:?}", steps.get("stuck-0"));
-    assert!(out_of_order(&steps).is_empty());
+    assert_in_order(&sink, "/ordered", "beside the dead-lettered key");
     running.shutdown().await.unwrap();
 }
