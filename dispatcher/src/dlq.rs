@@ -145,6 +145,11 @@ impl DeadLetter {
         if let Some(tp) = &ev.traceparent {
             headers.push(("traceparent".into(), tp.to_vec()));
         }
+        // Keyed by the delivery id; a replay to an endpoint ordered by `key`
+        // needs the source record's.
+        if let Some(key) = &ev.record_key {
+            headers.push(("dlq.record_key".into(), key.to_vec()));
+        }
         DeadLetter {
             key: Some(Bytes::from(delivery.id.to_string())),
             value: ev.payload().clone(),

@@ -9,11 +9,15 @@ use crate::config::KafkaConfig;
 
 /// A record header's value as text, if present and UTF-8.
 pub fn header_str<'m, M: Message>(msg: &'m M, name: &str) -> Option<&'m str> {
+    header_bytes(msg, name).and_then(|v| std::str::from_utf8(v).ok())
+}
+
+/// The value of header `name`, byte for byte (a record key need not be text).
+pub fn header_bytes<'m, M: Message>(msg: &'m M, name: &str) -> Option<&'m [u8]> {
     msg.headers()?
         .iter()
         .find(|h| h.key == name)
         .and_then(|h| h.value)
-        .and_then(|v| std::str::from_utf8(v).ok())
 }
 
 /// What a Kafka error means for whoever met it.

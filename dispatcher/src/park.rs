@@ -286,6 +286,11 @@ fn record_headers(
     if let Some(tp) = &event.traceparent {
         headers.push(("traceparent", tp.to_vec()));
     }
+    // The record's own key is the endpoint id (the partitioner's input); an
+    // endpoint ordered by `key` needs the source record's.
+    if let Some(key) = &event.record_key {
+        headers.push(("park.record_key", key.to_vec()));
+    }
     headers
 }
 
@@ -315,6 +320,9 @@ pub fn parse<M: Message>(msg: &M, max_event_bytes: usize) -> Result<Parked, Stri
     )
     .map_err(|e| format!("parked event does not decode: {e}"))?;
     event.traceparent = header("traceparent").map(|t| Bytes::copy_from_slice(t.as_bytes()));
+    event.record_key = crate::kafka::header_bytes(msg, "park.record_key")
+        .filter(|k| !k.is_empty())
+        .map(Bytes::copy_from_slice);
     let history = match header("park.history") {
         Some(text) => {
             serde_json::from_str(text).map_err(|e| format!("header park.history: {e}"))?
@@ -355,6 +363,68 @@ pub fn parse<M: Message>(msg: &M, max_event_bytes: usize) -> Result<Parked, Stri
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_parked_delivery_keeps_its_record_key_and_trace_context() {
+        use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
+        let raw = br#"{"event":"message.sent","data":{"contact_id":"c-1"}}"#;
+        let source = SourceRef {
+            topic: "events".into(),
+            partition: 2,
+            offset: 40,
+        };
+        let mut event = Event::decode(Bytes::from_static(raw), source, Some(0), 1 << 20).unwrap();
+        // Not UTF-8: a record key is bytes.
+        event.record_key = Some(Bytes::from_static(&[0xc3, 0x28, b'k']));
+        event.traceparent = Some(Bytes::from_static(
+            b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        ));
+        let id = DeliveryId::derive(&event, "ep");
+        let now = chrono::Utc::now().timestamp_millis();
+        let headers = record_headers(
+            "ep",
+            id,
+            &event,
+            &RetryState::default(),
+            "spill",
+            now,
+            now,
+            now,
+        );
+        let headers = headers.iter().fold(OwnedHeaders::new(), |h, (k, v)| {
+            h.insert(Header {
+                key: k,
+                value: Some(v),
+            })
+        });
+        let msg = OwnedMessage::new(
+            Some(raw.to_vec()),
+            Some(b"ep/events/2".to_vec()),
+            "dispatcher.spill".into(),
+            rdkafka::Timestamp::NotAvailable,
+            0,
+            1,
+            Some(headers),
+        );
+        let parked = parse(&msg, 1 << 20).unwrap();
+        assert_eq!(parked.delivery_id, id);
+        assert_eq!(parked.event.record_key, event.record_key);
+        assert_eq!(parked.event.traceparent, event.traceparent);
+
+        // Without a key, none comes back.
+        event.record_key = None;
+        let headers = record_headers(
+            "ep",
+            id,
+            &event,
+            &RetryState::default(),
+            "spill",
+            now,
+            now,
+            now,
+        );
+        assert!(headers.iter().all(|(k, _)| *k != "park.record_key"));
+    }
 
     #[test]
     fn waits_round_up_to_a_tier() {

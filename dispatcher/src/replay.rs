@@ -414,6 +414,9 @@ pub fn read_dead_letter<M: Message>(
     let mut event = Event::decode(payload, source, event_ms, max_event_bytes)
         .map_err(|e| NotReplayable::Damaged(format!("the value does not decode: {e}")))?;
     event.traceparent = header("traceparent").map(|t| Bytes::copy_from_slice(t.as_bytes()));
+    event.record_key = kafka::header_bytes(msg, &format!("{prefix}.record_key"))
+        .filter(|k| !k.is_empty())
+        .map(Bytes::copy_from_slice);
     let history = header(history_header)
         .and_then(|h| serde_json::from_str(h).ok())
         .unwrap_or_default();
@@ -485,6 +488,7 @@ mod tests {
                 ("dlq.endpoint_id", "acme"),
                 ("dlq.delivery_id", ID),
                 ("dlq.event_ms", "1778932000000"),
+                ("dlq.record_key", "c-7"),
                 (
                     "dlq.attempts",
                     r#"[{"at":"2026-05-16T11:59:00.000Z","duration_ms":3,"status":503,"result":"retry"}]"#,
@@ -501,6 +505,7 @@ mod tests {
         assert_eq!((l.event.source.partition, l.event.source.offset), (3, 42));
         assert_eq!(l.history.len(), 1);
         assert_eq!(l.failed_at_ms, Some(1_778_932_800_000));
+        assert_eq!(l.event.record_key.as_deref(), Some(&b"c-7"[..]));
     }
 
     #[test]
@@ -526,6 +531,7 @@ mod tests {
         assert_eq!(l.delivery_id.to_string(), ID);
         // The original record, not the retry topic, as with any delivery.
         assert_eq!(&*l.event.source.topic, "events");
+        assert_eq!(l.event.record_key, None, "it had none");
         assert_eq!((l.event.source.partition, l.event.source.offset), (1, 9));
     }
 

@@ -110,6 +110,9 @@ fn ordered_endpoint(id: &str, url: &str, extra: &str) -> String {
 }
 
 const ORDERING: &str = "    ordering:\n      key: data.contact_id\n";
+/// The same, ordered by the Kafka record key: the tests' producer keys
+/// each record by its contact.
+const BY_RECORD_KEY: &str = "    ordering:\n      key: key\n";
 
 /// The tests' config text, with retry waits over 50 ms meant for the retry
 /// topics: an ordered endpoint must keep them in memory all the same (a
@@ -141,8 +144,14 @@ async fn each_contact_is_delivered_in_order_through_failed_first_attempts_and_co
         delay_ms: 10,
     })
     .await;
+    let by_key = Sink::start(Behaviour::FailFirst {
+        one_in: 5,
+        delay_ms: 10,
+    })
+    .await;
     let endpoints = ordered_endpoint("ordered", &sink.url("/ordered"), ORDERING)
-        + &ordered_endpoint("unordered", &control.url("/unordered"), "");
+        + &ordered_endpoint("unordered", &control.url("/unordered"), "")
+        + &ordered_endpoint("by-key", &by_key.url("/by-key"), BY_RECORD_KEY);
     let running = start(config(kafka.bootstrap(), "ordering", &endpoints)).await;
 
     let (records, counts) = lifecycles(1000, "contact");
@@ -159,8 +168,15 @@ async fn each_contact_is_delivered_in_order_through_failed_first_attempts_and_co
         control.count() >= records.len() && complete(&control, "/unordered", &counts)
     })
     .await;
+    wait_until(
+        Duration::from_secs(120),
+        "every event, ordered by record key",
+        || by_key.count() >= records.len() && complete(&by_key, "/by-key", &counts),
+    )
+    .await;
 
     assert_in_order(&sink, "/ordered", "through failed first attempts");
+    assert_in_order(&by_key, "/by-key", "ordered by the record key");
     let control_steps = first_seen(&control, "/unordered");
     assert!(
         !out_of_order(&control_steps).is_empty(),
@@ -416,8 +432,14 @@ async fn a_rebalance_mid_run_keeps_each_contact_in_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_paused_with_its_head_in_memory_gets_the_events_spilled_meanwhile_after_it() {
     // Contact `stuck-0` fails for 4 s; its first event blocks its key.
-    let (kafka, sink, running) =
-        with_a_stuck_contact("pause-ordered", 4_000, &(retrying(20, "1s") + ORDERING)).await;
+    // Ordered by the record key, which the spilled deliveries carry in a
+    // header (the spill record's own key is the endpoint's).
+    let (kafka, sink, running) = with_a_stuck_contact(
+        "pause-ordered",
+        4_000,
+        &(retrying(20, "1s") + BY_RECORD_KEY),
+    )
+    .await;
     let (mut stuck, stuck_counts) = lifecycles(1, "stuck");
     let later = stuck.split_off(5);
     let (others, other_counts) = lifecycles(50, "contact");

@@ -83,6 +83,10 @@ pub struct Event {
     pub source: SourceRef,
     /// W3C trace context taken from the record headers, passed on to receivers.
     pub traceparent: Option<Bytes>,
+    /// The Kafka record's key, when it had a non-empty one: what an
+    /// endpoint ordered by `key` orders on. Set by whoever read the record
+    /// (the source, or a retry, spill or dead-letter topic that carried it).
+    pub record_key: Option<Bytes>,
 }
 
 /// The fields routing needs, borrowed straight out of the record. Unknown
@@ -194,6 +198,7 @@ impl Event {
             payload,
             source,
             traceparent: None,
+            record_key: None,
         })
     }
 

@@ -697,11 +697,22 @@ fn ordering_is_read_and_its_mistakes_are_named() {
         crate::lane::OnExpired::Skip,
         "skip by default"
     );
-    // Not below data.
-    let p = problems(&endpoint("{key: contact_id}"));
+    // The record key, as routing.tenant_key spells it.
+    let config = Config::from_yaml(&endpoint("{key: key}"), &no_env).expect("valid");
+    assert_eq!(config.endpoints[0].ordering.as_ref().unwrap().key, "key");
+    // Neither below data nor the record key: both forms are named.
+    for wrong in ["contact_id", "header:contact", "record.key"] {
+        let p = problems(&endpoint(&format!("{{key: \"{wrong}\"}}")));
+        let m = &at(&p, "endpoints[0].ordering.key").message;
+        assert!(
+            m.contains(wrong) && m.contains("below data") && m.contains("`key`"),
+            "{m}"
+        );
+    }
+    let p = problems(&endpoint("{key: data.a.b.c.d.e.f.g.h.i}"));
     assert!(at(&p, "endpoints[0].ordering.key")
         .message
-        .contains("below data"));
+        .contains("at most 8"));
     let p = problems(&endpoint("{key: data.contact_id, on_expired: wait}"));
     let m = &at(&p, "endpoints[0].ordering.on_expired").message;
     assert!(m.contains("skip") && m.contains("dead_letter_rest"), "{m}");

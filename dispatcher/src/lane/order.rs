@@ -1,7 +1,8 @@
 //! Ordered delivery per key: an endpoint's `ordering:` option.
 //!
 //! An ordered endpoint gets the deliveries of one key (a field of the
-//! event's `data`, such as `data.contact_id`) one at a time, in the order
+//! event's `data`, such as `data.contact_id`, or the Kafka record's key)
+//! one at a time, in the order
 //! its lane took them: the next one of a key starts only once the one
 //! before it is final (delivered, or dead-lettered). A delivery waiting for
 //! a retry therefore holds back the later deliveries of its key, and only
@@ -24,6 +25,7 @@
 //! and where it ends, is written in `docs/architecture.md` (Ordered
 //! delivery per key).
 
+use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher;
 use std::time::Instant;
@@ -38,7 +40,8 @@ use super::Item;
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OrderingConfig {
-    /// The field whose value is the key: `data.<field>[.<field>...]`.
+    /// Where the key is: `data.<field>[.<field>...]`, or `key` for the
+    /// Kafka record's key.
     pub key: String,
     /// What becomes of the deliveries waiting behind a head that is
     /// dead-lettered after its retries (`expired` or `retries_exhausted`).
@@ -62,15 +65,36 @@ pub enum OnExpired {
 /// An endpoint's ordering, checked: what its lane is made with.
 #[derive(Debug, Clone, PartialEq)]
 pub struct KeyOrdering {
-    pub key: KeyPath,
+    pub key: OrderKey,
     pub on_expired: OnExpired,
+}
+
+/// Where an ordered endpoint's key is (`ordering.key`), in the words
+/// `routing.tenant_key` uses for the same two places.
+#[derive(Debug, Clone, PartialEq)]
+pub enum OrderKey {
+    /// `data.<field>...`: a field of the event's `data`.
+    Data(KeyPath),
+    /// `key`: the Kafka record's key, byte for byte. Producers that key
+    /// their records by it put one key's events on one partition, so this
+    /// is the key whose order the source topic itself keeps.
+    Record,
 }
 
 impl KeyOrdering {
     /// The checked form of `config`; on error, why (for `ordering.key`).
     pub fn parse(config: &OrderingConfig) -> Result<KeyOrdering, String> {
+        let key = match config.key.as_str() {
+            "key" => OrderKey::Record,
+            text if text.starts_with("data.") => OrderKey::Data(KeyPath::parse(text)?),
+            text => {
+                return Err(format!(
+                    "`{text}` is not an ordering key (a field below data such as `data.contact_id`, or `key` for the Kafka record key)"
+                ))
+            }
+        };
         Ok(KeyOrdering {
-            key: KeyPath::parse(&config.key)?,
+            key,
             on_expired: config.on_expired,
         })
     }
@@ -136,7 +160,11 @@ impl Sequencer {
 
     /// The key of `event`.
     pub fn key_of(&self, event: &Event) -> Key {
-        match self.ordering.key.extract(event.data()) {
+        let value = match &self.ordering.key {
+            OrderKey::Data(path) => path.extract(event.data()),
+            OrderKey::Record => event.record_key.as_deref().map(Cow::Borrowed),
+        };
+        match value {
             // Never NO_KEY: that one means "not ordered".
             Some(value) => self.hasher.hash_one(value.as_ref()).max(1),
             None => NO_KEY,
@@ -261,6 +289,7 @@ mod tests {
     use super::*;
     use crate::offsets::{Budget, HoldIndex, OffsetTracker, Ticket};
     use crate::park::RetryState;
+    use bytes::Bytes;
     use std::sync::Arc;
     use transports::{DeliveryId, SourceRef};
 
@@ -379,6 +408,34 @@ mod tests {
         assert_eq!((s.held(), s.blocked()), (0, 0));
         assert!(s.admit(item(&s, Some("a"), 5)).is_some(), "a is free");
         assert!(s.admit(item(&s, Some("b"), 6)).is_some(), "b is free");
+    }
+
+    #[test]
+    fn the_record_key_can_be_the_key() {
+        let s = Sequencer::new(
+            KeyOrdering::parse(&OrderingConfig {
+                key: "key".into(),
+                on_expired: OnExpired::Skip,
+            })
+            .unwrap(),
+        );
+        let keyed = |key: Option<&'static [u8]>, contact: &str| {
+            let mut e = (*event(Some(contact), 0)).clone();
+            e.record_key = key.map(Bytes::from_static);
+            e
+        };
+        // The record key decides, not data: same key, different contacts.
+        assert_eq!(
+            s.key_of(&keyed(Some(b"k1"), "a")),
+            s.key_of(&keyed(Some(b"k1"), "b"))
+        );
+        assert_ne!(
+            s.key_of(&keyed(Some(b"k1"), "a")),
+            s.key_of(&keyed(Some(b"k2"), "a"))
+        );
+        // Binary keys are keys.
+        assert_ne!(s.key_of(&keyed(Some(&[0xff, 0x00]), "a")), NO_KEY);
+        assert_eq!(s.key_of(&keyed(None, "a")), NO_KEY, "no key, not ordered");
     }
 
     #[test]
