@@ -1,6 +1,7 @@
 //! What production does to the dispatcher, tested: throttling receivers,
 //! a panicking transport, rebalance after rebalance while retries are
-//! held, a broker outage, and Kafka refusing the dispatcher for good. Each
+//! held, a broker outage, a shutdown with the brokers gone, and Kafka
+//! refusing the dispatcher for good. Each
 //! fault is injected for real (a receiver, a transport, librdkafka's mock
 //! cluster) and the test checks the delivery contract through it.
 
@@ -332,5 +333,36 @@ async fn kafka_refusing_the_dispatcher_for_good_stops_it_with_the_reason() {
     assert!(
         text.contains("dispatcher.dlq") && text.to_lowercase().contains("authoriz"),
         "the reason names the topic and the refusal: {text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_with_the_brokers_gone_still_ends() {
+    support::init_logging();
+    let kafka = support::embedded_kafka(2);
+    let sink = Sink::start(Behaviour::Status(200)).await;
+    let endpoints = format!(
+        "  - id: ep\n    url: \"{}\"\n    events: [\"*\"]\n",
+        sink.url("/")
+    );
+    let running = start(config(kafka.bootstrap(), "gone", "", &endpoints)).await;
+    let values = events(57, "message.delivered", 20);
+    produce(kafka.bootstrap(), "events", &values).await;
+    let produced: BTreeSet<String> = values.iter().map(|v| raw_data(v)).collect();
+    wait_until(Duration::from_secs(60), "every delivery arrived", || {
+        unique_data(&sink) == produced
+    })
+    .await;
+    // SIGTERM while the brokers cannot be reached (a network partition, the
+    // cluster restarting): the final commit and the group goodbye cannot
+    // happen. The process must still end, within the grace and the client
+    // timeouts (the revoke's commit gives up after `session.timeout.ms`),
+    // rather than hang until the orchestrator kills it. What was delivered
+    // and not committed is delivered again by the next owner, same ids.
+    drop(kafka);
+    let stopped = tokio::time::timeout(Duration::from_secs(120), running.shutdown()).await;
+    assert!(
+        stopped.is_ok(),
+        "the shutdown did not end within 120 s with the broker gone"
     );
 }
