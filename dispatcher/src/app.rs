@@ -342,6 +342,7 @@ pub async fn start_with(config: Config, registry: &Registry) -> anyhow::Result<R
         max_event_bytes: p.max_event_bytes,
         permits: Arc::new(tokio::sync::Semaphore::new(p.backlog_readers)),
         lost_records: metrics.internal_records_lost.clone(),
+        superseded: metrics.spill_superseded.clone(),
     };
     let backlog_task = tokio::spawn(backlogs.run(holds_started, halt_rx.clone()));
 

@@ -268,8 +268,9 @@ impl DeadLetters {
                     let keep = match letter.value.len() {
                         0 => {
                             // Even without a value: the headers themselves are
-                            // too large (a record's own, or a rendered payload).
-                            // Keep only the dispatcher's short ones.
+                            // too large (a record's own, a rendered payload,
+                            // a long record key). Keep only the dispatcher's
+                            // short ones.
                             tracing::error!(topic = %self.topic, "dead letter refused as too large without a value; keeping only its dlq.* headers");
                             letter
                                 .headers
@@ -355,5 +356,57 @@ pub async fn produce_durably<'h>(
                 }
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::message::OwnedMessage;
+    use transports::{DeliveryId, Event};
+
+    #[test]
+    fn a_delivery_dead_letter_keeps_the_record_key_for_replay() {
+        let raw = br#"{"event":"message.read","data":{"contact_id":"c-1"}}"#;
+        let source = SourceRef {
+            topic: "events".into(),
+            partition: 1,
+            offset: 12,
+        };
+        let mut event = Event::decode(Bytes::from_static(raw), source, Some(0), 1 << 20).unwrap();
+        // Not UTF-8: a record key is bytes.
+        event.record_key = Some(Bytes::from_static(&[0xff, 0x00, b'k']));
+        let delivery = Delivery {
+            id: DeliveryId::derive(&event, "ep"),
+            event: Arc::new(event),
+            endpoint_id: "ep".into(),
+            body: Bytes::new(),
+            attempt: 3,
+        };
+        let letter = DeadLetter::failed_delivery(&delivery, "expired", "HTTP 503", &[], None);
+        let headers = letter
+            .headers
+            .iter()
+            .fold(OwnedHeaders::new(), |h, (k, v)| {
+                h.insert(Header {
+                    key: k,
+                    value: Some(v.as_slice()),
+                })
+            });
+        let msg = OwnedMessage::new(
+            Some(letter.value.to_vec()),
+            letter.key.as_ref().map(|k| k.to_vec()),
+            "dispatcher.dlq".into(),
+            rdkafka::Timestamp::NotAvailable,
+            0,
+            1,
+            Some(headers),
+        );
+        let replayable = crate::replay::read_dead_letter(&msg, 1 << 20).unwrap();
+        assert_eq!(replayable.delivery_id, delivery.id);
+        assert_eq!(
+            replayable.event.record_key, delivery.event.record_key,
+            "an endpoint ordered by `key` orders the replayed delivery by it"
+        );
     }
 }

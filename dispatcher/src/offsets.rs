@@ -27,15 +27,33 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, Notify};
+use transports::SourceRef;
 
 /// Bytes charged for a record besides its payload: the decoded event, its
 /// ticket and its place in the partition's window.
 pub const RECORD_OVERHEAD: usize = 256;
 /// Bytes charged for each delivery of a record while it is in memory.
 pub const DELIVERY_OVERHEAD: usize = 160;
+
+/// How long a spilled copy of an ordered endpoint may wait for its source
+/// partition's new assignment to read its first record, to tell whether
+/// that copy is read again (see [`OffsetTracker::returned`]). A partition
+/// with nothing left to read never does: its copies go after this.
+pub const UNDECIDED_MAX: Duration = Duration::from_secs(10);
+
+/// What becomes of a spilled delivery that came back; see
+/// [`OffsetTracker::returned`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Returned {
+    Deliver,
+    /// Its source record is read again in this assignment: final as it is.
+    Superseded,
+    /// Not known yet: back under its endpoint's hold for now.
+    NotYet,
+}
 
 /// Memory held by records and deliveries that are not final yet, across all
 /// partitions: the source's only back-pressure. It counts records (against
@@ -212,6 +230,12 @@ impl Hold {
 pub struct PartitionOffsets {
     pub topic: Arc<str>,
     pub partition: i32,
+    /// Names this assignment of the partition, across processes (random):
+    /// a spilled delivery carries its source partition's, so that a later
+    /// assignment can tell a copy it will read again from one of its own.
+    epoch: u64,
+    /// When it was assigned.
+    assigned_at: Instant,
     state: Mutex<State>,
     budget: Arc<Budget>,
     holds: Arc<HoldIndex>,
@@ -223,6 +247,9 @@ struct State {
     main: Window,
     /// One past the highest offset the main reader read.
     next: Option<i64>,
+    /// The first offset the main reader read in this assignment: it reads
+    /// everything from there on, in order.
+    first: Option<i64>,
     /// The first offset the main reader holds without deciding (a parked
     /// record not yet due), if any.
     held_from: Option<i64>,
@@ -277,6 +304,8 @@ impl PartitionOffsets {
         PartitionOffsets {
             topic,
             partition,
+            epoch: rand::random(),
+            assigned_at: Instant::now(),
             state: Mutex::new(State::default()),
             budget,
             holds,
@@ -287,6 +316,18 @@ impl PartitionOffsets {
         // Every update below leaves the state consistent before it can
         // panic, so a poisoned lock is still usable.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// See the field.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Whether this assignment's main reader reads `offset` (or read it
+    /// already), as far as it can tell yet: `None` while it has read
+    /// nothing.
+    pub fn reads(&self, offset: i64) -> Option<bool> {
+        self.lock().first.map(|first| first <= offset)
     }
 
     /// The position to commit: everything before it is final.
@@ -470,6 +511,7 @@ impl PartitionOffsets {
         let mut s = self.lock();
         s.main.push(offset);
         s.next = Some(offset + 1);
+        s.first.get_or_insert(offset);
         if undecided && s.held_from.is_none() {
             s.held_from = Some(offset);
         }
@@ -680,6 +722,12 @@ impl Ticket {
 
     pub fn partition(&self) -> &Arc<PartitionOffsets> {
         &self.partition
+    }
+
+    /// The epoch of the source partition this ticket's record was read
+    /// from; `None` for an internal-topic record.
+    pub fn source_epoch(&self) -> Option<u64> {
+        self.lane.is_none().then_some(self.partition.epoch)
     }
 }
 
@@ -902,6 +950,33 @@ impl OffsetTracker {
     /// The state of an assigned partition; `None` if it is not ours.
     pub fn partition(&self, topic: &str, partition: i32) -> Option<Arc<PartitionOffsets>> {
         self.lock().get(topic)?.get(&partition).cloned()
+    }
+
+    /// What to do with a delivery spilled from `source` while that
+    /// partition had assignment `epoch`, now that it came back.
+    ///
+    /// After a crash or a rebalance the partition's new assignment reads
+    /// from the committed offset, which an ordered endpoint's blocked key
+    /// held behind its head: the source record of the spilled copy is read
+    /// again, and that copy comes in its place in the source's order. The
+    /// old copy, back from the spill topic, could overtake the key's head;
+    /// it is [`Returned::Superseded`]. Not knowable when this replica does
+    /// not own the source partition (then the copy is delivered), nor,
+    /// for up to [`UNDECIDED_MAX`] after the assignment, while its reader
+    /// has read nothing yet ([`Returned::NotYet`]: give it back for now).
+    pub fn returned(&self, source: &SourceRef, epoch: u64) -> Returned {
+        let Some(p) = self.partition(&source.topic, source.partition) else {
+            return Returned::Deliver;
+        };
+        if p.epoch == epoch {
+            return Returned::Deliver;
+        }
+        match p.reads(source.offset) {
+            Some(true) => Returned::Superseded,
+            Some(false) => Returned::Deliver,
+            None if p.assigned_at.elapsed() < UNDECIDED_MAX => Returned::NotYet,
+            None => Returned::Deliver,
+        }
     }
 
     /// Whether `p` is still the state of an assigned partition (not one

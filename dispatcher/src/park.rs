@@ -134,6 +134,9 @@ pub struct Parked {
     pub due_ms: i64,
     pub state: RetryState,
     pub event: Event,
+    /// For a spilled fresh delivery: the epoch of its source partition's
+    /// assignment that spilled it (see [`crate::offsets::OffsetTracker::returned`]).
+    pub source_epoch: Option<u64>,
 }
 
 /// Writes parked and spilled deliveries.
@@ -187,6 +190,7 @@ impl Parker {
             now + delay.as_millis() as i64,
             not_before,
             now,
+            None,
         );
         let key = delivery.id.to_string();
         produce_durably(
@@ -207,16 +211,28 @@ impl Parker {
     /// spills from one source partition stays in order in one spill
     /// partition (Kafka's own guarantee, carried over), and a large backlog
     /// spreads over the spill partitions. The returned future resolves with
-    /// the broker's answer.
+    /// the broker's answer. `source_epoch`: the source partition's
+    /// assignment that read the delivery's record, for a fresh delivery.
     pub fn spill(
         &self,
         endpoint_id: &str,
         id: DeliveryId,
         event: &Event,
         state: &RetryState,
+        source_epoch: Option<u64>,
     ) -> Result<DeliveryFuture, KafkaError> {
         let now = chrono::Utc::now().timestamp_millis();
-        let headers = record_headers(endpoint_id, id, event, state, "spill", now, now, now);
+        let headers = record_headers(
+            endpoint_id,
+            id,
+            event,
+            state,
+            "spill",
+            now,
+            now,
+            now,
+            source_epoch,
+        );
         let mut owned = OwnedHeaders::new_with_capacity(headers.len());
         for (k, v) in &headers {
             owned = owned.insert(Header {
@@ -248,6 +264,7 @@ fn record_headers(
     due_ms: i64,
     not_before_ms: i64,
     now: i64,
+    source_epoch: Option<u64>,
 ) -> Vec<(&'static str, Vec<u8>)> {
     let mut headers: Vec<(&'static str, Vec<u8>)> = vec![
         ("park.endpoint_id", endpoint_id.as_bytes().to_vec()),
@@ -290,6 +307,9 @@ fn record_headers(
     // endpoint ordered by `key` needs the source record's.
     if let Some(key) = &event.record_key {
         headers.push(("park.record_key", key.to_vec()));
+    }
+    if let Some(epoch) = source_epoch {
+        headers.push(("park.source.epoch", epoch.to_string().into_bytes()));
     }
     headers
 }
@@ -344,6 +364,9 @@ pub fn parse<M: Message>(msg: &M, max_event_bytes: usize) -> Result<Parked, Stri
         ));
     }
     Ok(Parked {
+        // Absent in records of older versions and in parked retries; a
+        // damaged one only costs the check it is for.
+        source_epoch: header("park.source.epoch").and_then(|e| e.parse().ok()),
         endpoint_id: need("park.endpoint_id")?.to_owned(),
         delivery_id,
         due_ms: num("park.due_ms")?,
@@ -365,7 +388,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_parked_delivery_keeps_its_record_key_and_trace_context() {
+    fn a_spilled_delivery_keeps_its_record_key_trace_context_and_source_epoch() {
         use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
         let raw = br#"{"event":"message.sent","data":{"contact_id":"c-1"}}"#;
         let source = SourceRef {
@@ -390,6 +413,7 @@ mod tests {
             now,
             now,
             now,
+            Some(u64::MAX),
         );
         let headers = headers.iter().fold(OwnedHeaders::new(), |h, (k, v)| {
             h.insert(Header {
@@ -410,20 +434,24 @@ mod tests {
         assert_eq!(parked.delivery_id, id);
         assert_eq!(parked.event.record_key, event.record_key);
         assert_eq!(parked.event.traceparent, event.traceparent);
+        assert_eq!(parked.source_epoch, Some(u64::MAX));
 
-        // Without a key, none comes back.
+        // Without a key or an epoch (a parked retry), neither is written.
         event.record_key = None;
         let headers = record_headers(
             "ep",
             id,
             &event,
             &RetryState::default(),
-            "spill",
+            "retry",
             now,
             now,
             now,
+            None,
         );
-        assert!(headers.iter().all(|(k, _)| *k != "park.record_key"));
+        assert!(headers
+            .iter()
+            .all(|(k, _)| *k != "park.record_key" && *k != "park.source.epoch"));
     }
 
     #[test]

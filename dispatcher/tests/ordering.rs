@@ -20,7 +20,7 @@ use dispatcher::config::Config;
 use dispatcher::seed::{SeedEvents, LIFECYCLES};
 use support::kafka::produce_keyed;
 use support::sink::{Behaviour, Sink};
-use support::{api, config_yaml, free_port, metric, start, wait_until, Child};
+use support::{api, api_at, config_yaml, free_port, metric, start, wait_until, Child};
 
 /// A record value with its key.
 type Keyed = (String, Vec<u8>);
@@ -431,15 +431,23 @@ async fn a_rebalance_mid_run_keeps_each_contact_in_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_paused_with_its_head_in_memory_gets_the_events_spilled_meanwhile_after_it() {
-    // Contact `stuck-0` fails for 4 s; its first event blocks its key.
-    // Ordered by the record key, which the spilled deliveries carry in a
-    // header (the spill record's own key is the endpoint's).
-    let (kafka, sink, running) = with_a_stuck_contact(
-        "pause-ordered",
-        4_000,
-        &(retrying(20, "1s") + BY_RECORD_KEY),
-    )
-    .await;
+    paused_with_a_blocked_key("pause-ordered", ORDERING).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_ordered_by_the_record_key_which_spilled_deliveries_carry() {
+    // The spill record's own key is the endpoint's: the source record's
+    // travels in a header.
+    paused_with_a_blocked_key("pause-by-key", BY_RECORD_KEY).await;
+}
+
+/// Contact `stuck-0` fails for 8 s; its first event blocks its key. The
+/// endpoint is paused, its later events are spilled meanwhile, and it is
+/// resumed while the key is still blocked: the spilled events come back
+/// and must join the key's chain, behind its head.
+async fn paused_with_a_blocked_key(group: &str, ordering: &str) {
+    let (kafka, sink, running) =
+        with_a_stuck_contact(group, 8_000, &(retrying(40, "500ms") + ordering)).await;
     let (mut stuck, stuck_counts) = lifecycles(1, "stuck");
     let later = stuck.split_off(5);
     let (others, other_counts) = lifecycles(50, "contact");
@@ -475,9 +483,8 @@ async fn a_key_paused_with_its_head_in_memory_gets_the_events_spilled_meanwhile_
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // Past the hiccup, resumed: the held events go first, then the
-    // spilled ones come back behind them.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Resumed within the hiccup: the spilled events come back while the
+    // head still fails, and wait behind it.
     let (status, body) = api(&running, "POST", "/endpoints/ordered/resume").await;
     assert_eq!(status, 200, "{body}");
     wait_until(
@@ -488,6 +495,93 @@ async fn a_key_paused_with_its_head_in_memory_gets_the_events_spilled_meanwhile_
     .await;
     assert_in_order(&sink, "/ordered", "through the pause");
     running.shutdown().await.unwrap();
+}
+
+/// Waits until `child`'s metric `series` is at least `at_least`.
+async fn child_metric_reaches(child: &Child, series: &str, at_least: f64, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let text = child.metrics().await;
+        if metric(&text, series) >= at_least {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {series} stayed below {at_least}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_with_a_blocked_key_and_its_later_events_spilled_keeps_the_key_in_order() {
+    // The crash the spill topic alone would get wrong: contact `stuck-0`'s
+    // first event waits for a retry in memory (its partition's commit
+    // behind it) while its later events, produced during a pause, are
+    // spilled. After kill -9 the next dispatcher reads the key's events
+    // again from the source, and the first one's spilled copies must not
+    // come back ahead of them.
+    support::init_logging();
+    let kafka = support::embedded_kafka(4);
+    let sink = Sink::start(Behaviour::Hiccup {
+        needle: "stuck-0",
+        ms: 600_000,
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let endpoint = format!(
+        "  - id: ordered\n    url: \"{}\"\n    events: [\"*\"]\n{}{BY_RECORD_KEY}",
+        sink.url("/ordered"),
+        retrying(300, "200ms"),
+    );
+    let with_api = |port: u16| {
+        yaml(kafka.bootstrap(), "spill-kill", &endpoint).replace(
+            "api:\n  listen: \"127.0.0.1:0\"",
+            &format!("api:\n  listen: \"127.0.0.1:{port}\""),
+        )
+    };
+    let (mut stuck, counts) = lifecycles(1, "stuck");
+    let later = stuck.split_off(3);
+    let blocked = "dispatcher_endpoint_blocked_keys{endpoint=\"ordered\"}";
+    let spilled = "dispatcher_spilled_total{endpoint=\"ordered\"}";
+
+    let api_port = free_port();
+    let first = Child::spawn(dir.path(), "first", &with_api(api_port), free_port());
+    produce_keyed(kafka.bootstrap(), "events", &stuck).await;
+    child_metric_reaches(&first, blocked, 1.0, "the key's head waits for a retry").await;
+    let api_addr = std::net::SocketAddr::from(([127, 0, 0, 1], api_port));
+    let (status, body) = api_at(api_addr, "POST", "/endpoints/ordered/pause").await;
+    assert_eq!(status, 200, "{body}");
+    produce_keyed(kafka.bootstrap(), "events", &later).await;
+    let n_later = later.len() as f64;
+    child_metric_reaches(&first, spilled, n_later, "the later events spilled").await;
+    drop(first); // SIGKILL
+
+    // The receiver is healthy again; the pause, kept in the endpoint
+    // store, holds the second dispatcher's deliveries in the spill topic
+    // behind the first one's until it is resumed: then both sets come back
+    // in the order they were written, the old copies first.
+    sink.set(Behaviour::Ok);
+    let api_port = free_port();
+    let second = Child::spawn(dir.path(), "second", &with_api(api_port), free_port());
+    let every = counts["stuck-0"] as f64;
+    child_metric_reaches(&second, spilled, every, "the key read again, spilled").await;
+    let api_addr = std::net::SocketAddr::from(([127, 0, 0, 1], api_port));
+    let (status, body) = api_at(api_addr, "POST", "/endpoints/ordered/resume").await;
+    assert_eq!(status, 200, "{body}");
+    wait_until(
+        Duration::from_secs(60),
+        "the stuck contact's events",
+        || complete(&sink, "/ordered", &counts),
+    )
+    .await;
+    assert_in_order(&sink, "/ordered", "after kill -9 with spilled events");
+    let text = second.metrics().await;
+    assert_eq!(
+        metric(&text, "dispatcher_spill_superseded_total"),
+        n_later,
+        "the first dispatcher's spilled copies are left final: {text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

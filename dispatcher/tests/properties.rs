@@ -54,6 +54,8 @@ const PARK_HEADERS: &[&str] = &[
     "park.source.topic",
     "park.source.partition",
     "park.source.offset",
+    "park.source.epoch",
+    "park.record_key",
     "traceparent",
 ];
 
@@ -71,6 +73,7 @@ const DLQ_HEADERS: &[&str] = &[
     "dlq.event_ms",
     "dlq.attempts",
     "dlq.sent",
+    "dlq.record_key",
     "dlq.truncated_from_bytes",
 ];
 

@@ -32,8 +32,9 @@ use crate::dlq::DeadLetters;
 use crate::endpoints::Routing;
 use crate::kafka::header_str;
 use crate::lane::{Job, LaneHandle, Refused};
-use crate::offsets::{OffsetTracker, PartitionOffsets, ReaderStep, Ticket};
+use crate::offsets::{OffsetTracker, PartitionOffsets, ReaderStep, Returned, Ticket};
 use crate::park;
+use crate::spill;
 
 /// How often a reader looks again at its holds without being woken.
 const REFRESH: Duration = Duration::from_millis(250);
@@ -54,6 +55,8 @@ pub struct Backlogs {
     pub permits: Arc<Semaphore>,
     /// Internal-topic records the main reader found deleted, by topic.
     pub lost_records: prometheus::IntCounterVec,
+    /// `dispatcher_spill_superseded_total`.
+    pub superseded: prometheus::IntCounter,
 }
 
 impl Backlogs {
@@ -246,9 +249,21 @@ impl Backlogs {
             match msg {
                 Ok(Ok(msg)) => {
                     quiet_since = None;
-                    if let Some(stopped) = self.take(lane, handle, assigned, &msg) {
-                        assigned.remove(&stopped);
-                        refresh_at = Instant::now();
+                    match self.take(lane, handle, assigned, &msg) {
+                        Took::Next => {}
+                        Took::Stop(stopped) => {
+                            assigned.remove(&stopped);
+                            refresh_at = Instant::now();
+                        }
+                        // Given back undecided (an ordered endpoint's copy
+                        // whose source partition has not been read yet):
+                        // not again at once.
+                        Took::Later => {
+                            tokio::select! {
+                                _ = tokio::time::sleep(REFRESH) => {}
+                                _ = shutdown.changed() => {}
+                            }
+                        }
                     }
                 }
                 Ok(Err(e)) => {
@@ -272,29 +287,34 @@ impl Backlogs {
         }
     }
 
-    /// Act on one record; returns the partition to stop reading, if any.
+    /// Act on one record.
     fn take(
         &self,
         lane: usize,
         handle: &LaneHandle,
         assigned: &mut Assigned,
         msg: &BorrowedMessage<'_>,
-    ) -> Option<(Arc<str>, i32)> {
-        let key = assigned
+    ) -> Took {
+        let Some(key) = assigned
             .keys()
             .find(|(t, p)| t.as_ref() == msg.topic() && *p == msg.partition())
-            .cloned()?;
-        let (partition, next) = assigned.get_mut(&key)?;
+            .cloned()
+        else {
+            return Took::Next;
+        };
+        let Some((partition, next)) = assigned.get_mut(&key) else {
+            return Took::Next;
+        };
         let offset = msg.offset();
         *next = offset + 1;
         let own = header_str(msg, "park.endpoint_id") == Some(handle.endpoint_id.as_ref());
         match partition.reader_step(lane, offset, own) {
-            ReaderStep::Stop => return Some(key),
-            ReaderStep::Skip => return None,
+            ReaderStep::Stop => return Took::Stop(key),
+            ReaderStep::Skip => return Took::Next,
             ReaderStep::Rewind => {
                 // Read again from the cursor: the next sync assigns there.
                 *next = i64::MAX;
-                return None;
+                return Took::Next;
             }
             ReaderStep::Take => {}
         }
@@ -306,9 +326,28 @@ impl Backlogs {
             Err(_) => {
                 // Damaged: the main reader dead-lettered it when it read it.
                 ticket.finish_one();
-                return None;
+                return Took::Next;
             }
         };
+        match spill::returned(
+            &self.tracker,
+            handle,
+            parked.source_epoch,
+            &parked.event.source,
+        ) {
+            Returned::Deliver => {}
+            Returned::Superseded => {
+                self.superseded.inc();
+                ticket.finish_one();
+                partition.reader_progress(lane, ts);
+                return Took::Next;
+            }
+            Returned::NotYet => {
+                // Back under the hold, the cursor with it.
+                drop(ticket);
+                return Took::Later;
+            }
+        }
         let job = Job {
             event: Arc::new(parked.event),
             ticket,
@@ -326,8 +365,18 @@ impl Backlogs {
                 job.dead_letter_deleted(handle.endpoint_id.clone(), &self.dead_letters)
             }
         }
-        None
+        Took::Next
     }
+}
+
+/// What a reader does after [`Backlogs::take`].
+enum Took {
+    /// Read on.
+    Next,
+    /// Stop reading this partition.
+    Stop((Arc<str>, i32)),
+    /// Read on after a while: the record was given back undecided.
+    Later,
 }
 
 /// Partitions a reader reads, with the next offset expected from each.

@@ -648,7 +648,7 @@ impl Lane {
         }
     }
 
-    /// The endpoint's ordering changed. A new key path applies to the
+    /// The endpoint's ordering changed. A new key applies to the
     /// deliveries taken from now on; without one, what waited behind its
     /// key goes on at once.
     fn reorder(&mut self, ordering: Option<&KeyOrdering>) {

@@ -162,7 +162,12 @@ impl Sequencer {
     pub fn key_of(&self, event: &Event) -> Key {
         let value = match &self.ordering.key {
             OrderKey::Data(path) => path.extract(event.data()),
-            OrderKey::Record => event.record_key.as_deref().map(Cow::Borrowed),
+            // An empty key is no key, whoever built the event.
+            OrderKey::Record => event
+                .record_key
+                .as_deref()
+                .filter(|k| !k.is_empty())
+                .map(Cow::Borrowed),
         };
         match value {
             // Never NO_KEY: that one means "not ordered".

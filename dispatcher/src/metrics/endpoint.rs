@@ -310,6 +310,13 @@ impl EndpointMetrics {
         self.counters.ordered.store(ordered, Ordering::Relaxed);
     }
 
+    /// Whether the endpoint is ordered per key, as last set. Kept here, with
+    /// the series it decides, rather than in the lane's core, which has no
+    /// room to spare at 100,000 endpoints.
+    pub fn ordered(&self) -> bool {
+        self.counters.ordered.load(Ordering::Relaxed)
+    }
+
     /// The counters to read, without allocating them (see
     /// [`LazyCounters::peek`]).
     pub fn peek(&self) -> &EndpointCounters {

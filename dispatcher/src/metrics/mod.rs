@@ -134,6 +134,7 @@ pub struct Metrics {
     pub memory_budget: IntGauge,
     pub partitions_over_cap: IntGauge,
     pub spill_write_errors: IntCounter,
+    pub spill_superseded: IntCounter,
     pub internal_records_lost: IntCounterVec,
     pub store_bad_records: IntCounter,
     pub store_endpoints: IntGauge,
@@ -352,6 +353,11 @@ impl Metrics {
                 "Failed writes to the spill topic (each is retried until it succeeds).",
             )
             .expect("static metric definition"),
+            spill_superseded: IntCounter::new(
+                "dispatcher_spill_superseded_total",
+                "Spilled deliveries of ordered endpoints that came back after their source record was read again (a crash or rebalance since), left final: the copy read again is delivered in its place, in order.",
+            )
+            .expect("static metric definition"),
             internal_records_lost: counter(
                 &r,
                 "dispatcher_internal_records_lost_total",
@@ -375,6 +381,7 @@ impl Metrics {
             &m.dead_letter_errors,
             &m.park_write_errors,
             &m.spill_write_errors,
+            &m.spill_superseded,
             &m.store_bad_records,
         ] {
             m.registry

@@ -49,10 +49,10 @@ use crate::fatal::Fatal;
 use crate::kafka::{classify, Severity};
 use crate::lane::{sleep_until, Evictions, Front, Job, Refused, MAX_RETRY_AFTER};
 use crate::metrics::Metrics;
-use crate::offsets::{OffsetTracker, PartitionOffsets, Ticket};
+use crate::offsets::{OffsetTracker, PartitionOffsets, Returned, Ticket};
 use crate::park::{self, Tiers};
 use crate::route::Router;
-use crate::spill::Spill;
+use crate::spill::{self, Spill};
 use crate::store::Store;
 use stall::{Stall, Verdict};
 
@@ -310,7 +310,9 @@ impl Source {
                 current
                     .router
                     .route_record(&event, msg, |i| targets.push(i));
-                let ticket = Ticket::issue(partition, msg.offset(), targets.len(), payload.len());
+                // The key shares the payload's allocation: both are held.
+                let held = payload.len() + event.record_key.as_ref().map_or(0, |k| k.len());
+                let ticket = Ticket::issue(partition, msg.offset(), targets.len(), held);
                 if targets.is_empty() {
                     counters.unrouted.inc();
                     return;
@@ -551,6 +553,24 @@ impl Source {
                 // brings it back in turn.
                 return;
             };
+            if let Some(handle) = routing.lane(lane) {
+                match spill::returned(
+                    &self.tracker,
+                    handle,
+                    parked.source_epoch,
+                    &parked.event.source,
+                ) {
+                    Returned::Deliver => {}
+                    Returned::Superseded => {
+                        self.metrics.spill_superseded.inc();
+                        ticket.finish_one();
+                        return;
+                    }
+                    // Dropped, the ticket puts it under the endpoint's
+                    // hold: its reader asks again.
+                    Returned::NotYet => return,
+                }
+            }
             let job = Job {
                 event: Arc::new(parked.event),
                 ticket,

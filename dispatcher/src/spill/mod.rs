@@ -17,21 +17,45 @@
 //! come back, so a fresh delivery never overtakes a spilled one. (When the
 //! spill partition is another replica's, this replica cannot see that and
 //! stops as soon as the lane has room: order then holds per replica.)
+//!
+//! A spilled fresh delivery carries the epoch of the source partition's
+//! assignment that read it. When an ordered endpoint's comes back after its
+//! source record was read again (a crash or a rebalance since, with a key's
+//! head holding the commit before it), it is left final unsent: the copy
+//! read again takes its place in the key's order ([`returned`];
+//! [`crate::park::Parked::source_epoch`]).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::stream::{FuturesUnordered, StreamExt};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use transports::{BoxFuture, Delivery, DeliveryId};
+use transports::{BoxFuture, Delivery, DeliveryId, SourceRef};
 
 use crate::dlq::{DeadLetter, DeadLetters};
 use crate::endpoints::Routing;
 use crate::fatal::Fatal;
 use crate::kafka::{classify, Severity};
 use crate::lane::{Job, LaneHandle};
-use crate::offsets::OffsetTracker;
+use crate::offsets::{OffsetTracker, Returned};
 use crate::park::Parker;
+
+/// What becomes of a delivery of `lane` back from an internal topic, with
+/// `source_epoch` from its record ([`Parked::source_epoch`]): see
+/// [`OffsetTracker::returned`]. Only an ordered endpoint's spilled copies
+/// are checked: for the others a second copy is only a duplicate (same
+/// delivery id), which the delivery contract allows.
+pub fn returned(
+    tracker: &OffsetTracker,
+    lane: &LaneHandle,
+    source_epoch: Option<u64>,
+    source: &SourceRef,
+) -> Returned {
+    match source_epoch {
+        Some(epoch) if lane.metrics.ordered() => tracker.returned(source, epoch),
+        _ => Returned::Deliver,
+    }
+}
 
 /// What this replica spilled for one lane.
 #[derive(Debug, Default, Clone)]
@@ -126,7 +150,13 @@ impl Spill {
         }
         let state = job.parked.as_ref().map(|p| p.1.clone()).unwrap_or_default();
         let index = lane.index;
-        let result = self.parker.spill(&lane.endpoint_id, id, &job.event, &state);
+        let result = self.parker.spill(
+            &lane.endpoint_id,
+            id,
+            &job.event,
+            &state,
+            job.ticket.source_epoch(),
+        );
         let delivery = match result {
             Ok(delivery) => Some(delivery),
             Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)) => return Err(job),

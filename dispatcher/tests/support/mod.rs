@@ -138,7 +138,16 @@ pub const API_TOKEN: &str = "test-token-0123456789abcdef0123456789abcdef";
 
 /// One authenticated request to the management API: (status, body).
 pub async fn api(running: &Running, method: &str, path: &str) -> (u16, String) {
-    let addr = running.api_addr.expect("the management API is on");
+    api_at(
+        running.api_addr.expect("the management API is on"),
+        method,
+        path,
+    )
+    .await
+}
+
+/// The same, to the management API at `addr` (a dispatcher binary's).
+pub async fn api_at(addr: std::net::SocketAddr, method: &str, path: &str) -> (u16, String) {
     raw_request(
         addr,
         &format!(
