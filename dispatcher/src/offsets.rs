@@ -44,6 +44,11 @@ pub const DELIVERY_OVERHEAD: usize = 160;
 /// with nothing left to read never does: its copies go after this.
 pub const UNDECIDED_MAX: Duration = Duration::from_secs(10);
 
+/// Gaps in a partition's offsets remembered per assignment (see
+/// [`PartitionOffsets::has_read`]): a compacted topic has many, and past
+/// this many none counts as read.
+const MAX_GAPS: usize = 64;
+
 /// What becomes of a spilled delivery that came back; see
 /// [`OffsetTracker::returned`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -248,8 +253,13 @@ struct State {
     /// One past the highest offset the main reader read.
     next: Option<i64>,
     /// The first offset the main reader read in this assignment: it reads
-    /// everything from there on, in order.
+    /// everything from there on, in order, but for `gaps`.
     first: Option<i64>,
+    /// Offsets the main reader found missing (compacted or deleted
+    /// records, transaction markers), as half-open ranges; at most
+    /// [`MAX_GAPS`], then `gaps_lost` says they are no longer known.
+    gaps: Vec<(i64, i64)>,
+    gaps_lost: bool,
     /// The first offset the main reader holds without deciding (a parked
     /// record not yet due), if any.
     held_from: Option<i64>,
@@ -323,11 +333,24 @@ impl PartitionOffsets {
         self.epoch
     }
 
-    /// Whether this assignment's main reader reads `offset` (or read it
-    /// already), as far as it can tell yet: `None` while it has read
-    /// nothing.
-    pub fn reads(&self, offset: i64) -> Option<bool> {
-        self.lock().first.map(|first| first <= offset)
+    /// Whether this assignment's main reader read the record at `offset`:
+    /// `None` while it has not got that far (or read nothing yet).
+    pub fn has_read(&self, offset: i64) -> Option<bool> {
+        let s = self.lock();
+        let (first, next) = (s.first?, s.next?);
+        if offset < first {
+            return Some(false);
+        }
+        if offset >= next {
+            return None;
+        }
+        let skipped = s.gaps_lost || s.gaps.iter().any(|&(a, b)| a <= offset && offset < b);
+        Some(!skipped)
+    }
+
+    /// Whether the main reader read anything in this assignment.
+    fn started(&self) -> bool {
+        self.lock().first.is_some()
     }
 
     /// The position to commit: everything before it is final.
@@ -510,6 +533,13 @@ impl PartitionOffsets {
     fn read(&self, offset: i64, undecided: bool) {
         let mut s = self.lock();
         s.main.push(offset);
+        if let Some(next) = s.next.filter(|&n| offset > n) {
+            if s.gaps.len() < MAX_GAPS {
+                s.gaps.push((next, offset));
+            } else {
+                s.gaps_lost = true;
+            }
+        }
         s.next = Some(offset + 1);
         s.first.get_or_insert(offset);
         if undecided && s.held_from.is_none() {
@@ -958,12 +988,16 @@ impl OffsetTracker {
     /// After a crash or a rebalance the partition's new assignment reads
     /// from the committed offset, which an ordered endpoint's blocked key
     /// held behind its head: the source record of the spilled copy is read
-    /// again, and that copy comes in its place in the source's order. The
-    /// old copy, back from the spill topic, could overtake the key's head;
-    /// it is [`Returned::Superseded`]. Not knowable when this replica does
-    /// not own the source partition (then the copy is delivered), nor,
-    /// for up to [`UNDECIDED_MAX`] after the assignment, while its reader
-    /// has read nothing yet ([`Returned::NotYet`]: give it back for now).
+    /// again, and routed again in its place in the source's order. The old
+    /// copy, back from the spill topic, could overtake the key's head.
+    /// Once the main reader has read that record itself, the old copy is
+    /// [`Returned::Superseded`] (the caller still checks that the record
+    /// was routed to the endpoint again). Before the reader got there it is
+    /// [`Returned::NotYet`]: given back for now; so is it, for up to
+    /// [`UNDECIDED_MAX`] after the assignment, while the reader has read
+    /// nothing at all. Otherwise it is delivered: when this replica does
+    /// not own the source partition, when the record was not read again
+    /// (the assignment started after it, or it is gone from the topic).
     pub fn returned(&self, source: &SourceRef, epoch: u64) -> Returned {
         let Some(p) = self.partition(&source.topic, source.partition) else {
             return Returned::Deliver;
@@ -971,10 +1005,10 @@ impl OffsetTracker {
         if p.epoch == epoch {
             return Returned::Deliver;
         }
-        match p.reads(source.offset) {
+        match p.has_read(source.offset) {
             Some(true) => Returned::Superseded,
             Some(false) => Returned::Deliver,
-            None if p.assigned_at.elapsed() < UNDECIDED_MAX => Returned::NotYet,
+            None if p.started() || p.assigned_at.elapsed() < UNDECIDED_MAX => Returned::NotYet,
             None => Returned::Deliver,
         }
     }

@@ -17,6 +17,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
 use dispatcher::config::Config;
+use dispatcher::route::EventPattern;
 use dispatcher::seed::{SeedEvents, LIFECYCLES};
 use support::kafka::produce_keyed;
 use support::sink::{Behaviour, Sink};
@@ -515,12 +516,70 @@ async fn child_metric_reaches(child: &Child, series: &str, at_least: f64, what: 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_with_a_blocked_key_and_its_later_events_spilled_keeps_the_key_in_order() {
-    // The crash the spill topic alone would get wrong: contact `stuck-0`'s
-    // first event waits for a retry in memory (its partition's commit
-    // behind it) while its later events, produced during a pause, are
-    // spilled. After kill -9 the next dispatcher reads the key's events
-    // again from the source, and the first one's spilled copies must not
-    // come back ahead of them.
+    let crash = blocked_spilled_and_killed("spill-kill", "[\"*\"]").await;
+    wait_until(
+        Duration::from_secs(60),
+        "the stuck contact's events",
+        || complete(&crash.sink, "/ordered", &crash.counts),
+    )
+    .await;
+    assert_in_order(&crash.sink, "/ordered", "after kill -9 with spilled events");
+    let text = crash.second.metrics().await;
+    assert_eq!(
+        metric(&text, "dispatcher_spill_superseded_total"),
+        crash.spilled_before as f64,
+        "the first dispatcher's spilled copies are left final: {text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spilled_copy_the_new_routing_no_longer_sends_is_delivered_all_the_same() {
+    // The same crash, but the endpoint no longer subscribes to the
+    // message events when the second dispatcher reads them again: their
+    // spilled copies are the only ones left, and must not be dropped.
+    let crash =
+        blocked_spilled_and_killed("spill-kill-rerouted", "[\"contact.*\", \"conversation.*\"]")
+            .await;
+    let spilled_messages: Vec<u64> = (3..9).collect();
+    wait_until(
+        Duration::from_secs(60),
+        "the spilled message events",
+        || {
+            let seen = first_seen(&crash.sink, "/ordered");
+            let steps = seen.get("stuck-0").cloned().unwrap_or_default();
+            spilled_messages.iter().all(|s| steps.contains(s)) && steps.contains(&9)
+        },
+    )
+    .await;
+    let text = crash.second.metrics().await;
+    assert_eq!(
+        metric(&text, "dispatcher_spill_superseded_total"),
+        1.0,
+        "only conversation.closed, routed again, is left to its new copy: {text}"
+    );
+}
+
+/// What [`blocked_spilled_and_killed`] leaves running.
+struct Crashed {
+    _kafka: dispatcher::embedded::EmbeddedKafka,
+    sink: Sink,
+    second: Child,
+    counts: BTreeMap<String, usize>,
+    /// The first dispatcher's spilled deliveries.
+    spilled_before: usize,
+    _dir: tempfile::TempDir,
+}
+
+/// The crash the spill topic alone would get wrong: contact `stuck-0`'s
+/// first event waits for a retry in memory (its partition's commit behind
+/// it) while its events from the fourth on, produced during a pause, are
+/// spilled. kill -9; the receiver is healthy again; a second dispatcher,
+/// whose endpoint subscribes to `events` (YAML list), reads the key's
+/// events again from the source. The pause, kept in the endpoint store,
+/// holds its deliveries in the spill topic behind the first one's until it
+/// is resumed: then both sets come back in the order they were written,
+/// the old copies first. Returns once it is resumed.
+async fn blocked_spilled_and_killed(group: &str, events: &str) -> Crashed {
     support::init_logging();
     let kafka = support::embedded_kafka(4);
     let sink = Sink::start(Behaviour::Hiccup {
@@ -529,15 +588,15 @@ async fn kill_9_with_a_blocked_key_and_its_later_events_spilled_keeps_the_key_in
     })
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let endpoint = format!(
-        "  - id: ordered\n    url: \"{}\"\n    events: [\"*\"]\n{}{BY_RECORD_KEY}",
-        sink.url("/ordered"),
-        retrying(300, "200ms"),
-    );
-    let with_api = |port: u16| {
-        yaml(kafka.bootstrap(), "spill-kill", &endpoint).replace(
+    let config = |events: &str, api_port: u16| {
+        let endpoint = format!(
+            "  - id: ordered\n    url: \"{}\"\n    events: {events}\n{}{BY_RECORD_KEY}",
+            sink.url("/ordered"),
+            retrying(300, "200ms"),
+        );
+        yaml(kafka.bootstrap(), group, &endpoint).replace(
             "api:\n  listen: \"127.0.0.1:0\"",
-            &format!("api:\n  listen: \"127.0.0.1:{port}\""),
+            &format!("api:\n  listen: \"127.0.0.1:{api_port}\""),
         )
     };
     let (mut stuck, counts) = lifecycles(1, "stuck");
@@ -546,42 +605,60 @@ async fn kill_9_with_a_blocked_key_and_its_later_events_spilled_keeps_the_key_in
     let spilled = "dispatcher_spilled_total{endpoint=\"ordered\"}";
 
     let api_port = free_port();
-    let first = Child::spawn(dir.path(), "first", &with_api(api_port), free_port());
+    let first = Child::spawn(
+        dir.path(),
+        "first",
+        &config("[\"*\"]", api_port),
+        free_port(),
+    );
     produce_keyed(kafka.bootstrap(), "events", &stuck).await;
     child_metric_reaches(&first, blocked, 1.0, "the key's head waits for a retry").await;
-    let api_addr = std::net::SocketAddr::from(([127, 0, 0, 1], api_port));
-    let (status, body) = api_at(api_addr, "POST", "/endpoints/ordered/pause").await;
+    let api = std::net::SocketAddr::from(([127, 0, 0, 1], api_port));
+    let (status, body) = api_at(api, "POST", "/endpoints/ordered/pause").await;
     assert_eq!(status, 200, "{body}");
     produce_keyed(kafka.bootstrap(), "events", &later).await;
-    let n_later = later.len() as f64;
-    child_metric_reaches(&first, spilled, n_later, "the later events spilled").await;
-    drop(first); // SIGKILL
-
-    // The receiver is healthy again; the pause, kept in the endpoint
-    // store, holds the second dispatcher's deliveries in the spill topic
-    // behind the first one's until it is resumed: then both sets come back
-    // in the order they were written, the old copies first.
-    sink.set(Behaviour::Ok);
-    let api_port = free_port();
-    let second = Child::spawn(dir.path(), "second", &with_api(api_port), free_port());
-    let every = counts["stuck-0"] as f64;
-    child_metric_reaches(&second, spilled, every, "the key read again, spilled").await;
-    let api_addr = std::net::SocketAddr::from(([127, 0, 0, 1], api_port));
-    let (status, body) = api_at(api_addr, "POST", "/endpoints/ordered/resume").await;
-    assert_eq!(status, 200, "{body}");
-    wait_until(
-        Duration::from_secs(60),
-        "the stuck contact's events",
-        || complete(&sink, "/ordered", &counts),
+    let spilled_before = later.len();
+    child_metric_reaches(
+        &first,
+        spilled,
+        spilled_before as f64,
+        "the later events spilled",
     )
     .await;
-    assert_in_order(&sink, "/ordered", "after kill -9 with spilled events");
-    let text = second.metrics().await;
-    assert_eq!(
-        metric(&text, "dispatcher_spill_superseded_total"),
-        n_later,
-        "the first dispatcher's spilled copies are left final: {text}"
-    );
+    drop(first); // SIGKILL
+
+    sink.set(Behaviour::Ok);
+    let api_port = free_port();
+    let second = Child::spawn(dir.path(), "second", &config(events, api_port), free_port());
+    // Every event of the key the second one routes is read again, spilled.
+    let config = Config::from_yaml(&config(events, api_port), &|_| None).expect("test config");
+    let patterns: Vec<EventPattern> = config.endpoints[0]
+        .events
+        .iter()
+        .map(|p| EventPattern::parse(p).expect("a pattern"))
+        .collect();
+    let routed = LIFECYCLES[0]
+        .iter()
+        .filter(|ty| patterns.iter().any(|p| p.matches(ty)))
+        .count();
+    child_metric_reaches(
+        &second,
+        spilled,
+        routed as f64,
+        "the key read again, spilled",
+    )
+    .await;
+    let api = std::net::SocketAddr::from(([127, 0, 0, 1], api_port));
+    let (status, body) = api_at(api, "POST", "/endpoints/ordered/resume").await;
+    assert_eq!(status, 200, "{body}");
+    Crashed {
+        _kafka: kafka,
+        sink,
+        second,
+        counts,
+        spilled_before,
+        _dir: dir,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -329,11 +329,13 @@ impl Backlogs {
                 return Took::Next;
             }
         };
+        let routing = self.routing.borrow().clone();
         match spill::returned(
             &self.tracker,
-            handle,
+            &routing,
+            lane,
             parked.source_epoch,
-            &parked.event.source,
+            &parked.event,
         ) {
             Returned::Deliver => {}
             Returned::Superseded => {

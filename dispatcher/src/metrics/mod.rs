@@ -355,7 +355,7 @@ impl Metrics {
             .expect("static metric definition"),
             spill_superseded: IntCounter::new(
                 "dispatcher_spill_superseded_total",
-                "Spilled deliveries of ordered endpoints that came back after their source record was read again (a crash or rebalance since), left final: the copy read again is delivered in its place, in order.",
+                "Spilled deliveries of ordered endpoints that came back after a later assignment of their source partition read their record again and routed it to the endpoint again: left final, the copy read again is delivered in its place, in order.",
             )
             .expect("static metric definition"),
             internal_records_lost: counter(

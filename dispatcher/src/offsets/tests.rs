@@ -344,3 +344,62 @@ fn a_gap_the_main_reader_finds_in_an_internal_topic_is_reported() {
         }]
     );
 }
+
+#[test]
+fn a_spilled_copy_is_superseded_only_once_its_record_was_read_again() {
+    let (t, p) = tracker();
+    let at = |offset: i64| SourceRef {
+        topic: "events".into(),
+        partition: 0,
+        offset,
+    };
+    let before = p.epoch().wrapping_add(1);
+    // Nothing read yet in this assignment: not known.
+    assert_eq!(t.returned(&at(5), before), Returned::NotYet);
+    // The reader starts at 3, reads 3 and 4, then 7: 5 and 6 are gone
+    // from the topic (compacted), so never read again.
+    let _kept: Vec<_> = [3, 4, 7]
+        .into_iter()
+        .map(|o| Ticket::issue(p.clone(), o, 0, 10))
+        .collect();
+    assert_eq!(t.returned(&at(4), before), Returned::Superseded);
+    assert_eq!(t.returned(&at(7), before), Returned::Superseded);
+    assert_eq!(t.returned(&at(5), before), Returned::Deliver, "a gap");
+    assert_eq!(
+        t.returned(&at(2), before),
+        Returned::Deliver,
+        "before the start"
+    );
+    assert_eq!(
+        t.returned(&at(8), before),
+        Returned::NotYet,
+        "not there yet"
+    );
+    // Spilled by this assignment itself: its only copy.
+    assert_eq!(t.returned(&at(4), p.epoch()), Returned::Deliver);
+    // A partition this replica does not own: cannot be told.
+    let elsewhere = SourceRef {
+        topic: "events".into(),
+        partition: 9,
+        offset: 4,
+    };
+    assert_eq!(t.returned(&elsewhere, before), Returned::Deliver);
+}
+
+#[test]
+fn too_many_gaps_and_none_counts_as_read() {
+    let (t, p) = tracker();
+    let _kept: Vec<_> = (0..=MAX_GAPS as i64 + 1)
+        .map(|i| Ticket::issue(p.clone(), i * 2, 0, 10))
+        .collect();
+    let at = SourceRef {
+        topic: "events".into(),
+        partition: 0,
+        offset: 2,
+    };
+    assert_eq!(
+        t.returned(&at, p.epoch().wrapping_add(1)),
+        Returned::Deliver,
+        "the gaps are no longer all known"
+    );
+}

@@ -105,6 +105,8 @@ struct Held {
     endpoint: Arc<str>,
     job: Job,
     due_ms: i64,
+    /// [`park::Parked::source_epoch`].
+    source_epoch: Option<u64>,
 }
 
 /// Per internal-topic partition, the records read before their time, in
@@ -553,23 +555,22 @@ impl Source {
                 // brings it back in turn.
                 return;
             };
-            if let Some(handle) = routing.lane(lane) {
-                match spill::returned(
-                    &self.tracker,
-                    handle,
-                    parked.source_epoch,
-                    &parked.event.source,
-                ) {
-                    Returned::Deliver => {}
-                    Returned::Superseded => {
-                        self.metrics.spill_superseded.inc();
-                        ticket.finish_one();
-                        return;
-                    }
-                    // Dropped, the ticket puts it under the endpoint's
-                    // hold: its reader asks again.
-                    Returned::NotYet => return,
+            match spill::returned(
+                &self.tracker,
+                routing,
+                lane,
+                parked.source_epoch,
+                &parked.event,
+            ) {
+                Returned::Deliver => {}
+                Returned::Superseded => {
+                    self.metrics.spill_superseded.inc();
+                    ticket.finish_one();
+                    return;
                 }
+                // Dropped, the ticket puts it under the endpoint's hold:
+                // its reader asks again.
+                Returned::NotYet => return,
             }
             let job = Job {
                 event: Arc::new(parked.event),
@@ -597,6 +598,7 @@ impl Source {
                 parked: parked_state,
             },
             due_ms: parked.due_ms,
+            source_epoch: parked.source_epoch,
         };
         if let Some((p, queue)) = held.get_mut(&key) {
             if Arc::ptr_eq(p, &partition) {
@@ -638,7 +640,17 @@ impl Source {
             // Revoked (and maybe re-assigned) since: dropped, the new owner
             // reads it again.
             if current && !partition.has_open_hold(h.lane) {
-                self.give_back(routing, h.lane, h.endpoint, h.job);
+                // A spilled record due ahead of this clock (another
+                // replica's is ahead) is checked like one due at once.
+                match spill::returned(&self.tracker, routing, h.lane, h.source_epoch, &h.job.event)
+                {
+                    Returned::Deliver => self.give_back(routing, h.lane, h.endpoint, h.job),
+                    Returned::Superseded => {
+                        self.metrics.spill_superseded.inc();
+                        h.job.ticket.finish_one();
+                    }
+                    Returned::NotYet => drop(h.job),
+                }
             }
         }
         if let Some(next) = queue.front() {

@@ -19,18 +19,20 @@
 //! stops as soon as the lane has room: order then holds per replica.)
 //!
 //! A spilled fresh delivery carries the epoch of the source partition's
-//! assignment that read it. When an ordered endpoint's comes back after its
-//! source record was read again (a crash or a rebalance since, with a key's
-//! head holding the commit before it), it is left final unsent: the copy
-//! read again takes its place in the key's order ([`returned`];
+//! assignment that read it. When an ordered endpoint's comes back after a
+//! later assignment read its source record again and routed it to the
+//! endpoint again (a crash or a rebalance since, with a key's head holding
+//! the commit before it), it is left final unsent: the copy read again
+//! takes its place in the key's order ([`returned`];
 //! [`crate::park::Parked::source_epoch`]).
 
+use std::cell::Cell;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::stream::{FuturesUnordered, StreamExt};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use transports::{BoxFuture, Delivery, DeliveryId, SourceRef};
+use transports::{BoxFuture, Delivery, DeliveryId, Event};
 
 use crate::dlq::{DeadLetter, DeadLetters};
 use crate::endpoints::Routing;
@@ -39,22 +41,63 @@ use crate::kafka::{classify, Severity};
 use crate::lane::{Job, LaneHandle};
 use crate::offsets::{OffsetTracker, Returned};
 use crate::park::Parker;
+use crate::route::{RecordMeta, Router};
 
-/// What becomes of a delivery of `lane` back from an internal topic, with
-/// `source_epoch` from its record ([`Parked::source_epoch`]): see
-/// [`OffsetTracker::returned`]. Only an ordered endpoint's spilled copies
-/// are checked: for the others a second copy is only a duplicate (same
-/// delivery id), which the delivery contract allows.
+/// What becomes of `event`, a delivery of lane `lane` back from an
+/// internal topic, with `source_epoch` from its record
+/// ([`crate::park::Parked::source_epoch`]): see [`OffsetTracker::returned`].
+/// Only an ordered endpoint's spilled copies are checked: for the others a
+/// second copy is only a duplicate (same delivery id), which the delivery
+/// contract allows.
 pub fn returned(
     tracker: &OffsetTracker,
-    lane: &LaneHandle,
+    routing: &Routing,
+    lane: usize,
     source_epoch: Option<u64>,
-    source: &SourceRef,
+    event: &Event,
 ) -> Returned {
-    match source_epoch {
-        Some(epoch) if lane.metrics.ordered() => tracker.returned(source, epoch),
-        _ => Returned::Deliver,
+    let ordered = routing.lane(lane).is_some_and(|l| l.metrics.ordered());
+    let Some(epoch) = source_epoch.filter(|_| ordered) else {
+        return Returned::Deliver;
+    };
+    match tracker.returned(&event.source, epoch) {
+        // Read again, but sent again only if routed to the endpoint again:
+        // a copy the endpoints' changes since would no longer route there
+        // (or that cannot be told) is delivered as it was taken.
+        Returned::Superseded if !routed_again(routing, lane, event) => Returned::Deliver,
+        decided => decided,
     }
+}
+
+/// Whether the source, reading `event`'s record now, routes it to `lane`.
+/// `false` when that needs a record header, which a spilled record no
+/// longer has.
+fn routed_again(routing: &Routing, lane: usize, event: &Event) -> bool {
+    struct Spilled<'a> {
+        key: Option<&'a [u8]>,
+        wanted_header: Cell<bool>,
+    }
+    impl RecordMeta for Spilled<'_> {
+        fn key(&self) -> Option<&[u8]> {
+            self.key
+        }
+        fn header(&self, _: &str) -> Option<&[u8]> {
+            self.wanted_header.set(true);
+            None
+        }
+    }
+    if !routing.routes_to(lane) {
+        return false;
+    }
+    let record = Spilled {
+        key: event.record_key.as_deref(),
+        wanted_header: Cell::new(false),
+    };
+    let mut routed = false;
+    Router::from_table(routing.table.clone()).route_record(event, &record, |l| {
+        routed |= l == lane;
+    });
+    routed && !record.wanted_header.get()
 }
 
 /// What this replica spilled for one lane.
