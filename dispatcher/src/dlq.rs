@@ -362,20 +362,12 @@ pub async fn produce_durably<'h>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rdkafka::message::OwnedMessage;
-    use transports::{DeliveryId, Event};
+    use crate::kafka::testing::{keyed_event, read_back};
+    use transports::DeliveryId;
 
     #[test]
     fn a_delivery_dead_letter_keeps_the_record_key_for_replay() {
-        let raw = br#"{"event":"message.read","data":{"contact_id":"c-1"}}"#;
-        let source = SourceRef {
-            topic: "events".into(),
-            partition: 1,
-            offset: 12,
-        };
-        let mut event = Event::decode(Bytes::from_static(raw), source, Some(0), 1 << 20).unwrap();
-        // Not UTF-8: a record key is bytes.
-        event.record_key = Some(Bytes::from_static(&[0xff, 0x00, b'k']));
+        let event = keyed_event(br#"{"event":"message.read","data":{"contact_id":"c-1"}}"#);
         let delivery = Delivery {
             id: DeliveryId::derive(&event, "ep"),
             event: Arc::new(event),
@@ -384,23 +376,11 @@ mod tests {
             attempt: 3,
         };
         let letter = DeadLetter::failed_delivery(&delivery, "expired", "HTTP 503", &[], None);
-        let headers = letter
-            .headers
-            .iter()
-            .fold(OwnedHeaders::new(), |h, (k, v)| {
-                h.insert(Header {
-                    key: k,
-                    value: Some(v.as_slice()),
-                })
-            });
-        let msg = OwnedMessage::new(
-            Some(letter.value.to_vec()),
-            letter.key.as_ref().map(|k| k.to_vec()),
-            "dispatcher.dlq".into(),
-            rdkafka::Timestamp::NotAvailable,
-            0,
-            1,
-            Some(headers),
+        let msg = read_back(
+            "dispatcher.dlq",
+            letter.key.as_deref(),
+            &letter.value,
+            &letter.headers,
         );
         let replayable = crate::replay::read_dead_letter(&msg, 1 << 20).unwrap();
         assert_eq!(replayable.delivery_id, delivery.id);

@@ -233,6 +233,51 @@ pub fn producer(kafka: &KafkaConfig, bootstrap: &str, max_event_bytes: usize) ->
     c
 }
 
+/// What the unit tests of the records the dispatcher writes share.
+#[cfg(test)]
+pub(crate) mod testing {
+    use bytes::Bytes;
+    use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
+    use transports::{Event, SourceRef};
+
+    /// `raw` decoded as read from `events`, partition 1, offset 12, with a
+    /// record key that is not UTF-8 (a key is bytes).
+    pub fn keyed_event(raw: &'static [u8]) -> Event {
+        let source = SourceRef {
+            topic: "events".into(),
+            partition: 1,
+            offset: 12,
+        };
+        let mut event = Event::decode(Bytes::from_static(raw), source, Some(0), 1 << 20).unwrap();
+        event.record_key = Some(Bytes::from_static(&[0xff, 0x00, b'k']));
+        event
+    }
+
+    /// A record of `topic` as a consumer would read it back.
+    pub fn read_back<K: AsRef<str>, V: AsRef<[u8]>>(
+        topic: &str,
+        key: Option<&[u8]>,
+        value: &[u8],
+        headers: &[(K, V)],
+    ) -> OwnedMessage {
+        let headers = headers.iter().fold(OwnedHeaders::new(), |h, (k, v)| {
+            h.insert(Header {
+                key: k.as_ref(),
+                value: Some(v.as_ref()),
+            })
+        });
+        OwnedMessage::new(
+            Some(value.to_vec()),
+            key.map(<[u8]>::to_vec),
+            topic.into(),
+            rdkafka::Timestamp::NotAvailable,
+            0,
+            1,
+            Some(headers),
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

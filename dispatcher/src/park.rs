@@ -389,16 +389,9 @@ mod tests {
 
     #[test]
     fn a_spilled_delivery_keeps_its_record_key_trace_context_and_source_epoch() {
-        use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
+        use crate::kafka::testing::{keyed_event, read_back};
         let raw = br#"{"event":"message.sent","data":{"contact_id":"c-1"}}"#;
-        let source = SourceRef {
-            topic: "events".into(),
-            partition: 2,
-            offset: 40,
-        };
-        let mut event = Event::decode(Bytes::from_static(raw), source, Some(0), 1 << 20).unwrap();
-        // Not UTF-8: a record key is bytes.
-        event.record_key = Some(Bytes::from_static(&[0xc3, 0x28, b'k']));
+        let mut event = keyed_event(raw);
         event.traceparent = Some(Bytes::from_static(
             b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
         ));
@@ -415,21 +408,7 @@ mod tests {
             now,
             Some(u64::MAX),
         );
-        let headers = headers.iter().fold(OwnedHeaders::new(), |h, (k, v)| {
-            h.insert(Header {
-                key: k,
-                value: Some(v),
-            })
-        });
-        let msg = OwnedMessage::new(
-            Some(raw.to_vec()),
-            Some(b"ep/events/2".to_vec()),
-            "dispatcher.spill".into(),
-            rdkafka::Timestamp::NotAvailable,
-            0,
-            1,
-            Some(headers),
-        );
+        let msg = read_back("dispatcher.spill", Some(b"ep/events/1"), raw, &headers);
         let parked = parse(&msg, 1 << 20).unwrap();
         assert_eq!(parked.delivery_id, id);
         assert_eq!(parked.event.record_key, event.record_key);
