@@ -341,6 +341,7 @@ pub async fn start_with(config: Config, registry: &Registry) -> anyhow::Result<R
         consumer: kafka::reader(k, &bootstrap, "backlog"),
         max_event_bytes: p.max_event_bytes,
         permits: Arc::new(tokio::sync::Semaphore::new(p.backlog_readers)),
+        waiting: Default::default(),
         lost_records: metrics.internal_records_lost.clone(),
         superseded: metrics.spill_superseded.clone(),
     };

@@ -757,3 +757,55 @@ async fn idle_endpoints_hold_no_task_and_wake_for_new_work() {
     assert_eq!(sink.count(), first.len() + 1, "nothing else was sent");
     running.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_lagging_endpoints_than_backlog_readers_take_turns() {
+    support::init_logging();
+    let kafka = support::embedded_kafka(2);
+    // About 10 deliveries/s each, and one backlog reader for both: each
+    // backlog alone takes about 20 s to drain.
+    let a = Sink::start(Behaviour::Delay { ms: 100 }).await;
+    let b = Sink::start(Behaviour::Delay { ms: 100 }).await;
+    let endpoints = format!(
+        "  - id: a\n    url: \"{}\"\n    events: [\"*\"]\n    max_in_flight: 1\n    queue_capacity: 4\n\
+         \x20 - id: b\n    url: \"{}\"\n    events: [\"*\"]\n    max_in_flight: 1\n    queue_capacity: 4\n",
+        a.url("/a"),
+        b.url("/b")
+    );
+    let running = start(config(
+        kafka.bootstrap(),
+        "reader-turns",
+        "  spill_after: 200ms\n  backlog_readers: 1\n",
+        &endpoints,
+    ))
+    .await;
+    const N: usize = 200;
+    let values = events(43, N);
+    let produced: BTreeSet<String> = values.iter().map(|v| raw_data(v)).collect();
+    produce(kafka.bootstrap(), "events", &values).await;
+    // Half of one backlog takes about 10 s of turns: the other endpoint,
+    // waiting for the reader meanwhile, must have had turns of its own
+    // (without them it had only its inbox's few).
+    wait_until(
+        Duration::from_secs(60),
+        "one endpoint drained half its backlog",
+        || a.count().max(b.count()) >= N / 2,
+    )
+    .await;
+    let (got_a, got_b) = (a.count(), b.count());
+    assert!(
+        got_a.min(got_b) >= N / 8,
+        "one backlog waited for the other's: a {got_a}, b {got_b} of {N}"
+    );
+    assert!(spilled_by(&running, "a") > 0 && spilled_by(&running, "b") > 0);
+
+    a.set(Behaviour::Ok);
+    b.set(Behaviour::Ok);
+    wait_until(Duration::from_secs(60), "both backlogs arrive", || {
+        a.data_at("/a") == produced && b.data_at("/b") == produced
+    })
+    .await;
+    assert_one_id_per_event(&a);
+    assert_one_id_per_event(&b);
+    running.shutdown().await.unwrap();
+}

@@ -16,9 +16,13 @@
 //!
 //! Readers are started when an endpoint's first hold opens and end when its
 //! holds are gone. Their consumers are opened only while there is room to
-//! fill, at most `pipeline.backlog_readers` at a time.
+//! fill, at most `pipeline.backlog_readers` at a time. With more lagging
+//! endpoints than that, they take turns: a reader gives its consumer up
+//! after [`TURN`] when another waits for one (the permits go first come,
+//! first served), so that no backlog waits for another to be drained.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -40,6 +44,10 @@ use crate::spill;
 const REFRESH: Duration = Duration::from_millis(250);
 /// How long a reader keeps its consumer open without room to fill.
 const IDLE_CLOSE: Duration = Duration::from_secs(5);
+/// How long a reader keeps its consumer while another reader waits for
+/// one: long enough that reopening (an assignment and a first fetch, some
+/// hundreds of milliseconds) costs little of it.
+const TURN: Duration = Duration::from_secs(5);
 
 /// What every reader shares.
 pub struct Backlogs {
@@ -53,6 +61,8 @@ pub struct Backlogs {
     pub max_event_bytes: usize,
     /// Bounds the readers' open consumers.
     pub permits: Arc<Semaphore>,
+    /// Readers waiting for one of `permits`.
+    pub waiting: AtomicUsize,
     /// Internal-topic records the main reader found deleted, by topic.
     pub lost_records: prometheus::IntCounterVec,
     /// `dispatcher_spill_superseded_total`.
@@ -159,6 +169,13 @@ impl Backlogs {
         lanes
     }
 
+    /// Whether `reader` had its consumer for a [`TURN`] while another
+    /// reader waits for one.
+    fn turn_over(&self, reader: &Option<Reader>) -> bool {
+        reader.as_ref().is_some_and(|r| r.opened.elapsed() >= TURN)
+            && self.waiting.load(Ordering::Acquire) > 0
+    }
+
     /// One endpoint's reader: until its holds are gone.
     async fn read(
         self: Arc<Self>,
@@ -190,7 +207,7 @@ impl Backlogs {
             if !handle.inbox().has_room() {
                 quiet_since = None;
                 let since = *no_room_since.get_or_insert_with(Instant::now);
-                if reader.is_some() && since.elapsed() >= IDLE_CLOSE {
+                if reader.is_some() && (since.elapsed() >= IDLE_CLOSE || self.turn_over(&reader)) {
                     // Give the consumer (and its permit) up while the lane
                     // is busy or cannot send; reopened when room comes.
                     reader = None;
@@ -204,14 +221,21 @@ impl Backlogs {
                 continue;
             }
             no_room_since = None;
+            if self.turn_over(&reader) {
+                // Another lagging endpoint waits for a consumer: its turn.
+                reader = None;
+            }
             if reader.is_none() {
+                self.waiting.fetch_add(1, Ordering::AcqRel);
                 let permit = tokio::select! {
-                    p = self.permits.clone().acquire_owned() => match p {
-                        Ok(p) => p,
-                        Err(_) => return,
-                    },
-                    _ = shutdown.changed() => continue,
+                    p = self.permits.clone().acquire_owned() => p,
+                    _ = shutdown.changed() => {
+                        self.waiting.fetch_sub(1, Ordering::AcqRel);
+                        continue;
+                    }
                 };
+                self.waiting.fetch_sub(1, Ordering::AcqRel);
+                let Ok(permit) = permit else { return };
                 match self.consumer.create::<StreamConsumer>() {
                     Ok(consumer) => {
                         reader = Some(Reader {
@@ -219,6 +243,7 @@ impl Backlogs {
                             assigned: HashMap::new(),
                             in_consumer: HashSet::new(),
                             paused: HashSet::new(),
+                            opened: Instant::now(),
                             _permit: permit,
                         })
                     }
@@ -392,6 +417,8 @@ struct Reader {
     /// removed while it lives (see [`sync`]); those without a hold paused.
     in_consumer: HashSet<(Arc<str>, i32)>,
     paused: HashSet<(Arc<str>, i32)>,
+    /// When it got its permit: see [`TURN`].
+    opened: Instant,
     _permit: OwnedSemaphorePermit,
 }
 
