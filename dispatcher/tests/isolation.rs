@@ -440,6 +440,14 @@ async fn a_flooding_tenant_does_not_hold_up_a_quiet_tenant_behind_it() {
     running.shutdown().await.unwrap();
 }
 
+/// An endpoint of everything that sends one request at a time and queues
+/// four in memory: it lags, and spills, as soon as its receiver is slow.
+fn one_at_a_time(id: &str, url: &str) -> String {
+    format!(
+        "  - id: {id}\n    url: \"{url}\"\n    events: [\"*\"]\n    max_in_flight: 1\n    queue_capacity: 4\n"
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_lagging_endpoints_on_one_spill_partition_each_drain_at_their_own_pace() {
     support::init_logging();
@@ -454,12 +462,8 @@ async fn two_lagging_endpoints_on_one_spill_partition_each_drain_at_their_own_pa
     // About 10 deliveries/s and 1 delivery/s.
     let quick = Sink::start(Behaviour::Delay { ms: 100 }).await;
     let crawl = Sink::start(Behaviour::Delay { ms: 1000 }).await;
-    let endpoints = format!(
-        "  - id: quick\n    url: \"{}\"\n    events: [\"*\"]\n    max_in_flight: 1\n    queue_capacity: 4\n\
-         \x20 - id: crawl\n    url: \"{}\"\n    events: [\"*\"]\n    max_in_flight: 1\n    queue_capacity: 4\n",
-        quick.url("/q"),
-        crawl.url("/c")
-    );
+    let endpoints =
+        one_at_a_time("quick", &quick.url("/q")) + &one_at_a_time("crawl", &crawl.url("/c"));
     let running = start(config(
         kafka.bootstrap(),
         "shared-spill",
@@ -766,12 +770,7 @@ async fn more_lagging_endpoints_than_backlog_readers_take_turns() {
     // backlog alone takes about 20 s to drain.
     let a = Sink::start(Behaviour::Delay { ms: 100 }).await;
     let b = Sink::start(Behaviour::Delay { ms: 100 }).await;
-    let endpoints = format!(
-        "  - id: a\n    url: \"{}\"\n    events: [\"*\"]\n    max_in_flight: 1\n    queue_capacity: 4\n\
-         \x20 - id: b\n    url: \"{}\"\n    events: [\"*\"]\n    max_in_flight: 1\n    queue_capacity: 4\n",
-        a.url("/a"),
-        b.url("/b")
-    );
+    let endpoints = one_at_a_time("a", &a.url("/a")) + &one_at_a_time("b", &b.url("/b"));
     let running = start(config(
         kafka.bootstrap(),
         "reader-turns",
