@@ -191,6 +191,12 @@ impl Backlogs {
         let mut no_room_since: Option<Instant> = None;
         // Since when its consumer has had nothing to read.
         let mut quiet_since: Option<Instant> = None;
+        // Whether the consumer's assignment must be checked against the
+        // holds (see [`sync`]): after the holds were looked at again, for a
+        // new consumer, and when a cursor moved. Not at every record: with
+        // hundreds of holds, comparing them all per record took over half
+        // of a replica's CPU while it drained a spilled backlog.
+        let mut resync = true;
         loop {
             if *shutdown.borrow() {
                 return;
@@ -198,6 +204,7 @@ impl Backlogs {
             if Instant::now() >= refresh_at {
                 holds = self.tracker.holds().take(lane, &self.tracker);
                 refresh_at = Instant::now() + REFRESH;
+                resync = true;
                 if holds.is_empty() {
                     // The index forgot the lane with its last hold: the next
                     // hold starts a new reader.
@@ -240,12 +247,14 @@ impl Backlogs {
                     Ok(consumer) => {
                         reader = Some(Reader {
                             consumer,
-                            assigned: HashMap::new(),
+                            assigned: Assigned::default(),
+                            topics: Vec::new(),
                             in_consumer: HashSet::new(),
                             paused: HashSet::new(),
                             opened: Instant::now(),
                             _permit: permit,
-                        })
+                        });
+                        resync = true;
                     }
                     Err(e) => {
                         tracing::warn!(endpoint = %handle.endpoint_id, error = %e, "cannot create a backlog reader; trying again");
@@ -257,14 +266,20 @@ impl Backlogs {
             let Some(r) = reader.as_mut() else {
                 continue;
             };
-            if let Err(e) = sync(r, lane, &holds) {
-                tracing::warn!(endpoint = %handle.endpoint_id, error = %e, "backlog reader assignment failed; reopening");
-                reader = None;
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                continue;
+            if resync {
+                if let Err(e) = sync(r, lane, &holds) {
+                    tracing::warn!(endpoint = %handle.endpoint_id, error = %e, "backlog reader assignment failed; reopening");
+                    reader = None;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+                resync = false;
             }
             let Reader {
-                consumer, assigned, ..
+                consumer,
+                assigned,
+                topics,
+                ..
             } = r;
             let msg = tokio::select! {
                 m = tokio::time::timeout(REFRESH, consumer.recv()) => m,
@@ -274,8 +289,9 @@ impl Backlogs {
             match msg {
                 Ok(Ok(msg)) => {
                     quiet_since = None;
-                    match self.take(lane, handle, assigned, &msg) {
+                    match self.take(lane, handle, assigned, topics, &msg) {
                         Took::Next => {}
+                        Took::Resync => resync = true,
                         Took::Stop(stopped) => {
                             assigned.remove(&stopped);
                             refresh_at = Instant::now();
@@ -284,6 +300,7 @@ impl Backlogs {
                         // whose source partition has not been read yet):
                         // not again at once.
                         Took::Later => {
+                            resync = true;
                             tokio::select! {
                                 _ = tokio::time::sleep(REFRESH) => {}
                                 _ = shutdown.changed() => {}
@@ -318,15 +335,13 @@ impl Backlogs {
         lane: usize,
         handle: &LaneHandle,
         assigned: &mut Assigned,
+        topics: &[Arc<str>],
         msg: &BorrowedMessage<'_>,
     ) -> Took {
-        let Some(key) = assigned
-            .keys()
-            .find(|(t, p)| t.as_ref() == msg.topic() && *p == msg.partition())
-            .cloned()
-        else {
+        let Some(topic) = topics.iter().find(|t| t.as_ref() == msg.topic()) else {
             return Took::Next;
         };
+        let key = (topic.clone(), msg.partition());
         let Some((partition, next)) = assigned.get_mut(&key) else {
             return Took::Next;
         };
@@ -337,9 +352,9 @@ impl Backlogs {
             ReaderStep::Stop => return Took::Stop(key),
             ReaderStep::Skip => return Took::Next,
             ReaderStep::Rewind => {
-                // Read again from the cursor: the next sync assigns there.
+                // Read again from the cursor: the next sync seeks there.
                 *next = i64::MAX;
-                return Took::Next;
+                return Took::Resync;
             }
             ReaderStep::Take => {}
         }
@@ -387,7 +402,10 @@ impl Backlogs {
             }
             // No room after all: dropping it puts it back under the hold,
             // and the cursor with it.
-            Err(Refused::NoRoom(job)) => drop(job),
+            Err(Refused::NoRoom(job)) => {
+                drop(job);
+                return Took::Resync;
+            }
             Err(Refused::Closed(job)) => {
                 job.dead_letter_deleted(handle.endpoint_id.clone(), &self.dead_letters)
             }
@@ -400,6 +418,9 @@ impl Backlogs {
 enum Took {
     /// Read on.
     Next,
+    /// Read on once the assignment is checked against the holds again: a
+    /// cursor moved back.
+    Resync,
     /// Stop reading this partition.
     Stop((Arc<str>, i32)),
     /// Read on after a while: the record was given back undecided.
@@ -407,12 +428,17 @@ enum Took {
 }
 
 /// Partitions a reader reads, with the next offset expected from each.
-type Assigned = HashMap<(Arc<str>, i32), (Arc<PartitionOffsets>, i64)>;
+/// Looked up once per record read: hashed with foldhash (keys are the
+/// dispatcher's own topic names and partition numbers).
+type Assigned = HashMap<(Arc<str>, i32), (Arc<PartitionOffsets>, i64), foldhash::fast::RandomState>;
 
 /// A reader's consumer and what it reads.
 struct Reader {
     consumer: StreamConsumer,
     assigned: Assigned,
+    /// The topics of `assigned` (a few internal topics), to find a
+    /// record's entry without comparing every key's name.
+    topics: Vec<Arc<str>>,
     /// The partitions in the consumer's assignment: once added, never
     /// removed while it lives (see [`sync`]); those without a hold paused.
     in_consumer: HashSet<(Arc<str>, i32)>,
@@ -445,11 +471,12 @@ fn sync(
     let Reader {
         consumer,
         assigned,
+        topics,
         in_consumer,
         paused,
         ..
     } = reader;
-    let mut want: HashMap<(Arc<str>, i32), (Arc<PartitionOffsets>, i64)> = HashMap::new();
+    let mut want = Assigned::default();
     for p in holds {
         if let Some(pos) = p.reader_position(lane) {
             let key = (p.topic.clone(), p.partition);
@@ -511,6 +538,12 @@ fn sync(
         consumer.resume(&resume)?;
     }
     in_consumer.extend(want.keys().cloned());
+    topics.clear();
+    for (topic, _) in want.keys() {
+        if !topics.contains(topic) {
+            topics.push(topic.clone());
+        }
+    }
     *assigned = want;
     Ok(())
 }
