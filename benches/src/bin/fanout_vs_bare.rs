@@ -23,6 +23,11 @@ use loadtest::procstat;
 use serde::Serialize;
 use tokio::time::timeout_at;
 
+// The allocator and options of the `dispatcher` binary (see
+// `dispatcher::alloc`), so that the dispatcher measured here allocates as
+// the one users run; the bare client in the same process gets the same.
+dispatcher::use_jemalloc!();
+
 /// Endpoints of the fan-out: every event goes to each of them.
 const ENDPOINTS: usize = 4;
 
