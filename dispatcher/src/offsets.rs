@@ -570,27 +570,29 @@ impl PartitionOffsets {
             return;
         };
         // An internal-topic record: back under its endpoint's hold.
-        let opened = {
+        let (opened, rewound) = {
             let mut s = self.lock();
             if s.main.set(offset, Mark::Done).is_some() {
                 s.main.trim();
             }
-            let opened = match s.hold(lane) {
+            match s.hold(lane) {
                 Some(h) => {
                     if h.window.remove(offset).is_some() {
                         h.window.trim();
                     }
                     let reopened = !h.open;
+                    let mut rewound = false;
                     if reopened {
                         h.next_unread = offset;
                         h.open = true;
                     } else if offset < h.next_unread {
                         h.next_unread = offset;
                         h.rewound = true;
+                        rewound = true;
                     }
                     h.waiting += 1;
                     h.oldest_ms = Some(h.oldest_ms.map_or(timestamp_ms, |o| o.min(timestamp_ms)));
-                    reopened
+                    (reopened, rewound)
                 }
                 None => {
                     s.holds.push(Hold {
@@ -602,13 +604,17 @@ impl PartitionOffsets {
                         oldest_ms: Some(timestamp_ms),
                         rewound: false,
                     });
-                    true
+                    (true, false)
                 }
-            };
-            opened
+            }
         };
         if opened {
             self.holds.opened(lane, self.clone());
+        } else if rewound {
+            // Its reader may have read past it (in this partition or, with
+            // nothing more to read here, in none): it seeks back at once
+            // rather than at its next look at the holds.
+            self.holds.waker(lane).notify_one();
         }
     }
 

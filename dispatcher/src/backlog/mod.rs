@@ -192,10 +192,11 @@ impl Backlogs {
         // Since when its consumer has had nothing to read.
         let mut quiet_since: Option<Instant> = None;
         // Whether the consumer's assignment must be checked against the
-        // holds (see [`sync`]): after the holds were looked at again, for a
-        // new consumer, and when a cursor moved. Not at every record: with
-        // hundreds of holds, comparing them all per record took over half
-        // of a replica's CPU while it drained a spilled backlog.
+        // holds (see [`sync`]): after the holds were looked at again (a
+        // cursor that moved back wakes the reader for that), for a new
+        // consumer, and when it finds a cursor moved. Not at every record:
+        // with hundreds of holds, comparing them all per record took over
+        // half of a replica's CPU while it drained a spilled backlog.
         let mut resync = true;
         loop {
             if *shutdown.borrow() {
