@@ -8,28 +8,29 @@
 //! docs/benchmarks.md.
 //!
 //! [`use_jemalloc!`](crate::use_jemalloc) installs it, with its options, in
-//! the crate that invokes it: the `dispatcher` binary, and the tests whose
-//! memory figures must be the binary's. That crate depends on
-//! `tikv-jemallocator` itself; the library does not name it, so that
-//! linking the library alone (every other test) leaves malloc alone.
+//! the crate that invokes it: the `dispatcher` binary, the tests whose
+//! memory figures must be the binary's, and the `fanout-vs-bare`
+//! benchmark. That crate depends on `tikv-jemallocator` itself; the
+//! library does not name it, so that linking the library alone (every
+//! other test) leaves malloc alone.
 
 /// jemalloc's start-up options (`MALLOC_CONF` in the environment still
-/// adds to them). Freed pages go back to the system after 100 ms rather
+/// adds to them). Freed pages go back to the system after 20 ms rather
 /// than jemalloc's ten seconds: spilling a burst churns through tens of
 /// megabytes a second, and what ten seconds of it held back made the RSS
 /// peak of `loadtest run slow-mix --backlog 1000000` about 250 MB (one
 /// second: 186 MB). Not at once either: returning every freed run
 /// immediately (`dirty_decay_ms:0`) cost about 7 % of the `baseline`
-/// drain's CPU in `madvise` calls and page faults on re-use, and 100 ms
-/// cut the CPU per delivery by about a sixth for a few megabytes of RSS.
-/// See docs/benchmarks.md.
+/// drain's CPU in `madvise` calls and page faults on re-use; 20 ms saved
+/// as much of it as 100 ms did, and keeps the pages a burst frees for the
+/// shortest time. See docs/benchmarks.md.
 #[cfg(all(target_os = "linux", not(target_env = "musl")))]
 #[repr(transparent)]
 pub struct MallocConf(*const std::ffi::c_char);
 
 #[cfg(all(target_os = "linux", not(target_env = "musl")))]
 impl MallocConf {
-    pub const DISPATCHER: MallocConf = MallocConf(c"dirty_decay_ms:100,muzzy_decay_ms:0".as_ptr());
+    pub const DISPATCHER: MallocConf = MallocConf(c"dirty_decay_ms:20,muzzy_decay_ms:0".as_ptr());
 }
 
 // SAFETY: it points to a static, immutable, NUL-terminated byte string,
