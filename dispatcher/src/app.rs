@@ -30,7 +30,7 @@ use crate::embedded::EmbeddedKafka;
 use crate::endpoints::{Endpoints, LaneKit};
 use crate::fatal::Fatal;
 use crate::kafka;
-use crate::lane::{Dedup, Evictions, Front, Shares};
+use crate::lane::{self, Dedup, Evictions, Front, Shares};
 use crate::metrics::Metrics;
 use crate::offsets::{Budget, HoldIndex, OffsetTracker};
 use crate::park::{Parker, Tiers};
@@ -211,10 +211,8 @@ pub async fn start_with(config: Config, registry: &Registry) -> anyhow::Result<R
         metrics.clone(),
         fatal.clone(),
     ));
-    let dedup: Dedup = moka::sync::Cache::builder()
-        .max_capacity(config.pipeline.dedup.max_entries)
-        .time_to_live(config.pipeline.dedup.ttl)
-        .build_with_hasher(foldhash::fast::RandomState::default());
+    let dedup: Dedup =
+        lane::dedup::new(config.pipeline.dedup.max_entries, config.pipeline.dedup.ttl);
     let (share_tx, share_rx) = watch::channel(1.0f64);
 
     // Endpoints often share a host (one receiver, many webhooks). Idle

@@ -30,6 +30,7 @@
 mod breaker;
 mod concurrency;
 mod connect;
+pub mod dedup;
 mod front;
 mod handle;
 mod inbox;
@@ -41,6 +42,7 @@ mod runner;
 pub use breaker::{BreakerConfig, State as BreakerState};
 pub use concurrency::Concurrency;
 pub use connect::{Connect, LaneTransport};
+pub use dedup::Dedup;
 pub use front::Front;
 pub use handle::{create, LaneCore, LaneHandle};
 pub use inbox::{Evictions, Inbox, Refused, Shares};
@@ -83,17 +85,6 @@ pub struct RateLimitConfig {
     #[serde(default)]
     pub burst: Option<u32>,
 }
-
-/// Recently completed delivery ids, shared by all lanes: a re-read after a
-/// restart or rebalance does not send again what this replica delivered.
-///
-/// Hashed with foldhash, not the standard SipHash: the cache is asked twice
-/// per delivery, and in a profile of the `baseline` drain its lookups and
-/// inserts, SipHash mostly, took about 7 % of the dispatcher's CPU. Keys
-/// are delivery ids (UUID v5: SHA-1 of the event's id or the record's
-/// position, and the endpoint), whose bits no producer chooses, and
-/// foldhash is seeded per process.
-pub type Dedup = moka::sync::Cache<DeliveryId, (), foldhash::fast::RandomState>;
 
 /// One event for one endpoint; `parked` is set when it comes back from an
 /// internal topic with its delivery id and history.
