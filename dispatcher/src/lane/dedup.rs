@@ -17,11 +17,12 @@ pub type Dedup = moka::sync::Cache<DeliveryId, (), foldhash::fast::RandomState>;
 
 /// A dedup cache of at most `max_entries` ids, each kept for `ttl`.
 ///
-/// Evicts the least recently used id. moka's default policy, TinyLFU,
-/// admits a new key only when it looks more popular than the one it
-/// would evict; every delivery id is inserted once, so once the cache was
-/// full it refused every new id and remembered only the first
-/// `max_entries` it ever saw.
+/// Evicts the id delivered longest ago (LRU by insertion: the lanes look
+/// ids up with `contains_key`, which moka does not count as a use).
+/// moka's default policy, TinyLFU, admits a new key only when it looks
+/// more popular than the one it would evict; every delivery id is inserted
+/// once, so once the cache was full it refused every new id and remembered
+/// only the first `max_entries` it ever saw.
 pub fn new(max_entries: u64, ttl: Duration) -> Dedup {
     moka::sync::Cache::builder()
         .max_capacity(max_entries)
