@@ -63,8 +63,8 @@ pub enum Returned {
 /// Memory held by records and deliveries that are not final yet, across all
 /// partitions: the source's only back-pressure. It counts records (against
 /// `pipeline.max_events_in_flight`) and bytes (against
-/// `pipeline.memory_budget`); the source pauses when either is reached and
-/// resumes at three quarters of both.
+/// `pipeline.memory_budget`); the source holds back when either is reached
+/// and goes on at three quarters of both.
 #[derive(Debug)]
 pub struct Budget {
     records: AtomicUsize,

@@ -169,11 +169,12 @@ async fn rebalances_hand_partitions_over_without_loss() {
     );
 
     let mut seeds = SeedEvents::new(11);
-    let values: Vec<Vec<u8>> = (0..3000)
+    let values: Vec<Vec<u8>> = (0..6000)
         .map(|_| seeds.next_event(1_700_000_000_000).2)
         .collect();
     let produced: BTreeSet<String> = values.iter().map(|v| raw_data(v)).collect();
-    produce(&broker.bootstrap(), "events", &values).await;
+    let (before, after) = values.split_at(3000);
+    produce(&broker.bootstrap(), "events", before).await;
 
     let first = start(cfg.clone()).await;
     wait_until(
@@ -183,6 +184,16 @@ async fn rebalances_hand_partitions_over_without_loss() {
     )
     .await;
     let second = start(cfg).await;
+    // The first may have drained its whole backlog by the time the group
+    // has rebalanced (seconds on this broker): the second half is written
+    // once the second owns partitions, so that both have work.
+    wait_until(
+        Duration::from_secs(60),
+        "the second dispatcher assigned",
+        || second.metrics.assigned_partitions.get() > 0,
+    )
+    .await;
+    produce(&broker.bootstrap(), "events", after).await;
     wait_until(
         Duration::from_secs(60),
         "both dispatchers delivering",

@@ -467,3 +467,62 @@ async fn failed_deliveries_are_dead_lettered_with_their_attempts() {
     .await;
     running.shutdown().await.unwrap();
 }
+
+/// In a drain the memory budget fills again and again. Each time the
+/// source stops taking records and leaves librdkafka's read-ahead alone:
+/// pausing the consumer threw that read-ahead away, and librdkafka's
+/// fetcher noticed the resume only at its next one-second tick, so the
+/// lanes ran dry at every fill (`docs/benchmarks.md`). Only a fill that
+/// lasts pauses the consumer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_budget_that_fills_briefly_does_not_pause_the_consumer() {
+    support::init_logging();
+    let kafka = support::embedded_kafka(4);
+    let sink = Sink::start(Behaviour::Ok).await;
+    let endpoints = format!(
+        r#"
+  - id: quick
+    url: "{}"
+    events: ["*"]
+    max_in_flight: 16
+"#,
+        sink.url("/hook")
+    );
+    let running = start(config(
+        kafka.bootstrap(),
+        "brief-fills",
+        "  max_events_in_flight: 100\n",
+        &endpoints,
+    ))
+    .await;
+
+    let mut seeds = SeedEvents::new(5);
+    let values: Vec<Vec<u8>> = (0..2_000)
+        .map(|_| seeds.next_event(1_700_000_000_000).2)
+        .collect();
+    produce(kafka.bootstrap(), "events", &values).await;
+    wait_until(Duration::from_secs(120), "every event delivered", || {
+        sink.count() >= values.len()
+    })
+    .await;
+
+    let ids: HashSet<String> = sink
+        .received()
+        .iter()
+        .filter_map(|r| r.header("x-webhook-delivery-id").map(str::to_owned))
+        .collect();
+    assert_eq!(ids.len(), values.len(), "each event delivered");
+    assert_eq!(sink.count(), values.len(), "each event delivered once");
+    let backpressure = &running.metrics.source_backpressure;
+    let held = backpressure.with_label_values(&["held"]).get();
+    let paused = backpressure.with_label_values(&["paused"]).get();
+    assert!(
+        held >= 5,
+        "the budget of 100 events filled only {held} times in a drain of 2,000"
+    );
+    assert!(
+        paused * 2 <= held,
+        "{paused} of the {held} times the budget filled paused the consumer"
+    );
+    running.shutdown().await.unwrap();
+}

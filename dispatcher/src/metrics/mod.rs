@@ -111,6 +111,9 @@ pub struct Metrics {
     pub events_unrouted: IntCounterVec,
     pub events_in_flight: IntGauge,
     pub source_paused: IntGauge,
+    /// Times the memory budget held the source back (`held`), and times
+    /// that lasted long enough to pause the consumer (`paused`).
+    pub source_backpressure: IntCounterVec,
     /// Pauses by the memory budget that lasted `spill_after`, by what the
     /// source did (`spilled`, `waited`).
     pub budget_stalls: IntCounterVec,
@@ -225,7 +228,13 @@ impl Metrics {
             source_paused: gauge(
                 &r,
                 "dispatcher_source_paused",
-                "1 while the consumer is paused by back-pressure.",
+                "1 while the memory budget holds the source back: it takes no records, and past half a second its consumer's partitions are paused.",
+            ),
+            source_backpressure: counter(
+                &r,
+                "dispatcher_source_backpressure_total",
+                "Times the memory budget started holding the source back (action=held), and times that lasted half a second and the consumer's partitions were paused (action=paused).",
+                &["action"],
             ),
             budget_stalls: counter(
                 &r,
@@ -484,6 +493,9 @@ impl Metrics {
         }
         for outcome in ["spilled", "waited", "nothing_fresh"] {
             touch(&self.budget_stalls, &[outcome]);
+        }
+        for action in ["held", "paused"] {
+            touch(&self.source_backpressure, &[action]);
         }
         // Not `assign`: its first increment is the DispatcherNotReady
         // alert's sign that the consumer joined its group.

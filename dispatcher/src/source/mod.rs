@@ -5,14 +5,17 @@
 //! The source never waits on one endpoint. Its only back-pressure is the
 //! memory [`Budget`](crate::offsets::Budget): when the records and
 //! deliveries held in memory reach `pipeline.memory_budget` (or
-//! `pipeline.max_events_in_flight` records) every assigned partition is
-//! paused, and resumed at three quarters. The loop keeps polling while
-//! paused, so group membership and rebalances are served. A lane with no
-//! room refuses a delivery at once, and the delivery is spilled (see
-//! [`crate::spill`]); and when the budget has kept the source paused for
-//! `pipeline.spill_after`, the lanes still holding fresh deliveries are
-//! made to spill, so that slow endpoints cannot hold it for the others,
-//! unless most lanes are behind alike (then the pause is back-pressure).
+//! `pipeline.max_events_in_flight` records) the source stops taking
+//! records, and goes on at three quarters. At first it only stops taking
+//! them from the consumer, whose read-ahead librdkafka bounds; when the
+//! budget stays full for longer (`PAUSE_CONSUMER_AFTER`), every assigned
+//! partition is paused and the loop polls again, so group membership and
+//! rebalances are served. A lane with no room refuses a delivery at once,
+//! and the delivery is spilled (see [`crate::spill`]); and when the budget
+//! has held the source back for `pipeline.spill_after`, the lanes still
+//! holding fresh deliveries are made to spill, so that slow endpoints
+//! cannot hold it for the others, unless most lanes are behind alike (then
+//! the pause is back-pressure).
 //!
 //! Internal-topic partitions (retry tiers and the spill topic) are FIFO by
 //! due time (see [`crate::park`]): a record read before it is due is held,
@@ -71,20 +74,23 @@ pub struct Source {
     pub evictions: Arc<Evictions>,
     pub metrics: Arc<Metrics>,
     pub fatal: Arc<Fatal>,
+    /// Whether the consumer's partitions are paused for the memory budget
+    /// (shared with the consumer context, which pauses newly assigned
+    /// partitions to match).
     pub paused: Arc<AtomicBool>,
     /// Set by the consumer context at every rebalance.
     pub rebalanced: Arc<AtomicBool>,
     pub max_event_bytes: usize,
     pub commit_interval: Duration,
-    /// How long the memory budget may keep the source paused before the
+    /// How long the memory budget may hold the source back before the
     /// lanes still holding fresh deliveries are made to spill
     /// (`pipeline.spill_after`).
     pub spill_after: Duration,
     /// How many `spill_after`s lanes behind alike may hold the source
     /// (`pipeline.stall_grace`; see `source/stall.rs`).
     pub stall_grace: u32,
-    /// Told when the source pauses and resumes, so that lanes measure how
-    /// far they lag in reading time.
+    /// Told when the memory budget starts and stops holding the source
+    /// back, so that lanes measure how far they lag in reading time.
     pub front: Arc<Front>,
     /// Entries one partition's window may hold before that partition is
     /// paused (records read behind one that is not final yet).
@@ -120,6 +126,17 @@ type PartitionKey = (Arc<str>, i32);
 /// (clock skew between replicas): anything later is a damaged or foreign
 /// writer's, and is brought back within bounds rather than trusted.
 const MAX_CLOCK_SKEW_MS: i64 = 5 * 60 * 1000;
+
+/// How long the memory budget may hold the source back before the
+/// consumer's partitions are paused. Until then the source only stops
+/// taking records: librdkafka keeps reading ahead up to its own bounds
+/// (`queued.min.messages`, `queued.max.messages.kbytes`), and stops there.
+/// A pause throws that read-ahead away, and librdkafka's fetcher notices a
+/// resume only at its next one-second tick (a resume does not wake it), so
+/// pausing at every brief fill left the lanes idle for up to a second
+/// each time (`docs/benchmarks.md`). Past this, the pause lets the loop
+/// poll again, so that rebalances and errors are not held up for long.
+const PAUSE_CONSUMER_AFTER: Duration = Duration::from_millis(500);
 
 /// How long a consumer error that should be transient (a topic that seems
 /// gone) may last before it counts as fatal.
@@ -162,6 +179,8 @@ impl Source {
         let mut overfull: HashSet<PartitionKey> = HashSet::new();
         let mut failing_since: Option<(Instant, Instant)> = None;
         let mut stall = Stall::new(self.spill_after, self.stall_grace);
+        // Since when the memory budget has held the source back.
+        let mut pressure: Option<tokio::time::Instant> = None;
         // Local handles: received messages borrow the consumer, not `self`.
         let consumer = self.consumer.clone();
         let evictions = self.evictions.clone();
@@ -177,20 +196,42 @@ impl Source {
             self.metrics
                 .parked_held
                 .set(held.values().map(|(_, q)| q.len()).sum::<usize>() as i64);
-            let paused = self.paused.load(Ordering::Acquire);
-            if !paused && budget.full() {
+            let now = tokio::time::Instant::now();
+            if pressure.is_none() && budget.full() {
+                pressure = Some(now);
+                self.hold_back(true);
+            } else if pressure.is_some() && budget.low() {
+                pressure = None;
+                self.hold_back(false);
+                if self.paused.load(Ordering::Acquire) {
+                    self.set_paused(false, &held, &overfull);
+                }
+            }
+            // The consumer itself is paused only when the budget stays
+            // full: see `PAUSE_CONSUMER_AFTER`.
+            let pause_at = pressure
+                .filter(|_| !self.paused.load(Ordering::Acquire))
+                .map(|since| since + PAUSE_CONSUMER_AFTER);
+            if pause_at.is_some_and(|at| at <= now) {
+                self.metrics
+                    .source_backpressure
+                    .with_label_values(&["paused"])
+                    .inc();
                 self.set_paused(true, &held, &overfull);
-            } else if paused && budget.low() {
-                self.set_paused(false, &held, &overfull);
             }
             let paused = self.paused.load(Ordering::Acquire);
-            stall.observe(paused, tokio::time::Instant::now());
+            let pause_at = pause_at.filter(|_| !paused);
+            // Held back but not paused: the records wait in librdkafka's
+            // bounded read-ahead, and the loop does not take them.
+            let taking = pressure.is_none() || paused;
+            stall.observe(pressure.is_some(), now);
             let stall_deadline = stall.deadline();
 
             tokio::select! {
                 biased;
                 _ = shutdown.changed() => break,
-                _ = budget.drained(), if paused => {}
+                _ = budget.drained(), if pressure.is_some() => {}
+                _ = sleep_until(pause_at), if pause_at.is_some() => {}
                 _ = sleep_until(stall_deadline), if stall_deadline.is_some() => {
                     self.spill_stalled(&current.routing, &mut stall).await;
                 }
@@ -210,9 +251,10 @@ impl Source {
                     self.check_pending(&mut overfull, &held);
                     self.end_drained_spills(&current.routing);
                 }
-                // Polled while paused too: that serves rebalances and keeps
-                // the group membership; paused partitions yield nothing.
-                msg = consumer.recv() => match msg {
+                // Polled while the consumer is paused too: that serves
+                // rebalances and keeps the group membership; paused
+                // partitions yield nothing.
+                msg = consumer.recv(), if taking => match msg {
                     Ok(msg) => {
                         failing_since = None;
                         // The endpoints may have changed while this waited
@@ -408,7 +450,7 @@ impl Source {
         }
     }
 
-    /// The memory budget has kept the source paused for `spill_after`: the
+    /// The memory budget has held the source back for `spill_after`: the
     /// lanes that still hold fresh deliveries spill them, when [`Stall`]
     /// says so (a minority of the lanes, or most of them behind alike for
     /// longer than `pipeline.stall_grace` allows). Nothing was queued during
@@ -785,12 +827,25 @@ impl Source {
         Some((partition, source))
     }
 
-    /// Pause or resume every assigned partition; held and over-full ones
-    /// stay paused either way.
+    /// The memory budget starts or stops holding the source back.
+    fn hold_back(&self, on: bool) {
+        if on {
+            tracing::debug!("memory budget reached; holding the source back");
+            self.metrics
+                .source_backpressure
+                .with_label_values(&["held"])
+                .inc();
+        } else {
+            tracing::debug!("memory budget below low water; reading on");
+        }
+        self.front.set_paused(on);
+        self.metrics.source_paused.set(on as i64);
+    }
+
+    /// Pause or resume every assigned partition in the consumer; held and
+    /// over-full ones stay paused either way.
     fn set_paused(&self, pause: bool, held: &HeldRecords, overfull: &HashSet<PartitionKey>) {
         self.paused.store(pause, Ordering::Release);
-        self.front.set_paused(pause);
-        self.metrics.source_paused.set(pause as i64);
         let assignment = match self.consumer.assignment() {
             Ok(a) => a,
             Err(e) => {
@@ -799,10 +854,10 @@ impl Source {
             }
         };
         let result = if pause {
-            tracing::debug!("memory budget reached; pausing the source");
+            tracing::debug!("pausing the consumer");
             self.consumer.pause(&assignment)
         } else {
-            tracing::debug!("memory budget below low water; resuming the source");
+            tracing::debug!("resuming the consumer");
             let mut list = TopicPartitionList::new();
             let mut keep = TopicPartitionList::new();
             for e in assignment.elements() {

@@ -1,5 +1,6 @@
-//! The stall rule's bookkeeping: how long the memory budget has kept the
-//! source paused, and whether the lanes still holding fresh deliveries
+//! The stall rule's bookkeeping: how long the memory budget has held the
+//! source back (a "pause" below, whether or not the consumer's partitions
+//! are paused yet), and whether the lanes still holding fresh deliveries
 //! spill (see [`Source::spill_stalled`](super::Source)).
 //!
 //! Every `spill_after` of one pause is a stall check. The lanes holding
