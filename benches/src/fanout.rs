@@ -161,7 +161,7 @@ pub struct Occupancy {
     pub mean_queued: f64,
     /// Mean events read and not yet final.
     pub mean_events_in_flight: f64,
-    /// Share of samples in which the source was paused by back-pressure.
+    /// Share of samples in which the memory budget held the source back.
     pub source_paused: f64,
 }
 
