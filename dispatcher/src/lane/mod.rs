@@ -925,7 +925,7 @@ impl Lane {
             self.wait_or_park(item, wait, "not_due", work);
             return;
         }
-        if self.d.shared.dedup.contains_key(&item.id) {
+        if self.d.shared.dedup.contains(&item.id) {
             self.d.metrics.deduplicated.inc();
             item.ticket.finish_one();
             self.settled(item.key);
@@ -1090,7 +1090,7 @@ impl Lane {
                     .metrics
                     .dispatch_latency
                     .observe(item.ticket.read_at().elapsed().as_secs_f64());
-                self.d.shared.dedup.insert(item.id, ());
+                self.d.shared.dedup.insert(item.id);
                 item.ticket.finish_one();
                 self.settled(item.key);
             }
