@@ -67,7 +67,11 @@ pub fn new(max_entries: u64, ttl: Duration) -> Dedup {
 impl Dedup {
     fn shard(&self, id: &DeliveryId) -> std::sync::MutexGuard<'_, Shard> {
         use std::hash::BuildHasher;
-        let i = self.inner.hasher.hash_one(id) as usize & (SHARDS - 1);
+        // Bits 32..36 of the hash: each shard's table indexes its buckets
+        // by the low bits and tags them with the top seven, so a shard
+        // chosen by either would leave all its keys sharing those bits
+        // (clustered buckets, or tags that tell keys apart less often).
+        let i = (self.inner.hasher.hash_one(id) >> 32) as usize & (SHARDS - 1);
         // A panic while holding a shard leaves a consistent map: every
         // operation below is a single call into it.
         self.inner.shards[i]
@@ -100,17 +104,13 @@ impl Dedup {
     }
 
     /// Ids held, expired ones not yet dropped included.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.inner
             .shards
             .iter()
             .map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).len())
             .sum()
-    }
-
-    /// Whether no id is held.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
